@@ -1,0 +1,125 @@
+"""The library calls behind the CLI commands (besides :func:`nabn_onnx.calibrate`)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional, Sequence
+
+from onnx import ModelProto
+
+from .data import DataLike
+from .errors import NabnError, NothingToDoError
+from .graph import find_analog_layers
+from .io import ModelLike, load_model, record, save_model
+from .noise import NoiseModel
+from .passes.base import PassResult
+from .passes.inject import InjectWeightNoisePass
+from .passes.split import SplitBatchNormPass, select_layers
+
+__all__ = ["split", "inject", "inspect_model"]
+
+
+def _load_copy(model: ModelLike) -> ModelProto:
+    return load_model(copy.deepcopy(model) if isinstance(model, ModelProto) else model)
+
+
+def split(
+    model: ModelLike,
+    data: Optional[DataLike] = None,
+    *,
+    include: Optional[str] = None,
+    exclude: Optional[str] = None,
+    batch_size: int = 64,
+    max_batches: Optional[int] = None,
+    output=None,
+    providers: Optional[Sequence[str]] = None,
+    show_progress: bool = False,
+) -> PassResult:
+    """Insert a BatchNormalization after every selected analog layer that lacks one.
+
+    Args:
+        model: path or ``ModelProto`` (not modified).
+        data: optional calibration data; with it the inserted BatchNorms get the clean
+            statistics measured on it, without it the exact-identity placeholder.
+        include: regular expression of layer names to split (all by default).
+        exclude: regular expression of layer names to leave alone.
+        batch_size: samples per batch when measuring.
+        max_batches: use at most this many batches when measuring.
+        output: save the result here (atomically).
+        providers: onnxruntime execution providers.
+        show_progress: draw a progress bar on a terminal.
+
+    Returns:
+        The pass result: ``model``, ``modified`` and ``details`` (inserted, skipped).
+    """
+    from .calibration.engine import measure_inserted
+
+    proto = _load_copy(model)
+    result = SplitBatchNormPass(include=include, exclude=exclude)(proto)
+    if data is not None and result.details["inserted"]:
+        measure_inserted(proto, proto, result.details["inserted"], data, batch_size=batch_size,
+                         max_batches=max_batches, providers=providers, show_progress=show_progress)
+    record(proto, "split", {"inserted": len(result.details["inserted"]), "include": include, "exclude": exclude,
+                            "measured": data is not None})
+    if output is not None:
+        save_model(proto, output)
+    return result
+
+
+def inject(
+    model: ModelLike,
+    noise: NoiseModel,
+    *,
+    include: Optional[str] = None,
+    exclude: Optional[str] = None,
+    output=None,
+) -> PassResult:
+    """Write one simulated chip's noisy weights into the analog layers.
+
+    Args:
+        model: path or ``ModelProto`` (not modified).
+        noise: the noise model and seed.
+        include: regular expression of layer names that get noise (all by default).
+        exclude: regular expression of layer names that stay clean.
+        output: save the result here (atomically).
+
+    Raises:
+        NabnError: the model already carries injected noise, or has no analog weight.
+    """
+    proto = _load_copy(model)
+    result = InjectWeightNoisePass(noise, include=include, exclude=exclude)(proto)
+    if "already" in result.details:
+        raise NabnError(f"the model already carries injected noise ({result.details['already']}); inject into the clean model")
+    if not result.modified:
+        raise NothingToDoError("no analog layer with a constant weight matched: nothing to put noise on")
+    if output is not None:
+        save_model(proto, output)
+    return result
+
+
+def inspect_model(model: ModelLike, include: Optional[str] = None, exclude: Optional[str] = None) -> str:
+    """A table of the analog layers: op, channels, weight, BatchNorm (original, inserted, none) and why skipped."""
+    proto = _load_copy(model)
+    layers = find_analog_layers(proto)
+    selected = {id(l) for l in select_layers(layers, include, exclude)}
+    rows = [("layer", "op", "channels", "weight", "BatchNorm", "note")]
+    for layer in layers:
+        if layer.bn is not None:
+            bn = f"{layer.bn_origin}: {layer.bn.name or layer.bn.output[0]}"
+        else:
+            bn = "none"
+        if layer.bn is None and layer.skip_reason:
+            note = f"skipped: {layer.skip_reason}"
+        elif layer.bn is None and id(layer) not in selected:
+            note = "not selected (--include/--exclude)"
+        elif layer.bn is None:
+            note = "split would insert one"
+        else:
+            note = ""
+        rows.append((layer.name, layer.op_type, str(layer.channels or "?"), layer.weight or "-", bn, note))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    counts = {k: sum(1 for l in layers if (l.bn_origin or "none") == k) for k in ("original", "inserted", "none")}
+    lines.append(f"{len(layers)} analog layer(s): {counts['original']} with an original BatchNorm, "
+                 f"{counts['inserted']} with an inserted one, {counts['none']} without")
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""ExposeBatchNormStatsPass: make a model report the batch statistics of its BatchNorms.
+
+The statistics are reduced inside the graph, by onnxruntime's own BatchNormalization
+kernel, so no activation ever leaves the session; per batch and per BatchNormalization
+only two vectors of length C and a shape come out.
+
+* **train** BatchNorms run in training mode (``training_mode=1``; before opset 14, the
+  extra outputs select it) with ``momentum = 0``, so their running-statistic outputs are
+  exactly the batch mean and biased batch variance, and they normalize with them, as
+  PyTorch's ``train()`` does::
+
+      X --BN(eval)--> Y          X --BN(train, momentum=0)--> Y, mean_b, var_b
+
+* **tap** BatchNorms keep running in eval mode; a dangling training-mode BatchNormalization
+  with unit parameters on the same input measures the batch statistics of ``X``::
+
+      X --BN(eval)--> Y          X --BN(eval)--> Y
+                                 X --BN(train, momentum=0, scale=1, B=0)--> (unused), mean_b, var_b
+
+For each measured BatchNorm ``Shape(X)`` is exposed too, for the element count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, List
+
+import numpy as np
+from onnx import ModelProto, helper, numpy_helper
+
+from ..io import _default_opset  # noqa: F401 - re-used opset lookup
+from ..passes.base import Pass, PassResult
+
+__all__ = ["ExposeBatchNormStatsPass", "StatOutputs"]
+
+
+@dataclass(frozen=True)
+class StatOutputs:
+    """Names of the graph outputs that carry one BatchNorm's batch statistics."""
+
+    mean: str
+    var: str
+    shape: str
+
+
+def _set_attr(node, name: str, value) -> None:
+    for attr in node.attribute:
+        if attr.name == name:
+            node.attribute.remove(attr)
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _value_info(name: str, elem_type: int):
+    return helper.make_tensor_value_info(name, elem_type, None)
+
+
+class ExposeBatchNormStatsPass(Pass):
+    """Expose per-batch statistics of BatchNormalization inputs as graph outputs.
+
+    Args:
+        train: names of BatchNorms to switch to training mode (measured).
+        tap: names of BatchNorms to measure while they stay in eval mode.
+        keep_outputs: keep the model's own outputs (False drops them, so onnxruntime runs
+            only what the statistics need... which is everything upstream anyway).
+
+    After the call, :attr:`outputs` maps each measured BatchNorm to its :class:`StatOutputs`.
+    """
+
+    def __init__(self, train: Iterable[str] = (), tap: Iterable[str] = (), keep_outputs: bool = True):
+        self.train = set(train)
+        self.tap = set(tap)
+        self.keep_outputs = keep_outputs
+        overlap = self.train & self.tap
+        if overlap:
+            raise ValueError(f"BatchNorms cannot be both trained and tapped: {sorted(overlap)}")
+
+    def call(self, model: ModelProto) -> PassResult:
+        opset = _default_opset(model)
+        graph = model.graph
+        inits = {t.name: t for t in graph.initializer}
+        outputs: Dict[str, StatOutputs] = {}
+        new_outputs: List = []
+        new_nodes: Dict[int, List] = {}
+        found = set()
+        for position, node in enumerate(graph.node):
+            if node.op_type != "BatchNormalization" or node.name not in (self.train | self.tap):
+                continue
+            found.add(node.name)
+            base = node.name
+            stat = StatOutputs(f"{base}/nabn_mean", f"{base}/nabn_var", f"{base}/nabn_shape")
+            elem_type = inits[node.input[1]].data_type if node.input[1] in inits else 1
+            extra = [helper.make_node("Shape", [node.input[0]], [stat.shape], name=f"{base}/nabn_shape_op")]
+            if node.name in self.train:
+                self._to_training(node, stat, opset)
+            else:
+                extra.append(self._tap(node, stat, opset, inits, graph))
+            new_nodes[position] = extra
+            outputs[node.name] = stat
+            new_outputs += [_value_info(stat.mean, elem_type), _value_info(stat.var, elem_type),
+                            _value_info(stat.shape, 7)]
+        missing = (self.train | self.tap) - found
+        if missing:
+            raise ValueError(f"no BatchNormalization named {sorted(missing)}")
+        ordered = []
+        for position, node in enumerate(graph.node):
+            ordered.append(node)
+            ordered.extend(new_nodes.get(position, []))
+        del graph.node[:]
+        graph.node.extend(ordered)
+        if not self.keep_outputs:
+            del graph.output[:]
+        graph.output.extend(new_outputs)
+        self.outputs = outputs
+        return PassResult(model, bool(outputs), {"outputs": outputs})
+
+    @staticmethod
+    def _to_training(node, stat: StatOutputs, opset: int) -> None:
+        _set_attr(node, "momentum", 0.0)
+        del node.output[1:]
+        if opset >= 14:
+            _set_attr(node, "training_mode", 1)
+            node.output.extend([stat.mean, stat.var])
+        else:  # opsets 9-13: asking for the running outputs selects training mode
+            node.output.extend([stat.mean, stat.var, f"{node.name}/nabn_saved_mean", f"{node.name}/nabn_saved_var"])
+
+    @staticmethod
+    def _tap(node, stat: StatOutputs, opset: int, inits, graph):
+        scale = inits.get(node.input[1])
+        channels = int(scale.dims[0])
+        dtype = helper.tensor_dtype_to_np_dtype(scale.data_type)
+        names = [f"{node.name}/nabn_tap_{p}" for p in ("one", "zero")]
+        graph.initializer.extend([
+            numpy_helper.from_array(np.ones(channels, dtype), names[0]),
+            numpy_helper.from_array(np.zeros(channels, dtype), names[1]),
+        ])
+        outputs = [f"{node.name}/nabn_tap_y", stat.mean, stat.var]
+        attrs = {"momentum": 0.0, "epsilon": 1e-5}
+        if opset >= 14:
+            attrs["training_mode"] = 1
+        else:
+            outputs += [f"{node.name}/nabn_tap_saved_mean", f"{node.name}/nabn_tap_saved_var"]
+        return helper.make_node(
+            "BatchNormalization",
+            [node.input[0], names[0], names[1], names[1], names[0]],
+            outputs,
+            name=f"{node.name}/nabn_tap",
+            **attrs,
+        )

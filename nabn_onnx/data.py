@@ -1,0 +1,294 @@
+"""Calibration and test data: sources, batching and validation.
+
+Accepted everywhere data is taken:
+
+* a path to an ``.npz`` file whose keys are the model's input names (for a one-input
+  model, one array under any key), first axis = samples, plus an optional ``labels``; it
+  is read batch by batch straight from the archive, so memory does not grow with its size;
+* a mapping ``{input_name: array}`` (same layout as the file);
+* onnxruntime's ``CalibrationDataReader`` (``get_next()`` returning a feed dict or None);
+* any iterable of feed dicts ``{input_name: array}`` (each one batch; a ``labels`` entry is
+  taken as the labels).
+
+Every batch is checked against the model's inputs: names, rank, fixed dimensions, dtype
+kind and finiteness. Problems raise :class:`~nabn_onnx.errors.DataError` with one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from onnx import ModelProto, helper
+
+from .errors import DataError
+
+__all__ = ["InputSpec", "input_specs", "Batch", "iter_batches", "DataLike", "LABELS_KEY"]
+
+logger = logging.getLogger(__name__)
+
+LABELS_KEY = "labels"
+DataLike = Union[str, os.PathLike, Mapping[str, np.ndarray], Iterable[Mapping[str, np.ndarray]], object]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model expects of one input: name, numpy dtype, and shape (None for free dims)."""
+
+    name: str
+    dtype: np.dtype
+    shape: Tuple[Optional[int], ...]
+
+
+def input_specs(model: ModelProto) -> List[InputSpec]:
+    """The model's real inputs (graph inputs that are not initializers)."""
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        tensor_type = value.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        shape = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim
+        )
+        specs.append(InputSpec(value.name, dtype, shape))
+    return specs
+
+
+@dataclass
+class Batch:
+    """One batch: the feed dict and, when the data has them, the labels."""
+
+    feeds: Dict[str, np.ndarray]
+    labels: Optional[np.ndarray]
+
+    @property
+    def size(self) -> int:
+        return int(next(iter(self.feeds.values())).shape[0])
+
+
+class _NpzMember:
+    """One array of an ``.npz`` archive, read row block by row block without loading it whole."""
+
+    def __init__(self, archive: zipfile.ZipFile, member: str, path: Path):
+        self.archive, self.member, self.path = archive, member, path
+        with archive.open(member) as fh:
+            version = np.lib.format.read_magic(fh)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            self.shape, self.fortran, self.dtype = reader(fh)
+        if self.dtype.hasobject:
+            raise DataError(f"{path}: array '{member[:-4]}' holds Python objects; store plain numeric arrays")
+        if not self.shape:
+            raise DataError(f"{path}: array '{member[:-4]}' is a scalar; the first axis must be samples")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def blocks(self, size: int) -> Iterator[np.ndarray]:
+        if self.fortran:  # column-major: rows are not contiguous, read it whole
+            with self.archive.open(self.member) as fh:
+                array = np.lib.format.read_array(fh, allow_pickle=False)
+            for start in range(0, len(array), size):
+                yield array[start : start + size]
+            return
+        row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        with self.archive.open(self.member) as fh:
+            version = np.lib.format.read_magic(fh)
+            (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(fh)
+            for start in range(0, self.shape[0], size):
+                count = min(size, self.shape[0] - start)
+                raw = fh.read(count * row)
+                if len(raw) != count * row:
+                    raise DataError(f"{self.path}: array '{self.member[:-4]}' is truncated")
+                yield np.frombuffer(raw, dtype=self.dtype).reshape((count,) + tuple(self.shape[1:]))
+
+
+def _open_npz(path: Path, specs: Sequence[InputSpec]) -> Tuple[Dict[str, _NpzMember], Optional[_NpzMember], zipfile.ZipFile]:
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{path} is not a readable .npz file ({exc})") from None
+    members = {name[:-4]: name for name in archive.namelist() if name.endswith(".npy")}
+    labels = _NpzMember(archive, members.pop(LABELS_KEY), path) if LABELS_KEY in members else None
+    names = [s.name for s in specs]
+    if len(specs) == 1 and len(members) == 1:
+        arrays = {names[0]: _NpzMember(archive, next(iter(members.values())), path)}
+    else:
+        missing = [n for n in names if n not in members]
+        extra = [k for k in members if k not in names]
+        if missing or extra:
+            raise DataError(
+                f"{path}: keys {sorted(members)} do not match the model's inputs {names}"
+                + (f" (missing {missing})" if missing else "")
+                + (f" (unexpected {extra})" if extra else "")
+            )
+        arrays = {n: _NpzMember(archive, members[n], path) for n in names}
+    lengths = {len(a) for a in arrays.values()} | ({len(labels)} if labels is not None else set())
+    if len(lengths) > 1:
+        raise DataError(f"{path}: arrays disagree on the number of samples ({sorted(lengths)})")
+    return arrays, labels, archive
+
+
+def _npz_batches(path: Path, specs: Sequence[InputSpec], batch_size: int) -> Iterator[Batch]:
+    arrays, labels, archive = _open_npz(path, specs)
+    with archive:
+        streams = {n: a.blocks(batch_size) for n, a in arrays.items()}
+        label_stream = labels.blocks(batch_size) if labels is not None else None
+        for blocks in zip(*streams.values()):
+            feeds = dict(zip(streams.keys(), blocks))
+            yield Batch(feeds, next(label_stream) if label_stream is not None else None)
+
+
+def _mapping_batches(data: Mapping[str, np.ndarray], specs: Sequence[InputSpec], batch_size: int) -> Iterator[Batch]:
+    data = dict(data)
+    labels = data.pop(LABELS_KEY, None)
+    if len(specs) == 1 and len(data) == 1:
+        data = {specs[0].name: next(iter(data.values()))}
+    arrays = {k: np.asarray(v) for k, v in data.items()}
+    if not arrays:
+        raise DataError("the data holds no arrays")
+    total = len(next(iter(arrays.values())))
+    for start in range(0, total, batch_size):
+        feeds = {k: v[start : start + batch_size] for k, v in arrays.items()}
+        yield Batch(feeds, None if labels is None else np.asarray(labels)[start : start + batch_size])
+
+
+def _reader_batches(reader) -> Iterator[Batch]:
+    while True:
+        feeds = reader.get_next()
+        if feeds is None:
+            return
+        yield _split_labels(feeds)
+
+
+def _split_labels(feeds: Mapping[str, np.ndarray]) -> Batch:
+    if not isinstance(feeds, Mapping):
+        raise DataError(f"each batch must be a dict of input name to array, got {type(feeds).__name__}")
+    feeds = dict(feeds)
+    labels = feeds.pop(LABELS_KEY, None)
+    return Batch(feeds, None if labels is None else np.asarray(labels))
+
+
+def _raw_batches(data: DataLike, specs: Sequence[InputSpec], batch_size: int) -> Iterator[Batch]:
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if path.is_dir():
+            from .images import image_folder_batches  # optional: needs Pillow
+
+            return image_folder_batches(path, specs, batch_size)
+        if path.suffix != ".npz":
+            raise DataError(f"data must be an .npz file or an image folder, got {path}")
+        return _npz_batches(path, specs, batch_size)
+    if hasattr(data, "get_next"):
+        return _reader_batches(data)
+    if isinstance(data, Mapping):
+        return _mapping_batches(data, specs, batch_size)
+    if isinstance(data, Iterable):
+        return (_split_labels(b) for b in data)
+    raise DataError(
+        f"cannot read data of type {type(data).__name__}: give an .npz path, a dict of arrays, "
+        "a CalibrationDataReader or an iterable of feed dicts"
+    )
+
+
+def _check_batch(batch: Batch, specs: Sequence[InputSpec], number: int) -> Batch:
+    names = [s.name for s in specs]
+    if len(specs) == 1 and len(batch.feeds) == 1 and names[0] not in batch.feeds:
+        batch.feeds = {names[0]: next(iter(batch.feeds.values()))}
+    if sorted(batch.feeds) != sorted(names):
+        raise DataError(f"batch {number}: keys {sorted(batch.feeds)} do not match the model's inputs {names}")
+    sizes = set()
+    for spec in specs:
+        array = np.asarray(batch.feeds[spec.name])
+        if array.dtype.kind != spec.dtype.kind and not (array.dtype.kind in "iu" and spec.dtype.kind in "iu"):
+            raise DataError(
+                f"batch {number}: input '{spec.name}' is {array.dtype} but the model expects {spec.dtype}"
+            )
+        if array.dtype != spec.dtype:
+            array = array.astype(spec.dtype)
+        if spec.shape and array.ndim != len(spec.shape):
+            raise DataError(
+                f"batch {number}: input '{spec.name}' has shape {array.shape} but the model expects rank "
+                f"{len(spec.shape)} {_shape_text(spec.shape)}"
+            )
+        for axis, (got, want) in enumerate(zip(array.shape, spec.shape)):
+            if want is not None and got != want and axis > 0:
+                raise DataError(
+                    f"batch {number}: input '{spec.name}' has shape {array.shape} but the model expects "
+                    f"{_shape_text(spec.shape)}"
+                )
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise DataError(f"batch {number}: input '{spec.name}' contains NaN or Inf")
+        batch.feeds[spec.name] = np.ascontiguousarray(array)
+        sizes.add(array.shape[0] if array.ndim else 0)
+    if len(sizes) > 1:
+        raise DataError(f"batch {number}: inputs disagree on the batch size ({sorted(sizes)})")
+    if batch.labels is not None and len(batch.labels) != next(iter(sizes)):
+        raise DataError(f"batch {number}: {len(batch.labels)} labels for {next(iter(sizes))} samples")
+    return batch
+
+
+def _shape_text(shape: Sequence[Optional[int]]) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+
+
+def iter_batches(
+    data: DataLike,
+    specs: Sequence[InputSpec],
+    *,
+    batch_size: int = 64,
+    max_batches: Optional[int] = None,
+    min_batch: int = 1,
+) -> Iterator[Batch]:
+    """Validated batches from any accepted data source.
+
+    Args:
+        data: see the module docstring.
+        specs: the model's inputs (:func:`input_specs`).
+        batch_size: samples per batch when the tool does the batching (files, mappings).
+        max_batches: stop after this many batches.
+        min_batch: smallest usable batch; a smaller last batch is dropped with a warning,
+            a smaller batch elsewhere is an error (calibration needs 2 for a variance).
+
+    Raises:
+        DataError: no batches at all, or a batch that does not fit the model.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch size must be at least 1, got {batch_size}")
+    if max_batches is not None and max_batches < 1:
+        raise DataError(f"max batches must be at least 1, got {max_batches}")
+    count = 0
+    pending: Optional[Batch] = None
+    for raw in _raw_batches(data, specs, batch_size):
+        if pending is not None:
+            if pending.size < min_batch:
+                raise DataError(
+                    f"batch {count} has {pending.size} sample(s); calibration needs at least {min_batch} per batch "
+                    "to measure a variance"
+                )
+            yield pending
+            count += 1
+            pending = None
+            if max_batches is not None and count >= max_batches:
+                return
+        pending = _check_batch(raw, specs, count + 1)
+    if pending is not None:
+        if pending.size >= min_batch:
+            yield pending
+            count += 1
+        elif count:
+            logger.warning("dropped the last batch: %d sample(s) are too few to measure a variance", pending.size)
+        else:
+            raise DataError(
+                f"the data has {pending.size} sample(s) in its only batch; calibration needs at least {min_batch}"
+            )
+    if count == 0:
+        raise DataError("the data holds no samples")

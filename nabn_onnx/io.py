@@ -1,0 +1,307 @@
+"""Loading and saving ONNX models.
+
+* :func:`load_model` reads a model (with its external data, whose locations are checked
+  to stay inside the model's folder), lifts weights stored as ``Constant`` nodes into
+  initializers so every pass sees one kind of weight, and runs onnx's checker.
+* :func:`save_model` writes atomically (a temporary file in the target folder, then a
+  rename) and switches to external data above protobuf's 2 GB limit or when asked.
+* :func:`record` writes ``nabn.*`` provenance keys into ``metadata_props``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import ModelProto, TensorProto, external_data_helper, numpy_helper
+
+from .errors import ModelError
+
+__all__ = [
+    "ModelLike",
+    "load_model",
+    "save_model",
+    "record",
+    "read_record",
+    "model_size_bytes",
+    "MIN_OPSET",
+    "PROTOBUF_LIMIT",
+]
+
+logger = logging.getLogger(__name__)
+
+ModelLike = Union[str, os.PathLike, ModelProto]
+
+#: BatchNormalization's signature is stable from opset 9 on (``spatial`` was dropped).
+MIN_OPSET = 9
+#: Protobuf cannot serialize a message of 2 GB or more.
+PROTOBUF_LIMIT = 2**31 - 1
+_METADATA_PREFIX = "nabn."
+
+
+def _default_opset(model: ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise ModelError("the model imports no version of the default ONNX domain (opset_import is empty)")
+
+
+def _check_external_locations(model: ModelProto, base_dir: Path) -> None:
+    """Refuse external-data locations that leave the model's folder (``..``, absolute, symlinks)."""
+    base = base_dir.resolve()
+    for tensor in external_data_helper._get_all_tensors(model):  # noqa: SLF001 - onnx's own walker
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        location = info.location
+        if not location or os.path.isabs(location) or Path(location).drive:
+            raise ModelError(
+                f"tensor '{tensor.name}' stores its data at '{location}': external data must be a relative "
+                "path inside the model's folder"
+            )
+        target = (base / location).resolve()
+        if base not in target.parents and target != base:
+            raise ModelError(
+                f"tensor '{tensor.name}' points outside the model's folder ('{location}' resolves to {target}); "
+                "refusing to read it"
+            )
+        if not target.is_file():
+            raise ModelError(
+                f"tensor '{tensor.name}' stores its data in '{location}', which does not exist next to the model"
+            )
+
+
+def lift_constant_weights(model: ModelProto) -> int:
+    """Turn ``Constant`` nodes holding a tensor into initializers, in place.
+
+    Paddle and TensorFlow exporters often store weights as ``Constant`` nodes; lifting
+    them lets every pass treat them as the initializers they are. Only the main graph is
+    touched (subgraphs keep theirs).
+
+    Returns:
+        How many nodes were lifted.
+    """
+    graph = model.graph
+    keep, lifted = [], []
+    for node in graph.node:
+        value = None
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1:
+            attr = node.attribute[0]
+            if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                value = attr.t
+        if value is None:
+            keep.append(node)
+            continue
+        tensor = TensorProto()
+        tensor.CopyFrom(value)
+        tensor.name = node.output[0]
+        lifted.append(tensor)
+    if lifted:
+        del graph.node[:]
+        graph.node.extend(keep)
+        graph.initializer.extend(lifted)
+        logger.debug("lifted %d Constant nodes into initializers", len(lifted))
+    return len(lifted)
+
+
+def model_size_bytes(model: ModelProto) -> int:
+    """Bytes the model's tensors take in memory (a cheap upper bound for the protobuf size)."""
+    total = 0
+    for tensor in model.graph.initializer:
+        if tensor.HasField("raw_data"):
+            total += len(tensor.raw_data)
+        else:
+            total += int(np.prod(tensor.dims, dtype=np.int64)) * 8
+    return total
+
+
+def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
+    """Load a model from a path (or take a ``ModelProto``), ready for the passes.
+
+    Args:
+        model: path to an ``.onnx`` file or a loaded ``ModelProto`` (used as is, not copied).
+        check: run ``onnx.checker`` on the model.
+
+    Returns:
+        The model with external data loaded and ``Constant`` weights lifted into initializers.
+
+    Raises:
+        ModelError: the file is missing, not ONNX, fails the checker, points outside its
+            folder for external data, or uses an opset older than :data:`MIN_OPSET`.
+    """
+    if isinstance(model, ModelProto):
+        proto = model
+    else:
+        path = Path(model)
+        if not path.exists():
+            raise ModelError(f"model file not found: {path}")
+        if not path.is_file():
+            raise ModelError(f"model path is not a file: {path}")
+        try:
+            proto = onnx.load_model(str(path), load_external_data=False)
+        except (DecodeError, ValueError, RuntimeError, TypeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+        except OSError as exc:
+            raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if not proto.HasField("graph"):
+            raise ModelError(f"{path} is not an ONNX model: it has no graph")
+        if any(
+            external_data_helper.uses_external_data(t) for t in external_data_helper._get_all_tensors(proto)  # noqa: SLF001
+        ):
+            _check_external_locations(proto, path.parent)
+            try:
+                external_data_helper.load_external_data_for_model(proto, str(path.parent))
+            except (OSError, ValueError) as exc:
+                raise ModelError(f"cannot read the external data of {path}: {exc}") from None
+    if not proto.HasField("graph"):
+        raise ModelError("the model has no graph")
+    opset = _default_opset(proto)
+    if opset < MIN_OPSET:
+        raise ModelError(
+            f"the model uses opset {opset}; nabn-onnx needs opset {MIN_OPSET} or newer "
+            "(convert it with onnx.version_converter.convert_version)"
+        )
+    lift_constant_weights(proto)
+    if check:
+        check_model(proto)
+    return proto
+
+
+def check_model(model: ModelProto, *, full: bool = False) -> None:
+    """Run onnx's checker, turning its failure into a one-line :class:`ModelError`."""
+    try:
+        if model_size_bytes(model) < PROTOBUF_LIMIT:
+            onnx.checker.check_model(model, full_check=full)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"the model fails onnx's checker: {first}") from None
+
+
+def _should_use_external(model: ModelProto, external_data: Optional[bool]) -> bool:
+    if external_data is not None:
+        return external_data
+    return model_size_bytes(model) >= PROTOBUF_LIMIT - (64 << 20)
+
+
+def save_model(model: ModelProto, path: Union[str, os.PathLike], *, external_data: Optional[bool] = None) -> Path:
+    """Write ``model`` to ``path`` atomically.
+
+    The model is written to a temporary file in the target folder and renamed into place,
+    so a failure leaves neither a partial file nor a changed old one. With external data
+    (forced by ``external_data=True``, automatic above protobuf's 2 GB limit) the tensors go
+    to ``<name>.data`` beside the model; ``model`` keeps its tensors in memory either way.
+
+    Args:
+        model: the model to write.
+        path: the ``.onnx`` file to write.
+        external_data: ``True`` to store tensors in a side file, ``False`` to forbid it,
+            ``None`` to decide by size.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ModelError: the target folder does not exist or is not writable.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ModelError(f"output folder does not exist: {folder}")
+    if path.is_dir():
+        raise ModelError(f"output path is a folder: {path}")
+    use_external = _should_use_external(model, external_data)
+    try:
+        with tempfile.TemporaryDirectory(prefix=".nabn-", dir=folder) as tmp:
+            tmp_model = Path(tmp) / path.name
+            if use_external:
+                data_name = path.name + ".data"
+                onnx.save_model(
+                    model,
+                    str(tmp_model),
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=data_name,
+                    size_threshold=1024,
+                )
+                # onnx.save_model moved the tensors out of `model`: bring them back.
+                external_data_helper.load_external_data_for_model(model, tmp)
+                os.replace(Path(tmp) / data_name, folder / data_name)
+            else:
+                with open(tmp_model, "wb") as fh:
+                    fh.write(model.SerializeToString())
+            os.replace(tmp_model, path)
+    except PermissionError as exc:
+        raise ModelError(f"cannot write {path}: {exc.strerror}") from None
+    except OSError as exc:
+        raise ModelError(f"cannot write {path}: {exc.strerror or exc}") from None
+    logger.debug("saved %s (external data: %s)", path, use_external)
+    return path
+
+
+def record(model: ModelProto, key: str, value: Any) -> None:
+    """Set the provenance key ``nabn.<key>`` to ``value`` (JSON) in ``metadata_props``."""
+    from . import __version__
+
+    _set_meta(model, _METADATA_PREFIX + "version", __version__)
+    _set_meta(model, _METADATA_PREFIX + key, json.dumps(value, sort_keys=True))
+
+
+def read_record(model: ModelProto, key: str, default: Any = None) -> Any:
+    """Return the JSON value stored under ``nabn.<key>``, or ``default``."""
+    for prop in model.metadata_props:
+        if prop.key == _METADATA_PREFIX + key:
+            try:
+                return json.loads(prop.value)
+            except json.JSONDecodeError:
+                return default
+    return default
+
+
+def _set_meta(model: ModelProto, key: str, value: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    entry = model.metadata_props.add()
+    entry.key = key
+    entry.value = value
+
+
+def initializer_map(model: ModelProto) -> Dict[str, TensorProto]:
+    """Name -> initializer of the main graph."""
+    return {t.name: t for t in model.graph.initializer}
+
+
+def set_initializer(model: ModelProto, name: str, array: np.ndarray) -> None:
+    """Replace (or add) the initializer ``name`` with ``array``, keeping its position."""
+    new = numpy_helper.from_array(np.ascontiguousarray(array), name)
+    for tensor in model.graph.initializer:
+        if tensor.name == name:
+            tensor.CopyFrom(new)
+            return
+    model.graph.initializer.append(new)
+
+
+def atomic_write_text(path: Union[str, os.PathLike], text: str) -> Path:
+    """Write a text file atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ModelError(f"output folder does not exist: {folder}")
+    fd, tmp = tempfile.mkstemp(prefix=".nabn-", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

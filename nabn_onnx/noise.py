@@ -1,0 +1,146 @@
+"""Weight-noise models of analog PIM devices.
+
+The paper's models (Section III), with noise scale ``eta``:
+
+* temporal fluctuation ``N_T ~ N(eta, (sigma_t * eta)^2)``, drawn per inference batch;
+* spatial fluctuation ``N_S ~ N(1, sigma_s^2)``, drawn once per chip instance;
+* **MUL**: ``W + W * N_T * N_S``;  **ADD**: ``W + N_T * N_S``.
+
+``N_S`` is drawn per weight element. Whether ``N_T`` is drawn per element or once per layer
+the paper does not say: ``temporal="element"`` (default) or ``"layer"``.
+
+A realization depends only on ``seed`` and each weight's name and shape (hashed into the
+seed sequence), never on the rest of the graph: ``inject`` on an exported model and the
+noise inside ``calibrate`` on its split version therefore simulate the same chip. The
+spatial draw is fixed per (seed, weight); the temporal draw is also indexed by ``draw``
+(0 for a baked file, 0, 1, 2, ... for per-batch re-draws).
+
+Other device models plug in by subclassing :class:`NoiseModel` and registering in
+:data:`NOISE_MODELS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from typing import Dict, Type
+
+import numpy as np
+
+from .errors import NoiseConfigError
+
+__all__ = ["NoiseModel", "MulNoise", "AddNoise", "NOISE_MODELS", "make_noise", "weight_rng"]
+
+_SPATIAL, _TEMPORAL = 0, 1
+
+
+def weight_rng(seed: int, name: str, shape, stream: int, draw: int = 0) -> np.random.Generator:
+    """A generator determined by the seed, the weight's name and shape, a stream and a draw index."""
+    digest = hashlib.sha256(f"{name}|{tuple(int(d) for d in shape)}".encode()).digest()
+    words = [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
+    entropy = [seed & 0xFFFFFFFF, seed >> 32] + words + [stream, draw]
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """A weight-noise model: subclasses define :meth:`apply`.
+
+    Attributes:
+        eta: noise scale (mean of the temporal fluctuation).
+        sigma_t: temporal spread relative to eta (``sigma_T = sigma_t * eta``).
+        sigma_s: spatial spread (``N_S ~ N(1, sigma_s^2)``).
+        seed: chip instance; the same seed gives the same bytes.
+        temporal: ``"element"`` (N_T per weight element) or ``"layer"`` (one N_T per tensor).
+        include_bias: also put noise on the analog layers' biases.
+    """
+
+    eta: float
+    sigma_t: float = 0.2
+    sigma_s: float = 0.1
+    seed: int = 0
+    temporal: str = "element"
+    include_bias: bool = False
+
+    kind = "none"
+    #: Largest eta accepted; beyond it the simulated device is meaningless.
+    max_eta = math.inf
+
+    def __post_init__(self):
+        for field in ("eta", "sigma_t", "sigma_s"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise NoiseConfigError(f"{field} must be a finite number >= 0, got {value!r}")
+        if self.eta > self.max_eta:
+            raise NoiseConfigError(
+                f"eta={self.eta} is beyond the {self.kind.upper()} model's range (at most {self.max_eta}); "
+                "typical values are " + self.typical
+            )
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            raise NoiseConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        if self.temporal not in ("element", "layer"):
+            raise NoiseConfigError(f"temporal must be 'element' or 'layer', got {self.temporal!r}")
+
+    typical = ""
+
+    def spatial(self, name: str, shape) -> np.ndarray:
+        """``N_S`` for one weight tensor (fixed per chip)."""
+        rng = weight_rng(self.seed, name, shape, _SPATIAL)
+        return 1.0 + self.sigma_s * rng.standard_normal(shape)
+
+    def temporal_draw(self, name: str, shape, draw: int = 0) -> np.ndarray:
+        """``N_T`` for one weight tensor at one inference batch ``draw``."""
+        rng = weight_rng(self.seed, name, shape, _TEMPORAL, draw)
+        size = shape if self.temporal == "element" else ()
+        return self.eta + self.sigma_t * self.eta * rng.standard_normal(size)
+
+    def apply(self, name: str, weight: np.ndarray, draw: int = 0) -> np.ndarray:
+        """The noisy version of ``weight`` (same dtype) for chip ``seed`` at batch ``draw``."""
+        raise NotImplementedError
+
+    def describe(self) -> Dict[str, object]:
+        """JSON-able settings, for provenance."""
+        out = {"noise": self.kind}
+        out.update(asdict(self))
+        return out
+
+
+@dataclass(frozen=True)
+class MulNoise(NoiseModel):
+    """Multiplicative variation, eq. (1): ``W + W * N_T * N_S``."""
+
+    kind = "mul"
+    max_eta = 10.0
+    typical = "0.02 to 0.1 (the paper's Table I)"
+
+    def apply(self, name: str, weight: np.ndarray, draw: int = 0) -> np.ndarray:
+        w = weight.astype(np.float64)
+        noise = self.temporal_draw(name, w.shape, draw) * self.spatial(name, w.shape)
+        return (w + w * noise).astype(weight.dtype)
+
+
+@dataclass(frozen=True)
+class AddNoise(NoiseModel):
+    """Additive variation, eq. (2): ``W + N_T * N_S``."""
+
+    kind = "add"
+    max_eta = 10.0
+    typical = "0.0002 to 0.00035 for ImageNet-sized weights (the paper's Table II)"
+
+    def apply(self, name: str, weight: np.ndarray, draw: int = 0) -> np.ndarray:
+        w = weight.astype(np.float64)
+        noise = self.temporal_draw(name, w.shape, draw) * self.spatial(name, w.shape)
+        return (w + noise).astype(weight.dtype)
+
+
+NOISE_MODELS: Dict[str, Type[NoiseModel]] = {"mul": MulNoise, "add": AddNoise}
+
+
+def make_noise(kind: str, eta: float, **kwargs) -> NoiseModel:
+    """Build a noise model by name (``"mul"`` or ``"add"``)."""
+    try:
+        cls = NOISE_MODELS[kind]
+    except KeyError:
+        raise NoiseConfigError(f"unknown noise model {kind!r}; choose one of {', '.join(NOISE_MODELS)}") from None
+    return cls(eta=eta, **kwargs)

@@ -1,0 +1,51 @@
+"""The pass framework: a pass is a small class; calling it returns a :class:`PassResult`.
+
+Parameters go in ``__init__``; ``__call__(model)`` keeps no state between calls. Every
+pass in this package works in place on the ``ModelProto`` it is given (copying a model
+of hundreds of megabytes per pass would dominate the run time); the base checks that the
+returned model is the one passed in, and callers that must keep the input copy it once.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Dict
+
+from onnx import ModelProto
+
+__all__ = ["Pass", "PassResult"]
+
+
+@dataclass
+class PassResult:
+    """What a pass did.
+
+    Attributes:
+        model: the transformed model (the same object that was passed in).
+        modified: whether anything changed; a second run of a pass returns False.
+        details: what changed, for reports and provenance (pass-specific keys).
+    """
+
+    model: ModelProto
+    modified: bool
+    details: Dict[str, Any] = field(default_factory=dict)
+
+
+class Pass(abc.ABC):
+    """Base of every graph pass."""
+
+    #: Every pass edits the model it is given; see the module docstring.
+    in_place: bool = True
+
+    def __call__(self, model: ModelProto) -> PassResult:
+        result = self.call(model)
+        if self.in_place and result.model is not model:
+            raise AssertionError(f"{type(self).__name__} claims to work in place but returned a new model")
+        if not self.in_place and result.model is model and result.modified:
+            raise AssertionError(f"{type(self).__name__} claims to copy but modified its input")
+        return result
+
+    @abc.abstractmethod
+    def call(self, model: ModelProto) -> PassResult:
+        """Transform ``model``; implemented by each pass."""

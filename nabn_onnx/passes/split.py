@@ -1,0 +1,161 @@
+"""SplitBatchNormPass: put an explicit BatchNormalization back after each analog layer.
+
+Exporters fold BatchNorm into the preceding layer, which leaves nothing to calibrate.
+This pass inserts one BatchNormalization after every selected analog layer that has none::
+
+    Before:   X --Conv(W, b)--> Y --> consumers
+    After:    X --Conv(W, b)--> Y' --BatchNormalization(scale, B, mean, var, eps)--> Y --> consumers
+
+The layer's output is renamed ``Y'`` and the new node produces the old name ``Y``, so
+consumers and graph outputs stay untouched. The algebra of BatchNormalization is
+``Y = (Y' - mean) / sqrt(var + eps) * scale + B``. Two ways to keep ``Y == Y'``:
+
+* **placeholder** (no data): ``mean = 0, var = 1 - eps, scale = 1, B = 0`` with ``eps =
+  2**-17``. Both ``1 - eps`` and ``var + eps = 1`` are exact in float32, so the node is the
+  identity bit for bit, and so is onnxruntime's Conv+BatchNormalization fusion of it
+  (weights times 1, bias times 1 plus 0). Calibration then measures the clean reference
+  statistics on the same data it calibrates with.
+* **measured** (:meth:`SplitBatchNormPass` with ``stats``): ``mean = mu, var = s2, scale =
+  sqrt(s2 + eps), B = mu``, where ``mu``/``s2`` are the per-channel mean and variance of
+  ``Y'`` on clean calibration data. Still the identity up to float rounding; it is the
+  BatchNorm a network trained with BatchNorm would have had, and it is what calibration
+  re-estimates: with noisy statistics ``mu_n, s2_n`` the node maps the noisy distribution
+  back onto the clean one, ``(Y' - mu_n) / sqrt(s2_n + eps) * sqrt(s2 + eps) + mu``.
+
+Layers already followed by a BatchNormalization keep theirs. Layers that cannot take one
+(shared or non-constant weights, unknown channel count, channels not on axis 1) are
+skipped with the reason logged at DEBUG and listed by ``nabn-onnx inspect``.
+
+Default policy: every analog layer (Conv, ConvTranspose, Gemm, MatMul with a constant 2-D
+weight) is selected; ``include``/``exclude`` regular expressions on layer names narrow it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from onnx import ModelProto, helper, numpy_helper
+
+from ..graph import AnalogLayer, find_analog_layers, GraphIndex
+from ..io import read_record, record
+from .base import Pass, PassResult
+
+__all__ = ["SplitBatchNormPass", "PLACEHOLDER_EPSILON", "select_layers", "bn_param_names"]
+
+logger = logging.getLogger(__name__)
+
+#: A power of two, so that ``1 - eps`` and ``(1 - eps) + eps == 1`` are exact in float32.
+PLACEHOLDER_EPSILON = 2.0**-17
+
+_INSERTED_SUFFIX = "/nabn_bn"
+
+
+def select_layers(
+    layers: Sequence[AnalogLayer], include: Optional[str] = None, exclude: Optional[str] = None
+) -> List[AnalogLayer]:
+    """Layers whose names match ``include`` (all when None) and not ``exclude`` (``re.search``)."""
+    inc = re.compile(include) if include else None
+    exc = re.compile(exclude) if exclude else None
+    return [
+        layer
+        for layer in layers
+        if (inc is None or inc.search(layer.name)) and (exc is None or not exc.search(layer.name))
+    ]
+
+
+def bn_param_names(bn_name: str) -> Tuple[str, str, str, str]:
+    """Initializer names (scale, bias, mean, var) of an inserted BatchNormalization."""
+    return tuple(f"{bn_name}.{part}" for part in ("scale", "bias", "mean", "var"))  # type: ignore[return-value]
+
+
+def _unique(name: str, taken: set) -> str:
+    candidate, i = name, 1
+    while candidate in taken:
+        i += 1
+        candidate = f"{name}_{i}"
+    taken.add(candidate)
+    return candidate
+
+
+class SplitBatchNormPass(Pass):
+    """Insert a BatchNormalization after every selected analog layer that lacks one.
+
+    Args:
+        include: regular expression; only layers whose name matches are split.
+        exclude: regular expression; layers whose name matches are left alone.
+        stats: optional clean statistics ``{layer name: (mean, var)}``; layers found here get
+            measured parameters, the others the exact-identity placeholder.
+    """
+
+    def __init__(
+        self,
+        include: Optional[str] = None,
+        exclude: Optional[str] = None,
+        stats: Optional[Dict[str, Tuple[np.ndarray, np.ndarray]]] = None,
+    ):
+        self.include = include
+        self.exclude = exclude
+        self.stats = stats or {}
+
+    def call(self, model: ModelProto) -> PassResult:
+        layers = select_layers(find_analog_layers(model), self.include, self.exclude)
+        todo = [l for l in layers if l.bn is None and l.skip_reason is None]
+        skipped = {l.name: l.skip_reason for l in layers if l.bn is None and l.skip_reason is not None}
+        if not todo:
+            return PassResult(model, False, {"inserted": [], "skipped": skipped})
+        index = GraphIndex(model)
+        names_taken = set(index.producer) | set(index.initializers) | {n.name for n in model.graph.node}
+        names_taken |= {i.name for i in model.graph.input}
+        position = {id(node): i for i, node in enumerate(model.graph.node)}
+        new_nodes: Dict[int, object] = {}
+        inserted: List[str] = []
+        for layer in todo:
+            node = layer.node
+            weight = index.initializers[layer.weight]
+            dtype = helper.tensor_dtype_to_np_dtype(weight.data_type)
+            bn_name = _unique(layer.name + _INSERTED_SUFFIX, names_taken)
+            scale_n, bias_n, mean_n, var_n = (_unique(n, names_taken) for n in bn_param_names(bn_name))
+            params = self._parameters(layer, dtype)
+            for pname, value in zip((scale_n, bias_n, mean_n, var_n), params):
+                model.graph.initializer.append(numpy_helper.from_array(value, pname))
+            out = node.output[0]
+            pre = _unique(out + "_nabn_pre", names_taken)
+            node.output[0] = pre
+            bn = helper.make_node(
+                "BatchNormalization",
+                [pre, scale_n, bias_n, mean_n, var_n],
+                [out],
+                name=bn_name,
+                epsilon=PLACEHOLDER_EPSILON,
+            )
+            new_nodes[position[id(node)]] = bn
+            inserted.append(bn_name)
+        ordered = []
+        for i, node in enumerate(model.graph.node):
+            ordered.append(node)
+            if i in new_nodes:
+                ordered.append(new_nodes[i])
+        del model.graph.node[:]
+        model.graph.node.extend(ordered)
+        previous = read_record(model, "inserted_bn", []) or []
+        record(model, "inserted_bn", list(previous) + inserted)
+        logger.info("inserted %d BatchNormalization node(s); %d layer(s) skipped", len(inserted), len(skipped))
+        return PassResult(model, True, {"inserted": inserted, "skipped": skipped})
+
+    def _parameters(self, layer: AnalogLayer, dtype) -> Tuple[np.ndarray, ...]:
+        channels = layer.channels
+        if layer.name in self.stats:
+            mean, var = (np.asarray(a, dtype=np.float64).reshape(-1) for a in self.stats[layer.name])
+            if mean.shape != (channels,) or var.shape != (channels,):
+                raise ValueError(f"statistics for {layer.name} have {mean.shape[0]} channels, expected {channels}")
+            scale = np.sqrt(var + PLACEHOLDER_EPSILON)
+            return tuple(a.astype(dtype) for a in (scale, mean, mean, var))
+        return (
+            np.ones(channels, dtype),
+            np.zeros(channels, dtype),
+            np.zeros(channels, dtype),
+            np.full(channels, 1.0 - PLACEHOLDER_EPSILON, dtype),
+        )
