@@ -2,7 +2,9 @@
 
 __version__ = "0.1.0"
 
-from .calibration import CalibrationReport, CalibrationResult, Estimator, calibrate
+from .api import inject, inspect_model, split
+from .calibration import CalibrationReport, CalibrationResult, Estimator, NabnSession, TemporalNoise, calibrate
+from .evaluation import diagnose, evaluate, sweep
 from .errors import DataError, ModelError, NabnError, NoiseConfigError, NothingToDoError
 from .io import load_model, save_model
 from .noise import AddNoise, MulNoise, NoiseModel, make_noise
@@ -10,9 +12,10 @@ from .passes import InjectWeightNoisePass, Pass, PassResult, SplitBatchNormPass
 
 __all__ = [
     "__version__",
-    "calibrate", "CalibrationReport", "CalibrationResult", "Estimator",
+    "calibrate", "split", "inject", "inspect_model", "NabnSession", "TemporalNoise", "CalibrationReport", "CalibrationResult", "Estimator",
     "NabnError", "ModelError", "DataError", "NoiseConfigError", "NothingToDoError",
     "load_model", "save_model",
     "NoiseModel", "MulNoise", "AddNoise", "make_noise",
     "Pass", "PassResult", "SplitBatchNormPass", "InjectWeightNoisePass",
+    "evaluate", "sweep", "diagnose",
 ]

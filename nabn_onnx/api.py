@@ -56,6 +56,11 @@ def split(
 
     proto = _load_copy(model)
     result = SplitBatchNormPass(include=include, exclude=exclude)(proto)
+    if not result.modified and not select_layers(find_analog_layers(proto), include, exclude):
+        raise NothingToDoError(
+            "no analog layer (Conv, ConvTranspose, Gemm, MatMul with a constant weight) "
+            + ("matches --include/--exclude" if include or exclude else "in the model") + ": nothing to split"
+        )
     if data is not None and result.details["inserted"]:
         measure_inserted(proto, proto, result.details["inserted"], data, batch_size=batch_size,
                          max_batches=max_batches, providers=providers, show_progress=show_progress)

@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence
 
 from . import __version__
 from .errors import NabnError
+from .progress import Progress
 
 __all__ = ["main"]
 
@@ -61,6 +62,16 @@ def _default_output(model: Path, suffix: str) -> Path:
 def _check_output(model: Path, output: Path) -> None:
     if model.exists() and output.exists() and model.resolve() == output.resolve():
         raise NabnError(f"refusing to overwrite the input model {model}; choose another -o")
+    _check_folder(output)
+
+
+def _check_folder(path: Path) -> None:
+    """Fail before the work, not after it, when an output cannot be written."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise NabnError(f"output folder does not exist: {folder}")
+    if path.is_dir():
+        raise NabnError(f"output path is a folder: {path}")
 
 
 def _cmd_split(args, parser) -> int:
@@ -100,6 +111,8 @@ def _cmd_calibrate(args, parser) -> int:
     noise = _make_noise(args, parser)
     output = Path(args.output) if args.output else _default_output(Path(args.model), ".nabn")
     _check_output(Path(args.model), output)
+    if args.report:
+        _check_folder(Path(args.report))
     estimator = Estimator(kind=args.estimator, variance=args.variance, unbiased=not args.biased,
                           momentum=args.momentum)
     result = calibrate(args.model, args.data, noise=noise, method=args.method, estimator=estimator,
@@ -131,6 +144,178 @@ def _cmd_inspect(args, parser) -> int:
 def _say(args, line: str) -> None:
     if not args.quiet:
         print(line)
+
+
+def _image_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("image folders (when a data path is a folder of class subfolders)")
+    group.add_argument("--resize", type=int, help="resize the shorter side to this (default: the crop's longer side)")
+    group.add_argument("--crop", help="center crop, N or HxW (default: the model's input size)")
+    group.add_argument("--mean", help="per-channel mean after scaling to [0, 1], e.g. 0.485,0.456,0.406")
+    group.add_argument("--std", help="per-channel std, e.g. 0.229,0.224,0.225")
+    group.add_argument("--layout", choices=["NCHW", "NHWC"], help="input layout (default: guessed from the model)")
+
+
+def _data_source(path: str, args):
+    """``path`` as given, or an :class:`ImageFolder` with the image options when it is a folder."""
+    options = {"resize": args.resize, "layout": args.layout}
+    if args.crop:
+        height, _, width = args.crop.lower().partition("x")
+        try:
+            options["crop"] = (int(height), int(width or height))
+        except ValueError:
+            raise NabnError(f"--crop must be N or HxW, got {args.crop!r}") from None
+    from .evaluation.sweep import parse_floats
+
+    for name in ("mean", "std"):
+        if getattr(args, name):
+            options[name] = tuple(parse_floats(getattr(args, name), name))
+    if not Path(path).is_dir():
+        given = [f"--{k}" for k, v in options.items() if v is not None]
+        if given:
+            raise NabnError(f"{', '.join(given)} apply to image folders only, and {path} is not a folder")
+        return path
+    from .images import ImageFolder
+
+    return ImageFolder(path, **{k: v for k, v in options.items() if v is not None})
+
+
+def _metric_args(parser: argparse.ArgumentParser, several: bool) -> None:
+    parser.add_argument("--metric", default="top1",
+                        help="top1 (default), top5, miou, pixel-acc" + (", or several comma-separated" if several else ""))
+    parser.add_argument("--output-name", help="model output the metric reads: name or index (default: the first)")
+    parser.add_argument("--ignore-index", type=int, default=255, help="segmentation label never counted (default 255)")
+    parser.add_argument("--ignore-background", action=argparse.BooleanOptionalAction, default=None,
+                        help="drop background (class 0) pixels (default: yes for miou, as the paper; no for pixel-acc)")
+    parser.add_argument("--batch-size", type=int, default=64)
+
+
+def _output_arg(args):
+    name = args.output_name
+    return int(name) if name is not None and name.lstrip("-").isdigit() else name
+
+
+def _report_suffix(path: Optional[str], allowed: Sequence[str]) -> Optional[Path]:
+    if path is None:
+        return None
+    out = Path(path)
+    if out.suffix not in allowed:
+        raise NabnError(f"report must end in {', '.join(allowed)}, got {out.name}")
+    _check_folder(out)
+    return out
+
+
+def _cmd_evaluate(args, parser) -> int:
+    from .evaluation import Evaluator
+
+    evaluator = Evaluator(args.model, output=_output_arg(args))
+    with Progress("evaluating", None, enabled=not args.quiet) as bar:
+        result = evaluator.run(_data_source(args.data, args), args.metric, batch_size=args.batch_size,
+                               max_batches=args.max_batches, ignore_index=args.ignore_index,
+                               ignore_background=args.ignore_background, progress=bar)
+    if args.json:
+        print(json.dumps({"value": result.value, "samples": result.samples, "seconds": round(result.seconds, 3)}))
+    else:
+        _say(args, result.summary())
+    return 0
+
+
+def _cmd_sweep(args, parser) -> int:
+    from .evaluation import sweep
+    from .evaluation.sweep import parse_floats
+
+    etas = parse_floats(args.eta, "eta")
+    try:
+        seed_values = [int(v) for v in args.seeds.split(",") if v.strip()]
+    except ValueError:
+        raise NabnError(f"--seeds must be a count or comma-separated integers, got {args.seeds!r}") from None
+    seeds = seed_values if "," in args.seeds else seed_values[0] if seed_values else 0
+    report_path = _report_suffix(args.report, (".json", ".md", ".csv"))
+    plot_path = _report_suffix(args.plot, (".png", ".svg", ".pdf"))
+    report = sweep(args.model, _data_source(args.calib, args), _data_source(args.test, args), noise=args.noise,
+                   etas=etas, seeds=seeds, method=args.method, metric=args.metric, sigma_t=args.sigma_t,
+                   sigma_s=args.sigma_s, temporal=args.temporal, include_bias=args.include_bias,
+                   batch_size=args.batch_size, calib_batches=args.max_batches, output=_output_arg(args),
+                   ignore_index=args.ignore_index, ignore_background=args.ignore_background,
+                   reuse_sessions=args.reuse_sessions, show_progress=not args.quiet)
+    if report_path:
+        report.write(report_path)
+    if plot_path:
+        from .evaluation.plots import plot_sweep
+
+        plot_sweep(report, plot_path)
+    if not args.quiet:
+        print(report.table())
+    _say(args, report.summary())
+    return 0
+
+
+def _cmd_diagnose(args, parser) -> int:
+    from .evaluation import diagnose
+
+    noise = _make_noise(args, parser)
+    report_path = _report_suffix(args.report, (".json", ".md"))
+    plot_path = _report_suffix(args.plot, (".png", ".svg", ".pdf"))
+    report = diagnose(args.model, _data_source(args.data, args), noise=noise, method=args.method, at=args.at,
+                      bins=args.bins, batch_size=args.batch_size, max_batches=args.max_batches,
+                      show_progress=not args.quiet)
+    if report_path:
+        report.write(report_path)
+    if plot_path:
+        from .evaluation.plots import plot_diagnose
+
+        plot_diagnose(report, plot_path)
+    if not args.quiet:
+        print(report.to_markdown(), end="")
+    _say(args, report.summary())
+    return 0
+
+
+def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("evaluate", parents=[common], help="measure a model's accuracy (or mIoU) on labelled data")
+    p.add_argument("model", help="input .onnx model")
+    p.add_argument("--data", required=True, help="labelled test data: .npz with 'labels', or an image folder")
+    _metric_args(p, several=True)
+    p.add_argument("--max-batches", type=int)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _image_args(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("sweep", parents=[common], help="vanilla vs NaBN accuracy over noise scales and chips")
+    p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
+    p.add_argument("--calib", required=True, help="calibration data (.npz or image folder)")
+    p.add_argument("--test", required=True, help="labelled test data (.npz with 'labels' or image folder)")
+    p.add_argument("--noise", choices=["mul", "add"], required=True, help="MUL: W + W*N_T*N_S; ADD: W + N_T*N_S")
+    p.add_argument("--eta", required=True, help="noise scales, comma-separated (e.g. 0.02,0.04,0.06)")
+    p.add_argument("--seeds", default="5", help="chips per eta: a count K (seeds 0..K-1) or a list 3,7,11 (default 5)")
+    p.add_argument("--sigma-t", type=float, default=0.2, help="temporal spread relative to eta (default 0.2)")
+    p.add_argument("--sigma-s", type=float, default=0.1, help="spatial spread of N_S (default 0.1)")
+    p.add_argument("--temporal", choices=["element", "layer"], default="element")
+    p.add_argument("--include-bias", action="store_true", help="also put noise on analog layers' biases")
+    p.add_argument("--method", choices=["paper", "delta"], default="paper", help="calibration method (default paper)")
+    _metric_args(p, several=False)
+    p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
+    p.add_argument("--reuse-sessions", action="store_true",
+                   help="one onnxruntime session for all chips, weights fed per chip (slower per run; "
+                        "pays only for tiny test sets)")
+    p.add_argument("--report", help="write the results (.json, .md or .csv)")
+    p.add_argument("--plot", help="accuracy against eta (.png, .svg or .pdf; needs matplotlib)")
+    _image_args(p)
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("diagnose", parents=[common], help="per-layer KL/JS divergence of noisy from clean activations")
+    p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
+    p.add_argument("--data", required=True, help="calibration data (.npz or image folder)")
+    _noise_args(p, required=True)
+    p.add_argument("--method", choices=["paper", "delta"], default="paper", help="calibration method (default paper)")
+    p.add_argument("--at", choices=["bn", "activation"], default="bn",
+                   help="measure each BatchNorm's output (default) or the activation after it")
+    p.add_argument("--bins", type=int, default=200, help="histogram bins in the clean range (default 200)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-batches", type=int)
+    p.add_argument("--report", help="write the table (.json or .md)")
+    p.add_argument("--plot", help="bar chart with the ratio line (.png, .svg or .pdf; needs matplotlib)")
+    _image_args(p)
+    p.set_defaults(func=_cmd_diagnose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,8 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
     p.add_argument("--data", required=True, help="calibration data (.npz keyed by input name)")
     _noise_args(p, required=False)
-    p.add_argument("--method", choices=["paper", "delta"], default="paper",
-                   help="paper: Algorithm 1 (default); delta: reference statistics plus the noise-induced shift")
+    p.add_argument("--method", choices=["auto", "paper", "delta"], default="paper",
+                   help="paper: Algorithm 1 (default); delta: reference statistics plus the noise-induced shift; "
+                        "auto: whichever keeps outputs closest to the clean model's on held-out batches")
     p.add_argument("--estimator", choices=["cumulative", "ema"], default="cumulative",
                    help="combine batch statistics by average (default) or the paper's EMA")
     p.add_argument("--variance", choices=["total", "mean"], default="total",
@@ -185,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="input .onnx model")
     _selection_args(p)
     p.set_defaults(func=_cmd_inspect)
+
+    _add_evaluation_commands(sub, common)
     return parser
 
 

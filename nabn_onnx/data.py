@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ from onnx import ModelProto, helper
 
 from .errors import DataError
 
-__all__ = ["InputSpec", "input_specs", "Batch", "iter_batches", "DataLike", "LABELS_KEY"]
+__all__ = ["InputSpec", "input_specs", "Batch", "iter_batches", "DataLike", "LABELS_KEY", "replayable"]
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +189,10 @@ def _raw_batches(data: DataLike, specs: Sequence[InputSpec], batch_size: int) ->
         if path.suffix != ".npz":
             raise DataError(f"data must be an .npz file or an image folder, got {path}")
         return _npz_batches(path, specs, batch_size)
+    from .images import ImageFolder  # no Pillow import until images are read
+
+    if isinstance(data, ImageFolder):
+        return data.batches(specs, batch_size)
     if hasattr(data, "get_next"):
         return _reader_batches(data)
     if isinstance(data, Mapping):
@@ -292,3 +298,58 @@ def iter_batches(
             )
     if count == 0:
         raise DataError("the data holds no samples")
+
+
+class _Spool:
+    """A one-shot batch source made re-readable by spooling its batches to a temporary folder.
+
+    The first pass reads the source and writes each batch (``.npz``) as it goes; later
+    passes read them back from disk, so memory stays at one batch however long the stream.
+    """
+
+    def __init__(self, source):
+        self._source = source
+        self._folder: Optional[str] = None
+        self._count = 0
+        self._complete = False
+
+    def __iter__(self) -> Iterator[Mapping[str, np.ndarray]]:
+        if self._complete:
+            for i in range(self._count):
+                with np.load(os.path.join(self._folder, f"{i}.npz")) as saved:
+                    yield {k: saved[k] for k in saved.files}
+            return
+        if self._folder is not None:
+            raise DataError("a one-shot data source was read twice while its first pass was unfinished")
+        self._folder = tempfile.mkdtemp(prefix="nabn-spool-")
+        source = _reader_batches(self._source) if hasattr(self._source, "get_next") else (
+            _split_labels(b) for b in self._source)
+        for batch in source:
+            feeds = dict(batch.feeds)
+            if batch.labels is not None:
+                feeds[LABELS_KEY] = batch.labels
+            np.savez(os.path.join(self._folder, f"{self._count}.npz"), **feeds)
+            self._count += 1
+            yield feeds
+        self._complete = True
+
+    def close(self) -> None:
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def __del__(self):
+        self.close()
+
+
+def replayable(data: DataLike) -> DataLike:
+    """``data`` itself when it can be read more than once; a spooled wrapper otherwise.
+
+    Paths, mappings and sequences are re-readable. A ``CalibrationDataReader`` or an
+    iterator is read once and its batches spooled to a temporary folder for later passes.
+    """
+    if isinstance(data, (str, os.PathLike, Mapping, list, tuple)) or isinstance(data, _Spool):
+        return data
+    if hasattr(data, "get_next") or (isinstance(data, Iterable) and iter(data) is data):
+        return _Spool(data)
+    return data

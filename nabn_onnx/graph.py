@@ -11,18 +11,20 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import onnx
 from onnx import ModelProto, NodeProto, TensorProto
 
 from .io import read_record
 
-__all__ = ["ANALOG_OPS", "AnalogLayer", "find_analog_layers", "GraphIndex", "layer_name", "infer_ranks"]
+__all__ = ["ANALOG_OPS", "AnalogLayer", "find_analog_layers", "GraphIndex", "layer_name", "infer_ranks", "infer_shapes_light"]
 
 logger = logging.getLogger(__name__)
 
 ANALOG_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: Weight types the passes can compute with (a crossbar simulation of quantized weights is another tool).
+_FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
 
 
 def layer_name(node: NodeProto) -> str:
@@ -91,28 +93,39 @@ def _attr(node: NodeProto, name: str, default):
     return default
 
 
-def infer_ranks(model: ModelProto) -> Dict[str, int]:
-    """Rank of every tensor whose rank shape inference can tell.
+def infer_shapes_light(model: ModelProto, batch_size: Optional[int] = None) -> Dict[str, Tuple[Optional[int], ...]]:
+    """Shape of every tensor shape inference can tell (None for unknown dimensions).
 
     Inference runs on a copy of the graph without tensor data, so it costs no memory
-    however large the weights are.
+    however large the weights are. With ``batch_size``, a symbolic first dimension of each
+    model input is fixed to it first.
     """
-    light = ModelProto()
-    light.CopyFrom(_without_weights(model))
+    light = _without_weights(model)
+    if batch_size is not None:
+        inits = {t.name for t in model.graph.initializer}
+        for value in light.graph.input:
+            dims = value.type.tensor_type.shape.dim
+            if value.name not in inits and len(dims) and not dims[0].HasField("dim_value"):
+                dims[0].dim_value = batch_size
     try:
         inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False)
     except Exception as exc:  # inference is a hint only; a model it cannot handle is still usable
         logger.debug("shape inference failed: %s", exc)
         inferred = light
-    ranks: Dict[str, int] = {}
+    shapes: Dict[str, Tuple[Optional[int], ...]] = {}
     graph = inferred.graph
     for info in list(graph.value_info) + list(graph.output) + list(graph.input):
         tensor_type = info.type.tensor_type
         if tensor_type.HasField("shape"):
-            ranks[info.name] = len(tensor_type.shape.dim)
+            shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
     for init in model.graph.initializer:
-        ranks[init.name] = len(init.dims)
-    return ranks
+        shapes[init.name] = tuple(init.dims)
+    return shapes
+
+
+def infer_ranks(model: ModelProto) -> Dict[str, int]:
+    """Rank of every tensor whose rank shape inference can tell."""
+    return {name: len(shape) for name, shape in infer_shapes_light(model).items()}
 
 
 def _without_weights(model: ModelProto) -> ModelProto:
@@ -135,6 +148,10 @@ def _without_weights(model: ModelProto) -> ModelProto:
         elif init.name not in listed:
             graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
     return light
+
+
+def _type_name(data_type: int) -> str:
+    return TensorProto.DataType.Name(data_type) if data_type in TensorProto.DataType.values() else str(data_type)
 
 
 def _numel(tensor: TensorProto) -> int:
@@ -190,8 +207,14 @@ def find_analog_layers(model: ModelProto, ranks: Optional[Dict[str, int]] = None
                 reason = f"weight '{weight_name}' is not a constant (it is computed or fed at run time)"
             layer.skip_reason = layer.noise_skip_reason = reason
             continue
-        layer.weight = weight_name
         weight = index.initializers[weight_name]
+        if weight.data_type not in _FLOAT_TYPES:
+            layer.skip_reason = layer.noise_skip_reason = (
+                f"weight '{weight_name}' has data type {_type_name(weight.data_type)}: "
+                "only float weights (float32, float16, double) are handled"
+            )
+            continue
+        layer.weight = weight_name
         layer.channels = _channels(node, weight)
         bn = _following_bn(node, index)
         if bn is not None:

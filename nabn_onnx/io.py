@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import onnx
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 from onnx import ModelProto, TensorProto, external_data_helper, numpy_helper
 
@@ -59,7 +60,13 @@ def _check_external_locations(model: ModelProto, base_dir: Path) -> None:
     for tensor in external_data_helper._get_all_tensors(model):  # noqa: SLF001 - onnx's own walker
         if not external_data_helper.uses_external_data(tensor):
             continue
-        info = external_data_helper.ExternalDataInfo(tensor)
+        try:
+            info = external_data_helper.ExternalDataInfo(tensor)
+        except ValueError as exc:
+            raise ModelError(f"tensor '{tensor.name}' has unreadable external-data fields ({exc})") from None
+        for key in ("offset", "length"):
+            if getattr(info, key, None) is not None and getattr(info, key) < 0:
+                raise ModelError(f"tensor '{tensor.name}' has a negative external-data {key} ({getattr(info, key)})")
         location = info.location
         if not location or os.path.isabs(location) or Path(location).drive:
             raise ModelError(
@@ -112,13 +119,19 @@ def lift_constant_weights(model: ModelProto) -> int:
 
 
 def model_size_bytes(model: ModelProto) -> int:
-    """Bytes the model's tensors take in memory (a cheap upper bound for the protobuf size)."""
+    """Bytes the model's tensors store (a cheap upper bound for the protobuf size).
+
+    Counted from the data actually held, never from ``dims``: a hostile file can claim
+    dims of 2**40 elements with no data, which must not switch the checker off.
+    """
     total = 0
     for tensor in model.graph.initializer:
         if tensor.HasField("raw_data"):
             total += len(tensor.raw_data)
         else:
-            total += int(np.prod(tensor.dims, dtype=np.int64)) * 8
+            values = (len(tensor.float_data) + len(tensor.int32_data) + len(tensor.int64_data)
+                      + len(tensor.double_data) + len(tensor.uint64_data))
+            total += values * 8 + sum(len(v) for v in tensor.string_data)
     return total
 
 
@@ -162,16 +175,95 @@ def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
                 raise ModelError(f"cannot read the external data of {path}: {exc}") from None
     if not proto.HasField("graph"):
         raise ModelError("the model has no graph")
+    _check_utf8(proto)
     opset = _default_opset(proto)
     if opset < MIN_OPSET:
         raise ModelError(
             f"the model uses opset {opset}; nabn-onnx needs opset {MIN_OPSET} or newer "
             "(convert it with onnx.version_converter.convert_version)"
         )
+    _refuse_training_mode(proto)
     lift_constant_weights(proto)
     if check:
         check_model(proto)
+    _check_initializer_sizes(proto)
     return proto
+
+
+#: Types whose elements are packed below one byte (raw size is not numel * itemsize).
+_PACKED_TYPES = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2") if hasattr(TensorProto, n)}
+
+
+def _check_initializer_sizes(model: ModelProto) -> None:
+    """Refuse initializers whose stored data does not match their dims (a corrupt or hostile file).
+
+    onnx's checker does not compare ``raw_data`` with ``dims`` and is skipped above 2 GB;
+    without this a pass would fail deep inside numpy on the first such weight.
+    """
+    known = set(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
+    for tensor in model.graph.initializer:
+        if tensor.data_type not in known:
+            raise ModelError(f"initializer '{tensor.name}' has an unknown data type ({tensor.data_type}); the file is corrupt")
+        if any(d < 0 for d in tensor.dims):
+            raise ModelError(f"initializer '{tensor.name}' has negative dims {list(tensor.dims)}; the file is corrupt")
+        if tensor.data_type in _PACKED_TYPES or tensor.data_type == TensorProto.STRING:
+            continue
+        if external_data_helper.uses_external_data(tensor):
+            continue
+        numel = 1
+        for d in tensor.dims:
+            numel *= d
+        if tensor.HasField("raw_data"):
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+            stored, wanted, unit = len(tensor.raw_data), numel * itemsize, "bytes"
+        else:
+            field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+            per = 2 if tensor.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128) else 1
+            stored, wanted, unit = len(getattr(tensor, field)), numel * per, "values"
+        if stored != wanted:
+            raise ModelError(
+                f"initializer '{tensor.name}' stores {stored} {unit} but its dims {list(tensor.dims)} need {wanted}; "
+                "the file is corrupt or truncated"
+            )
+
+
+def _check_utf8(message, where: str = "model") -> None:
+    """Refuse string fields that are not valid UTF-8.
+
+    Protobuf parses them anyway and hands them to Python as ``bytes`` (or fails when one is
+    read), which would surface far from the load. Only string and message fields are
+    visited, so tensor bytes are never copied.
+    """
+    for field in message.DESCRIPTOR.fields:
+        if field.type not in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE):
+            continue
+        repeated = field.is_repeated
+        if not repeated and not message.HasField(field.name):
+            continue
+        try:
+            value = getattr(message, field.name)
+            if field.type == FieldDescriptor.TYPE_STRING:
+                if any(isinstance(v, bytes) for v in (value if repeated else (value,))):
+                    raise UnicodeDecodeError("utf-8", b"", 0, 1, "invalid UTF-8")
+                continue
+        except UnicodeDecodeError:
+            raise ModelError(f"{where}.{field.name} holds text that is not valid UTF-8; the file is corrupt") from None
+        for item in value if repeated else (value,):
+            _check_utf8(item, f"{where}.{field.name}")
+
+
+def _refuse_training_mode(model: ModelProto) -> None:
+    """A BatchNormalization exported in training mode would recompute its statistics on every batch."""
+    for node in model.graph.node:
+        if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx"):
+            continue
+        flagged = any(a.name == "training_mode" and a.i != 0 for a in node.attribute)
+        if flagged or any(node.output[1:]):
+            how = "training_mode=1" if flagged else "it has running-statistics outputs"
+            raise ModelError(
+                f"BatchNormalization '{node.name or node.output[0]}' is in training mode ({how}); export the model "
+                "in eval mode (PyTorch: model.eval() before torch.onnx.export)"
+            )
 
 
 def check_model(model: ModelProto, *, full: bool = False) -> None:
@@ -182,6 +274,8 @@ def check_model(model: ModelProto, *, full: bool = False) -> None:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"the model fails onnx's checker: {first}") from None
+    except UnicodeDecodeError:  # the checker's message quotes a name that is not valid UTF-8
+        raise ModelError("the model fails onnx's checker: it holds names or strings that are not valid UTF-8") from None
 
 
 def _should_use_external(model: ModelProto, external_data: Optional[bool]) -> bool:

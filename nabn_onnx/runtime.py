@@ -1,10 +1,13 @@
 """The one place that builds onnxruntime sessions.
 
 Providers are named explicitly (CPU unless the caller asks otherwise) and graph
-optimizations are chosen on purpose: :data:`MEASURE` for graphs that measure statistics
-(basic optimizations only: constant folding and redundant-node removal, which do not
-change what is computed, but no fusions that rewrite the arithmetic), :data:`SERVE` for
-plain inference. Models at or over protobuf's 2 GB limit are handed to onnxruntime
+optimizations are chosen on purpose. Statistics graphs (:data:`MEASURE`) run with all of
+onnxruntime's optimizations: on the sample ResNet the training-mode graph runs 1.5-2x
+faster with them than with basic ones (``python tools/bench_calibrate.py`` prints both),
+and the fusions and layout changes they make are exact rewrites that move results by
+float32 rounding only (the statistics tests compare with a float64 numpy reference at
+1e-4). Conv+BatchNormalization fusion, the one rewrite that would change what is
+measured, never fires on a training-mode BatchNormalization (it has extra outputs). Models at or over protobuf's 2 GB limit are handed to onnxruntime
 through a temporary file in the system's temporary folder, never the user's folder.
 """
 
@@ -26,7 +29,7 @@ __all__ = ["make_session", "MEASURE", "SERVE", "DEFAULT_PROVIDERS"]
 
 logger = logging.getLogger(__name__)
 
-MEASURE = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+MEASURE = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 SERVE = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 

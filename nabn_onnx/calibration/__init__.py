@@ -1,10 +1,12 @@
 """Calibration: statistics graphs, streaming estimators, the calibrate job."""
 
 from .engine import CalibrationReport, CalibrationResult, LayerShift, METHODS, calibrate, collect_stats
+from .dynamic import NabnSession, TemporalNoise
 from .stats import DEFAULT_ESTIMATOR, Estimator, RunningStats
 from .statsgraph import ExposeBatchNormStatsPass
 
 __all__ = [
     "calibrate", "collect_stats", "CalibrationReport", "CalibrationResult", "LayerShift", "METHODS",
     "Estimator", "RunningStats", "DEFAULT_ESTIMATOR", "ExposeBatchNormStatsPass",
+    "NabnSession", "TemporalNoise",
 ]

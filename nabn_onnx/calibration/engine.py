@@ -13,6 +13,11 @@ Methods:
   noise causes, measured the same way on the clean and the noisy model:
   ``mean' = mean + (mu_noisy - mu_clean)``, ``var' = var * v_noisy / v_clean``. Without
   noise it changes nothing, bit for bit; it needs the clean weights.
+* ``"auto"``: both of the above (and their average, ``"blend"``) are estimated on all but
+  every :data:`HOLDOUT_EVERY`-th calibration batch, scored without labels by how far the
+  calibrated noisy model's outputs are from the clean model's on the held-out batches
+  (:mod:`nabn_onnx.calibration.select`), and the winner is written with the statistics of
+  all batches. Without noise ``delta`` scores zero, so ``auto`` changes no output.
 """
 
 from __future__ import annotations
@@ -26,9 +31,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from onnx import ModelProto
 
-from ..data import DataLike, input_specs, iter_batches
+from ..data import DataLike, input_specs, iter_batches, replayable
 from ..errors import NabnError, NothingToDoError
-from ..graph import batchnorm_nodes, find_analog_layers
+from ..graph import batchnorm_nodes, find_analog_layers, infer_shapes_light
 from ..io import ModelLike, load_model, read_record, record, save_model
 from ..noise import NoiseModel
 from ..passes.inject import InjectWeightNoisePass
@@ -36,6 +41,7 @@ from ..passes.split import PLACEHOLDER_EPSILON, SplitBatchNormPass
 from ..passes.write_stats import WriteBatchNormStatsPass, bn_epsilon, read_bn_params
 from ..progress import Progress
 from ..runtime import MEASURE, make_session
+from .select import choose_candidate
 from .statsgraph import ExposeBatchNormStatsPass
 from .stats import DEFAULT_ESTIMATOR, Estimator
 
@@ -44,7 +50,9 @@ __all__ = ["calibrate", "collect_stats", "CalibrationResult", "CalibrationReport
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("paper", "delta")
+METHODS = ("auto", "paper", "delta")
+#: ``auto`` holds out every k-th calibration batch to score the candidates on.
+HOLDOUT_EVERY = 4
 Stats = Dict[str, Tuple[np.ndarray, np.ndarray]]
 
 
@@ -63,7 +71,29 @@ def name_batchnorms(model: ModelProto) -> int:
     return count
 
 
-def collect_stats(
+@dataclass
+class Measured:
+    """Statistics from one pass over the data.
+
+    Attributes:
+        stats: ``{bn name: (mean, var)}`` over all batches.
+        fit: the same over the batches that were not held out (``holdout_every``), else None.
+        batches: batches seen.
+        samples: samples seen.
+    """
+
+    stats: Stats
+    fit: Optional[Stats]
+    batches: int
+    samples: int
+
+
+def is_holdout(batch_index: int, holdout_every: int) -> bool:
+    """Whether batch ``batch_index`` (0-based) is held out: every ``holdout_every``-th batch."""
+    return holdout_every > 0 and batch_index % holdout_every == holdout_every - 1
+
+
+def measure(
     model: ModelProto,
     data: DataLike,
     *,
@@ -74,37 +104,67 @@ def collect_stats(
     max_batches: Optional[int] = None,
     providers: Optional[Sequence[str]] = None,
     progress: Optional[Progress] = None,
-) -> Tuple[Stats, int, int]:
+    holdout_every: int = 0,
+) -> Measured:
     """Stream ``data`` through ``model`` and estimate per-channel statistics of BatchNorm inputs.
 
     ``train`` BatchNorms run in training mode (normalize with batch statistics), ``tap``
-    BatchNorms stay in eval mode; both are measured. ``model`` is not modified.
-
-    Returns:
-        ``({bn name: (mean, var)}, batches, samples)``.
+    BatchNorms stay in eval mode; both are measured. ``model`` is not modified. With
+    ``holdout_every=k`` a second estimate leaves out every k-th batch (see :func:`is_holdout`).
     """
+    train, tap = list(train), list(tap)
+    per_sample = _elements_per_sample(model, train + tap)
     stats_model = copy.deepcopy(model)
-    expose = ExposeBatchNormStatsPass(train=train, tap=tap, keep_outputs=False)
+    expose = ExposeBatchNormStatsPass(train=train, tap=tap, keep_outputs=False, shapes=per_sample is None)
     expose(stats_model)
     outputs = expose.outputs
     session = make_session(stats_model, optimization=MEASURE, providers=providers)
     del stats_model
     fetch: List[str] = []
     for stat in outputs.values():
-        fetch += [stat.mean, stat.var, stat.shape]
-    accumulators = {name: estimator.new() for name in outputs}
+        fetch += [stat.mean, stat.var] + ([stat.shape] if per_sample is None else [])
+    everything = {name: estimator.new() for name in outputs}
+    fit = {name: estimator.new() for name in outputs} if holdout_every else None
     batches = samples = 0
     for batch in iter_batches(data, input_specs(model), batch_size=batch_size, max_batches=max_batches, min_batch=2):
         values = dict(zip(fetch, session.run(fetch, batch.feeds)))
+        held_out = is_holdout(batches, holdout_every)
         for name, stat in outputs.items():
-            shape = values[stat.shape]
-            count = int(np.prod(shape, dtype=np.int64) // shape[1])
-            accumulators[name].update(values[stat.mean], values[stat.var], count)
+            if per_sample is None:
+                shape = values[stat.shape]
+                count = int(np.prod(shape, dtype=np.int64) // shape[1])
+            else:
+                count = per_sample[name] * batch.size
+            everything[name].update(values[stat.mean], values[stat.var], count)
+            if fit is not None and not held_out:
+                fit[name].update(values[stat.mean], values[stat.var], count)
         batches += 1
         samples += batch.size
         if progress is not None:
             progress.update()
-    return {name: acc.result() for name, acc in accumulators.items()}, batches, samples
+    fit_stats = None
+    if fit is not None and all(acc.batches for acc in fit.values()):
+        fit_stats = {name: acc.result() for name, acc in fit.items()}
+    return Measured({name: acc.result() for name, acc in everything.items()}, fit_stats, batches, samples)
+
+
+def collect_stats(model: ModelProto, data: DataLike, **kwargs) -> Tuple[Stats, int, int]:
+    """:func:`measure` returning ``({bn name: (mean, var)}, batches, samples)``."""
+    measured = measure(model, data, **kwargs)
+    return measured.stats, measured.batches, measured.samples
+
+
+def _elements_per_sample(model: ModelProto, bn_names: Sequence[str]) -> Optional[Dict[str, int]]:
+    """Elements per channel per sample at each BatchNorm input, when shape inference knows them all."""
+    shapes = infer_shapes_light(model, batch_size=1)
+    inputs = {n.name: n.input[0] for n in batchnorm_nodes(model)}
+    out = {}
+    for name in bn_names:
+        shape = shapes.get(inputs[name])
+        if shape is None or len(shape) < 2 or any(d is None for d in shape[2:]) or shape[0] != 1:
+            return None
+        out[name] = int(np.prod(shape[2:], dtype=np.int64))
+    return out
 
 
 @dataclass
@@ -138,10 +198,14 @@ class CalibrationReport:
     seconds: float
     inserted: List[str] = field(default_factory=list)
     layers: List[LayerShift] = field(default_factory=list)
+    chosen: str = ""
+    scores: Optional[Dict[str, float]] = None
 
     def to_dict(self) -> Dict[str, object]:
         return {
             "method": self.method,
+            "chosen": self.chosen,
+            "scores": self.scores,
             "estimator": self.estimator,
             "noise": self.noise,
             "batches": self.batches,
@@ -156,9 +220,10 @@ class CalibrationReport:
         noise = "no noise injected" if not self.noise else f"{self.noise['noise']} eta={self.noise['eta']:g} seed={self.noise['seed']}"
         shifts = [l.mean_shift for l in self.layers]
         worst = f", largest mean shift {max(shifts):.3g} std" if shifts else ""
+        method = f"'{self.method}'" + (f" (chose '{self.chosen}')" if self.chosen != self.method else "")
         return (
             f"calibrated {len(self.layers)} BatchNorm layer(s) ({len(self.inserted)} inserted) with method "
-            f"'{self.method}' on {self.batches} batch(es) / {self.samples} samples, {noise}{worst}, "
+            f"{method} on {self.batches} batch(es) / {self.samples} samples, {noise}{worst}, "
             f"in {self.seconds:.2f}s"
         )
 
@@ -255,14 +320,14 @@ def calibrate(
         noise: simulate this chip (the same noise ``inject`` writes with the same
             settings); None calibrates the model as given (already noisy, or the
             statistics come from a device).
-        method: ``"paper"`` or ``"delta"`` (see the module docstring).
+        method: ``"auto"``, ``"paper"`` or ``"delta"`` (see the module docstring).
         estimator: how batch statistics are combined.
         batch_size: samples per batch for file and dict data.
         max_batches: use at most this many batches.
         include: regular expression of analog layer names to split (all by default).
         exclude: regular expression of analog layer names not to split.
         reference: the clean model, needed when ``model`` is already noisy and the clean
-            statistics are not yet known (inserted placeholders, or ``method="delta"``).
+            statistics are not yet known (inserted placeholders, or a method other than ``"paper"``).
         output: where to save the calibrated model (atomically); None to only return it.
         providers: onnxruntime execution providers.
         show_progress: draw a progress bar on a terminal.
@@ -289,10 +354,11 @@ def calibrate(
             "the model has no BatchNormalization and no analog layer (Conv, ConvTranspose, Gemm, MatMul with a "
             "constant weight) to put one after" + (f" ({why})" if why else "")
         )
+    data = replayable(data)
     names = [n.name for n in bns]
     eps_of = {n.name: bn_epsilon(n) for n in bns}
     inserted = set(read_record(proto, "inserted_bn", []) or [])
-    before = {name: read_bn_params(proto, name) for name in names}
+    before = read_bn_params(proto)
     placeholders = [name for name in names if name in inserted and _is_placeholder(before[name])]
     already_noisy = noise is None and read_record(proto, "inject") is not None
     clean = proto
@@ -302,38 +368,58 @@ def calibrate(
         name_batchnorms(clean)
         if [n.name for n in batchnorm_nodes(clean)] != names:
             raise NabnError("the reference model's BatchNorms do not match the model's: give the same model before noise")
-    elif (placeholders or method == "delta") and already_noisy:
+    elif (placeholders or method != "paper") and already_noisy:
         raise NabnError(
             "the model carries injected noise, so its clean statistics cannot be measured from it: pass the clean "
             "model as --reference, or calibrate the clean model with --noise"
         )
-    passes = (1 if placeholders else 0) + (2 if method == "delta" else 1)
-    total = passes * _count_batches(data, batch_size, max_batches)
+    needs_clean = method in ("delta", "auto")
+    holdout = HOLDOUT_EVERY if method == "auto" else 0
+    passes = (1 if placeholders else 0) + (3 if method == "auto" else 2 if needs_clean else 1)
+    per_pass = _count_batches(data, batch_size, max_batches)
+    total = None if per_pass is None else passes * per_pass
     common = dict(estimator=estimator, batch_size=batch_size, max_batches=max_batches, providers=providers)
+    chosen, scores = method, None
     with Progress("calibrating", total, enabled=show_progress) as bar:
         if placeholders:
             measure_inserted(proto, clean, placeholders, data, progress=bar, **common)
-        reference_params = {name: read_bn_params(proto, name) for name in names}
-        if method == "delta":
-            clean_stats, _, _ = collect_stats(clean, data, train=names, progress=bar, **common)
+        reference_params = read_bn_params(proto)
+        clean_run = measure(clean, data, train=names, progress=bar, holdout_every=holdout, **common) if needs_clean else None
+        clean_model = copy.deepcopy(clean) if method == "auto" else None
         if noise is not None:
             InjectWeightNoisePass(noise)(proto)
-        noisy_stats, batches, samples = collect_stats(proto, data, train=names, progress=bar, **common)
-    if method == "paper":
-        new = {name: {"mean": m, "var": v} for name, (m, v) in noisy_stats.items()}
-    else:
-        new = {}
-        for name in names:
-            ref_p = reference_params[name]
-            (mn, vn), (mc, vc) = noisy_stats[name], clean_stats[name]
-            new[name] = {"mean": ref_p["mean"] + (mn - mc), "var": ref_p["var"] * _safe_ratio(vn, vc)}
-    WriteBatchNormStatsPass(new)(proto)
+        noisy_run = measure(proto, data, train=names, progress=bar, holdout_every=holdout, **common)
+        batches, samples = noisy_run.batches, noisy_run.samples
+        if method == "auto":
+            in_sample = noisy_run.fit is None or clean_run.fit is None
+            fit_noisy = noisy_run.stats if in_sample else noisy_run.fit
+            fit_clean = clean_run.stats if in_sample else clean_run.fit
+            candidates = {}
+            for name in ("delta", "blend", "paper"):
+                candidate = copy.deepcopy(proto)
+                WriteBatchNormStatsPass(_new_stats(name, names, reference_params, fit_noisy, fit_clean))(candidate)
+                candidates[name] = candidate
+            held = None if in_sample else {i for i in range(batches) if is_holdout(i, HOLDOUT_EVERY)}
+            chosen, scores = choose_candidate(clean_model, candidates, data, batch_indices=held,
+                                              batch_size=batch_size, max_batches=max_batches, providers=providers,
+                                              progress=bar)
+            del candidates, clean_model
+            logger.info("auto: scores %s, chose %s", scores, chosen)
+    new = _new_stats(chosen, names, reference_params, noisy_run.stats, clean_run.stats if clean_run else None)
     layers = [
         _shift(name, "inserted" if name in inserted else "original", reference_params[name], new[name], eps_of[name])
         for name in names
     ]
+    # An inserted BatchNorm that the chosen statistics leave exactly as measured goes back to the
+    # bit-exact identity placeholder (this is what keeps a noise-free delta/auto run bit for bit).
+    for name in placeholders:
+        if chosen == "delta" and _unchanged(noisy_run.stats[name], clean_run.stats[name]):
+            new[name] = _placeholder_values(reference_params[name]["mean"].size)
+    WriteBatchNormStatsPass(new)(proto)
     report = CalibrationReport(
         method=method,
+        chosen=chosen,
+        scores=scores,
         estimator=vars(estimator) if not hasattr(estimator, "__dataclass_fields__") else {
             k: getattr(estimator, k) for k in estimator.__dataclass_fields__},
         noise=noise.describe() if noise is not None else None,
@@ -344,13 +430,42 @@ def calibrate(
         layers=layers,
     )
     record(proto, "calibrate", {
-        "method": method, "estimator": report.estimator, "batches": batches, "samples": samples,
+        "method": method, "chosen": chosen, "estimator": report.estimator, "batches": batches, "samples": samples,
         "noise": report.noise,
     })
     if output is not None:
         save_model(proto, output)
     report.seconds = time.perf_counter() - started
     return CalibrationResult(proto, report)
+
+
+def _new_stats(method: str, names: Sequence[str], reference: Dict[str, Dict[str, np.ndarray]], noisy: Stats,
+               clean: Optional[Stats]) -> Dict[str, Dict[str, np.ndarray]]:
+    """The statistics each method writes: ``paper`` the noisy ones, ``delta`` the reference moved
+    by the noise-induced shift, ``blend`` the average of the two (geometric for variances)."""
+    out = {}
+    for name in names:
+        mean_n, var_n = noisy[name]
+        if method == "paper":
+            out[name] = {"mean": mean_n, "var": var_n}
+            continue
+        mean_c, var_c = clean[name]
+        mean_d = reference[name]["mean"] + (mean_n - mean_c)
+        var_d = reference[name]["var"] * _safe_ratio(var_n, var_c)
+        if method == "delta":
+            out[name] = {"mean": mean_d, "var": var_d}
+        else:
+            out[name] = {"mean": 0.5 * (mean_d + mean_n), "var": np.sqrt(var_d * var_n)}
+    return out
+
+
+def _unchanged(noisy: Tuple[np.ndarray, np.ndarray], clean: Tuple[np.ndarray, np.ndarray]) -> bool:
+    return bool(np.array_equal(noisy[0], clean[0]) and np.array_equal(noisy[1], clean[1]))
+
+
+def _placeholder_values(channels: int) -> Dict[str, np.ndarray]:
+    return {"scale": np.ones(channels), "bias": np.zeros(channels), "mean": np.zeros(channels),
+            "var": np.full(channels, 1.0 - PLACEHOLDER_EPSILON)}
 
 
 def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -376,6 +491,8 @@ def _count_batches(data: DataLike, batch_size: int, max_batches: Optional[int]) 
     from pathlib import Path
 
     total = None
+    if batch_size < 1:  # iter_batches reports it
+        return None
     if isinstance(data, (str, os.PathLike)) and Path(data).suffix == ".npz" and Path(data).is_file():
         try:
             with zipfile.ZipFile(data) as archive, archive.open(archive.namelist()[0]) as fh:

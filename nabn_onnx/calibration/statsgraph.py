@@ -17,7 +17,9 @@ only two vectors of length C and a shape come out.
       X --BN(eval)--> Y          X --BN(eval)--> Y
                                  X --BN(train, momentum=0, scale=1, B=0)--> (unused), mean_b, var_b
 
-For each measured BatchNorm ``Shape(X)`` is exposed too, for the element count.
+With ``shapes=True``, ``Shape(X)`` of each measured BatchNorm is exposed too, for the
+element count per channel; callers that know the spatial sizes statically leave it off
+(a ``Shape`` on a blocked-layout tensor costs onnxruntime a layout conversion).
 """
 
 from __future__ import annotations
@@ -61,13 +63,16 @@ class ExposeBatchNormStatsPass(Pass):
     Args:
         train: names of BatchNorms to switch to training mode (measured).
         tap: names of BatchNorms to measure while they stay in eval mode.
-        keep_outputs: keep the model's own outputs (False drops them, so onnxruntime runs
-            only what the statistics need... which is everything upstream anyway).
+        keep_outputs: keep the model's own outputs (False drops them: onnxruntime then skips
+            whatever only the outputs need, such as a classifier after the last BatchNorm).
+        shapes: also expose ``Shape(X)`` of each measured BatchNorm input.
 
     After the call, :attr:`outputs` maps each measured BatchNorm to its :class:`StatOutputs`.
     """
 
-    def __init__(self, train: Iterable[str] = (), tap: Iterable[str] = (), keep_outputs: bool = True):
+    def __init__(self, train: Iterable[str] = (), tap: Iterable[str] = (), keep_outputs: bool = True,
+                 shapes: bool = True):
+        self.shapes = shapes
         self.train = set(train)
         self.tap = set(tap)
         self.keep_outputs = keep_outputs
@@ -90,15 +95,17 @@ class ExposeBatchNormStatsPass(Pass):
             base = node.name
             stat = StatOutputs(f"{base}/nabn_mean", f"{base}/nabn_var", f"{base}/nabn_shape")
             elem_type = inits[node.input[1]].data_type if node.input[1] in inits else 1
-            extra = [helper.make_node("Shape", [node.input[0]], [stat.shape], name=f"{base}/nabn_shape_op")]
+            extra = [helper.make_node("Shape", [node.input[0]], [stat.shape], name=f"{base}/nabn_shape_op")] \
+                if self.shapes else []
             if node.name in self.train:
                 self._to_training(node, stat, opset)
             else:
                 extra.append(self._tap(node, stat, opset, inits, graph))
             new_nodes[position] = extra
             outputs[node.name] = stat
-            new_outputs += [_value_info(stat.mean, elem_type), _value_info(stat.var, elem_type),
-                            _value_info(stat.shape, 7)]
+            new_outputs += [_value_info(stat.mean, elem_type), _value_info(stat.var, elem_type)]
+            if self.shapes:
+                new_outputs.append(_value_info(stat.shape, 7))
         missing = (self.train | self.tap) - found
         if missing:
             raise ValueError(f"no BatchNormalization named {sorted(missing)}")

@@ -72,14 +72,18 @@ class WriteBatchNormStatsPass(Pass):
         return PassResult(model, bool(changed), {"changed": changed})
 
 
-def read_bn_params(model: ModelProto, bn_name: str) -> Dict[str, Optional[np.ndarray]]:
-    """The scale, bias, mean and var of one BatchNormalization (None where not an initializer)."""
-    index = GraphIndex(model)
-    node = next(n for n in model.graph.node if n.op_type == "BatchNormalization" and n.name == bn_name)
-    out: Dict[str, Optional[np.ndarray]] = {}
-    for key, slot in _SLOTS.items():
-        tensor = index.initializers.get(node.input[slot])
-        out[key] = None if tensor is None else numpy_helper.to_array(tensor).astype(np.float64)
+def read_bn_params(model: ModelProto) -> Dict[str, Dict[str, Optional[np.ndarray]]]:
+    """``{bn name: {scale, bias, mean, var}}`` of every BatchNormalization (float64; None where not an initializer)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    out: Dict[str, Dict[str, Optional[np.ndarray]]] = {}
+    for node in model.graph.node:
+        if node.op_type != "BatchNormalization":
+            continue
+        params: Dict[str, Optional[np.ndarray]] = {}
+        for key, slot in _SLOTS.items():
+            tensor = inits.get(node.input[slot])
+            params[key] = None if tensor is None else numpy_helper.to_array(tensor).astype(np.float64)
+        out[node.name] = params
     return out
 
 

@@ -1,0 +1,204 @@
+"""Evaluate a model's task metric on labelled data, streaming batch by batch.
+
+:class:`Evaluator` holds one onnxruntime session (built with :data:`~nabn_onnx.runtime.SERVE`,
+as the model would be deployed) and can run it many times. Named initializers can be
+made *overridable*: they become graph inputs too, so each run may feed other values for
+them (one simulated chip's noisy weights, one calibration's BatchNorm statistics) without
+building a new session; runs that do not feed them use the stored values.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Sequence, Union
+
+import numpy as np
+from onnx import ModelProto, helper
+
+from ..data import DataLike, input_specs, iter_batches
+from ..errors import NabnError
+from ..io import ModelLike, load_model
+from ..progress import Progress
+from ..runtime import SERVE, make_session
+from .metrics import IGNORE_INDEX, MetricLike, make_metrics
+
+__all__ = ["evaluate", "Evaluator", "Evaluation", "OutputLike"]
+
+logger = logging.getLogger(__name__)
+
+OutputLike = Union[int, str, None]
+
+
+@dataclass
+class Evaluation:
+    """The outcome of one evaluation.
+
+    Attributes:
+        value: the metric (a float), or ``{name: value}`` for several metrics or a metric
+            that returns several numbers.
+        samples: samples evaluated.
+        batches: batches run.
+        seconds: wall time.
+        metric: the metric's name (names joined by commas for several).
+    """
+
+    value: Union[float, Dict[str, float]]
+    samples: int
+    batches: int
+    seconds: float
+    metric: str = "metric"
+
+    def summary(self) -> str:
+        """One line: the metric(s) in percent, samples and time."""
+        values = self.value if isinstance(self.value, dict) else {self.metric: self.value}
+        text = ", ".join(f"{k} {100 * v:.2f}%" for k, v in values.items())
+        return f"{text} on {self.samples} samples ({self.batches} batches) in {self.seconds:.2f}s"
+
+
+def with_overridable(model: ModelProto, names: Sequence[str]) -> ModelProto:
+    """A copy of ``model`` where the initializers ``names`` are also graph inputs, so runs can feed them."""
+    proto = copy.deepcopy(model)
+    inits = {t.name: t for t in proto.graph.initializer}
+    present = {i.name for i in proto.graph.input}
+    missing = [n for n in names if n not in inits]
+    if missing:
+        raise NabnError(f"no initializer named {missing[:3]} to make overridable")
+    for name in names:
+        if name not in present:
+            tensor = inits[name]
+            proto.graph.input.append(helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
+    return proto
+
+
+class Evaluator:
+    """One session that evaluates a model (and chip variants of it) on data.
+
+    Args:
+        model: path or ``ModelProto`` (not modified).
+        output: which model output the metric reads: index or name (first output by default).
+        overridable: initializer names each :meth:`run` may feed new values for.
+        providers: onnxruntime execution providers (CPU by default).
+
+    Raises:
+        NabnError: the output does not exist, or an overridable name is no initializer.
+    """
+
+    def __init__(self, model: ModelLike, *, output: OutputLike = None, overridable: Sequence[str] = (),
+                 providers: Optional[Sequence[str]] = None):
+        proto = load_model(copy.deepcopy(model) if isinstance(model, ModelProto) else model)
+        self.specs = input_specs(proto)
+        self.output_name = _output_name(proto, output)
+        self.overridable = tuple(overridable)
+        if self.overridable:
+            proto = with_overridable(proto, self.overridable)
+        self.session = make_session(proto, optimization=SERVE, providers=providers)
+
+    def run(
+        self,
+        data: DataLike,
+        metric: Union[MetricLike, Sequence[MetricLike]] = "top1",
+        *,
+        feeds: Optional[Mapping[str, np.ndarray]] = None,
+        batch_size: int = 64,
+        max_batches: Optional[int] = None,
+        ignore_index: Optional[int] = IGNORE_INDEX,
+        ignore_background: Optional[bool] = None,
+        progress: Optional[Progress] = None,
+    ) -> Evaluation:
+        """Stream ``data`` through the session and compute ``metric``.
+
+        Args:
+            data: labelled data (see :mod:`nabn_onnx.data`).
+            metric: a name (``"top1"``, ``"top5"``, ``"miou"``, ``"pixel-acc"``), several
+                (list or comma-separated), a :class:`~nabn_onnx.evaluation.metrics.Metric` or a callable.
+            feeds: values for overridable initializers (others keep their stored values).
+            batch_size: samples per batch for file and dict data.
+            max_batches: evaluate at most this many batches.
+            ignore_index: segmentation label never counted.
+            ignore_background: drop background pixels in segmentation metrics (None: each
+                metric's default, see :mod:`~nabn_onnx.evaluation.metrics`).
+            progress: advanced once per batch.
+        """
+        started = time.perf_counter()
+        extra = dict(feeds or {})
+        unknown = sorted(set(extra) - set(self.overridable))
+        if unknown:
+            raise NabnError(f"cannot feed {unknown[:3]}: not among the overridable initializers of this evaluator")
+        metrics = make_metrics(metric, ignore_index=ignore_index, ignore_background=ignore_background)
+        batches = samples = 0
+        for batch in iter_batches(data, self.specs, batch_size=batch_size, max_batches=max_batches):
+            (outputs,) = self.session.run([self.output_name], {**batch.feeds, **extra})
+            for m in metrics.values():
+                m.update(outputs, batch.labels)
+            batches += 1
+            samples += batch.size
+            if progress is not None:
+                progress.update()
+        results = {name: m.result() for name, m in metrics.items()}
+        if len(results) == 1:
+            value = next(iter(results.values()))
+        else:
+            value = {}
+            for name, result in results.items():
+                value.update(result if isinstance(result, dict) else {name: result})
+        seconds = time.perf_counter() - started
+        logger.debug("evaluated %d samples in %d batches in %.2fs", samples, batches, seconds)
+        return Evaluation(value, samples, batches, seconds, ",".join(results))
+
+
+def _output_name(model: ModelProto, output: OutputLike) -> str:
+    names = [o.name for o in model.graph.output]
+    if output is None:
+        return names[0]
+    if isinstance(output, (int, np.integer)) and not isinstance(output, bool):
+        if not -len(names) <= output < len(names):
+            raise NabnError(f"output index {output} is out of range: the model has {len(names)} output(s) {names}")
+        return names[output]
+    if output not in names:
+        raise NabnError(f"the model has no output named {output!r}; its outputs are {names}")
+    return output
+
+
+def evaluate(
+    model: ModelLike,
+    data: DataLike,
+    metric: Union[MetricLike, Sequence[MetricLike]] = "top1",
+    *,
+    batch_size: int = 64,
+    max_batches: Optional[int] = None,
+    output: OutputLike = None,
+    ignore_index: Optional[int] = IGNORE_INDEX,
+    ignore_background: Optional[bool] = None,
+    providers: Optional[Sequence[str]] = None,
+    show_progress: bool = False,
+) -> Union[float, Dict[str, float]]:
+    """The task metric of ``model`` on ``data``.
+
+    Args:
+        model: path or ``ModelProto`` (not modified).
+        data: labelled data: an ``.npz`` with ``labels``, a dict of arrays, an image folder
+            (:class:`~nabn_onnx.images.ImageFolder` or its path), or batches with ``labels``.
+        metric: ``"top1"`` (default), ``"top5"``, ``"miou"``, ``"pixel-acc"``, a list of
+            them, a :class:`~nabn_onnx.evaluation.metrics.Metric` or a callable.
+        batch_size: samples per batch for file and dict data.
+        max_batches: evaluate at most this many batches.
+        output: output index or name the metric reads (first output by default).
+        ignore_index: segmentation label never counted (255 by default).
+        ignore_background: drop background pixels in segmentation metrics (None: mIoU
+            ignores them as in the paper, pixel accuracy counts them).
+        providers: onnxruntime execution providers.
+        show_progress: draw a progress bar on a terminal.
+
+    Returns:
+        The metric as a fraction in [0, 1], or ``{name: value}`` for several.
+
+    Raises:
+        NabnError: bad model, data, labels or metric (one-line message).
+    """
+    evaluator = Evaluator(model, output=output, providers=providers)
+    with Progress("evaluating", None, enabled=show_progress) as bar:
+        return evaluator.run(data, metric, batch_size=batch_size, max_batches=max_batches, ignore_index=ignore_index,
+                             ignore_background=ignore_background, progress=bar).value

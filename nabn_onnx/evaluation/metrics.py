@@ -1,0 +1,295 @@
+"""Streaming task metrics: top-k accuracy, mean IoU and pixel accuracy.
+
+A metric sees the model's output and the labels one batch at a time and keeps only small
+counters (hits, a ``C x C`` confusion matrix), never the outputs of the whole data set.
+Results are fractions in ``[0, 1]``; reports print them as percentages.
+
+Built-in names (see :func:`make_metric`):
+
+* ``"top1"``, ``"top5"`` (any ``"top<k>"``): classifier logits ``(N, C)`` against integer
+  labels ``(N,)``.
+* ``"miou"``: mean intersection over union of segmentation logits ``(N, C, H, W)`` against
+  label maps ``(N, H, W)``. Following the paper (Section V-B) it ignores pixels labelled
+  background (class 0) by default: they leave the confusion matrix and class 0 leaves the
+  mean (its IoU would be 0 by construction). ``ignore_background=False`` keeps both.
+* ``"pixel-acc"``: the fraction of labelled pixels predicted right; background pixels
+  count unless ``ignore_background=True``.
+
+Both segmentation metrics drop pixels labelled ``ignore_index`` (255 by default, the
+PASCAL VOC "void" border) everywhere. A class that never occurs in the labels and is never
+predicted has no IoU and does not enter the mean.
+
+Any other metric is a :class:`Metric`: an object with ``update(outputs, labels)`` and
+``result()`` (for example a detection mAP accumulating matches per batch). A plain
+callable ``f(outputs, labels) -> float`` is accepted too; it is applied per batch and its
+values are averaged weighted by batch size, which is right for per-sample averages
+(accuracy, mean error) and wrong for whole-set metrics such as mAP: write a
+:class:`Metric` for those.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Union, runtime_checkable
+
+import numpy as np
+
+from ..errors import DataError, NabnError
+
+__all__ = [
+    "Metric", "TopK", "ConfusionMatrix", "MeanIoU", "PixelAccuracy", "CallableMetric",
+    "MetricLike", "make_metric", "make_metrics", "metric_names", "BACKGROUND", "IGNORE_INDEX",
+]
+
+#: Label of the background class in segmentation maps.
+BACKGROUND = 0
+#: Label of pixels no metric counts (PASCAL VOC's object borders).
+IGNORE_INDEX = 255
+
+Result = Union[float, Dict[str, float]]
+
+
+@runtime_checkable
+class Metric(Protocol):
+    """What a metric must offer: ``update`` once per batch, ``result`` at the end."""
+
+    def update(self, outputs: np.ndarray, labels: np.ndarray) -> None:
+        """Add one batch: the model's output and the batch's labels."""
+
+    def result(self) -> Result:
+        """The metric over every batch seen so far."""
+
+
+MetricLike = Union[str, Metric, Callable[[np.ndarray, np.ndarray], float]]
+
+
+def _need_labels(labels: Optional[np.ndarray], name: str) -> np.ndarray:
+    if labels is None:
+        raise DataError(f"metric '{name}' needs labels: the data has no 'labels' array")
+    return np.asarray(labels)
+
+
+class TopK:
+    """Top-k accuracy of classifier logits.
+
+    Args:
+        k: a sample counts as right when its label is among the ``k`` largest logits.
+    """
+
+    def __init__(self, k: int = 1):
+        if k < 1:
+            raise NabnError(f"top-k accuracy needs k >= 1, got {k}")
+        self.k = k
+        self.name = f"top{k}"
+        self.hits = 0
+        self.total = 0
+
+    def update(self, outputs: np.ndarray, labels: np.ndarray) -> None:
+        labels = _need_labels(labels, self.name).reshape(-1)
+        logits = np.asarray(outputs)
+        if logits.ndim > 2 and all(d == 1 for d in logits.shape[2:]):
+            logits = logits.reshape(logits.shape[:2])  # (N, C, 1, 1) heads
+        if logits.ndim != 2 or len(logits) != len(labels):
+            raise DataError(
+                f"{self.name} needs logits (N, C) and labels (N,); got outputs {logits.shape} and labels {labels.shape}"
+            )
+        classes = logits.shape[1]
+        if self.k > classes:
+            raise DataError(f"{self.name} needs at least {self.k} classes; the model outputs {classes}")
+        _check_range(labels, classes, None, self.name)
+        if self.k == 1:
+            right = logits.argmax(axis=1) == labels
+        else:
+            best = np.argpartition(-logits, self.k - 1, axis=1)[:, : self.k]
+            right = (best == labels[:, None]).any(axis=1)
+        self.hits += int(right.sum())
+        self.total += len(labels)
+
+    def result(self) -> float:
+        if self.total == 0:
+            raise DataError(f"{self.name}: no sample was evaluated")
+        return self.hits / self.total
+
+
+def _check_range(labels: np.ndarray, classes: int, ignore_index: Optional[int], name: str) -> None:
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{name} needs integer labels, got {labels.dtype}")
+    valid = labels if ignore_index is None else labels[labels != ignore_index]
+    if valid.size and (valid.min() < 0 or valid.max() >= classes):
+        bad = int(valid.min() if valid.min() < 0 else valid.max())
+        extra = f" or {ignore_index}" if ignore_index is not None else ""
+        raise DataError(f"{name}: label {bad} is outside the model's {classes} classes (0..{classes - 1}{extra})")
+
+
+class ConfusionMatrix:
+    """A streamed ``C x C`` confusion matrix of segmentation predictions (rows: label, columns: prediction).
+
+    Args:
+        ignore_index: label of pixels that are never counted (None: every label counts).
+        ignore_background: also drop pixels labelled ``background``.
+        background: the background class.
+    """
+
+    name = "confusion"
+
+    def __init__(self, ignore_index: Optional[int] = IGNORE_INDEX, ignore_background: bool = False,
+                 background: int = BACKGROUND):
+        self.ignore_index = ignore_index
+        self.ignore_background = ignore_background
+        self.background = background
+        self.matrix: Optional[np.ndarray] = None
+
+    def update(self, outputs: np.ndarray, labels: np.ndarray) -> None:
+        labels = _need_labels(labels, self.name)
+        logits = np.asarray(outputs)
+        if logits.ndim != labels.ndim + 1 or logits.shape[:1] + logits.shape[2:] != labels.shape:
+            raise DataError(
+                f"{self.name} needs logits (N, C, H, W) and label maps (N, H, W); got outputs {logits.shape} "
+                f"and labels {labels.shape}"
+            )
+        classes = logits.shape[1]
+        if self.matrix is None:
+            self.matrix = np.zeros((classes, classes), dtype=np.int64)
+        elif self.matrix.shape[0] != classes:
+            raise DataError(f"{self.name}: the model output {classes} classes after {self.matrix.shape[0]}")
+        _check_range(labels, classes, self.ignore_index, self.name)
+        keep = np.ones(labels.shape, dtype=bool)
+        if self.ignore_index is not None:
+            keep &= labels != self.ignore_index
+        if self.ignore_background:
+            keep &= labels != self.background
+        truth = labels[keep].astype(np.int64)
+        predicted = logits.argmax(axis=1)[keep].astype(np.int64)
+        self.matrix += np.bincount(truth * classes + predicted, minlength=classes * classes).reshape(classes, classes)
+
+    def _counted(self) -> np.ndarray:
+        if self.matrix is None or self.matrix.sum() == 0:
+            raise DataError(f"{self.name}: no labelled pixel was evaluated (all ignored?)")
+        return self.matrix
+
+    def iou(self) -> np.ndarray:
+        """IoU per class; NaN for a class neither labelled nor predicted."""
+        m = self._counted().astype(np.float64)
+        tp = np.diag(m)
+        union = m.sum(axis=0) + m.sum(axis=1) - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(union > 0, tp / union, np.nan)
+
+    def pixel_accuracy(self) -> float:
+        m = self._counted()
+        return float(np.trace(m) / m.sum())
+
+    def mean_iou(self) -> float:
+        iou = self.iou()
+        if self.ignore_background and 0 <= self.background < len(iou):
+            iou = np.delete(iou, self.background)
+        present = iou[~np.isnan(iou)]
+        if present.size == 0:
+            raise DataError(f"{self.name}: no class besides the ignored ones was labelled or predicted")
+        return float(present.mean())
+
+    def result(self) -> Dict[str, float]:
+        return {"miou": self.mean_iou(), "pixel-acc": self.pixel_accuracy()}
+
+
+class MeanIoU(ConfusionMatrix):
+    """Mean IoU over classes; ignores background pixels and class by default, as the paper does."""
+
+    name = "miou"
+
+    def __init__(self, ignore_index: Optional[int] = IGNORE_INDEX, ignore_background: bool = True,
+                 background: int = BACKGROUND):
+        super().__init__(ignore_index, ignore_background, background)
+
+    def result(self) -> float:
+        return self.mean_iou()
+
+
+class PixelAccuracy(ConfusionMatrix):
+    """Fraction of labelled pixels predicted right; counts background pixels by default."""
+
+    name = "pixel-acc"
+
+    def result(self) -> float:
+        return self.pixel_accuracy()
+
+
+class CallableMetric:
+    """Adapts ``f(outputs, labels) -> float`` into a :class:`Metric`: batch-size weighted mean of per-batch values."""
+
+    def __init__(self, function: Callable[[np.ndarray, np.ndarray], float], name: Optional[str] = None):
+        self.function = function
+        self.name = name or getattr(function, "__name__", "metric")
+        self.weighted = 0.0
+        self.total = 0
+
+    def update(self, outputs: np.ndarray, labels: np.ndarray) -> None:
+        count = len(outputs)
+        self.weighted += float(self.function(outputs, labels)) * count
+        self.total += count
+
+    def result(self) -> float:
+        if self.total == 0:
+            raise DataError(f"{self.name}: no sample was evaluated")
+        return self.weighted / self.total
+
+
+_SEGMENTATION = {"miou": MeanIoU, "pixel-acc": PixelAccuracy}
+
+
+def metric_names() -> List[str]:
+    """The built-in metric names (``top<k>`` for any k)."""
+    return ["top1", "top5", *_SEGMENTATION]
+
+
+def make_metric(spec: MetricLike, *, ignore_index: Optional[int] = IGNORE_INDEX,
+                ignore_background: Optional[bool] = None) -> Metric:
+    """A fresh metric from a name, a :class:`Metric` (copied, so it starts empty) or a callable.
+
+    Args:
+        spec: ``"top1"``, ``"top5"``, ``"top<k>"``, ``"miou"``, ``"pixel-acc"``, a metric
+            object or a plain ``f(outputs, labels) -> float``.
+        ignore_index: segmentation label that is never counted (None: none).
+        ignore_background: drop background pixels; None keeps each metric's default
+            (mIoU ignores them, pixel accuracy counts them).
+
+    Raises:
+        NabnError: an unknown metric name.
+    """
+    if isinstance(spec, str):
+        name = spec.strip().lower()
+        match = re.fullmatch(r"top-?(\d+)", name)
+        if match:
+            return TopK(int(match.group(1)))
+        if name in _SEGMENTATION:
+            cls = _SEGMENTATION[name]
+            if ignore_background is None:
+                return cls(ignore_index=ignore_index)
+            return cls(ignore_index=ignore_index, ignore_background=ignore_background)
+        raise NabnError(f"unknown metric {spec!r}; choose one of {', '.join(metric_names())} or pass a Metric object")
+    if isinstance(spec, type) and issubclass(spec, Metric):
+        return spec()
+    if isinstance(spec, Metric):
+        return copy.deepcopy(spec)
+    if callable(spec):
+        return CallableMetric(spec)
+    raise NabnError(f"a metric must be a name, an object with update()/result() or a callable, got {type(spec).__name__}")
+
+
+def make_metrics(spec: Union[MetricLike, Sequence[MetricLike]], **options) -> Dict[str, Metric]:
+    """Fresh metrics keyed by name, from one spec, a comma-separated string or a list."""
+    if isinstance(spec, str):
+        specs: Sequence[MetricLike] = [s for s in spec.split(",") if s.strip()]
+    elif isinstance(spec, (list, tuple)):
+        specs = spec
+    else:
+        specs = [spec]
+    if not specs:
+        raise NabnError("no metric given")
+    metrics: Dict[str, Metric] = {}
+    for item in specs:
+        metric = make_metric(item, **options)
+        name = getattr(metric, "name", type(metric).__name__)
+        metrics[name if name not in metrics else f"{name}_{len(metrics)}"] = metric
+    return metrics

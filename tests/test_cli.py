@@ -1,0 +1,76 @@
+"""The command line, end to end on files."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from builders import images, small_cnn
+from nabn_onnx.cli import main
+from nabn_onnx.io import read_record
+
+
+@pytest.fixture()
+def files(tmp_path):
+    model = tmp_path / "net.onnx"
+    onnx.save(small_cnn(), str(model))
+    data = tmp_path / "calib.npz"
+    np.savez(data, input=images(200), labels=np.zeros(200, np.int64))
+    return model, data
+
+
+def test_split_inject_calibrate_inspect(files, capsys):
+    model, data = files
+    assert main(["split", str(model), "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "split 4 layer(s), 0 skipped, measured statistics" in out
+    assert (model.parent / "net.split.onnx").is_file()
+
+    assert main(["inject", str(model), "--noise", "mul", "--eta", "0.1", "--seed", "3"]) == 0
+    assert "into 4 weight tensor(s)" in capsys.readouterr().out
+    noisy = onnx.load(str(model.parent / "net.mul0.1.seed3.onnx"))
+    assert read_record(noisy, "inject")["seed"] == 3
+
+    report = model.parent / "report.json"
+    code = main(["calibrate", str(model), "--data", str(data), "--noise", "mul", "--eta", "0.1", "--seed", "3",
+                 "--batch-size", "50", "--report", str(report)])
+    assert code == 0
+    line = capsys.readouterr().out
+    assert "calibrated 4 BatchNorm layer(s) (4 inserted)" in line and "4 batch(es) / 200 samples" in line
+    calibrated = onnx.load(str(model.parent / "net.nabn.onnx"))
+    assert sum(n.op_type == "BatchNormalization" for n in calibrated.graph.node) == 4
+    assert '"method": "paper"' in report.read_text()
+
+    assert main(["inspect", str(model.parent / "net.nabn.onnx")]) == 0
+    assert "4 with an inserted one" in capsys.readouterr().out
+
+
+def test_quiet_prints_nothing(files, capsys):
+    model, data = files
+    assert main(["calibrate", str(model), "--data", str(data), "-q", "-o", str(model.parent / "q.onnx")]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_user_errors_are_one_line_exit_1_and_write_nothing(files, capsys):
+    model, data = files
+    before = model.read_bytes()
+    assert main(["calibrate", str(model), "--data", str(model.parent / "missing.npz")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data file not found" in err
+    assert main(["calibrate", str(model), "--data", str(data), "-o", str(model)]) == 1
+    assert "refusing to overwrite the input model" in capsys.readouterr().err
+    assert main(["inject", str(model), "--noise", "mul", "--eta", "-1"]) == 1
+    assert "eta must be" in capsys.readouterr().err
+    assert model.read_bytes() == before
+    assert sorted(p.name for p in model.parent.iterdir()) == ["calib.npz", "net.onnx"]
+
+
+def test_argument_errors_exit_2(files):
+    model, _ = files
+    with pytest.raises(SystemExit) as info:
+        main(["inject", str(model), "--noise", "mul"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["calibrate", str(model)])
+    assert info.value.code == 2

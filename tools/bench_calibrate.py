@@ -1,0 +1,156 @@
+"""Benchmark `calibrate` against plain onnxruntime inference and PyTorch, in one run.
+
+Prints, on the same model and batches:
+
+1. calibration time / plain onnxruntime inference time (target <= 1.15), whole job
+   included on both sides (load the model, read the .npz batch by batch, run; calibrate
+   also splits, writes statistics and saves), in-process, median of repeats, for a model
+   whose BatchNorms already hold reference statistics (one pass over the data) and for a
+   fused model (a clean reference pass plus the calibration pass);
+   and the same as whole `nabn-onnx calibrate` commands against a plain inference script;
+2. PyTorch train-mode recalibration time / ours (target >= 1.3), same network and batches;
+3. peak memory (max RSS of a `nabn-onnx calibrate` process) for N and 10N batches
+   (target: grows < 10%).
+
+Usage::
+
+    python tools/bench_calibrate.py [--batches 16] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_models"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import nabn_onnx as nb  # noqa: E402
+
+BATCH = 64
+NOISE = nb.make_noise("mul", 0.1, seed=0)
+PLAIN_SCRIPT = """
+import sys, zipfile, numpy as np, onnxruntime as ort
+sess = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+with np.load(sys.argv[2]) as data:
+    x = data["input"]
+for i in range(0, len(x), {batch}):
+    sess.run(None, {{"input": x[i:i + {batch}]}})
+"""
+
+
+def make_data(folder: Path, batches: int) -> Path:
+    """An .npz of `batches` batches, tiled from the bundled calibration split."""
+    x = np.load(SAMPLES / "digits_calib.npz")["input"]
+    reps = -(-batches * BATCH // len(x))
+    path = folder / f"calib_{batches}.npz"
+    np.savez(path, input=np.concatenate([x] * reps)[: batches * BATCH])
+    return path
+
+
+def plain_inference(model: Path, data: Path) -> float:
+    """Seconds to load the model in onnxruntime and run every batch of the file."""
+    started = time.perf_counter()
+    session = nb.runtime.make_session(nb.load_model(model, check=False))
+    specs = nb.data.input_specs(nb.load_model(model, check=False))
+    for batch in nb.data.iter_batches(data, specs, batch_size=BATCH):
+        session.run(None, batch.feeds)
+    return time.perf_counter() - started
+
+
+def ours(model: Path, data: Path, out: Path, **kwargs) -> float:
+    started = time.perf_counter()
+    nb.calibrate(model, data, noise=NOISE, batch_size=BATCH, output=out, **kwargs)
+    return time.perf_counter() - started
+
+
+def median_pair(fn_a, fn_b, repeats: int):
+    """Median times of two functions, run alternately so load on the machine hits both alike."""
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(fn_a())
+        b.append(fn_b())
+    return statistics.median(a), statistics.median(b)
+
+
+def command_time(argv) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def peak_rss_mb(argv) -> float:
+    """Max resident set size of one child process, in MB."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"{argv} failed")
+    return usage.ru_maxrss / 1024.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=16, help="N (batches of 64) for the timing runs")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    bn_model, fused_model = SAMPLES / "resnet_bn.onnx", SAMPLES / "resnet_fused.onnx"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = make_data(tmp, args.batches)
+        print(f"model: sample ResNet, {args.batches} batches of {BATCH}, MUL eta=0.1, onnxruntime {ort.__version__}, "
+              f"{os.cpu_count()} cores")
+
+        # 1. calibrate / plain inference, in-process
+        t_cal, t_inf = median_pair(lambda: ours(bn_model, data, tmp / "o.onnx", exclude=".*"),
+                                   lambda: plain_inference(bn_model, data), args.repeats)
+        print(f"[1a] BatchNorm kept (1 pass):     calibrate {t_cal:.3f}s / inference {t_inf:.3f}s = "
+              f"{t_cal / t_inf:.2f} (target <= 1.15)")
+        t_cal_f, t_inf_f = median_pair(lambda: ours(fused_model, data, tmp / "o.onnx"),
+                                       lambda: plain_inference(fused_model, data), args.repeats)
+        print(f"[1b] BatchNorm fused (2 passes):  calibrate {t_cal_f:.3f}s / inference {t_inf_f:.3f}s = "
+              f"{t_cal_f / t_inf_f:.2f}")
+        script = tmp / "plain.py"
+        script.write_text(PLAIN_SCRIPT.format(batch=BATCH))
+        cli = [sys.executable, "-m", "nabn_onnx.cli", "calibrate", str(bn_model), "--data", str(data), "--noise",
+               "mul", "--eta", "0.1", "--exclude", ".*", "-q", "-o", str(tmp / "c.onnx")]
+        t_cmd, t_plain = median_pair(lambda: command_time(cli),
+                                     lambda: command_time([sys.executable, str(script), str(bn_model), str(data)]),
+                                     args.repeats)
+        print(f"[1c] whole commands (BN kept):    nabn-onnx calibrate {t_cmd:.3f}s / python+onnxruntime inference "
+              f"{t_plain:.3f}s = {t_cmd / t_plain:.2f}")
+
+        # 2. PyTorch train-mode recalibration / ours, same network, weights and batches
+        from torch_reference import noisy_torch_model, torch_recalibrate
+
+        noisy = nb.inject(bn_model, NOISE).model
+        x = np.load(data)["input"]
+        batches = [x[i:i + BATCH] for i in range(0, len(x), BATCH)]
+        torch_model = noisy_torch_model("resnet", noisy)
+        t_torch, t_ours = median_pair(lambda: torch_recalibrate(torch_model, batches),
+                                      lambda: ours(bn_model, data, tmp / "o.onnx", exclude=".*"), args.repeats)
+        print(f"[2]  PyTorch train-mode recalibration {t_torch:.3f}s / ours {t_ours:.3f}s = {t_torch / t_ours:.2f} "
+              f"(target >= 1.3)")
+
+        # 3. peak memory, N against 10N batches
+        big = make_data(tmp, 10 * args.batches)
+        base = [sys.executable, "-m", "nabn_onnx.cli", "calibrate", str(fused_model), "--noise", "mul", "--eta", "0.1",
+                "-q", "-o", str(tmp / "m.onnx"), "--data"]
+        small_rss, big_rss = peak_rss_mb(base + [str(data)]), peak_rss_mb(base + [str(big)])
+        print(f"[3]  peak RSS: {args.batches} batches {small_rss:.1f} MB, {10 * args.batches} batches {big_rss:.1f} MB"
+              f" (data file {big.stat().st_size / 1e6:.1f} MB): growth {100 * (big_rss / small_rss - 1):+.1f}% "
+              f"(target < 10%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
