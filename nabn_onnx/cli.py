@@ -119,19 +119,37 @@ def _cmd_calibrate(args, parser) -> int:
                        batch_size=args.batch_size, max_batches=args.max_batches, include=args.include,
                        exclude=args.exclude, reference=args.reference, output=output,
                        show_progress=not args.quiet)
+    gain = None
+    if args.test:
+        from .api import measure_gain
+
+        gain = measure_gain(args.model, result.model, args.test, noise=noise, reference=args.reference,
+                            metric=args.metric, batch_size=args.batch_size)
     if args.report:
-        _write_report(Path(args.report), result.report)
+        _write_report(Path(args.report), result.report, gain)
     _say(args, result.report.summary() + f"; wrote {output}")
+    if gain is not None:
+        clean = "n/a" if gain["clean"] is None else f"{100 * gain['clean']:.1f}%"
+        _say(args, f"{gain['metric']} on {Path(args.test).name}: clean {clean}, noisy chip {100 * gain['noisy']:.1f}%, "
+                   f"calibrated {100 * gain['calibrated']:.1f}%")
     return 0
 
 
-def _write_report(path: Path, report) -> None:
+def _write_report(path: Path, report, gain=None) -> None:
     from .io import atomic_write_text
 
     if path.suffix == ".md":
-        atomic_write_text(path, report.to_markdown())
+        text = report.to_markdown()
+        if gain is not None:
+            text += "\n| model | " + gain["metric"] + " |\n|---|---:|\n" + "".join(
+                f"| {k} | {'n/a' if gain[k] is None else f'{100 * gain[k]:.2f}%'} |\n"
+                for k in ("clean", "noisy", "calibrated"))
+        atomic_write_text(path, text)
     else:
-        atomic_write_text(path, json.dumps(report.to_dict(), indent=2) + "\n")
+        payload = report.to_dict()
+        if gain is not None:
+            payload["test"] = gain
+        atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def _cmd_inspect(args, parser) -> int:
@@ -363,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batches", type=int)
     p.add_argument("--reference", help="the clean model, when MODEL is already noisy")
     p.add_argument("--report", help="write the per-layer report (.json or .md)")
+    p.add_argument("--test", help="labelled test .npz: report the metric of the clean, noisy and calibrated model")
+    p.add_argument("--metric", default="top1", help="metric for --test (top1, top5, miou, pixel-acc; default top1)")
     p.add_argument("-o", "--output", help="output model (default MODEL.nabn.onnx)")
     _selection_args(p)
     p.set_defaults(func=_cmd_calibrate)

@@ -218,3 +218,44 @@ def test_temporal_noise_redraws_weights_without_rebuilding_the_session():
     assert not np.allclose(a, b)
     drifting = NabnSession(static, update=False, noise=TemporalNoise(make_noise("mul", 0.3, seed=1), lambda k: 0.0))
     np.testing.assert_allclose(drifting.run(None, {"input": x})[0], run(static, {"input": x})[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_bn", [False, True])
+@pytest.mark.parametrize("method", ["auto", "delta"])
+def test_noise_free_auto_and_delta_change_no_output_bit_for_bit(method, with_bn):
+    model = small_cnn(with_bn=with_bn)
+    x = images(256)
+    result = calibrate(model, {"input": x}, method=method, batch_size=32)
+    np.testing.assert_array_equal(run(result.model, {"input": x})[0], run(model, {"input": x})[0])
+    if method == "auto":
+        assert result.report.chosen == "delta" and result.report.scores["delta"] == 0.0
+        assert set(result.report.scores) == {"delta", "blend", "paper"}
+
+
+def test_auto_scores_candidates_on_held_out_batches():
+    from nabn_onnx.calibration.engine import HOLDOUT_EVERY, is_holdout
+
+    held = [i for i in range(8) if is_holdout(i, HOLDOUT_EVERY)]
+    assert held == [3, 7]
+    model = small_cnn()
+    result = calibrate(model, {"input": images(512)}, method="auto", noise=make_noise("mul", 0.8, seed=0))
+    scores = result.report.scores
+    assert result.report.chosen == min(scores, key=scores.get)
+    assert all(v > 0 for v in scores.values())
+
+
+def test_output_divergence():
+    from nabn_onnx.calibration.select import OutputDivergence
+
+    logits = np.random.default_rng(0).normal(size=(16, 5)).astype(np.float32)
+    same = OutputDivergence()
+    same.update([logits], [logits])
+    assert same.result() == 0.0
+    far, near = OutputDivergence(), OutputDivergence()
+    far.update([logits], [logits[:, ::-1]])
+    near.update([logits], [logits * 1.01])
+    assert far.result() > near.result() > 0
+    maps = np.random.default_rng(1).normal(size=(2, 3, 4, 4))
+    meter = OutputDivergence()
+    meter.update([maps], [maps + 0.1])
+    assert meter.result() == pytest.approx(0.01 * maps.size / np.sum((maps - maps.mean()) ** 2))

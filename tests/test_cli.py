@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
 
-from builders import images, small_cnn
+from builders import images, run, small_cnn
 from nabn_onnx.cli import main
 from nabn_onnx.io import read_record
 
@@ -44,6 +46,24 @@ def test_split_inject_calibrate_inspect(files, capsys):
 
     assert main(["inspect", str(model.parent / "net.nabn.onnx")]) == 0
     assert "4 with an inserted one" in capsys.readouterr().out
+
+
+def test_calibrate_reports_what_it_bought(files, capsys, tmp_path):
+    _, data = files
+    model = tmp_path / "wide.onnx"
+    onnx.save(small_cnn(channels=16), str(model))
+    x = images(400, seed=5)
+    test = tmp_path / "test.npz"
+    # labels = the clean model's own predictions, so it scores 100% and the noise is what costs
+    np.savez(test, input=x, labels=run(small_cnn(channels=16), {"input": x})[0].argmax(1))
+    report = tmp_path / "gain.json"
+    assert main(["calibrate", str(model), "--data", str(data), "--test", str(test), "--noise", "mul", "--eta", "0.3",
+                 "--report", str(report)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("top1 on test.npz: clean 100.0%, noisy chip ") and "calibrated" in line
+    gain = json.loads(report.read_text())["test"]
+    assert gain["metric"] == "top1" and gain["clean"] == 1.0
+    assert gain["calibrated"] > gain["noisy"]
 
 
 def test_quiet_prints_nothing(files, capsys):
