@@ -6,6 +6,7 @@ from .api import inject, inspect_model, split
 from .calibration import CalibrationReport, CalibrationResult, Estimator, NabnSession, TemporalNoise, calibrate
 from .evaluation import diagnose, evaluate, sweep
 from .errors import DataError, ModelError, NabnError, NoiseConfigError, NothingToDoError
+from .images import ImageFolder
 from .io import load_model, save_model
 from .noise import AddNoise, MulNoise, NoiseModel, make_noise
 from .passes import InjectWeightNoisePass, Pass, PassResult, SplitBatchNormPass
@@ -14,7 +15,7 @@ __all__ = [
     "__version__",
     "calibrate", "split", "inject", "inspect_model", "NabnSession", "TemporalNoise", "CalibrationReport", "CalibrationResult", "Estimator",
     "NabnError", "ModelError", "DataError", "NoiseConfigError", "NothingToDoError",
-    "load_model", "save_model",
+    "load_model", "save_model", "ImageFolder",
     "NoiseModel", "MulNoise", "AddNoise", "make_noise",
     "Pass", "PassResult", "SplitBatchNormPass", "InjectWeightNoisePass",
     "evaluate", "sweep", "diagnose",

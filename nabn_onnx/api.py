@@ -32,6 +32,7 @@ def split(
     batch_size: int = 64,
     max_batches: Optional[int] = None,
     output=None,
+    external_data: Optional[bool] = None,
     providers: Optional[Sequence[str]] = None,
     show_progress: bool = False,
 ) -> PassResult:
@@ -46,6 +47,7 @@ def split(
         batch_size: samples per batch when measuring.
         max_batches: use at most this many batches when measuring.
         output: save the result here (atomically).
+        external_data: store the output's tensors in ``<output>.data`` (None: only above 2 GB).
         providers: onnxruntime execution providers.
         show_progress: draw a progress bar on a terminal.
 
@@ -67,7 +69,7 @@ def split(
     record(proto, "split", {"inserted": len(result.details["inserted"]), "include": include, "exclude": exclude,
                             "measured": data is not None})
     if output is not None:
-        save_model(proto, output)
+        save_model(proto, output, external_data=external_data)
     return result
 
 
@@ -78,6 +80,7 @@ def inject(
     include: Optional[str] = None,
     exclude: Optional[str] = None,
     output=None,
+    external_data: Optional[bool] = None,
 ) -> PassResult:
     """Write one simulated chip's noisy weights into the analog layers.
 
@@ -87,6 +90,7 @@ def inject(
         include: regular expression of layer names that get noise (all by default).
         exclude: regular expression of layer names that stay clean.
         output: save the result here (atomically).
+        external_data: store the output's tensors in ``<output>.data`` (None: only above 2 GB).
 
     Raises:
         NabnError: the model already carries injected noise, or has no analog weight.
@@ -98,7 +102,7 @@ def inject(
     if not result.modified:
         raise NothingToDoError("no analog layer with a constant weight matched: nothing to put noise on")
     if output is not None:
-        save_model(proto, output)
+        save_model(proto, output, external_data=external_data)
     return result
 
 

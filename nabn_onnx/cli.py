@@ -63,6 +63,27 @@ def _check_output(model: Path, output: Path) -> None:
     if model.exists() and output.exists() and model.resolve() == output.resolve():
         raise NabnError(f"refusing to overwrite the input model {model}; choose another -o")
     _check_folder(output)
+    existing = [p for p in (output, output.with_name(output.name + ".data")) if p.exists()]
+    if existing and model.is_file():
+        inputs = _external_files(model)
+        for path in existing:
+            if path.resolve() in inputs:
+                raise NabnError(f"refusing to overwrite {path}: the input model keeps its weights there; "
+                                "choose another -o")
+
+
+def _external_files(model: Path) -> set:
+    """The files the model's external data lives in (empty when it cannot be read: loading will say why)."""
+    import onnx
+    from onnx import external_data_helper
+
+    try:
+        proto = onnx.load_model(str(model), load_external_data=False)
+        tensors = [t for t in external_data_helper._get_all_tensors(proto)  # noqa: SLF001 - onnx's own walker
+                   if external_data_helper.uses_external_data(t)]
+        return {(model.parent / external_data_helper.ExternalDataInfo(t).location).resolve() for t in tensors}
+    except Exception:  # noqa: BLE001 - a broken model is reported by load_model, with its own message
+        return set()
 
 
 def _check_folder(path: Path) -> None:
@@ -81,7 +102,8 @@ def _cmd_split(args, parser) -> int:
     _check_output(Path(args.model), output)
     started = time.perf_counter()
     result = split(args.model, data=args.data, include=args.include, exclude=args.exclude,
-                   batch_size=args.batch_size, output=output, show_progress=not args.quiet)
+                   batch_size=args.batch_size, output=output, show_progress=not args.quiet,
+                   external_data=args.external_data)
     inserted = result.details.get("inserted", [])
     skipped = result.details.get("skipped", {})
     _say(args, f"split {len(inserted)} layer(s), {len(skipped)} skipped, "
@@ -98,7 +120,8 @@ def _cmd_inject(args, parser) -> int:
         Path(args.model), f".{args.noise}{args.eta:g}.seed{args.seed}")
     _check_output(Path(args.model), output)
     started = time.perf_counter()
-    result = inject(args.model, noise, include=args.include, exclude=args.exclude, output=output)
+    result = inject(args.model, noise, include=args.include, exclude=args.exclude, output=output,
+                    external_data=args.external_data)
     _say(args, f"injected {noise.kind.upper()} noise eta={noise.eta:g} seed={noise.seed} into "
                f"{len(result.details['tensors'])} weight tensor(s), wrote {output} in "
                f"{time.perf_counter() - started:.2f}s")
@@ -107,6 +130,7 @@ def _cmd_inject(args, parser) -> int:
 
 def _cmd_calibrate(args, parser) -> int:
     from .calibration import Estimator, calibrate
+    from .io import save_model
 
     noise = _make_noise(args, parser)
     output = Path(args.output) if args.output else _default_output(Path(args.model), ".nabn")
@@ -117,14 +141,15 @@ def _cmd_calibrate(args, parser) -> int:
                           momentum=args.momentum)
     result = calibrate(args.model, args.data, noise=noise, method=args.method, estimator=estimator,
                        batch_size=args.batch_size, max_batches=args.max_batches, include=args.include,
-                       exclude=args.exclude, reference=args.reference, output=output,
-                       show_progress=not args.quiet)
+                       exclude=args.exclude, reference=args.reference, show_progress=not args.quiet)
     gain = None
     if args.test:
         from .api import measure_gain
 
         gain = measure_gain(args.model, result.model, args.test, noise=noise, reference=args.reference,
                             metric=args.metric, batch_size=args.batch_size)
+    # saved only once everything that can fail on the user's input has run, so an error leaves no file
+    save_model(result.model, output, external_data=args.external_data)
     if args.report:
         _write_report(Path(args.report), result.report, gain)
     _say(args, result.report.summary() + f"; wrote {output}")
@@ -309,7 +334,8 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma-s", type=float, default=0.1, help="spatial spread of N_S (default 0.1)")
     p.add_argument("--temporal", choices=["element", "layer"], default="element")
     p.add_argument("--include-bias", action="store_true", help="also put noise on analog layers' biases")
-    p.add_argument("--method", choices=["paper", "delta"], default="paper", help="calibration method (default paper)")
+    p.add_argument("--method", choices=["paper", "delta", "auto"], default="paper",
+                   help="calibration method for NaBN (default paper, as in the paper's tables)")
     _metric_args(p, several=False)
     p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
     p.add_argument("--reuse-sessions", action="store_true",
@@ -324,7 +350,8 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
     p.add_argument("--data", required=True, help="calibration data (.npz or image folder)")
     _noise_args(p, required=True)
-    p.add_argument("--method", choices=["paper", "delta"], default="paper", help="calibration method (default paper)")
+    p.add_argument("--method", choices=["paper", "delta", "auto"], default="paper",
+                   help="calibration method for NaBN (default paper, as in the paper's tables)")
     p.add_argument("--at", choices=["bn", "activation"], default="bn",
                    help="measure each BatchNorm's output (default) or the activation after it")
     p.add_argument("--bins", type=int, default=200, help="histogram bins in the clean range (default 200)")
@@ -353,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="calibration .npz: measure clean statistics for the inserted BatchNorms")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("-o", "--output", help="output model (default MODEL.split.onnx)")
+    p.add_argument("--external-data", action="store_const", const=True, default=None,
+                   help="store the output's weights in OUTPUT.data beside it (automatic above 2 GB)")
     _selection_args(p)
     p.set_defaults(func=_cmd_split)
 
@@ -362,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include", metavar="REGEX", help="only layers whose name matches get noise")
     p.add_argument("--exclude", metavar="REGEX", help="layers whose name matches stay clean")
     p.add_argument("-o", "--output", help="output model (default MODEL.<noise><eta>.seed<S>.onnx)")
+    p.add_argument("--external-data", action="store_const", const=True, default=None,
+                   help="store the output's weights in OUTPUT.data beside it (automatic above 2 GB)")
     p.set_defaults(func=_cmd_inject)
 
     p = sub.add_parser("calibrate", parents=[common], help="re-estimate BatchNorm statistics on a noisy chip")
@@ -384,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", help="labelled test .npz: report the metric of the clean, noisy and calibrated model")
     p.add_argument("--metric", default="top1", help="metric for --test (top1, top5, miou, pixel-acc; default top1)")
     p.add_argument("-o", "--output", help="output model (default MODEL.nabn.onnx)")
+    p.add_argument("--external-data", action="store_const", const=True, default=None,
+                   help="store the output's weights in OUTPUT.data beside it (automatic above 2 GB)")
     _selection_args(p)
     p.set_defaults(func=_cmd_calibrate)
 

@@ -99,7 +99,8 @@ def lift_constant_weights(model: ModelProto) -> int:
     keep, lifted = [], []
     for node in graph.node:
         value = None
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1:
+        if (node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1
+                and len(node.output) == 1 and node.output[0]):
             attr = node.attribute[0]
             if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                 value = attr.t
@@ -213,11 +214,13 @@ def _check_initializer_sizes(model: ModelProto) -> None:
         numel = 1
         for d in tensor.dims:
             numel *= d
+        field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+        if tensor.HasField("raw_data") and len(getattr(tensor, field)):
+            raise ModelError(f"initializer '{tensor.name}' stores its values twice (raw_data and {field}); the file is corrupt")
         if tensor.HasField("raw_data"):
             itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
             stored, wanted, unit = len(tensor.raw_data), numel * itemsize, "bytes"
         else:
-            field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
             per = 2 if tensor.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128) else 1
             stored, wanted, unit = len(getattr(tensor, field)), numel * per, "values"
         if stored != wanted:
@@ -266,11 +269,54 @@ def _refuse_training_mode(model: ModelProto) -> None:
             )
 
 
+#: Initializers up to this many elements stay in the checker's copy (shape inference reads shape constants).
+_CHECK_KEEP_ELEMENTS = 1024
+
+
+def _without_weights(model: ModelProto) -> ModelProto:
+    """A copy of ``model`` for the checker: large initializers become graph inputs of the same type and shape.
+
+    onnx's checker serializes the model it is given and parses it again in C++, two extra
+    copies of every weight; the weights' own consistency is checked by
+    :func:`_check_initializer_sizes` instead. This also lets models above 2 GB be checked.
+    """
+    light = ModelProto()
+    _copy_fields(model, light, skip="graph")
+    graph = model.graph
+    _copy_fields(graph, light.graph, skip="initializer")
+    listed = {i.name for i in graph.input}
+    for tensor in graph.initializer:
+        numel = 1
+        for d in tensor.dims:
+            numel *= d
+        if numel <= _CHECK_KEEP_ELEMENTS:
+            light.graph.initializer.append(tensor)
+        elif tensor.name not in listed:
+            light.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    return light
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    """Copy every set field of the message ``src`` into ``dst`` except ``skip``."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
 def check_model(model: ModelProto, *, full: bool = False) -> None:
-    """Run onnx's checker, turning its failure into a one-line :class:`ModelError`."""
+    """Run onnx's checker, turning its failure into a one-line :class:`ModelError`.
+
+    The checker sees the model without its large weights (see :func:`_without_weights`);
+    :func:`load_model` checks those separately.
+    """
     try:
-        if model_size_bytes(model) < PROTOBUF_LIMIT:
-            onnx.checker.check_model(model, full_check=full)
+        onnx.checker.check_model(_without_weights(model), full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"the model fails onnx's checker: {first}") from None
@@ -316,27 +362,131 @@ def save_model(model: ModelProto, path: Union[str, os.PathLike], *, external_dat
             tmp_model = Path(tmp) / path.name
             if use_external:
                 data_name = path.name + ".data"
-                onnx.save_model(
-                    model,
-                    str(tmp_model),
-                    save_as_external_data=True,
-                    all_tensors_to_one_file=True,
-                    location=data_name,
-                    size_threshold=1024,
-                )
-                # onnx.save_model moved the tensors out of `model`: bring them back.
-                external_data_helper.load_external_data_for_model(model, tmp)
-                os.replace(Path(tmp) / data_name, folder / data_name)
+                with open(tmp_model, "wb") as fh, open(Path(tmp) / data_name, "wb") as data:
+                    _write_model(model, fh, data=data, location=data_name)
+                _replace_pair(Path(tmp), tmp_model, path, data_name)
             else:
                 with open(tmp_model, "wb") as fh:
-                    fh.write(model.SerializeToString())
-            os.replace(tmp_model, path)
+                    _write_model(model, fh)
+                os.replace(tmp_model, path)
     except PermissionError as exc:
         raise ModelError(f"cannot write {path}: {exc.strerror}") from None
     except OSError as exc:
         raise ModelError(f"cannot write {path}: {exc.strerror or exc}") from None
     logger.debug("saved %s (external data: %s)", path, use_external)
     return path
+
+
+#: Tensors at least this large go to the external data file (onnx's own default threshold).
+EXTERNAL_THRESHOLD = 1024
+#: External tensors start at multiples of this, so onnxruntime can map them.
+_ALIGNMENT = 4096
+_MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5  # field numbers in onnx.proto
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _split_fields(message, number: int):
+    """Two copies of ``message``: its fields numbered below ``number`` and above it."""
+    head, tail = type(message)(), type(message)()
+    for field, value in message.ListFields():
+        if field.number == number:
+            continue
+        target = head if field.number < number else tail
+        if field.is_repeated:
+            getattr(target, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+    return head, tail
+
+
+def _external_stub(tensor: TensorProto, location: str, offset: int, length: int) -> TensorProto:
+    stub = TensorProto()
+    for field, value in tensor.ListFields():
+        if field.name in ("raw_data", "external_data", "data_location"):
+            continue
+        if field.is_repeated:
+            getattr(stub, field.name).extend(value)
+        else:
+            setattr(stub, field.name, value)
+    stub.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        stub.external_data.add(key=key, value=value)
+    return stub
+
+
+def _write_model(model: ModelProto, fh, *, data=None, location: str = "") -> None:
+    """Serialize ``model`` into ``fh`` one initializer at a time, never the whole model at once.
+
+    Without ``data`` the bytes are exactly ``model.SerializeToString()`` (fields in number
+    order: the model's fields before ``graph``, the graph's fields before ``initializer``,
+    each initializer, the rest), but the peak memory is one tensor, not two copies of the
+    model (protobuf's serialization buffer and the Python ``bytes``). With ``data`` (an open
+    file named ``location`` beside the model), every initializer of at least
+    :data:`EXTERNAL_THRESHOLD` bytes of ``raw_data`` is written there, page-aligned, and
+    referenced from the model. ``model`` itself is never modified.
+    """
+    model_head, model_tail = _split_fields(model, _MODEL_GRAPH)
+    graph_head, graph_tail = _split_fields(model.graph, _GRAPH_INITIALIZER)
+    pieces = []  # (tensor, stub or None, serialized size)
+    offset = 0
+    for tensor in model.graph.initializer:
+        stub = None
+        if data is not None and tensor.HasField("raw_data") and not external_data_helper.uses_external_data(tensor):
+            raw = tensor.raw_data
+            if len(raw) >= EXTERNAL_THRESHOLD:
+                pad = -offset % _ALIGNMENT
+                data.write(b"\0" * pad)
+                offset += pad
+                data.write(raw)
+                stub = _external_stub(tensor, location, offset, len(raw))
+                offset += len(raw)
+            del raw
+        pieces.append((tensor, stub, (stub or tensor).ByteSize()))
+    head, tail = graph_head.SerializeToString(), graph_tail.SerializeToString()
+    inits = sum(1 + len(_varint(size)) + size for _, _, size in pieces)
+    fh.write(model_head.SerializeToString())
+    if model.HasField("graph"):
+        fh.write(_varint(_MODEL_GRAPH << 3 | 2) + _varint(len(head) + inits + len(tail)))
+        fh.write(head)
+        for tensor, stub, size in pieces:
+            fh.write(_varint(_GRAPH_INITIALIZER << 3 | 2) + _varint(size))
+            fh.write((stub or tensor).SerializeToString())
+        fh.write(tail)
+    fh.write(model_tail.SerializeToString())
+
+
+def _replace_pair(tmp: Path, tmp_model: Path, path: Path, data_name: str) -> None:
+    """Move ``<model>`` and its ``<model>.data`` into place; on failure put back what was there.
+
+    The data file goes first and the model last, so the model never names data that is not
+    there; an older data file of the same name is kept aside until the model is in place.
+    """
+    data_path = path.parent / data_name
+    backup = None
+    if data_path.exists():
+        backup = tmp / (data_name + ".old")
+        os.replace(data_path, backup)
+    moved = False
+    try:
+        os.replace(tmp / data_name, data_path)
+        moved = True
+        os.replace(tmp_model, path)
+    except BaseException:
+        if moved:
+            data_path.unlink()
+        if backup is not None:
+            os.replace(backup, data_path)
+        raise
 
 
 def record(model: ModelProto, key: str, value: Any) -> None:

@@ -9,7 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from builders import images, run, small_cnn
-from nabn_onnx import (DataError, Estimator, NabnSession, NothingToDoError, TemporalNoise, calibrate, make_noise)
+from nabn_onnx import (DataError, Estimator, NabnError, NabnSession, NothingToDoError, TemporalNoise, calibrate,
+                       make_noise)
 from nabn_onnx.calibration import RunningStats
 from nabn_onnx.io import read_record
 
@@ -259,3 +260,9 @@ def test_output_divergence():
     meter = OutputDivergence()
     meter.update([maps], [maps + 0.1])
     assert meter.result() == pytest.approx(0.01 * maps.size / np.sum((maps - maps.mean()) ** 2))
+
+
+def test_dynamic_session_refuses_to_compound_simulated_noise():
+    noisy = calibrate(small_cnn(), {"input": images(64)}, noise=make_noise("mul", 0.1, seed=0)).model
+    with pytest.raises(NabnError, match="already carries injected noise"):
+        NabnSession(noisy, noise=TemporalNoise(make_noise("mul", 0.1, seed=0)))

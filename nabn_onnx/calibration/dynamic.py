@@ -21,14 +21,15 @@ import dataclasses
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
-from onnx import ModelProto, helper, numpy_helper
+from onnx import ModelProto, numpy_helper
 
 from ..graph import batchnorm_nodes
-from ..io import ModelLike, load_model
+from ..errors import NabnError, NothingToDoError
+from ..io import ModelLike, load_model, read_record
 from ..noise import NoiseModel
 from ..passes.inject import noisy_tensor_names
 from ..passes.write_stats import BN_MEAN, BN_VAR, WriteBatchNormStatsPass
-from ..runtime import SERVE, make_session
+from ..runtime import SERVE, make_overridable, make_session
 from .engine import name_batchnorms
 from .statsgraph import ExposeBatchNormStatsPass
 
@@ -54,16 +55,6 @@ class TemporalNoise:
         if self.eta_schedule is not None:
             noise = dataclasses.replace(noise, eta=float(self.eta_schedule(draw)))
         return {name: noise.apply(name, w, draw=draw) for name, w in clean.items()}
-
-
-def _make_inputs(model: ModelProto, names: Sequence[str]) -> None:
-    """List initializers as graph inputs, which makes them overridable in onnxruntime."""
-    listed = {i.name for i in model.graph.input}
-    inits = {t.name: t for t in model.graph.initializer}
-    for name in names:
-        if name not in listed:
-            tensor = inits[name]
-            model.graph.input.append(helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
 
 
 class NabnSession:
@@ -96,8 +87,6 @@ class NabnSession:
         self.batches = 0
         bns = batchnorm_nodes(proto)
         if not bns:
-            from ..errors import NothingToDoError
-
             raise NothingToDoError("the model has no BatchNormalization to calibrate; run nabn-onnx split first")
         # Each BatchNorm gets its own mean/var initializers, so feeding one cannot change another.
         inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
@@ -113,10 +102,15 @@ class NabnSession:
         self._dtype = {n.name: own[n.name]["mean"].dtype for n in bns}
         self._clean_weights: Dict[str, np.ndarray] = {}
         if noise is not None:
+            if read_record(proto, "inject") is not None:
+                raise NabnError(
+                    "the model already carries injected noise (nabn.inject), so simulated noise would compound: "
+                    "give NabnSession the clean model (with calibrated statistics) when simulating a chip"
+                )
             names = noisy_tensor_names(proto, noise.noise.include_bias)
             self._clean_weights = {n: inits[n] for n in names}
-            _make_inputs(proto, names)
-        _make_inputs(proto, [name for pair in self._stat_names.values() for name in pair])
+            make_overridable(proto, names)
+        make_overridable(proto, [name for pair in self._stat_names.values() for name in pair])
         self._model = copy.deepcopy(proto)
         self._user_outputs = [o.name for o in proto.graph.output]
         expose = ExposeBatchNormStatsPass(tap=[n.name for n in bns])

@@ -310,6 +310,7 @@ def calibrate(
     output=None,
     providers: Optional[Sequence[str]] = None,
     show_progress: bool = False,
+    external_data: Optional[bool] = None,
 ) -> CalibrationResult:
     """Re-estimate the BatchNorm statistics of a model on a noisy chip.
 
@@ -331,6 +332,7 @@ def calibrate(
         output: where to save the calibrated model (atomically); None to only return it.
         providers: onnxruntime execution providers.
         show_progress: draw a progress bar on a terminal.
+        external_data: store the output's tensors in ``<output>.data`` (None: only above 2 GB).
 
     Returns:
         The calibrated model and a :class:`CalibrationReport`.
@@ -434,7 +436,7 @@ def calibrate(
         "noise": report.noise,
     })
     if output is not None:
-        save_model(proto, output)
+        save_model(proto, output, external_data=external_data)
     report.seconds = time.perf_counter() - started
     return CalibrationResult(proto, report)
 

@@ -224,7 +224,7 @@ def diagnose(
         model: path or ``ModelProto`` (BatchNorm kept or fused; not modified).
         data: calibration data; used to calibrate and to compare the distributions.
         noise: the chip to simulate.
-        method: calibration method, ``"paper"`` or ``"delta"``.
+        method: calibration method, ``"paper"``, ``"delta"`` or ``"auto"`` (see :func:`~nabn_onnx.calibrate`).
         estimator: how calibration combines batch statistics.
         at: ``"bn"`` (each BatchNorm's output) or ``"activation"`` (the activation right
             after it, where there is one).

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
-from onnx import ModelProto, helper
+from onnx import ModelProto
 
 from ..data import DataLike, input_specs, iter_batches
 from ..errors import NabnError
 from ..io import ModelLike, load_model
 from ..progress import Progress
-from ..runtime import SERVE, make_session
+from ..runtime import SERVE, make_overridable, make_session
 from .metrics import IGNORE_INDEX, MetricLike, make_metrics
 
 __all__ = ["evaluate", "Evaluator", "Evaluation", "OutputLike"]
@@ -60,17 +60,10 @@ class Evaluation:
 
 def with_overridable(model: ModelProto, names: Sequence[str]) -> ModelProto:
     """A copy of ``model`` where the initializers ``names`` are also graph inputs, so runs can feed them."""
-    proto = copy.deepcopy(model)
-    inits = {t.name: t for t in proto.graph.initializer}
-    present = {i.name for i in proto.graph.input}
-    missing = [n for n in names if n not in inits]
-    if missing:
-        raise NabnError(f"no initializer named {missing[:3]} to make overridable")
-    for name in names:
-        if name not in present:
-            tensor = inits[name]
-            proto.graph.input.append(helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
-    return proto
+    try:
+        return make_overridable(copy.deepcopy(model), names)
+    except ValueError as exc:
+        raise NabnError(str(exc)) from None
 
 
 class Evaluator:

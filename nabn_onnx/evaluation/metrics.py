@@ -143,7 +143,7 @@ class ConfusionMatrix:
     def update(self, outputs: np.ndarray, labels: np.ndarray) -> None:
         labels = _need_labels(labels, self.name)
         logits = np.asarray(outputs)
-        if logits.ndim != labels.ndim + 1 or logits.shape[:1] + logits.shape[2:] != labels.shape:
+        if logits.ndim < 3 or logits.ndim != labels.ndim + 1 or logits.shape[:1] + logits.shape[2:] != labels.shape:
             raise DataError(
                 f"{self.name} needs logits (N, C, H, W) and label maps (N, H, W); got outputs {logits.shape} "
                 f"and labels {labels.shape}"

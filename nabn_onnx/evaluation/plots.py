@@ -20,6 +20,8 @@ from .sweep import SweepReport
 __all__ = ["plot_sweep", "plot_diagnose", "pyplot"]
 
 _VANILLA, _NABN, _RATIO = "tab:green", "tab:blue", "tab:red"
+#: Path parts that say nothing about which layer it is (exporter op names, the inserted BatchNorm's suffix).
+_NOISE_WORDS = {"Conv", "Gemm", "MatMul", "ConvTranspose", "BatchNormalization", "nabn_bn"}
 
 
 def pyplot():
@@ -67,7 +69,7 @@ def _draw_sweep(ax, report: SweepReport, title: Optional[str]) -> None:
     ax.grid(alpha=0.3)
     chips = len({r["seed"] for r in report.rows})
     ax.set_title(title or f"{report.model}: {chips} chip(s) per η")
-    ax.legend(fontsize="small", loc="lower left")
+    ax.legend(fontsize="small", loc="best")
 
 
 def plot_sweep(reports: Union[SweepReport, Sequence[SweepReport]], path: Union[str, os.PathLike],
@@ -91,10 +93,18 @@ def plot_sweep(reports: Union[SweepReport, Sequence[SweepReport]], path: Union[s
         plt.close(figure)
 
 
+def _short(layer: str) -> str:
+    """A tick label: the last two parts of an exporter's path-like name, without op and nabn suffixes."""
+    parts = [p for p in layer.strip("/").split("/") if p not in _NOISE_WORDS]
+    # "stages/stages.0/stages.0.1/conv1": a module path repeats each prefix; keep the longest form.
+    parts = [p for p, q in zip(parts, parts[1:] + [""]) if not q.startswith(p + ".")]
+    return "/".join(parts[-2:]) or layer
+
+
 def plot_diagnose(report: DiagnoseReport, path: Union[str, os.PathLike], title: Optional[str] = None) -> Path:
     """Per-layer KL and JS bars without (green) and with (blue) calibration, and their ratio (red line)."""
     plt = pyplot()
-    layers = [l.layer for l in report.layers]
+    layers = [_short(l.layer) for l in report.layers]
     x = np.arange(len(layers))
     figure, axes = plt.subplots(2, 1, figsize=(max(6, 0.45 * len(layers) + 2), 7), sharex=True)
     for ax, kind in zip(axes, ("kl", "js")):

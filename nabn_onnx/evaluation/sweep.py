@@ -18,9 +18,9 @@ weights and fuses Conv+BatchNorm as it would on a deployed model. With
 the analog weights (and the BatchNorm parameters) become *overridable initializers*, graph
 inputs with stored defaults, fed per chip. That saves the session builds but every run
 then computes with non-constant weights (no pre-packing, no fusion). Measured on the
-sample ResNet (``tools/bench_sweep.py``), a fed batch costs about 2.4 times a
-constant-weight batch while a session build costs less than one batch, so reuse made the
-sweep's evaluations about 2.3 times slower; per-chip sessions are the default.
+sample models (``tools/bench_sweep.py``), a fed batch costs about twice a constant-weight
+batch while a session build costs less than one batch, so reuse made the sweep's
+evaluations 1.9 (ResNet) to 3.6 (MobileNet) times slower; per-chip sessions are the default.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 from onnx import ModelProto, numpy_helper
@@ -44,7 +44,7 @@ from ..data import DataLike, replayable
 from ..errors import NabnError
 from ..graph import batchnorm_nodes
 from ..io import ModelLike, atomic_write_text, load_model
-from ..noise import NoiseModel, make_noise
+from ..noise import make_noise
 from ..passes.inject import InjectWeightNoisePass, noisy_tensor_names
 from ..progress import Progress
 from .evaluate import Evaluator, OutputLike
@@ -201,8 +201,10 @@ def _initializer_values(model: ModelProto, names: Iterable[str]) -> Dict[str, np
 class _ChipRunner:
     """Evaluates chip variants of one graph: one session fed per chip, or a session per chip."""
 
-    def __init__(self, reuse: bool, names: Sequence[str], output: OutputLike, providers, eval_options):
-        self.reuse, self.names, self.output, self.providers = reuse, list(names), output, providers
+    def __init__(self, reuse: bool, names: Callable[[ModelProto], List[str]], output: OutputLike, providers,
+                 eval_options):
+        self.reuse, self.names_of, self.output, self.providers = reuse, names, output, providers
+        self.names: List[str] = []
         self.eval_options = eval_options
         self.evaluator: Optional[Evaluator] = None
         self.structure: Optional[List[tuple]] = None
@@ -219,6 +221,7 @@ class _ChipRunner:
         if not self.reuse:
             return _scalar(self._build(model, ()).run(test, **self.eval_options).value)
         if self.evaluator is None:
+            self.names = self.names_of(model)
             self.evaluator = self._build(model, self.names)
             self.structure = _structure(model)
         elif _structure(model) != self.structure:
@@ -274,7 +277,7 @@ def sweep(
         noise: ``"mul"`` or ``"add"``.
         etas: noise scales.
         seeds: number of chips ``K`` (seeds ``0..K-1``) or the seeds themselves.
-        method: calibration method, ``"paper"`` or ``"delta"``.
+        method: calibration method, ``"paper"``, ``"delta"`` or ``"auto"`` (see :func:`~nabn_onnx.calibrate`).
         metric: a one-number metric (``"top1"``, ``"top5"``, ``"miou"``, ``"pixel-acc"``,
             a :class:`~nabn_onnx.evaluation.metrics.Metric` or a callable).
         sigma_t: temporal spread relative to eta.
@@ -316,11 +319,12 @@ def sweep(
         raise NabnError("the model has no analog layer with a constant weight: nothing to put noise on")
     eval_options = dict(metric=metric, batch_size=batch_size, max_batches=test_batches, ignore_index=ignore_index,
                         ignore_background=ignore_background)
-    vanilla = _ChipRunner(reuse_sessions, weights, output, providers, eval_options)
+    vanilla = _ChipRunner(reuse_sessions, lambda _: weights, output, providers, eval_options)
     clean = vanilla.run(proto, test)
 
     prepared = split(proto, calib, batch_size=batch_size, max_batches=calib_batches, providers=providers).model
-    nabn = _ChipRunner(reuse_sessions, weights + _bn_param_names(prepared), output, providers, eval_options)
+    nabn = _ChipRunner(reuse_sessions, lambda first: weights + _bn_param_names(first), output, providers,
+                       eval_options)
     timing = {"calibrate": 0.0, "vanilla": 0.0, "nabn": 0.0}
     report = SweepReport(_model_name(model, proto), _metric_name(metric), method, settings, clean,
                          reuse_sessions=reuse_sessions)

@@ -1,0 +1,147 @@
+"""Robustness sweeps on a classifier built in code: report schema, determinism, NaBN against vanilla."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from builders import small_cnn  # noqa: E402
+
+from nabn_onnx import NabnError, calibrate, sweep  # noqa: E402
+from nabn_onnx.cli import main  # noqa: E402
+from nabn_onnx.evaluation.evaluate import Evaluator  # noqa: E402
+from nabn_onnx.io import set_initializer  # noqa: E402
+
+CHANNELS, CLASSES, SIZE = 16, 4, 8
+#: Sessions with and without onnxruntime's weight pre-packing may round differently:
+#: allow one test sample in 256 to flip.
+ONE_SAMPLE = 1 / 256 + 1e-12
+
+
+def prototype_data(n: int, seed: int):
+    """Noisy copies of CLASSES fixed random patterns; the label is the pattern."""
+    prototypes = np.random.default_rng(100).uniform(0, 1, (CLASSES, 1, SIZE, SIZE))
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, CLASSES, n)
+    x = prototypes[labels] + 0.3 * rng.standard_normal((n, 1, SIZE, SIZE))
+    return x.astype(np.float32), labels.astype(np.int64)
+
+
+def trained_classifier(seed: int = 0):
+    """small_cnn with BatchNorm statistics of its data and a least-squares head: a stand-in for a trained model.
+
+    Returns:
+        ``(model, calibration data, test data)``.
+    """
+    model = small_cnn(seed=seed, with_bn=True, channels=CHANNELS, classes=CLASSES)
+    x, y = prototype_data(256, seed=1)
+    model = calibrate(model, {"input": x}, exclude="fc").model
+    probe = copy.deepcopy(model)
+    probe.graph.output.append(onnx.helper.make_tensor_value_info("flat", onnx.TensorProto.FLOAT, ["N", CHANNELS]))
+    features = Evaluator(probe, output="flat").session.run(["flat"], {"input": x})[0].astype(np.float64)
+    mu, sd = features.mean(0), features.std(0) + 1e-6
+    z = np.hstack([(features - mu) / sd, np.ones((len(x), 1))])
+    solution = np.linalg.solve(z.T @ z + 1e-2 * np.eye(CHANNELS + 1), z.T @ (2 * np.eye(CLASSES)[y] - 1))
+    weight = (solution[:-1] / sd[:, None]).T
+    set_initializer(model, "fc_w", weight.astype(np.float32))
+    set_initializer(model, "fc_b", (solution[-1] - weight @ mu).astype(np.float32))
+    xt, yt = prototype_data(256, seed=2)
+    return model, {"input": x}, {"input": xt, "labels": yt}
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return trained_classifier()
+
+
+def test_report_schema_one_row_per_eta_and_seed(classifier):
+    model, calib, test = classifier
+    report = sweep(model, calib, test, noise="mul", etas=[0.0, 0.5], seeds=[4, 9])
+    data = json.loads(report.to_json())
+    assert {"clean", "rows", "by_eta", "settings", "metric", "method"} <= set(data)
+    assert [(r["eta"], r["seed"]) for r in data["rows"]] == [(0.0, 4), (0.0, 9), (0.5, 4), (0.5, 9)]
+    assert all(set(r) == {"noise", "eta", "seed", "vanilla", "nabn"} for r in data["rows"])
+    assert [(s["eta"], s["chips"]) for s in data["by_eta"]] == [(0.0, 2), (0.5, 2)]
+    high = [r["vanilla"] for r in data["rows"] if r["eta"] == 0.5]
+    assert data["by_eta"][1]["vanilla_mean"] == pytest.approx(np.mean(high))
+    assert data["by_eta"][1]["vanilla_std"] == pytest.approx(np.std(high, ddof=1))
+    rows = list(csv.DictReader(io.StringIO(report.to_csv())))
+    assert len(rows) == 4 and set(rows[0]) == {"noise", "eta", "seed", "vanilla", "nabn", "clean"}
+    assert "| small_cnn+NaBN |" in report.to_markdown()
+
+
+def test_vanilla_without_noise_is_clean_and_nabn_wins_at_high_noise(classifier):
+    model, calib, test = classifier
+    report = sweep(model, calib, test, noise="mul", etas=[0.0, 0.5], seeds=3)
+    assert report.clean > 0.7  # the stand-in model is a working classifier
+    at = {s["eta"]: s for s in report.by_eta()}
+    assert all(r["vanilla"] == report.clean for r in report.rows if r["eta"] == 0.0)
+    assert at[0.5]["vanilla_mean"] < report.clean - 0.2  # the noise hurts ...
+    assert at[0.5]["nabn_mean"] > at[0.5]["vanilla_mean"] + 0.2  # ... and calibration recovers most of it
+    assert at[0.5]["nabn_mean"] > report.clean - 0.05
+
+
+def test_same_seed_same_numbers_other_seed_other_chip(classifier):
+    model, calib, test = classifier
+    first = sweep(model, calib, test, noise="add", etas=[0.02], seeds=[5])
+    again = sweep(model, calib, test, noise="add", etas=[0.02], seeds=[5])
+    other = sweep(model, calib, test, noise="add", etas=[0.02], seeds=[6])
+    assert first.rows == again.rows
+    assert first.rows[0]["nabn"] != other.rows[0]["nabn"]
+
+
+def test_session_reuse_gives_the_per_chip_numbers(classifier):
+    model, calib, test = classifier
+    reused = sweep(model, calib, test, noise="mul", etas=[0.3], seeds=2, reuse_sessions=True)
+    fresh = sweep(model, calib, test, noise="mul", etas=[0.3], seeds=2, reuse_sessions=False)
+    for a, b in zip(reused.rows, fresh.rows):
+        assert a["vanilla"] == pytest.approx(b["vanilla"], abs=ONE_SAMPLE)
+        assert a["nabn"] == pytest.approx(b["nabn"], abs=ONE_SAMPLE)
+
+
+def test_sweep_rejects_bad_settings(classifier):
+    model, calib, test = classifier
+    with pytest.raises(NabnError, match="eta"):
+        sweep(model, calib, test, noise="mul", etas=[-0.1], seeds=1)
+    with pytest.raises(NabnError, match="unknown noise"):
+        sweep(model, calib, test, noise="gauss", etas=[0.1], seeds=1)
+    with pytest.raises(NabnError, match="one number"):
+        sweep(model, calib, test, noise="mul", etas=[0.1], seeds=1, metric=["top1", "top2"])
+
+
+def test_cli_sweep_writes_report_and_plot(classifier, tmp_path, capsys):
+    model, calib, test = classifier
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", **calib)
+    np.savez(tmp_path / "test.npz", **test)
+    args = ["sweep", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib.npz"), "--test",
+            str(tmp_path / "test.npz"), "--noise", "mul", "--eta", "0.1,0.5", "--seeds", "2"]
+    assert main(args + ["--report", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]) == 0
+    assert len(json.loads((tmp_path / "r.json").read_text())["rows"]) == 4
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    assert "swept 2 eta(s) x 2 chip(s)" in capsys.readouterr().out
+    assert main(args[:-4] + ["--eta", "0.1,abc", "--seeds", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "comma-separated numbers" in err and len(err.strip().splitlines()) == 1
+    assert main(args + ["--report", str(tmp_path / "r.txt")]) == 1
+    assert "report must end in" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_names_the_extra(classifier, tmp_path, monkeypatch):
+    from nabn_onnx.evaluation.plots import plot_sweep
+
+    model, calib, test = classifier
+    report = sweep(model, calib, test, noise="mul", etas=[0.1], seeds=1)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(NabnError, match=r"nabn-onnx\[plot\]"):
+        plot_sweep(report, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
