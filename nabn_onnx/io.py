@@ -10,12 +10,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
@@ -32,6 +33,7 @@ __all__ = [
     "record",
     "read_record",
     "model_size_bytes",
+    "without_large_initializers",
     "MIN_OPSET",
     "PROTOBUF_LIMIT",
 ]
@@ -309,6 +311,26 @@ def _copy_fields(src, dst, skip: str) -> None:
             setattr(dst, field.name, value)
 
 
+def without_large_initializers(model: ModelProto, min_bytes: int = 1 << 16) -> Tuple[ModelProto, List[TensorProto]]:
+    """A copy of ``model`` without its initializers of ``min_bytes`` or more, and those initializers.
+
+    The initializers are returned as they are in ``model``, not copied: a pass that only
+    rewrites nodes and small parameters (the statistics graph) works on the copy, and
+    :func:`save_model` writes the two back together with ``extra_initializers``. This
+    replaces a ``copy.deepcopy`` of every weight.
+    """
+    light = ModelProto()
+    _copy_fields(model, light, skip="graph")
+    _copy_fields(model.graph, light.graph, skip="initializer")
+    large = []
+    for tensor in model.graph.initializer:
+        if tensor.ByteSize() >= min_bytes:
+            large.append(tensor)
+        else:
+            light.graph.initializer.append(tensor)
+    return light, large
+
+
 def check_model(model: ModelProto, *, full: bool = False) -> None:
     """Run onnx's checker, turning its failure into a one-line :class:`ModelError`.
 
@@ -330,7 +352,13 @@ def _should_use_external(model: ModelProto, external_data: Optional[bool]) -> bo
     return model_size_bytes(model) >= PROTOBUF_LIMIT - (64 << 20)
 
 
-def save_model(model: ModelProto, path: Union[str, os.PathLike], *, external_data: Optional[bool] = None) -> Path:
+def save_model(
+    model: ModelProto,
+    path: Union[str, os.PathLike],
+    *,
+    external_data: Optional[bool] = None,
+    extra_initializers: Sequence[TensorProto] = (),
+) -> Path:
     """Write ``model`` to ``path`` atomically.
 
     The model is written to a temporary file in the target folder and renamed into place,
@@ -343,6 +371,8 @@ def save_model(model: ModelProto, path: Union[str, os.PathLike], *, external_dat
         path: the ``.onnx`` file to write.
         external_data: ``True`` to store tensors in a side file, ``False`` to forbid it,
             ``None`` to decide by size.
+        extra_initializers: initializers written after the model's own, read where they
+            are (see :func:`without_large_initializers`).
 
     Returns:
         The path written.
@@ -363,11 +393,11 @@ def save_model(model: ModelProto, path: Union[str, os.PathLike], *, external_dat
             if use_external:
                 data_name = path.name + ".data"
                 with open(tmp_model, "wb") as fh, open(Path(tmp) / data_name, "wb") as data:
-                    _write_model(model, fh, data=data, location=data_name)
+                    _write_model(model, fh, data=data, location=data_name, extra=extra_initializers)
                 _replace_pair(Path(tmp), tmp_model, path, data_name)
             else:
                 with open(tmp_model, "wb") as fh:
-                    _write_model(model, fh)
+                    _write_model(model, fh, extra=extra_initializers)
                 os.replace(tmp_model, path)
     except PermissionError as exc:
         raise ModelError(f"cannot write {path}: {exc.strerror}") from None
@@ -424,7 +454,7 @@ def _external_stub(tensor: TensorProto, location: str, offset: int, length: int)
     return stub
 
 
-def _write_model(model: ModelProto, fh, *, data=None, location: str = "") -> None:
+def _write_model(model: ModelProto, fh, *, data=None, location: str = "", extra: Sequence[TensorProto] = ()) -> None:
     """Serialize ``model`` into ``fh`` one initializer at a time, never the whole model at once.
 
     Without ``data`` the bytes are exactly ``model.SerializeToString()`` (fields in number
@@ -433,13 +463,14 @@ def _write_model(model: ModelProto, fh, *, data=None, location: str = "") -> Non
     model (protobuf's serialization buffer and the Python ``bytes``). With ``data`` (an open
     file named ``location`` beside the model), every initializer of at least
     :data:`EXTERNAL_THRESHOLD` bytes of ``raw_data`` is written there, page-aligned, and
-    referenced from the model. ``model`` itself is never modified.
+    referenced from the model. ``extra`` initializers follow the model's own. ``model``
+    itself is never modified.
     """
     model_head, model_tail = _split_fields(model, _MODEL_GRAPH)
     graph_head, graph_tail = _split_fields(model.graph, _GRAPH_INITIALIZER)
     pieces = []  # (tensor, stub or None, serialized size)
     offset = 0
-    for tensor in model.graph.initializer:
+    for tensor in itertools.chain(model.graph.initializer, extra):
         stub = None
         if data is not None and tensor.HasField("raw_data") and not external_data_helper.uses_external_data(tensor):
             raw = tensor.raw_data

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import onnxruntime as ort
-from onnx import ModelProto, helper
+from onnx import ModelProto, TensorProto, helper
 
 from .errors import ModelError
 from .io import save_model
@@ -43,6 +43,7 @@ def make_session(
     optimization: ort.GraphOptimizationLevel = SERVE,
     providers: Optional[Sequence[str]] = None,
     intra_op_threads: int = 0,
+    extra_initializers: Sequence[TensorProto] = (),
 ) -> ort.InferenceSession:
     """Build an onnxruntime session for ``model``.
 
@@ -51,6 +52,8 @@ def make_session(
         optimization: onnxruntime's graph optimization level (:data:`MEASURE` or :data:`SERVE`).
         providers: execution providers, in order of preference; CPU by default.
         intra_op_threads: threads per operator (0: onnxruntime's default, one per core).
+        extra_initializers: initializers of ``model`` kept elsewhere (see
+            :func:`nabn_onnx.io.without_large_initializers`).
 
     Returns:
         The session.
@@ -69,7 +72,7 @@ def make_session(
     tmp = tempfile.mkdtemp(prefix="nabn-")
     try:
         path = Path(tmp) / "model.onnx"
-        save_model(model, path, external_data=True)
+        save_model(model, path, external_data=True, extra_initializers=extra_initializers)
         return ort.InferenceSession(os.fspath(path), options, providers=providers)
     except (ort.capi.onnxruntime_pybind11_state.Fail,
             ort.capi.onnxruntime_pybind11_state.InvalidGraph,

@@ -34,7 +34,7 @@ from onnx import ModelProto
 from ..data import DataLike, input_specs, iter_batches, replayable
 from ..errors import NabnError, NothingToDoError
 from ..graph import batchnorm_nodes, find_analog_layers, infer_shapes_light
-from ..io import ModelLike, load_model, read_record, record, save_model
+from ..io import ModelLike, load_model, read_record, record, save_model, without_large_initializers
 from ..noise import NoiseModel
 from ..passes.inject import InjectWeightNoisePass
 from ..passes.split import PLACEHOLDER_EPSILON, SplitBatchNormPass
@@ -114,12 +114,13 @@ def measure(
     """
     train, tap = list(train), list(tap)
     per_sample = _elements_per_sample(model, train + tap)
-    stats_model = copy.deepcopy(model)
+    # the statistics graph rewrites nodes and BatchNorm parameters only: the weights stay in `model`
+    stats_model, weights = without_large_initializers(model)
     expose = ExposeBatchNormStatsPass(train=train, tap=tap, keep_outputs=False, shapes=per_sample is None)
     expose(stats_model)
     outputs = expose.outputs
-    session = make_session(stats_model, optimization=MEASURE, providers=providers)
-    del stats_model
+    session = make_session(stats_model, optimization=MEASURE, providers=providers, extra_initializers=weights)
+    del stats_model, weights
     fetch: List[str] = []
     for stat in outputs.values():
         fetch += [stat.mean, stat.var] + ([stat.shape] if per_sample is None else [])
