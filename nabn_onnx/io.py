@@ -121,6 +121,42 @@ def lift_constant_weights(model: ModelProto) -> int:
     return len(lifted)
 
 
+def bypass_initializer_identities(model: ModelProto) -> int:
+    """Remove ``Identity`` nodes that merely rename an initializer, in place.
+
+    PyTorch's exporter without constant folding routes parameters it deduplicated (two
+    BatchNorms with bit-identical biases, say) through ``Identity`` nodes; readers of the
+    node then see a computed tensor where there is a constant. Consumers are pointed at the
+    initializer itself; an Identity whose output is a graph output is kept.
+
+    Returns:
+        How many nodes were removed.
+    """
+    graph = model.graph
+    constants = {t.name for t in graph.initializer} - {i.name for i in graph.input}
+    outputs = {o.name for o in graph.output}
+    rename = {}
+    keep = []
+    for node in graph.node:
+        if (node.op_type == "Identity" and node.domain in ("", "ai.onnx") and len(node.input) == 1
+                and len(node.output) == 1 and node.output[0] not in outputs):
+            source = rename.get(node.input[0], node.input[0])
+            if source in constants:
+                rename[node.output[0]] = source
+                continue
+        keep.append(node)
+    if not rename:
+        return 0
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    del graph.node[:]
+    graph.node.extend(keep)
+    logger.debug("bypassed %d Identity node(s) of initializers", len(rename))
+    return len(rename)
+
+
 def model_size_bytes(model: ModelProto) -> int:
     """Bytes the model's tensors store (a cheap upper bound for the protobuf size).
 
@@ -187,6 +223,7 @@ def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
         )
     _refuse_training_mode(proto)
     lift_constant_weights(proto)
+    bypass_initializer_identities(proto)
     if check:
         check_model(proto)
     _check_initializer_sizes(proto)

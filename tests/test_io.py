@@ -88,3 +88,16 @@ def test_old_opset_is_refused_with_advice():
     model.opset_import[0].version = 8
     with pytest.raises(ModelError, match="opset 8.*version_converter"):
         load_model(model)
+
+
+def test_identity_renamed_parameters_are_seen_as_initializers():
+    """PyTorch without constant folding routes deduplicated parameters through Identity nodes."""
+    model = small_cnn(with_bn=True)
+    bn2 = next(n for n in model.graph.node if n.name == "bn2")
+    model.graph.node.insert(0, helper.make_node("Identity", [bn2.input[2]], ["bias_alias"]))
+    bn2.input[2] = "bias_alias"
+    x = images(32)
+    before = run(model, {"input": x})[0]
+    loaded = load_model(model)
+    assert not any(n.op_type == "Identity" for n in loaded.graph.node)
+    np.testing.assert_array_equal(run(loaded, {"input": x})[0], before)

@@ -171,7 +171,7 @@ class TinyMobileNetV2(nn.Module):
             (1, 16, 1, 1),
             (4, 24, 2, 2),
             (4, 32, 3, 2),
-            (4, 48, 2, 1),
+            (4, 40, 2, 1),
         ),
         last_channels: int = 128,
         num_classes: int = NUM_CLASSES,

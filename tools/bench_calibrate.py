@@ -58,6 +58,23 @@ def make_data(folder: Path, batches: int) -> Path:
     return path
 
 
+def make_wide(folder: Path, batches: int):
+    """A ResNet with 64/128/256 channels on 32x32 inputs, BatchNorm kept, seeded random weights."""
+    import torch
+    from _torch_models import TinyResNet
+
+    torch.manual_seed(0)
+    net = TinyResNet(widths=(64, 128, 256), blocks_per_stage=2).eval()
+    path = folder / "wide_bn.onnx"
+    example = torch.zeros(1, 1, 32, 32)
+    torch.onnx.export(net, example, str(path), dynamo=False, input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}}, do_constant_folding=False, opset_version=17)
+    x = np.random.default_rng(0).uniform(0, 1, (batches * BATCH, 1, 32, 32)).astype(np.float32)
+    data = folder / "wide.npz"
+    np.savez(data, input=x)
+    return path, data, net, x
+
+
 def plain_inference(model: Path, data: Path) -> float:
     """Seconds to load the model in onnxruntime and run every batch of the file."""
     started = time.perf_counter()
@@ -129,6 +146,13 @@ def main() -> int:
         print(f"[1c] whole commands (BN kept):    nabn-onnx calibrate {t_cmd:.3f}s / python+onnxruntime inference "
               f"{t_plain:.3f}s = {t_cmd / t_plain:.2f}")
 
+        # 1d. the same on a wider network (ResNet-18-like widths at 32x32), random weights
+        wide_model, wide_data, wide_net, wide_x = make_wide(tmp, args.batches)
+        t_cal_w, t_inf_w = median_pair(lambda: ours(wide_model, wide_data, tmp / "w.onnx", exclude=".*"),
+                                       lambda: plain_inference(wide_model, wide_data), args.repeats)
+        print(f"[1d] wider ResNet (64/128/256 ch, 32x32, BN kept): calibrate {t_cal_w:.3f}s / inference "
+              f"{t_inf_w:.3f}s = {t_cal_w / t_inf_w:.2f} (target <= 1.15)")
+
         # 2. PyTorch train-mode recalibration / ours, same network, weights and batches
         from torch_reference import noisy_torch_model, torch_recalibrate
 
@@ -138,7 +162,13 @@ def main() -> int:
         torch_model = noisy_torch_model("resnet", noisy)
         t_torch, t_ours = median_pair(lambda: torch_recalibrate(torch_model, batches),
                                       lambda: ours(bn_model, data, tmp / "o.onnx", exclude=".*"), args.repeats)
-        print(f"[2]  PyTorch train-mode recalibration {t_torch:.3f}s / ours {t_ours:.3f}s = {t_torch / t_ours:.2f} "
+        print(f"[2a] PyTorch train-mode recalibration {t_torch:.3f}s / ours {t_ours:.3f}s = {t_torch / t_ours:.2f} "
+              f"(target >= 1.3)")
+        wide_batches = [wide_x[i:i + BATCH] for i in range(0, len(wide_x), BATCH)]
+        t_torch_w, t_ours_w = median_pair(lambda: torch_recalibrate(wide_net, wide_batches),
+                                          lambda: ours(wide_model, wide_data, tmp / "w.onnx", exclude=".*"),
+                                          args.repeats)
+        print(f"[2b] wider ResNet: PyTorch {t_torch_w:.3f}s / ours {t_ours_w:.3f}s = {t_torch_w / t_ours_w:.2f} "
               f"(target >= 1.3)")
 
         # 3. peak memory, N against 10N batches

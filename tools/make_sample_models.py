@@ -17,7 +17,8 @@ Writes into ``sample_models/``:
 * ``torch/<name>.pt``: the trained state_dicts, read back by
   ``_torch_models.load_torch_model``.
 
-Everything is seeded; the whole run takes about a minute on two CPU cores.
+Everything is seeded and the output is byte-for-byte reproducible; the run
+takes about 90 s on an idle two-core machine.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ MAX_SCALE_CHANGE = 0.1
 MAX_SHIFT_PIXELS = 1.5
 LEGACY_OPSET = 17
 EXPORT_TOLERANCE = 1e-4
-MAX_ONNX_BYTES = 400 * 1024
-MAX_FOLDER_BYTES = 5 * 1024 * 1024
+MAX_ONNX_BYTES = 400_000
+MAX_WRITTEN_BYTES = 5_000_000
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
@@ -213,9 +214,7 @@ def count_ops(path: Path) -> collections.Counter:
     return collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
 
 
-def check_export(
-    path: Path, model: nn.Module, images: np.ndarray, expected_batchnorms: int
-) -> float:
+def check_export(path: Path, model: nn.Module, images: np.ndarray, expected_batchnorms: int) -> float:
     """Checks an exported model against PyTorch and its BatchNorm count.
 
     Args:
@@ -282,20 +281,15 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def print_table(rows: list[tuple[str, Path, float]]) -> None:
     """Prints model, file, size, Conv and BatchNormalization counts, accuracy."""
-    header = f"{'model':<10} {'file':<28} {'size KB':>8} {'#Conv':>6} {'#BN':>4} {'test acc':>9}"
+    header = f"{'model':<10} {'file':<28} {'size kB':>8} {'#Conv':>6} {'#BN':>4} {'test acc':>9}"
     print(header)
     print("-" * len(header))
     for name, path, acc in rows:
         ops = count_ops(path)
         print(
-            f"{name:<10} {path.name:<28} {path.stat().st_size / 1024:>8.1f} "
+            f"{name:<10} {path.name:<28} {path.stat().st_size / 1000:>8.1f} "
             f"{ops['Conv']:>6} {ops['BatchNormalization']:>4} {acc:>9.2%}"
         )
-
-
-def folder_size(folder: Path) -> int:
-    """Returns the total size in bytes of the files under a folder."""
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def main() -> None:
@@ -310,9 +304,11 @@ def main() -> None:
     images, labels = load_images()
     splits = split_indices(labels, SEED)
     print("split sizes: " + ", ".join(f"{k}={len(v)}" for k, v in splits.items()))
+    written = []
     for split in ("calib", "test"):
         idx = splits[split]
-        np.savez_compressed(out_dir / f"digits_{split}.npz", input=images[idx], labels=labels[idx])
+        written.append(out_dir / f"digits_{split}.npz")
+        np.savez_compressed(written[-1], input=images[idx], labels=labels[idx])
     test_images, test_labels = images[splits["test"]], labels[splits["test"]]
 
     rows = []
@@ -324,18 +320,23 @@ def main() -> None:
         model = train(model, images[splits["train"]], labels[splits["train"]], SEED + model_index)
         with torch.no_grad():
             torch_acc = accuracy(model(torch.from_numpy(test_images)).numpy(), test_labels)
-        print(f"{name}: {num_params} parameters, trained in {time.perf_counter() - start:.0f} s, "
-              f"torch test accuracy {torch_acc:.2%}")
-        torch.save(model.state_dict(), out_dir / "torch" / f"{name}.pt")
+        print(
+            f"{name}: {num_params} parameters, trained in {time.perf_counter() - start:.0f} s, "
+            f"torch test accuracy {torch_acc:.2%}"
+        )
+        written.append(out_dir / "torch" / f"{name}.pt")
+        torch.save(model.state_dict(), written[-1])
         for path in export_all(name, model, test_images, out_dir):
+            written.append(path)
             rows.append((name, path, accuracy(run_onnx(path, test_images), test_labels)))
 
     print()
     print_table(rows)
-    total = folder_size(out_dir)
-    print(f"\nsample_models total: {total / 1024:.1f} KB")
-    if total > MAX_FOLDER_BYTES:
-        raise RuntimeError(f"{out_dir} is {total} bytes, over the {MAX_FOLDER_BYTES}-byte budget")
+    # Only this script's files count: other tools add their own samples to the folder.
+    total = sum(path.stat().st_size for path in written)
+    print(f"\n{len(written)} files written, {total / 1000:.1f} kB in total")
+    if total > MAX_WRITTEN_BYTES:
+        raise RuntimeError(f"the files written take {total} bytes, over the {MAX_WRITTEN_BYTES}-byte budget")
 
 
 if __name__ == "__main__":
