@@ -15,8 +15,8 @@ noise inside ``calibrate`` on its split version therefore simulate the same chip
 spatial draw is fixed per (seed, weight); the temporal draw is also indexed by ``draw``
 (0 for a baked file, 0, 1, 2, ... for per-batch re-draws).
 
-Other device models plug in by subclassing :class:`NoiseModel` and registering in
-:data:`NOISE_MODELS`.
+Other device models plug in by subclassing :class:`NoiseModel` (override :meth:`combine`,
+or :meth:`apply` for a model of another shape) and registering in :data:`NOISE_MODELS`.
 """
 
 from __future__ import annotations
@@ -97,6 +97,12 @@ class NoiseModel:
 
     def apply(self, name: str, weight: np.ndarray, draw: int = 0) -> np.ndarray:
         """The noisy version of ``weight`` (same dtype) for chip ``seed`` at batch ``draw``."""
+        w = weight.astype(np.float64)
+        factor = self.temporal_draw(name, w.shape, draw) * self.spatial(name, w.shape)
+        return self.combine(w, factor).astype(weight.dtype)
+
+    def combine(self, weight: np.ndarray, factor: np.ndarray) -> np.ndarray:
+        """The device equation: the noisy weight from the weight and ``N_T * N_S`` (float64)."""
         raise NotImplementedError
 
     def describe(self) -> Dict[str, object]:
@@ -114,10 +120,8 @@ class MulNoise(NoiseModel):
     max_eta = 10.0
     typical = "0.02 to 0.1 (the paper's Table I)"
 
-    def apply(self, name: str, weight: np.ndarray, draw: int = 0) -> np.ndarray:
-        w = weight.astype(np.float64)
-        noise = self.temporal_draw(name, w.shape, draw) * self.spatial(name, w.shape)
-        return (w + w * noise).astype(weight.dtype)
+    def combine(self, weight: np.ndarray, factor: np.ndarray) -> np.ndarray:
+        return weight + weight * factor
 
 
 @dataclass(frozen=True)
@@ -128,10 +132,8 @@ class AddNoise(NoiseModel):
     max_eta = 10.0
     typical = "0.0002 to 0.00035 for ImageNet-sized weights (the paper's Table II)"
 
-    def apply(self, name: str, weight: np.ndarray, draw: int = 0) -> np.ndarray:
-        w = weight.astype(np.float64)
-        noise = self.temporal_draw(name, w.shape, draw) * self.spatial(name, w.shape)
-        return (w + noise).astype(weight.dtype)
+    def combine(self, weight: np.ndarray, factor: np.ndarray) -> np.ndarray:
+        return weight + factor
 
 
 NOISE_MODELS: Dict[str, Type[NoiseModel]] = {"mul": MulNoise, "add": AddNoise}

@@ -42,7 +42,7 @@ def test_split_inject_calibrate_inspect(files, capsys):
     assert "calibrated 4 BatchNorm layer(s) (4 inserted)" in line and "4 batch(es) / 200 samples" in line
     calibrated = onnx.load(str(model.parent / "net.nabn.onnx"))
     assert sum(n.op_type == "BatchNormalization" for n in calibrated.graph.node) == 4
-    assert '"method": "paper"' in report.read_text()
+    assert '"method": "auto"' in report.read_text()
 
     assert main(["inspect", str(model.parent / "net.nabn.onnx")]) == 0
     assert "4 with an inserted one" in capsys.readouterr().out

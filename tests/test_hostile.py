@@ -182,16 +182,9 @@ def test_absurd_input_shape_is_harmless(tmp_path: Path) -> None:
 
 def _field(number: int, payload: bytes) -> bytes:
     """One length-delimited protobuf field."""
+    from nabn_onnx.io import _varint
 
-    def varint(value: int) -> bytes:
-        out = bytearray()
-        while True:
-            byte, value = value & 0x7F, value >> 7
-            out.append(byte | (0x80 if value else 0))
-            if not value:
-                return bytes(out)
-
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
 def test_deeply_nested_subgraphs(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ def trained_classifier(seed: int = 0):
     """
     model = small_cnn(seed=seed, with_bn=True, channels=CHANNELS, classes=CLASSES)
     x, y = prototype_data(256, seed=1)
-    model = calibrate(model, {"input": x}, exclude="fc").model
+    model = calibrate(model, {"input": x}, exclude="fc", method="paper").model  # BN statistics of the data
     probe = copy.deepcopy(model)
     probe.graph.output.append(onnx.helper.make_tensor_value_info("flat", onnx.TensorProto.FLOAT, ["N", CHANNELS]))
     features = Evaluator(probe, output="flat").session.run(["flat"], {"input": x})[0].astype(np.float64)

@@ -215,7 +215,11 @@ def build_model(name: str) -> nn.Module:
 
 
 def load_torch_model(name: str, models_dir: Path = SAMPLE_MODELS_DIR) -> nn.Module:
-    """Loads a trained sample model from ``<models_dir>/torch/<name>.pt``.
+    """Loads a trained sample model from its BatchNorm-kept export ``<models_dir>/<name>_bn.onnx``.
+
+    That export names every initializer after its ``state_dict`` key; parameters the
+    exporter deduplicated come back through ``Identity`` nodes, which are followed. So
+    the ONNX file is the single stored copy of the weights.
 
     Args:
         name: One of :data:`MODEL_NAMES`.
@@ -223,8 +227,25 @@ def load_torch_model(name: str, models_dir: Path = SAMPLE_MODELS_DIR) -> nn.Modu
 
     Returns:
         The module in eval mode with the trained weights and running statistics.
+
+    Raises:
+        KeyError: If the export lacks a parameter or buffer of the module.
     """
+    import onnx
+    from onnx import numpy_helper
+
+    exported = onnx.load(str(models_dir / f"{name}_bn.onnx"))
+    arrays = {t.name: numpy_helper.to_array(t) for t in exported.graph.initializer}
+    for node in exported.graph.node:
+        if node.op_type == "Identity" and node.input[0] in arrays:
+            arrays[node.output[0]] = arrays[node.input[0]]
     model = build_model(name)
-    state = torch.load(models_dir / "torch" / f"{name}.pt", map_location="cpu", weights_only=True)
+    state = model.state_dict()
+    missing = [k for k in state if not k.endswith("num_batches_tracked") and k not in arrays]
+    if missing:
+        raise KeyError(f"{name}_bn.onnx lacks {missing[:3]}")
+    for key in state:
+        if key in arrays:
+            state[key] = torch.from_numpy(arrays[key].copy())
     model.load_state_dict(state)
     return model.eval()

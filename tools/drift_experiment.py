@@ -51,7 +51,7 @@ def calibrated_statistics(clean, calib: str, noise):
     :func:`calibrate` returns the chip's noisy weights too; the served chip adds its own
     noise per batch to the weights it is given, so it must be given the clean ones.
     """
-    calibrated = calibrate(clean, calib, noise=noise).model
+    calibrated = calibrate(clean, calib, noise=noise, method="paper").model
     model = copy.deepcopy(clean)
     stats = {}
     for node in batchnorm_nodes(model):

@@ -6,6 +6,7 @@ measure the noisy statistics with the paper's train-mode semantics, write them b
 
 Methods:
 
+* ``"auto"`` (default) picks per model between the two below, see last.
 * ``"paper"`` (Algorithm 1): every BatchNorm normalizes each batch with the batch's own
   statistics while the batches stream through (so each layer is measured under the
   recalibrated layers before it) and its running statistics are replaced by the estimate.
@@ -301,7 +302,7 @@ def calibrate(
     data: DataLike,
     *,
     noise: Optional[NoiseModel] = None,
-    method: str = "paper",
+    method: str = "auto",
     estimator: Estimator = DEFAULT_ESTIMATOR,
     batch_size: int = 64,
     max_batches: Optional[int] = None,

@@ -209,7 +209,7 @@ def diagnose(
     data: DataLike,
     *,
     noise: NoiseModel,
-    method: str = "paper",
+    method: str = "auto",
     estimator: Estimator = DEFAULT_ESTIMATOR,
     at: str = "bn",
     bins: int = 200,

@@ -251,7 +251,7 @@ def sweep(
     noise: str = "mul",
     etas: Sequence[float],
     seeds: Union[int, Sequence[int]] = 5,
-    method: str = "paper",
+    method: str = "auto",
     metric: MetricLike = "top1",
     sigma_t: float = 0.2,
     sigma_s: float = 0.1,
