@@ -84,25 +84,30 @@ class NoiseModel:
 
     typical = ""
 
-    def spatial(self, name: str, shape) -> np.ndarray:
+    def spatial(self, name: str, shape, dtype=np.float64) -> np.ndarray:
         """``N_S`` for one weight tensor (fixed per chip)."""
         rng = weight_rng(self.seed, name, shape, _SPATIAL)
-        return 1.0 + self.sigma_s * rng.standard_normal(shape)
+        return dtype(1.0) + dtype(self.sigma_s) * rng.standard_normal(shape, dtype=dtype)
 
-    def temporal_draw(self, name: str, shape, draw: int = 0) -> np.ndarray:
+    def temporal_draw(self, name: str, shape, draw: int = 0, dtype=np.float64) -> np.ndarray:
         """``N_T`` for one weight tensor at one inference batch ``draw``."""
         rng = weight_rng(self.seed, name, shape, _TEMPORAL, draw)
         size = shape if self.temporal == "element" else ()
-        return self.eta + self.sigma_t * self.eta * rng.standard_normal(size)
+        return dtype(self.eta) + dtype(self.sigma_t * self.eta) * rng.standard_normal(size, dtype=dtype)
 
     def apply(self, name: str, weight: np.ndarray, draw: int = 0) -> np.ndarray:
-        """The noisy version of ``weight`` (same dtype) for chip ``seed`` at batch ``draw``."""
-        w = weight.astype(np.float64)
-        factor = self.temporal_draw(name, w.shape, draw) * self.spatial(name, w.shape)
-        return self.combine(w, factor).astype(weight.dtype)
+        """The noisy version of ``weight`` (same dtype) for chip ``seed`` at batch ``draw``.
+
+        Noise is drawn and applied in float32 (float64 for float64 weights): float32 normals
+        are drawn about twice as fast, and a float32 weight cannot hold more precision anyway.
+        """
+        dtype = np.float64 if weight.dtype == np.float64 else np.float32
+        w = weight.astype(dtype, copy=False)
+        factor = self.temporal_draw(name, w.shape, draw, dtype) * self.spatial(name, w.shape, dtype)
+        return self.combine(w, factor).astype(weight.dtype, copy=False)
 
     def combine(self, weight: np.ndarray, factor: np.ndarray) -> np.ndarray:
-        """The device equation: the noisy weight from the weight and ``N_T * N_S`` (float64)."""
+        """The device equation: the noisy weight from the weight and ``N_T * N_S``."""
         raise NotImplementedError
 
     def describe(self) -> Dict[str, object]:

@@ -12,6 +12,7 @@ from builders import images, run, small_cnn
 from nabn_onnx import (DataError, Estimator, NabnError, NabnSession, NothingToDoError, TemporalNoise, calibrate,
                        make_noise)
 from nabn_onnx.calibration import RunningStats
+from nabn_onnx.calibration.select import SEVERE, pick_candidate
 from nabn_onnx.io import read_record
 
 #: float32 activations against a float64 numpy reference.
@@ -242,8 +243,16 @@ def test_auto_scores_candidates_on_held_out_batches():
     model = small_cnn()
     result = calibrate(model, {"input": images(512)}, method="auto", noise=make_noise("mul", 0.8, seed=0))
     scores = result.report.scores
+    assert min(scores.values()) <= SEVERE  # strong but not severe noise: the score decides
     assert result.report.chosen == min(scores, key=scores.get)
     assert all(v > 0 for v in scores.values())
+
+
+def test_pick_candidate_falls_back_to_the_paper_under_severe_noise():
+    assert pick_candidate({"delta": 0.1, "blend": 0.2, "paper": 0.3}) == "delta"
+    assert pick_candidate({"delta": 0.2, "blend": 0.2, "paper": 0.2}) == "delta"  # ties: earlier entry
+    assert pick_candidate({"delta": 0.4, "blend": 0.3, "paper": 0.45}) == "blend"
+    assert pick_candidate({"delta": SEVERE + 0.1, "blend": 0.9, "paper": 1.2}) == "paper"
 
 
 def test_output_divergence():

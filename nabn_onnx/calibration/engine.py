@@ -18,7 +18,9 @@ Methods:
   every :data:`HOLDOUT_EVERY`-th calibration batch, scored without labels by how far the
   calibrated noisy model's outputs are from the clean model's on the held-out batches
   (:mod:`nabn_onnx.calibration.select`), and the winner is written with the statistics of
-  all batches. Without noise ``delta`` scores zero, so ``auto`` changes no output.
+  all batches. Without noise ``delta`` scores zero, so ``auto`` changes no output. Under
+  severe noise (even the best score above :data:`~nabn_onnx.calibration.select.SEVERE`)
+  it falls back to ``paper``.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from ..passes.inject import InjectWeightNoisePass
 from ..passes.split import PLACEHOLDER_EPSILON, SplitBatchNormPass
 from ..passes.write_stats import WriteBatchNormStatsPass, bn_epsilon, read_bn_params
 from ..progress import Progress
-from ..runtime import MEASURE, make_session
+from ..runtime import MEASURE, SERVE, make_session
 from .select import choose_candidate
 from .statsgraph import ExposeBatchNormStatsPass
 from .stats import DEFAULT_ESTIMATOR, Estimator
@@ -379,9 +381,11 @@ def calibrate(
         )
     needs_clean = method in ("delta", "auto")
     holdout = HOLDOUT_EVERY if method == "auto" else 0
-    passes = (1 if placeholders else 0) + (3 if method == "auto" else 2 if needs_clean else 1)
+    passes = (1 if placeholders else 0) + (2 if needs_clean else 1)
     per_pass = _count_batches(data, batch_size, max_batches)
-    total = None if per_pass is None else passes * per_pass
+    total = None
+    if per_pass is not None:  # auto also scores 3 candidates on the held-out batches
+        total = passes * per_pass + (3 * (per_pass // HOLDOUT_EVERY) if method == "auto" else 0)
     common = dict(estimator=estimator, batch_size=batch_size, max_batches=max_batches, providers=providers)
     chosen, scores = method, None
     with Progress("calibrating", total, enabled=show_progress) as bar:
@@ -389,7 +393,9 @@ def calibrate(
             measure_inserted(proto, clean, placeholders, data, progress=bar, **common)
         reference_params = read_bn_params(proto)
         clean_run = measure(clean, data, train=names, progress=bar, holdout_every=holdout, **common) if needs_clean else None
-        clean_model = copy.deepcopy(clean) if method == "auto" else None
+        # The clean reference outputs for ``auto`` come from a session built before the noise goes in
+        # (onnxruntime holds its own copy of the weights, so no second ModelProto is kept).
+        clean_session = make_session(clean, optimization=SERVE, providers=providers) if method == "auto" else None
         if noise is not None:
             InjectWeightNoisePass(noise)(proto)
         noisy_run = measure(proto, data, train=names, progress=bar, holdout_every=holdout, **common)
@@ -398,16 +404,13 @@ def calibrate(
             in_sample = noisy_run.fit is None or clean_run.fit is None
             fit_noisy = noisy_run.stats if in_sample else noisy_run.fit
             fit_clean = clean_run.stats if in_sample else clean_run.fit
-            candidates = {}
-            for name in ("delta", "blend", "paper"):
-                candidate = copy.deepcopy(proto)
-                WriteBatchNormStatsPass(_new_stats(name, names, reference_params, fit_noisy, fit_clean))(candidate)
-                candidates[name] = candidate
+            candidates = {name: _new_stats(name, names, reference_params, fit_noisy, fit_clean)
+                          for name in ("delta", "blend", "paper")}
             held = None if in_sample else {i for i in range(batches) if is_holdout(i, HOLDOUT_EVERY)}
-            chosen, scores = choose_candidate(clean_model, candidates, data, batch_indices=held,
+            chosen, scores = choose_candidate(clean_session, proto, candidates, data, batch_indices=held,
                                               batch_size=batch_size, max_batches=max_batches, providers=providers,
                                               progress=bar)
-            del candidates, clean_model
+            del clean_session
             logger.info("auto: scores %s, chose %s", scores, chosen)
     new = _new_stats(chosen, names, reference_params, noisy_run.stats, clean_run.stats if clean_run else None)
     layers = [
