@@ -50,6 +50,15 @@ def _make_noise(args, parser):
                       temporal=args.temporal, include_bias=args.include_bias)
 
 
+def _method_arg(parser: argparse.ArgumentParser) -> None:
+    from .calibration.engine import METHODS
+
+    parser.add_argument("--method", choices=list(METHODS), default="auto",
+                        help="calibration method: auto (default) takes whichever of delta, paper or their blend keeps "
+                             "outputs closest to the clean model's on held-out batches; paper: Algorithm 1 (what the "
+                             "paper's tables use); delta: reference statistics plus the noise-induced shift")
+
+
 def _selection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include", metavar="REGEX", help="only split analog layers whose name matches")
     parser.add_argument("--exclude", metavar="REGEX", help="do not split analog layers whose name matches")
@@ -334,8 +343,7 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma-s", type=float, default=0.1, help="spatial spread of N_S (default 0.1)")
     p.add_argument("--temporal", choices=["element", "layer"], default="element")
     p.add_argument("--include-bias", action="store_true", help="also put noise on analog layers' biases")
-    p.add_argument("--method", choices=["auto", "paper", "delta"], default="auto",
-                   help="calibration method for NaBN (default auto, as calibrate; paper reproduces the paper's tables)")
+    _method_arg(p)
     _metric_args(p, several=False)
     p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
     p.add_argument("--reuse-sessions", action="store_true",
@@ -350,8 +358,7 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
     p.add_argument("--data", required=True, help="calibration data (.npz or image folder)")
     _noise_args(p, required=True)
-    p.add_argument("--method", choices=["auto", "paper", "delta"], default="auto",
-                   help="calibration method for NaBN (default auto, as calibrate; paper reproduces the paper's tables)")
+    _method_arg(p)
     p.add_argument("--at", choices=["bn", "activation"], default="bn",
                    help="measure each BatchNorm's output (default) or the activation after it")
     p.add_argument("--bins", type=int, default=200, help="histogram bins in the clean range (default 200)")
@@ -399,10 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
     p.add_argument("--data", required=True, help="calibration data (.npz keyed by input name)")
     _noise_args(p, required=False)
-    p.add_argument("--method", choices=["auto", "paper", "delta"], default="auto",
-                   help="auto (default): whichever of delta, paper or their blend keeps outputs closest to the "
-                        "clean model's on held-out batches; paper: Algorithm 1; delta: reference statistics "
-                        "plus the noise-induced shift")
+    _method_arg(p)
     p.add_argument("--estimator", choices=["cumulative", "ema"], default="cumulative",
                    help="combine batch statistics by average (default) or the paper's EMA")
     p.add_argument("--variance", choices=["total", "mean"], default="total",

@@ -168,6 +168,21 @@ def test_disk_full_halfway_through_external_data(folder: Path, monkeypatch) -> N
     _assert_clean_failure(folder, before, model, reference)
 
 
+def _fail_nth_replace(monkeypatch, failing_call: int, code: int, message: str):
+    """Make the ``failing_call``-th ``os.replace`` of nabn_onnx.io raise; returns the real one."""
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def flaky(src, dst, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == failing_call:
+            raise OSError(code, message)
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(nabn_io.os, "replace", flaky)
+    return real_replace
+
+
 @pytest.mark.parametrize("external", EXTERNAL)
 @pytest.mark.parametrize("failing_call", [1, 2])
 def test_failure_in_rename(folder: Path, monkeypatch, external: bool, failing_call: int) -> None:
@@ -175,16 +190,7 @@ def test_failure_in_rename(folder: Path, monkeypatch, external: bool, failing_ca
     model = load_model(folder / "model.onnx")
     reference = _weights(model)
     before = _fingerprint(folder)
-    real_replace = os.replace
-    calls = {"n": 0}
-
-    def flaky(src, dst, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == failing_call:
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        return real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(nabn_io.os, "replace", flaky)
+    _fail_nth_replace(monkeypatch, failing_call, errno.EXDEV, "Invalid cross-device link")
     if failing_call == 2 and not external:
         save_model(model, folder / "out.onnx", external_data=False)  # inline renames once: it succeeds
         assert load_model(folder / "out.onnx").SerializeToString()
@@ -203,16 +209,7 @@ def test_failed_overwrite_keeps_the_old_output(folder: Path, monkeypatch, failin
     new = small_cnn(seed=9, channels=32)
     reference = _weights(new)
     before = _fingerprint(folder)
-    real_replace = os.replace
-    calls = {"n": 0}
-
-    def flaky(src, dst, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == failing_call:
-            raise OSError(errno.EIO, "Input/output error")
-        return real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(nabn_io.os, "replace", flaky)
+    real_replace = _fail_nth_replace(monkeypatch, failing_call, errno.EIO, "Input/output error")
     with pytest.raises(ModelError):
         save_model(new, folder / "out.onnx", external_data=True)
     monkeypatch.setattr(nabn_io.os, "replace", real_replace)
