@@ -10,7 +10,7 @@ from onnx import ModelProto
 from .data import DataLike
 from .errors import NabnError, NothingToDoError
 from .graph import find_analog_layers
-from .io import ModelLike, load_model, record, save_model
+from .io import ModelLike, check_output, load_model, record, save_model
 from .noise import NoiseModel
 from .passes.base import PassResult
 from .passes.inject import InjectWeightNoisePass
@@ -56,6 +56,8 @@ def split(
     """
     from .calibration.engine import measure_inserted
 
+    if output is not None:
+        check_output(model, output)
     proto = _load_copy(model)
     result = SplitBatchNormPass(include=include, exclude=exclude)(proto)
     if not result.modified and not select_layers(find_analog_layers(proto), include, exclude):
@@ -95,6 +97,8 @@ def inject(
     Raises:
         NabnError: the model already carries injected noise, or has no analog weight.
     """
+    if output is not None:
+        check_output(model, output)
     proto = _load_copy(model)
     result = InjectWeightNoisePass(noise, include=include, exclude=exclude)(proto)
     if "already" in result.details:

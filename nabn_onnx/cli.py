@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence
 
 from . import __version__
 from .errors import NabnError
+from .io import check_output, check_output_folder
 from .progress import Progress
 
 __all__ = ["main"]
@@ -68,47 +69,11 @@ def _default_output(model: Path, suffix: str) -> Path:
     return model.with_name(model.stem + suffix + ".onnx")
 
 
-def _check_output(model: Path, output: Path) -> None:
-    if model.exists() and output.exists() and model.resolve() == output.resolve():
-        raise NabnError(f"refusing to overwrite the input model {model}; choose another -o")
-    _check_folder(output)
-    existing = [p for p in (output, output.with_name(output.name + ".data")) if p.exists()]
-    if existing and model.is_file():
-        inputs = _external_files(model)
-        for path in existing:
-            if path.resolve() in inputs:
-                raise NabnError(f"refusing to overwrite {path}: the input model keeps its weights there; "
-                                "choose another -o")
-
-
-def _external_files(model: Path) -> set:
-    """The files the model's external data lives in (empty when it cannot be read: loading will say why)."""
-    import onnx
-    from onnx import external_data_helper
-
-    try:
-        proto = onnx.load_model(str(model), load_external_data=False)
-        tensors = [t for t in external_data_helper._get_all_tensors(proto)  # noqa: SLF001 - onnx's own walker
-                   if external_data_helper.uses_external_data(t)]
-        return {(model.parent / external_data_helper.ExternalDataInfo(t).location).resolve() for t in tensors}
-    except Exception:  # noqa: BLE001 - a broken model is reported by load_model, with its own message
-        return set()
-
-
-def _check_folder(path: Path) -> None:
-    """Fail before the work, not after it, when an output cannot be written."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise NabnError(f"output folder does not exist: {folder}")
-    if path.is_dir():
-        raise NabnError(f"output path is a folder: {path}")
-
-
 def _cmd_split(args, parser) -> int:
     from .api import split
 
     output = Path(args.output) if args.output else _default_output(Path(args.model), ".split")
-    _check_output(Path(args.model), output)
+    check_output(args.model, output)
     started = time.perf_counter()
     result = split(args.model, data=args.data, include=args.include, exclude=args.exclude,
                    batch_size=args.batch_size, output=output, show_progress=not args.quiet,
@@ -127,7 +92,7 @@ def _cmd_inject(args, parser) -> int:
     noise = _make_noise(args, parser)
     output = Path(args.output) if args.output else _default_output(
         Path(args.model), f".{args.noise}{args.eta:g}.seed{args.seed}")
-    _check_output(Path(args.model), output)
+    check_output(args.model, output)
     started = time.perf_counter()
     result = inject(args.model, noise, include=args.include, exclude=args.exclude, output=output,
                     external_data=args.external_data)
@@ -143,9 +108,9 @@ def _cmd_calibrate(args, parser) -> int:
 
     noise = _make_noise(args, parser)
     output = Path(args.output) if args.output else _default_output(Path(args.model), ".nabn")
-    _check_output(Path(args.model), output)
+    check_output(args.model, output)
     if args.report:
-        _check_folder(Path(args.report))
+        check_output_folder(Path(args.report))
     estimator = Estimator(kind=args.estimator, variance=args.variance, unbiased=not args.biased,
                           momentum=args.momentum)
     result = calibrate(args.model, args.data, noise=noise, method=args.method, estimator=estimator,
@@ -252,7 +217,7 @@ def _report_suffix(path: Optional[str], allowed: Sequence[str]) -> Optional[Path
     out = Path(path)
     if out.suffix not in allowed:
         raise NabnError(f"report must end in {', '.join(allowed)}, got {out.name}")
-    _check_folder(out)
+    check_output_folder(out)
     return out
 
 

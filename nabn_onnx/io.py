@@ -35,6 +35,8 @@ __all__ = [
     "model_size_bytes",
     "without_large_initializers",
     "MIN_OPSET",
+    "check_output",
+    "check_output_folder",
     "PROTOBUF_LIMIT",
 ]
 
@@ -617,3 +619,54 @@ def atomic_write_text(path: Union[str, os.PathLike], text: str) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def check_output_folder(path: Union[str, os.PathLike]) -> None:
+    """Fail before the work, not after it, when an output cannot be written there.
+
+    Raises:
+        ModelError: the folder does not exist or the path is a folder.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ModelError(f"output folder does not exist: {folder}")
+    if path.is_dir():
+        raise ModelError(f"output path is a folder: {path}")
+
+
+def check_output(model: "ModelLike", output: Union[str, os.PathLike]) -> None:
+    """Refuse an output that would overwrite the input model or the file holding its weights.
+
+    Args:
+        model: the input (a path is checked; an in-memory model has no file to protect).
+        output: the model file about to be written (its ``.data`` side file is checked too).
+
+    Raises:
+        ModelError: ``output`` is the input, its external-data file, or cannot be written.
+    """
+    output = Path(output)
+    check_output_folder(output)
+    if isinstance(model, ModelProto):
+        return
+    model = Path(model)
+    if model.exists() and output.exists() and model.resolve() == output.resolve():
+        raise ModelError(f"refusing to overwrite the input model {model}; choose another output")
+    existing = [p for p in (output, output.with_name(output.name + ".data")) if p.exists()]
+    if existing and model.is_file():
+        inputs = _external_files(model)
+        for path in existing:
+            if path.resolve() in inputs:
+                raise ModelError(f"refusing to overwrite {path}: the input model keeps its weights there; "
+                                 "choose another output")
+
+
+def _external_files(model: Path) -> set:
+    """The files the model's external data lives in (empty when it cannot be read: loading will say why)."""
+    try:
+        proto = onnx.load_model(str(model), load_external_data=False)
+        tensors = [t for t in external_data_helper._get_all_tensors(proto)  # noqa: SLF001 - onnx's own walker
+                   if external_data_helper.uses_external_data(t)]
+        return {(model.parent / external_data_helper.ExternalDataInfo(t).location).resolve() for t in tensors}
+    except Exception:  # noqa: BLE001 - a broken model is reported by load_model, with its own message
+        return set()

@@ -94,3 +94,15 @@ def test_argument_errors_exit_2(files):
     with pytest.raises(SystemExit) as info:
         main(["calibrate", str(model)])
     assert info.value.code == 2
+
+
+def test_library_calls_refuse_to_overwrite_their_input(files):
+    from nabn_onnx import ModelError, calibrate, inject, make_noise, split
+
+    model, data = files
+    before = model.read_bytes()
+    for call in (lambda: split(model, output=model), lambda: inject(model, make_noise("mul", 0.1), output=model),
+                 lambda: calibrate(model, data, output=model)):
+        with pytest.raises(ModelError, match="refusing to overwrite the input model"):
+            call()
+    assert model.read_bytes() == before

@@ -37,7 +37,7 @@ from onnx import ModelProto
 from ..data import DataLike, input_specs, iter_batches, replayable
 from ..errors import NabnError, NothingToDoError
 from ..graph import batchnorm_nodes, find_analog_layers, infer_shapes_light
-from ..io import ModelLike, load_model, read_record, record, save_model, without_large_initializers
+from ..io import ModelLike, check_output, load_model, read_record, record, save_model, without_large_initializers
 from ..noise import NoiseModel
 from ..passes.inject import InjectWeightNoisePass
 from ..passes.split import PLACEHOLDER_EPSILON, SplitBatchNormPass
@@ -347,6 +347,8 @@ def calibrate(
     started = time.perf_counter()
     if method not in METHODS:
         raise NabnError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if output is not None:
+        check_output(model, output)
     proto = load_model(copy.deepcopy(model) if isinstance(model, ModelProto) else model)
     if noise is not None and read_record(proto, "inject") is not None:
         raise NabnError("the model already carries injected noise (nabn.inject); calibrate the clean model with --noise, or drop --noise")
