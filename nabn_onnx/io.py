@@ -340,14 +340,18 @@ def _without_weights(model: ModelProto) -> ModelProto:
 def _copy_fields(src, dst, skip: str) -> None:
     """Copy every set field of the message ``src`` into ``dst`` except ``skip``."""
     for field, value in src.ListFields():
-        if field.name == skip:
-            continue
-        if field.is_repeated:
-            getattr(dst, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(dst, field.name).CopyFrom(value)
-        else:
-            setattr(dst, field.name, value)
+        if field.name != skip:
+            _set_field(dst, field, value)
+
+
+def _set_field(dst, field, value) -> None:
+    """Set one field (as ``ListFields`` yields it) on the message ``dst``."""
+    if field.is_repeated:
+        getattr(dst, field.name).extend(value)
+    elif field.type == field.TYPE_MESSAGE:
+        getattr(dst, field.name).CopyFrom(value)
+    else:
+        setattr(dst, field.name, value)
 
 
 def without_large_initializers(model: ModelProto, min_bytes: int = 1 << 16) -> Tuple[ModelProto, List[TensorProto]]:
@@ -468,13 +472,7 @@ def _split_fields(message, number: int):
     for field, value in message.ListFields():
         if field.number == number:
             continue
-        target = head if field.number < number else tail
-        if field.is_repeated:
-            getattr(target, field.name).extend(value)
-        elif field.type == field.TYPE_MESSAGE:
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
+        _set_field(head if field.number < number else tail, field, value)
     return head, tail
 
 

@@ -41,16 +41,11 @@ def _disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-class _HalfWriter:
-    """A file object that writes half of what it is given, then reports a full disk."""
+class _WrappedFile:
+    """A file object that passes everything but ``write`` to the real file."""
 
     def __init__(self, fh):
         self.fh = fh
-
-    def write(self, data):
-        self.fh.write(data[: len(data) // 2])
-        self.fh.flush()
-        raise OSError(errno.ENOSPC, "No space left on device")
 
     def __getattr__(self, name):
         return getattr(self.fh, name)
@@ -61,6 +56,16 @@ class _HalfWriter:
     def __exit__(self, *exc):
         self.fh.close()
         return False
+
+
+class _HalfWriter(_WrappedFile):
+    """A file object that writes half of what it is given, then reports a full disk."""
+
+    def write(self, data):
+        self.fh.write(data[: len(data) // 2])
+        self.fh.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
 
 
 @pytest.fixture
@@ -123,11 +128,12 @@ def test_disk_full_halfway_through_inline_write(folder: Path, monkeypatch) -> No
     _assert_clean_failure(folder, before, model, reference)
 
 
-class _FailsOnWrite:
+class _FailsOnWrite(_WrappedFile):
     """A file object whose ``n``-th write fails, after the earlier ones went through."""
 
     def __init__(self, fh, n: int):
-        self.fh, self.n, self.calls = fh, n, 0
+        super().__init__(fh)
+        self.n, self.calls = n, 0
 
     def write(self, data):
         self.calls += 1
@@ -135,15 +141,6 @@ class _FailsOnWrite:
             raise OSError(errno.ENOSPC, "No space left on device")
         return self.fh.write(data)
 
-    def __getattr__(self, name):
-        return getattr(self.fh, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.fh.close()
-        return False
 
 
 def test_disk_full_halfway_through_external_data(folder: Path, monkeypatch) -> None:
