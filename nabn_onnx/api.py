@@ -9,7 +9,7 @@ from onnx import ModelProto
 
 from .data import DataLike, check_batching
 from .errors import NabnError, NothingToDoError
-from .graph import find_analog_layers
+from .graph import find_analog_layers, skip_summary
 from .io import ModelLike, check_output, load_model, record, save_model
 from .noise import NoiseModel
 from .passes.base import PassResult
@@ -62,11 +62,15 @@ def split(
         check_batching(data, batch_size, max_batches, min_batch=2)
     proto = _load_copy(model)
     result = SplitBatchNormPass(include=include, exclude=exclude)(proto)
-    if not result.modified and not select_layers(find_analog_layers(proto), include, exclude):
+    selected = select_layers(find_analog_layers(proto), include, exclude)
+    if not result.modified and not selected:
         raise NothingToDoError(
             "no analog layer (Conv, ConvTranspose, Gemm, MatMul with a constant weight) "
             + ("matches --include/--exclude" if include or exclude else "in the model") + ": nothing to split"
         )
+    if not result.modified and not any(layer.bn is not None for layer in selected):
+        # every selected layer was skipped: writing the input back unchanged would look like success
+        raise NothingToDoError(f"no analog layer can take a BatchNorm: {skip_summary(selected)}")
     if data is not None and result.details["inserted"]:
         measure_inserted(proto, proto, result.details["inserted"], data, batch_size=batch_size,
                          max_batches=max_batches, providers=providers, show_progress=show_progress)
@@ -106,7 +110,10 @@ def inject(
     if "already" in result.details:
         raise NabnError(f"the model already carries injected noise ({result.details['already']}); inject into the clean model")
     if not result.modified:
-        raise NothingToDoError("no analog layer with a constant weight matched: nothing to put noise on")
+        layers = select_layers(find_analog_layers(proto), include, exclude)
+        why = skip_summary(layers, noise=True)
+        raise NothingToDoError("no analog layer with a constant weight matched: nothing to put noise on"
+                               + (f" ({why})" if why else ""))
     if output is not None:
         save_model(proto, output, external_data=external_data)
     return result

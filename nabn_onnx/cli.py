@@ -29,24 +29,35 @@ def _noise_args(parser: argparse.ArgumentParser, required: bool) -> None:
     group.add_argument("--noise", choices=["mul", "add"], required=required,
                        help="MUL: W + W*N_T*N_S; ADD: W + N_T*N_S")
     group.add_argument("--eta", type=float, help="noise scale eta (mean of N_T)")
-    group.add_argument("--sigma-t", type=float, default=0.2, help="temporal spread relative to eta (default 0.2)")
-    group.add_argument("--sigma-s", type=float, default=0.1, help="spatial spread of N_S (default 0.1)")
-    group.add_argument("--seed", type=int, default=0, help="chip instance: the same seed gives the same weights")
-    group.add_argument("--temporal", choices=["element", "layer"], default="element",
+    # Defaults are filled in by _make_noise, so that a setting given without --noise is caught.
+    group.add_argument("--sigma-t", type=float, help="temporal spread relative to eta (default 0.2)")
+    group.add_argument("--sigma-s", type=float, help="spatial spread of N_S (default 0.1)")
+    group.add_argument("--seed", type=int, help="chip instance: the same seed gives the same weights (default 0)")
+    group.add_argument("--temporal", choices=["element", "layer"],
                        help="draw N_T per weight element (default) or once per layer")
-    group.add_argument("--include-bias", action="store_true", help="also put noise on analog layers' biases")
+    group.add_argument("--include-bias", action="store_true", default=None,
+                       help="also put noise on analog layers' biases")
+
+
+#: Noise settings and their defaults; each needs --noise.
+_NOISE_DEFAULTS = {"eta": None, "sigma_t": 0.2, "sigma_s": 0.1, "seed": 0, "temporal": "element", "include_bias": False}
 
 
 def _make_noise(args, parser):
+    """The noise model the flags describe, or None; a noise setting without --noise is a usage error."""
     from .noise import make_noise
 
+    given = [name for name in _NOISE_DEFAULTS if getattr(args, name) is not None]
     if args.noise is None:
-        for flag in ("eta",):
-            if getattr(args, flag) is not None:
-                parser.error("--eta needs --noise")
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            parser.error(f"{flags} need(s) --noise: without it no chip is simulated and the setting would be ignored")
         return None
     if args.eta is None:
         parser.error("--noise needs --eta")
+    for name, default in _NOISE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     return make_noise(args.noise, args.eta, sigma_t=args.sigma_t, sigma_s=args.sigma_s, seed=args.seed,
                       temporal=args.temporal, include_bias=args.include_bias)
 
@@ -111,8 +122,10 @@ def _cmd_calibrate(args, parser) -> int:
     check_output(args.model, output)
     if args.report:
         check_output_folder(Path(args.report))
+    if args.momentum is not None and args.estimator != "ema":
+        parser.error("--momentum applies to --estimator ema only; the cumulative estimator has no momentum")
     estimator = Estimator(kind=args.estimator, variance=args.variance, unbiased=not args.biased,
-                          momentum=args.momentum)
+                          momentum=0.999 if args.momentum is None else args.momentum)
     result = calibrate(args.model, args.data, noise=noise, method=args.method, estimator=estimator,
                        batch_size=args.batch_size, max_batches=args.max_batches, include=args.include,
                        exclude=args.exclude, reference=args.reference, show_progress=not args.quiet)
@@ -346,6 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     common.add_argument("-v", "--verbose", action="store_true", help="log details (DEBUG)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    real_add = sub.add_parser
+
+    def add_parser(name, **kwargs):  # every subcommand knows its own parser: usage errors print its usage
+        sub_parser = real_add(name, **kwargs)
+        sub_parser.set_defaults(subparser=sub_parser)
+        return sub_parser
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     p = sub.add_parser("split", parents=[common], help="insert a BatchNormalization after each analog layer")
     p.add_argument("model", help="input .onnx model")
@@ -377,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variance", choices=["total", "mean"], default="total",
                    help="pool variance as total variance (default) or mean of batch variances")
     p.add_argument("--biased", action="store_true", help="no Bessel correction of batch variances")
-    p.add_argument("--momentum", type=float, default=0.999, help="EMA momentum m (default 0.999, the paper's)")
+    p.add_argument("--momentum", type=float, help="EMA momentum m (default 0.999, the paper's); needs --estimator ema")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-batches", type=int)
     p.add_argument("--reference", help="the clean model, when MODEL is already noisy")
@@ -410,7 +431,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.verbose:
         logging.getLogger("nabn_onnx").setLevel(logging.WARNING)
     try:
-        return args.func(args, parser)
+        return args.func(args, args.subparser)
     except NabnError as exc:
         print(f"nabn-onnx {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ only describes the graph, with a reason for every layer a pass must leave alone.
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -18,7 +19,8 @@ from onnx import ModelProto, NodeProto, TensorProto
 
 from .io import read_record
 
-__all__ = ["ANALOG_OPS", "AnalogLayer", "find_analog_layers", "GraphIndex", "layer_name", "infer_ranks", "infer_shapes_light"]
+__all__ = ["ANALOG_OPS", "AnalogLayer", "find_analog_layers", "GraphIndex", "layer_name", "infer_ranks", "infer_shapes_light",
+           "skip_summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -226,8 +228,12 @@ def find_analog_layers(model: ModelProto, ranks: Optional[Dict[str, int]] = None
         layer = AnalogLayer(node=node, name=layer_name(node), weight=None, bias=bias_name, channels=None)
         layers.append(layer)
         if not index.is_constant(weight_name):
+            source = index.producer.get(weight_name)
             if node.op_type == "MatMul" and index.is_constant(node.input[0]):
                 reason = "the constant is the left operand (W @ x): its output channels are not on axis 1"
+            elif source is not None and source.op_type == "DequantizeLinear":
+                reason = ("the weight is quantized (QDQ: DequantizeLinear of an integer tensor), which nabn-onnx "
+                          "does not handle yet: split, inject and calibrate the float model before quantizing it")
             else:
                 reason = f"weight '{weight_name}' is not a constant (it is computed or fed at run time)"
             layer.skip_reason = layer.noise_skip_reason = reason
@@ -279,3 +285,24 @@ def _following_bn(node: NodeProto, index: GraphIndex) -> Optional[NodeProto]:
 def batchnorm_nodes(model: ModelProto) -> Sequence[NodeProto]:
     """All BatchNormalization nodes of the main graph, in graph order."""
     return [n for n in model.graph.node if n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx")]
+
+
+def skip_summary(layers: Sequence[AnalogLayer], noise: bool = False) -> str:
+    """Why these layers were skipped, in one line: the commonest reason first, with an example layer.
+
+    Reasons that differ only in the tensor they name count as one.
+    """
+    groups: Dict[str, List[AnalogLayer]] = {}
+    for layer in layers:
+        reason = layer.noise_skip_reason if noise else layer.skip_reason
+        if reason:
+            groups.setdefault(re.sub(r"'[^']*'", "'...'", reason), []).append(layer)
+    if not groups:
+        return ""
+    ordered = sorted(groups.values(), key=len, reverse=True)
+    first = ordered[0]
+    reason = first[0].noise_skip_reason if noise else first[0].skip_reason
+    text = f"{len(first)} of {len(layers)} analog layer(s) skipped, e.g. {first[0].name}: {reason}"
+    if len(ordered) > 1:
+        text += f" ({sum(len(g) for g in ordered[1:])} more for other reasons: see nabn-onnx inspect)"
+    return text

@@ -66,6 +66,7 @@ def make_session(
     intra_op_threads: int = 0,
     extra_initializers: Sequence[TensorProto] = (),
     batch: Optional["BatchPlan"] = None,
+    quiet: bool = False,
 ) -> ort.InferenceSession:
     """Build an onnxruntime session for ``model``.
 
@@ -78,6 +79,7 @@ def make_session(
             :func:`nabn_onnx.io.without_large_initializers`).
         batch: the model's :class:`BatchPlan`; a fixed batch that :func:`plan_batch`
             verified can be freed is made symbolic in the session's copy (``model`` is untouched).
+        quiet: no onnxruntime log at all (for probing runs whose failure is an answer).
 
     Returns:
         The session.
@@ -88,7 +90,7 @@ def make_session(
     options = ort.SessionOptions()
     options.graph_optimization_level = optimization
     options.intra_op_num_threads = intra_op_threads
-    options.log_severity_level = 3
+    options.log_severity_level = 4 if quiet else 3
     providers = list(providers or DEFAULT_PROVIDERS)
     # Handing onnxruntime a file with external data, rather than model.SerializeToString(),
     # avoids two transient copies of the weights (protobuf's buffer and the Python bytes):
@@ -198,22 +200,51 @@ def _free_batch(model: ModelProto, fixed: int) -> List[str]:
             dims[0].dim_param = symbol
     del model.graph.value_info[:]  # shapes inferred for the fixed batch no longer hold
     inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
     rewritten = []
     for node in model.graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in inits:
+        if node.op_type != "Reshape" or len(node.input) < 2:
             continue
         if any(a.name == "allowzero" and a.i for a in node.attribute):
             continue  # 0 would mean a zero-sized dimension there
-        shape = numpy_helper.to_array(inits[node.input[1]])
-        if shape.ndim != 1 or not shape.size or int(shape[0]) != fixed:
+        shape = _constant_value(node.input[1], inits, producer)
+        if shape is None or shape.ndim != 1 or not shape.size or int(shape[0]) != fixed:
             continue
-        shape = shape.copy()
+        shape = shape.astype(np.int64)
         shape[0] = 0  # copy the input's first dimension: the batch
         name = f"{node.input[1]}/nabn_free_batch/{len(rewritten)}"
         model.graph.initializer.append(numpy_helper.from_array(shape, name))
         node.input[1] = name
         rewritten.append(node.name or node.output[0])
     return rewritten
+
+
+#: Ops an exporter builds constant shape vectors from (PyTorch without constant folding:
+#: ``Concat(Unsqueeze(Constant 1), Unsqueeze(Constant -1))``).
+_SHAPE_OPS = ("Concat", "Unsqueeze", "Squeeze", "Identity", "Cast")
+
+
+def _constant_value(name: str, inits, producer, depth: int = 0) -> Optional[np.ndarray]:
+    """The value of an integer tensor computed from constants only by :data:`_SHAPE_OPS`, else None."""
+    if name in inits:
+        value = numpy_helper.to_array(inits[name])
+        return value if value.dtype.kind in "iu" else None
+    node = producer.get(name)
+    if node is None or node.op_type not in _SHAPE_OPS or depth > 8:
+        return None
+    values = [_constant_value(i, inits, producer, depth + 1) for i in node.input if i]
+    if any(v is None for v in values) or not values:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Concat":
+        return np.concatenate([np.atleast_1d(v) for v in values], axis=int(attrs.get("axis", 0)))
+    if node.op_type == "Unsqueeze":
+        axes = attrs.get("axes", values[1] if len(values) > 1 else None)
+        return None if axes is None else np.expand_dims(values[0], tuple(int(a) for a in np.atleast_1d(axes)))
+    if node.op_type == "Squeeze":
+        axes = attrs.get("axes", values[1] if len(values) > 1 else None)
+        return np.squeeze(values[0]) if axes is None else np.squeeze(values[0], tuple(int(a) for a in np.atleast_1d(axes)))
+    return values[0]  # Identity, Cast (to another integer type: the value is the same)
 
 
 def plan_batch(model: ModelProto, providers: Optional[Sequence[str]] = None, seed: int = 0) -> BatchPlan:
@@ -238,9 +269,9 @@ def plan_batch(model: ModelProto, providers: Optional[Sequence[str]] = None, see
             return BatchPlan(fixed, False, "inputs with free inner dimensions or non-float inputs cannot be checked")
         feeds[value.name] = rng.standard_normal([total] + dims[1:]).astype(dtype)
     try:
-        original = make_session(model, optimization=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, providers=providers)
-        freed = make_session(model, optimization=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, providers=providers,
-                             batch=BatchPlan(fixed, True))
+        basic = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        original = make_session(model, optimization=basic, providers=providers, quiet=True)
+        freed = make_session(model, optimization=basic, providers=providers, batch=BatchPlan(fixed, True), quiet=True)
         want = run_chunked(original, None, feeds, fixed)
         got = freed.run(None, feeds)
     except (ModelError, ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.RuntimeException,
@@ -271,14 +302,16 @@ def chunks(feeds: Mapping[str, np.ndarray], size: int, pad: bool) -> Iterator[tu
 
 
 def run_chunked(session: ort.InferenceSession, fetch: Optional[Sequence[str]], feeds: Mapping[str, np.ndarray],
-                chunk: Optional[int]) -> List[np.ndarray]:
-    """``session.run(fetch, feeds)``, cut into runs of ``chunk`` samples when the batch is fixed.
+                chunk: Optional[int], extra: Optional[Mapping[str, np.ndarray]] = None) -> List[np.ndarray]:
+    """``session.run(fetch, {**feeds, **extra})``, cut into runs of ``chunk`` samples when the batch is fixed.
 
     Eval-mode outputs only (batch on axis 0): the pieces are concatenated, padding dropped.
+    ``extra`` feeds (overridden weights) go to every run whole.
     """
+    extra = dict(extra or {})
     if chunk is None:
-        return session.run(fetch, dict(feeds))
+        return session.run(fetch, {**feeds, **extra})
     pieces: List[List[np.ndarray]] = []
     for part, real in chunks(feeds, chunk, pad=True):
-        pieces.append([o[:real] if o.ndim and o.shape[0] == chunk else o for o in session.run(fetch, part)])
+        pieces.append([o[:real] if o.ndim and o.shape[0] == chunk else o for o in session.run(fetch, {**part, **extra})])
     return [np.concatenate(parts) if parts[0].ndim else parts[0] for parts in zip(*pieces)]

@@ -24,8 +24,8 @@ import numpy as np
 from onnx import ModelProto, numpy_helper
 
 from ..graph import batchnorm_nodes
-from ..errors import NabnError, NothingToDoError
-from ..io import ModelLike, load_model, read_record
+from ..errors import DataError, NabnError, NothingToDoError
+from ..io import ModelLike, all_nodes, load_model, read_record
 from ..noise import NoiseModel
 from ..passes.inject import noisy_tensor_names
 from ..passes.write_stats import BN_MEAN, BN_VAR, WriteBatchNormStatsPass
@@ -91,11 +91,20 @@ class NabnSession:
         # Each BatchNorm gets its own mean/var initializers, so feeding one cannot change another.
         inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
         own = {n.name: {"mean": inits[n.input[BN_MEAN]].copy(), "var": inits[n.input[BN_VAR]].copy()} for n in bns}
+        replaced = set()
         for node in bns:
             for slot, key in ((BN_MEAN, "mean"), (BN_VAR, "var")):
                 name = f"{node.name}/nabn_running_{key}"
                 proto.graph.initializer.append(numpy_helper.from_array(own[node.name][key], name))
+                replaced.add(node.input[slot])
                 node.input[slot] = name
+        # the statistics' old initializers now have no reader: drop them, so that to_model()
+        # does not hand onnxruntime unused initializers (it warns about each)
+        still_read = {n for node in all_nodes(proto.graph) for n in node.input} | {o.name for o in proto.graph.output}
+        keep = [t for t in proto.graph.initializer if t.name not in replaced or t.name in still_read]
+        if len(keep) != len(proto.graph.initializer):
+            del proto.graph.initializer[:]
+            proto.graph.initializer.extend(keep)
         self._stat_names = {n.name: (n.input[BN_MEAN], n.input[BN_VAR]) for n in bns}
         self._state = {n.name: (own[n.name]["mean"].astype(np.float64), own[n.name]["var"].astype(np.float64))
                        for n in bns}
@@ -130,9 +139,23 @@ class NabnSession:
         """Serve one batch with the current statistics, then update them from it.
 
         Same signature and return value as ``onnxruntime.InferenceSession.run``.
+
+        Raises:
+            DataError: a batch of one sample while updating: a BatchNorm cannot measure a
+                variance on one sample (the statistics would collapse towards that sample's
+                own spatial statistics), the same rule ``calibrate`` applies. Serve such
+                batches from a session with ``update=False``, or group samples into batches.
         """
         wanted = list(output_names) if output_names else list(self._user_outputs)
         feeds = dict(input_feed)
+        if self.update:
+            sizes = {np.asarray(feeds[i.name]).shape[0] for i in self._inputs if i.name in feeds
+                     and np.asarray(feeds[i.name]).ndim}
+            if sizes and min(sizes) < 2:
+                raise DataError(
+                    "NabnSession got a batch of 1 sample: dynamic calibration needs at least 2 samples per batch to "
+                    "measure a variance; group samples into batches, or serve them with update=False"
+                )
         for bn, (mean_name, var_name) in self._stat_names.items():
             mean, var = self._state[bn]
             feeds[mean_name] = mean.astype(self._dtype[bn])

@@ -67,7 +67,7 @@ from onnx import ModelProto
 
 from ..data import Batch, DataLike, check_batching, input_specs, iter_batches, replayable
 from ..errors import DataError, NabnError, NothingToDoError
-from ..graph import batchnorm_nodes, find_analog_layers, infer_shapes_light
+from ..graph import batchnorm_nodes, find_analog_layers, infer_shapes_light, skip_summary
 from ..io import ModelLike, check_output, load_model, read_record, record, save_model, without_large_initializers
 from ..logs import once_per_job, warn_once
 from ..noise import NoiseModel
@@ -225,6 +225,13 @@ def measure(
         samples += batch.size
         if progress is not None:
             progress.update()
+    for name, acc in everything.items():
+        mean, var = acc.result()
+        if not (np.isfinite(mean).all() and np.isfinite(var).all()):
+            raise NabnError(
+                f"the statistics measured at BatchNorm '{name}' are not finite (the activations overflow or are "
+                "NaN on this data); check the data's scale and the model's outputs on it"
+            )
     fit_stats = None
     if fit is not None and held_samples and all(acc.batches for acc in fit.values()):
         fit_stats = {name: acc.result() for name, acc in fit.items()}
@@ -360,13 +367,17 @@ class CalibrationReport:
         )
         if self.chosen == "none":
             line += "; no candidate beat the statistics as they were on its score, so they are unchanged"
+        if self.batch != "dynamic batch":
+            line += f"; {self.batch}"
         if self.note:
             line += f"; {self.note}"
         if self.left:
-            reasons: Dict[str, int] = {}
-            for why in self.left.values():
-                reasons[why] = reasons.get(why, 0) + 1
-            line += "; left alone: " + "; ".join(f"{n} ({why})" for why, n in reasons.items())
+            reasons: Dict[str, List[str]] = {}
+            for name, why in self.left.items():
+                reasons.setdefault(why, []).append(name)
+            line += "; left alone: " + "; ".join(
+                f"{len(names)} ({', '.join(names[:2])}{', ...' if len(names) > 2 else ''}): {why}"
+                for why, names in reasons.items())
         return line
 
     def to_markdown(self) -> str:
@@ -552,7 +563,7 @@ def _prepare_chip(proto: ModelProto, method: str, include: Optional[str], exclud
         if layer.bn is None and id(layer.node) in selected:
             left[layer.name] = ("no BatchNorm and no clean model to measure one on: run 'split --data' on the clean "
                                 "model before programming the chip, or pass --reference")
-    if not names and not layers:
+    if not names and (not layers or all(layer.skip_reason and layer.bn is None for layer in layers)):
         raise NothingToDoError(_nothing_to_calibrate(proto))
     if not names:
         raise NothingToDoError(
@@ -566,8 +577,7 @@ def _prepare_chip(proto: ModelProto, method: str, include: Optional[str], exclud
 
 
 def _nothing_to_calibrate(proto: ModelProto) -> str:
-    layers = find_analog_layers(proto)
-    why = "; ".join(f"{layer.name}: {layer.skip_reason}" for layer in layers[:3] if layer.skip_reason)
+    why = skip_summary(find_analog_layers(proto))
     return ("the model has no BatchNormalization and no analog layer (Conv, ConvTranspose, Gemm, MatMul with a "
             "constant weight) to put one after" + (f" ({why})" if why else ""))
 

@@ -25,10 +25,10 @@ element count per channel; callers that know the spatial sizes statically leave 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Tuple
 
 import numpy as np
-from onnx import ModelProto, helper, numpy_helper
+from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ..io import default_opset
 from ..passes.base import Pass, PassResult
@@ -88,6 +88,7 @@ class ExposeBatchNormStatsPass(Pass):
         outputs: Dict[str, StatOutputs] = {}
         new_outputs: List = []
         new_nodes: Dict[int, List] = {}
+        pre_nodes: Dict[int, List] = {}
         found = set()
         for position, node in enumerate(graph.node):
             if node.op_type != "BatchNormalization" or node.name not in (self.train | self.tap):
@@ -96,13 +97,19 @@ class ExposeBatchNormStatsPass(Pass):
             base = node.name
             stat = StatOutputs(f"{base}/nabn_mean", f"{base}/nabn_var", f"{base}/nabn_shape")
             elem_type = inits[node.input[1]].data_type if node.input[1] in inits else 1
+            before: List = []
+            if elem_type not in (TensorProto.FLOAT, TensorProto.DOUBLE):
+                before, after = self._widen(node, elem_type, inits, graph)
+                new_nodes.setdefault(position, []).extend(after)
+                elem_type = TensorProto.FLOAT
             extra = [helper.make_node("Shape", [node.input[0]], [stat.shape], name=f"{base}/nabn_shape_op")] \
                 if self.shapes else []
             if node.name in self.train:
                 self._to_training(node, stat, opset)
             else:
                 extra.append(self._tap(node, stat, opset, inits, graph))
-            new_nodes[position] = extra
+            new_nodes.setdefault(position, []).extend(extra)
+            pre_nodes[position] = before
             outputs[node.name] = stat
             new_outputs += [_value_info(stat.mean, elem_type), _value_info(stat.var, elem_type)]
             if self.shapes:
@@ -112,6 +119,7 @@ class ExposeBatchNormStatsPass(Pass):
             raise ValueError(f"no BatchNormalization named {sorted(missing)}")
         ordered = []
         for position, node in enumerate(graph.node):
+            ordered.extend(pre_nodes.get(position, []))
             ordered.append(node)
             ordered.extend(new_nodes.get(position, []))
         del graph.node[:]
@@ -120,6 +128,31 @@ class ExposeBatchNormStatsPass(Pass):
             del graph.output[:]
         graph.output.extend(new_outputs)
         return PassResult(model, bool(outputs), {"outputs": outputs})
+
+    @staticmethod
+    def _widen(node, elem_type: int, inits, graph) -> Tuple[List, List]:
+        """Run a float16/bfloat16 BatchNorm in float32: ``Cast -> BN(float32 copies) -> Cast back``.
+
+        onnxruntime's half-precision kernel accumulates the batch variance in half precision,
+        which overflows (inf, then NaN statistics) on activations of a few hundred; in float32
+        the statistics are those of the same values, and the output is cast back to the
+        model's type, so what follows runs as before.
+        """
+        base = node.name
+        wide_x, wide_y = f"{base}/nabn_x32", f"{base}/nabn_y32"
+        cast_in = helper.make_node("Cast", [node.input[0]], [wide_x], name=f"{base}/nabn_cast_in", to=TensorProto.FLOAT)
+        cast_out = helper.make_node("Cast", [wide_y], [node.output[0]], name=f"{base}/nabn_cast_out", to=elem_type)
+        for slot in range(1, 5):
+            name = node.input[slot]
+            if name in inits:
+                wide = f"{base}/nabn_param{slot}_32"
+                graph.initializer.append(numpy_helper.from_array(
+                    numpy_helper.to_array(inits[name]).astype(np.float32), wide))
+                inits[wide] = graph.initializer[-1]
+                node.input[slot] = wide
+        node.input[0] = wide_x
+        node.output[0] = wide_y
+        return [cast_in], [cast_out]
 
     @staticmethod
     def _to_training(node, stat: StatOutputs, opset: int) -> None:

@@ -22,7 +22,7 @@ from ..data import DataLike, input_specs, iter_batches
 from ..errors import NabnError
 from ..io import ModelLike, load_model
 from ..progress import Progress
-from ..runtime import SERVE, make_overridable, make_session
+from ..runtime import SERVE, make_overridable, make_session, plan_batch, run_chunked
 from .metrics import IGNORE_INDEX, MetricLike, make_metrics
 
 __all__ = ["evaluate", "Evaluator", "Evaluation", "OutputLike"]
@@ -85,9 +85,10 @@ class Evaluator:
         self.specs = input_specs(proto)
         self.output_name = _output_name(proto, output)
         self.overridable = tuple(overridable)
+        self.plan = plan_batch(proto, providers)
         if self.overridable:
             proto = with_overridable(proto, self.overridable)
-        self.session = make_session(proto, optimization=SERVE, providers=providers)
+        self.session = make_session(proto, optimization=SERVE, providers=providers, batch=self.plan)
 
     def run(
         self,
@@ -123,7 +124,7 @@ class Evaluator:
         metrics = make_metrics(metric, ignore_index=ignore_index, ignore_background=ignore_background)
         batches = samples = 0
         for batch in iter_batches(data, self.specs, batch_size=batch_size, max_batches=max_batches):
-            (outputs,) = self.session.run([self.output_name], {**batch.feeds, **extra})
+            (outputs,) = run_chunked(self.session, [self.output_name], batch.feeds, self.plan.chunk, extra)
             for m in metrics.values():
                 m.update(outputs, batch.labels)
             batches += 1

@@ -86,13 +86,17 @@ class TopK:
         self.total = 0
 
     def update(self, outputs: np.ndarray, labels: np.ndarray) -> None:
-        labels = _need_labels(labels, self.name).reshape(-1)
+        given = _need_labels(labels, self.name)
         logits = np.asarray(outputs)
         if logits.ndim > 2 and all(d == 1 for d in logits.shape[2:]):
             logits = logits.reshape(logits.shape[:2])  # (N, C, 1, 1) heads
-        if logits.ndim != 2 or len(logits) != len(labels):
+        if given.ndim == 2 and logits.ndim == 2 and given.shape == logits.shape:
+            raise DataError(f"{self.name} needs class indices (N,) as labels; got one-hot labels {given.shape}: "
+                            "store labels.argmax(axis=1)")
+        labels = given.reshape(-1)
+        if logits.ndim != 2 or len(logits) != len(labels) or given.size != len(given):
             raise DataError(
-                f"{self.name} needs logits (N, C) and labels (N,); got outputs {logits.shape} and labels {labels.shape}"
+                f"{self.name} needs logits (N, C) and labels (N,); got outputs {logits.shape} and labels {given.shape}"
             )
         classes = logits.shape[1]
         if self.k > classes:

@@ -63,7 +63,7 @@ class InjectWeightNoisePass(Pass):
     def call(self, model: ModelProto) -> PassResult:
         already = read_record(model, "inject")
         if already is not None:
-            logger.warning("model already carries injected noise (%s); not injecting again", already)
+            logger.debug("model already carries injected noise (%s); not injecting again", already)
             return PassResult(model, False, {"tensors": [], "already": already})
         names = noisy_tensor_names(model, self.noise.include_bias, self.include, self.exclude)
         if not names:
