@@ -41,13 +41,17 @@ Methods:
   offset ``mean - mu_c`` unscaled while the variance is rescaled, which is inconsistent as
   soon as the stored mean is off the calibration data's.
 * ``"auto"`` (default; needs the clean model): ``delta``, ``paper``, their average
-  (``"blend"``) and ``"none"`` (the statistics left as they are) are estimated on the first
-  three quarters of every calibration batch and scored without labels on the last quarter
+  (``"blend"``) and ``"none"`` (the statistics left as they are) are estimated on part of
+  the calibration data and scored without labels on the rest
   (:mod:`nabn_onnx.calibration.select`): how far the calibrated noisy model's outputs are
-  from the clean model's. The winner is written with the statistics of all samples. Holding
-  out samples rather than whole batches leaves a score even with a single batch; a batch
-  too small to split (under 4 samples) is used to fit only, and when no batch could be
-  split the candidates are scored in-sample, which the report says. ``"none"`` in the
+  from the clean model's. The winner is written with the statistics of all samples,
+  measured on whole batches exactly as the method alone would measure them. What is held
+  out: with :data:`HOLDOUT_EVERY` or more batches, every 4th batch (free: it runs whole
+  anyway); with fewer, or when the number of batches cannot be known in advance (a
+  reader), the last quarter of every batch, which costs a second run of each batch's fit
+  part but leaves a score even with one batch. A batch too small to split (under 4
+  samples) only fits; when nothing could be held out, the candidates are scored in-sample,
+  and the report says so. ``"none"`` in the
   running means the choice is never worse than doing nothing on its own score. Without
   noise ``delta`` scores exactly 0 and changes no output. Under severe noise (even the best
   score above :data:`~nabn_onnx.calibration.select.SEVERE`) it falls back to ``paper``.
@@ -81,7 +85,7 @@ from .statsgraph import ExposeBatchNormStatsPass
 from .stats import DEFAULT_ESTIMATOR, Estimator
 
 __all__ = ["calibrate", "collect_stats", "CalibrationResult", "CalibrationReport", "LayerShift", "METHODS",
-           "name_batchnorms", "measure_inserted", "is_placeholder", "HOLDOUT_EVERY", "holdout_split"]
+           "name_batchnorms", "measure_inserted", "is_placeholder", "HOLDOUT_EVERY", "holdout_split", "is_holdout"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +129,21 @@ def holdout_split(batch: Batch, every: int = HOLDOUT_EVERY) -> Tuple[Batch, Opti
     return part(0, cut), part(cut, None)
 
 
-def held_out(batch: Batch) -> Optional[Batch]:
-    """The held-out part of a calibration batch (see :func:`holdout_split`)."""
-    return holdout_split(batch)[1]
+def is_holdout(batch_index: int, every: int = HOLDOUT_EVERY) -> bool:
+    """Whether batch ``batch_index`` (0-based) is held out whole: every ``every``-th batch."""
+    return batch_index % every == every - 1
+
+
+def holdout_mode(batches: Optional[int]) -> str:
+    """``"batches"`` when at least :data:`HOLDOUT_EVERY` batches are known to come, else ``"samples"``."""
+    return "batches" if batches is not None and batches >= HOLDOUT_EVERY else "samples"
+
+
+def held_out(mode: str):
+    """The scoring selector for a hold-out mode: ``(index, batch) -> held-out part or None``."""
+    if mode == "batches":
+        return lambda index, batch: batch if is_holdout(index) else None
+    return lambda index, batch: holdout_split(batch)[1]
 
 
 @dataclass
@@ -162,15 +178,17 @@ def measure(
     max_batches: Optional[int] = None,
     providers: Optional[Sequence[str]] = None,
     progress: Optional[Progress] = None,
-    holdout: bool = False,
+    holdout: Optional[str] = None,
     plan: BatchPlan = DYNAMIC,
 ) -> Measured:
     """Stream ``data`` through ``model`` and estimate per-channel statistics of BatchNorm inputs.
 
     ``train`` BatchNorms run in training mode (normalize with batch statistics), ``tap``
     BatchNorms stay in eval mode; both are measured. ``model`` is not modified. With
-    ``holdout`` each batch runs as two batches, its fit part and its held-out part (see
-    :func:`holdout_split`), and a second estimate leaves the held-out parts out. A model
+    ``holdout`` a second estimate leaves out the held-out samples: ``"batches"`` every
+    :data:`HOLDOUT_EVERY`-th batch, ``"samples"`` the last quarter of every batch (each batch
+    then also runs its fit part alone, see :func:`holdout_split`). The estimate over all
+    samples always comes from whole batches. A model
     whose batch is fixed and cannot be freed (``plan``) runs in chunks of its fixed batch,
     each chunk one batch of Algorithm 1.
     """
@@ -200,12 +218,17 @@ def measure(
     for batch in iter_batches(data, input_specs(model), batch_size=max(batch_size, plan.chunk or 1),
                               max_batches=max_batches, min_batch=min_batch):
         varied = varied or _varies(batch)
-        parts = [(batch, False)]
-        if holdout:
+        # (part, counts for all samples, counts for the fit estimate)
+        parts = [(batch, True, holdout is not None)]
+        if holdout == "batches" and is_holdout(batches):
+            parts = [(batch, True, False)]
+            held_samples += batch.size
+        elif holdout == "samples":
             fit_part, held_part = holdout_split(batch)
-            parts = [(fit_part, False)] + ([(held_part, True)] if held_part is not None else [])
-            held_samples += 0 if held_part is None else held_part.size
-        for part, is_held in parts:
+            if held_part is not None:
+                parts = [(batch, True, False), (fit_part, False, True)]
+                held_samples += held_part.size
+        for part, for_all, for_fit in parts:
             runs = [(part.feeds, part.size)] if plan.chunk is None else list(chunks(part.feeds, plan.chunk, pad=False))
             if plan.chunk is not None and sum(n for _, n in runs) < part.size:
                 warn_once(logger, "the model fixes its batch to %d: samples beyond a multiple of %d per batch are "
@@ -218,8 +241,9 @@ def measure(
                         count = int(np.prod(shape, dtype=np.int64) // shape[1])
                     else:
                         count = per_sample[name] * size
-                    everything[name].update(values[stat.mean], values[stat.var], count)
-                    if fit is not None and not is_held:
+                    if for_all:
+                        everything[name].update(values[stat.mean], values[stat.var], count)
+                    if fit is not None and for_fit:
                         fit[name].update(values[stat.mean], values[stat.var], count)
         batches += 1
         samples += batch.size
@@ -668,7 +692,7 @@ def calibrate(
                 measure_inserted(job.model, job.clean, job.placeholders, data, progress=bar, estimator=estimator,
                                  batch_size=batch_size, max_batches=max_batches, providers=providers, plan=job.plan)
             reference_params = read_bn_params(job.model)
-            holdout = job.method == "auto"
+            holdout = holdout_mode(per_pass) if job.method == "auto" else None
             clean_run = runs.measure(job.clean, data, bar, train=job.names, holdout=holdout) if needs_clean else None
             # auto's clean reference outputs come from a session built before the noise goes in
             # (onnxruntime holds its own copy of the weights, so no second ModelProto is kept).
@@ -682,7 +706,7 @@ def calibrate(
                                   "measured on it say nothing about real data; calibrate on real inputs")
             if job.method == "auto":
                 chosen, scores, scored_on, in_sample = _choose(job, data, runs, clean_session, reference_params,
-                                                               clean_run, noisy_run, bar)
+                                                               clean_run, noisy_run, bar, holdout)
                 del clean_session
         new = _new_stats(chosen, job.names, reference_params, noisy_run.stats,
                          clean_run.stats if clean_run else None)
@@ -725,7 +749,7 @@ def calibrate(
 
 
 def _choose(job: _Job, data: DataLike, runs: _Runs, clean_session, reference_params, clean_run: Measured,
-            noisy_run: Measured, bar: Progress) -> Tuple[str, Dict[str, float], int, bool]:
+            noisy_run: Measured, bar: Progress, holdout: str) -> Tuple[str, Dict[str, float], int, bool]:
     """``auto``: estimate every candidate on the fit samples and score it on the held-out ones."""
     in_sample = noisy_run.fit is None or clean_run.fit is None
     fit_noisy = noisy_run.stats if in_sample else noisy_run.fit
@@ -735,7 +759,7 @@ def _choose(job: _Job, data: DataLike, runs: _Runs, clean_session, reference_par
         warn_once(logger, "auto: no calibration batch had the 4 or more samples needed to hold some out; the candidates "
                           "are scored on the samples they were estimated on")
     chosen, scores = choose_candidate(clean_session, job.model, candidates, data,
-                                      select=None if in_sample else held_out, batch_size=runs.batch_size,
+                                      select=None if in_sample else held_out(holdout), batch_size=runs.batch_size,
                                       max_batches=runs.max_batches, providers=runs.providers, progress=bar,
                                       plan=job.plan)
     logger.info("auto: scores %s, chose %s", scores, chosen)

@@ -15,8 +15,8 @@ When even the lowest score is above :data:`SEVERE`, the noise is too strong for 
 to rank candidates, and :data:`FALLBACK` (Algorithm 1) is chosen.
 
 Which samples are scored is the caller's choice (``select``): the calibration engine holds
-out the last quarter of every batch, so that even one calibration batch leaves samples the
-candidates were not estimated on. A score over no sample at all is refused (it would be 0
+out every 4th batch, or with fewer batches the last quarter of every batch, so that even
+one calibration batch leaves samples the candidates were not estimated on. A score over no sample at all is refused (it would be 0
 for every candidate and choose blindly).
 """
 
@@ -88,7 +88,7 @@ def choose_candidate(
     candidates: Dict[str, Dict[str, Dict[str, np.ndarray]]],
     data: DataLike,
     *,
-    select: Optional[Callable[[Batch], Optional[Batch]]],
+    select: Optional[Callable[[int, Batch], Optional[Batch]]],
     batch_size: int,
     max_batches: Optional[int],
     providers: Optional[Sequence[str]] = None,
@@ -107,8 +107,8 @@ def choose_candidate(
         model: the noisy model; left holding the last candidate's statistics.
         candidates: name -> ``{bn name: {"mean": ..., "var": ...}}``, in order of preference on ties.
         data: calibration data.
-        select: the part of each calibration batch to score on (None: whole batches);
-            returning None skips the batch.
+        select: ``(batch index, batch) ->`` the part of the batch to score on (None: every
+            batch whole); returning None skips the batch.
         batch_size: samples per batch for file and dict data.
         max_batches: the same limit calibration used.
         providers: onnxruntime execution providers.
@@ -131,7 +131,7 @@ def choose_candidate(
         scored = 0
         for index, batch in enumerate(iter_batches(data, specs, batch_size=batch_size, max_batches=max_batches,
                                                    min_batch=2)):
-            part = batch if select is None else select(batch)
+            part = batch if select is None else select(index, batch)
             if part is None:
                 continue
             if cache is not None and index in cache:
@@ -155,11 +155,17 @@ def choose_candidate(
 
 
 def pick_candidate(scores: Dict[str, float]) -> str:
-    """The lowest score (ties to the earlier entry), or :data:`FALLBACK` when even that is above :data:`SEVERE`."""
+    """The lowest score (ties to the earlier entry); under severe noise :data:`FALLBACK` instead.
+
+    When even the lowest score is above :data:`SEVERE`, the scores no longer rank the
+    calibrations reliably, and Algorithm 1 is chosen, unless leaving the statistics as they
+    are (``"none"``) scored better than it: the choice is never worse than doing nothing on
+    its own score.
+    """
     order = list(scores)
     best = min(order, key=lambda name: (scores[name], order.index(name)))
     if scores[best] > SEVERE and FALLBACK in scores:
-        # Every candidate's outputs are far from the clean model's: the score no longer ranks
-        # them reliably, and Algorithm 1 is the method that holds up under severe noise.
+        if "none" in scores and scores["none"] < scores[FALLBACK]:
+            return "none"
         return FALLBACK
     return best
