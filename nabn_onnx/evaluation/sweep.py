@@ -39,7 +39,9 @@ import hashlib
 import io
 import json
 import logging
+import os
 import pickle
+import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
@@ -448,7 +450,7 @@ def run_chip(task: ChipTask, inputs: SweepInputs) -> Dict[str, object]:
     Every executor runs this same function, so a chip's numbers do not depend on where it ran.
 
     Returns:
-        ``{"noise", "eta", "seed", "vanilla", "nabn", "seconds": {...}}``.
+        ``{"noise", "eta", "seed", "vanilla", "nabn", "seconds": {...}, "worker": "host:pid"}``.
     """
     crash_hook(task.seed)
     state = _STATE.get(inputs.key)
@@ -470,7 +472,8 @@ def run_chip(task: ChipTask, inputs: SweepInputs) -> Dict[str, object]:
     t3 = time.perf_counter()
     sessions = state.vanilla.session_seconds + state.nabn.session_seconds - sessions_before
     return {"noise": noise.kind, "eta": noise.eta, "seed": noise.seed, "vanilla": vanilla, "nabn": nabn,
-            "seconds": {"vanilla": t1 - t0, "calibrate": t2 - t1, "nabn": t3 - t2, "sessions": sessions}}
+            "seconds": {"vanilla": t1 - t0, "calibrate": t2 - t1, "nabn": t3 - t2, "sessions": sessions},
+            "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
 def _fingerprint(model: ModelProto) -> str:
@@ -568,7 +571,7 @@ def run_sweep(
                     for task, row in executor.run(run_chip, todo, inputs):
                         if store is not None:
                             store.append(row)
-                        for part, seconds in row.get("seconds", {}).items():
+                        for part, seconds in row["seconds"].items():
                             timing[part] = timing.get(part, 0.0) + seconds
                         done[task.key] = _report_row(row)
                         bar.update()
