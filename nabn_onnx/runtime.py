@@ -46,7 +46,9 @@ _warned: set = set()
 
 
 def parse_providers(text: Optional[str]) -> Optional[List[str]]:
-    """``"CUDAExecutionProvider,CPUExecutionProvider"`` -> a checked list (see :func:`check_providers`); None stays None."""
+    """``"CUDAExecutionProvider,CPUExecutionProvider"`` -> a checked list (see :func:`check_providers`).
+
+    None stays None (the default providers)."""
     if text is None:
         return None
     return check_providers([p.strip() for p in text.split(",") if p.strip()])

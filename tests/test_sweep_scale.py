@@ -18,7 +18,7 @@ from test_sweep import trained_classifier  # noqa: E402
 
 from nabn_onnx import NabnError  # noqa: E402
 from nabn_onnx.cli import build_parser, main  # noqa: E402
-from nabn_onnx.evaluation.executors import CRASH_HOOK_ENV, ProcessExecutor, RayExecutor, SerialExecutor  # noqa: E402
+from nabn_onnx.evaluation.executors import CRASH_HOOK_ENV, ProcessExecutor, RayExecutor  # noqa: E402
 from nabn_onnx.evaluation.results import ResultsFile  # noqa: E402
 from nabn_onnx.evaluation.sweep import SweepPlan, SweepSettings, run_sweep  # noqa: E402
 from nabn_onnx.progress import Progress  # noqa: E402

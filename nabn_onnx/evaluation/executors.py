@@ -36,7 +36,7 @@ import tempfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import onnx
@@ -143,8 +143,9 @@ def _absolute(value):
 class Executor:
     """Runs ``fn(task, inputs)`` for every task; yields ``(task, row)`` as each finishes.
 
-    ``inputs`` has a method ``map_shared(f)`` returning a copy whose models and data are
-    replaced by ``f(value)``: that is how an executor ships them to its workers.
+    ``inputs`` has a ``key`` naming the sweep and a method ``map_shared(f)`` returning a
+    copy whose models and data are replaced by ``f(value)``: that is how an executor ships
+    them to its workers, which load them once per sweep (by ``key``), not once per chip.
     """
 
     name = "executor"
@@ -211,9 +212,22 @@ def _init_worker(threads: int) -> None:
     os.environ.setdefault(THREADS_ENV, str(threads))
 
 
+#: Per worker process: the inputs of the sweep it last worked for, loaded once (keyed by ``inputs.key``).
+_LOADED: Dict[str, object] = {}
+
+
+def _loaded(inputs, resolve: Callable[[object], object]):
+    """``inputs`` with its models loaded and data mapped, once per sweep and worker process, not per chip."""
+    hit = _LOADED.get(inputs.key)
+    if hit is None:
+        _LOADED.clear()
+        hit = _LOADED[inputs.key] = inputs.map_shared(resolve)
+    return hit
+
+
 def _run_local(fn, task, inputs):
-    """Worker side of :class:`ProcessExecutor`: load the shared inputs (cached per sweep by the chip function)."""
-    return fn(task, inputs.map_shared(resolve_local))
+    """Worker side of :class:`ProcessExecutor`."""
+    return fn(task, _loaded(inputs, resolve_local))
 
 
 class ProcessExecutor(Executor):
@@ -251,7 +265,7 @@ class ProcessExecutor(Executor):
             pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=context, initializer=_init_worker,
                                        initargs=(threads,))
             running: Dict[object, int] = {}
-            broken = False
+            broken = finished = False
             try:
                 while queue or running:
                     while queue and len(running) < self.jobs:
@@ -269,8 +283,11 @@ class ProcessExecutor(Executor):
                         yield tasks[index], row
                     if broken:
                         break
+                finished = True
             finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+                if not finished:  # an error or an interrupt: chips in flight are lost anyway, do not wait
+                    _terminate(pool)
+                pool.shutdown(wait=finished, cancel_futures=True)
             if broken:
                 lost = []
                 for future, index in running.items():
@@ -288,6 +305,16 @@ class ProcessExecutor(Executor):
                 queue = sorted(lost) + queue
             else:
                 queue = []
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    stop = getattr(pool, "terminate_workers", None)  # Python 3.14
+    if stop is not None:
+        stop()
+        return
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.terminate()
+
 
 class RayExecutor(Executor):
     """Ray tasks, one CPU each, on a local runtime or a running cluster.
@@ -361,7 +388,8 @@ class RayExecutor(Executor):
                         raise
                     except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
                         raise NabnError(f"Ray workers died running chip {task!r} {self.max_retries + 1} times "
-                                        f"({type(exc).__name__}); finished chips are in the results file, if one was given") from None
+                                        f"({type(exc).__name__}); finished chips are in the results file, "
+                                        "if one was given") from None
                     yield task, row
         finally:
             for ref in pending:
@@ -394,7 +422,7 @@ def _run_ray(fn, task, inputs):
             value = ray.get(value)
         return resolve_local(value)
 
-    return fn(task, inputs.map_shared(resolve))
+    return fn(task, _loaded(inputs, resolve))
 
 
 def _import_ray():

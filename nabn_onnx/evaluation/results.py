@@ -22,7 +22,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Tuple, Union
 
 from ..errors import NabnError
 
