@@ -227,3 +227,18 @@ def test_cli_joins_a_running_ray_cluster(ray_runtime, files, serial, tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["executor"] == f"Ray ({address})"
     assert _rows(report["rows"]) == serial
+
+
+def test_scale_options_fail_in_one_line(files, tmp_path, capsys, monkeypatch):
+    model, calib, test = files
+    args = ["sweep", str(model), "--calib", str(calib), "--test", str(test), "--noise", "mul", "--eta", "0.5",
+            "--seeds", "1"]
+    assert main(args + ["--jobs", "0"]) == 1
+    assert "--jobs must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a usage error: --resume without a file to resume
+        main(args + ["--resume"])
+    assert "--resume needs --results" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    assert main(args + ["--ray"]) == 1
+    err = capsys.readouterr().err
+    assert "pip install 'nabn-onnx[ray]'" in err and len(err.strip().splitlines()) == 1

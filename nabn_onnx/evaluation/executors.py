@@ -439,6 +439,7 @@ def make_executor(jobs: int = 1, ray: Union[None, bool, str] = None,
     local runtime with ``jobs`` CPUs when ``jobs`` > 1; else a cluster address), else local
     processes when ``jobs`` > 1, else serial."""
     if ray not in (None, False):
+        _import_ray()  # fail before any work when Ray is missing
         address = None if ray in (True, "local") else str(ray)
         return RayExecutor(address, num_cpus=jobs if jobs > 1 else None, max_retries=max_retries)
     if jobs > 1:
