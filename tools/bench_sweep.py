@@ -16,7 +16,7 @@ Prints, measured in this run:
    runtime start is timed apart, since a cluster is started once for many sweeps), and
    each one's speed-up over serial. A serial run with one thread per operator (what each
    of the two workers gets) tells parallelism apart from onnxruntime's threading.
-   ``--no-ray`` skips Ray.
+   ``--no-ray`` skips Ray. Speed-ups are printed against both serial runs.
 
 The two session strategies must give the same accuracies (checked), and the three
 executors the same rows exactly (checked).
@@ -104,9 +104,10 @@ def _chips_per_minute(args) -> None:
         assert rows[label] == rows["serial"], f"{label} rows differ from the serial rows"
     print(f"\nchips per minute, one sweep of {chips} chips ({Path(args.model).name}, {len(ETAS)} etas x "
           f"{args.scale_chips} seeds, method auto), {os.cpu_count()} cores:")
-    print(f"{'executor':18}{'seconds':>9}{'chips/min':>11}{'speed-up':>10}")
+    print(f"{'executor':18}{'seconds':>9}{'chips/min':>11}{'vs serial':>11}{'vs 1 thread':>13}")
     for label, wall in seconds.items():
-        print(f"{label:18}{wall:9.1f}{60 * chips / wall:11.1f}{seconds['serial'] / wall:10.2f}")
+        print(f"{label:18}{wall:9.1f}{60 * chips / wall:11.1f}{seconds['serial'] / wall:11.2f}"
+              f"{seconds['serial, 1 thread'] / wall:13.2f}")
     if ray_start is not None:
         print(f"(Ray runtime start, not included above: {ray_start:.1f}s); rows identical on all executors")
     else:
