@@ -144,9 +144,12 @@ def _read(path: Path) -> Tuple[Dict[str, object], Dict[ChipKey, Dict[str, object
     if not objects or objects[0].get("kind") != "header" or objects[0].get("format") != FORMAT:
         raise NabnError(f"{path} is not a nabn-onnx sweep results file (no header line)")
     rows: Dict[ChipKey, Dict[str, object]] = {}
-    for obj in objects[1:]:
+    for number, obj in enumerate(objects[1:], 2):
         if obj.get("kind") == "chip":
-            rows.setdefault(chip_key(obj), obj)
+            try:
+                rows.setdefault(chip_key(obj), obj)
+            except (KeyError, TypeError, ValueError):
+                raise NabnError(f"{path} line {number} is a chip without noise, eta and seed") from None
     return objects[0], rows, good
 
 
