@@ -269,8 +269,14 @@ class ProcessExecutor(Executor):
             try:
                 while queue or running:
                     while queue and len(running) < self.jobs:
-                        index = queue.pop(0)
-                        running[pool.submit(_run_local, fn, tasks[index], shared)] = index
+                        try:
+                            running[pool.submit(_run_local, fn, tasks[queue[0]], shared)] = queue[0]
+                        except BrokenProcessPool:  # a worker died since the last chip finished
+                            broken = True
+                            break
+                        queue.pop(0)
+                    if broken:
+                        break
                     done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                     for future in done:
                         index = running.pop(future)
