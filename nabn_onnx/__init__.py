@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from .api import inject, inspect_model, split
 from .calibration import CalibrationReport, CalibrationResult, Estimator, NabnSession, TemporalNoise, calibrate
 from .evaluation import diagnose, evaluate, sweep
+from .evaluation import SweepPlan, SweepSettings, make_executor, run_sweep
 from .errors import DataError, ModelError, NabnError, NoiseConfigError, NothingToDoError
 from .images import ImageFolder
 from .io import load_model, save_model
@@ -19,4 +20,5 @@ __all__ = [
     "NoiseModel", "MulNoise", "AddNoise", "make_noise",
     "Pass", "PassResult", "SplitBatchNormPass", "InjectWeightNoisePass",
     "evaluate", "sweep", "diagnose",
+    "run_sweep", "SweepPlan", "SweepSettings", "make_executor",
 ]

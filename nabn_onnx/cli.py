@@ -71,6 +71,34 @@ def _method_arg(parser: argparse.ArgumentParser) -> None:
                              "paper's tables use); delta: reference statistics plus the noise-induced shift")
 
 
+def _runtime_args(parser: argparse.ArgumentParser) -> None:
+    """Where sessions run: one group, on every command that builds onnxruntime sessions."""
+    group = parser.add_argument_group("runtime (onnxruntime)")
+    group.add_argument("--providers", metavar="LIST",
+                       help="execution providers in order of preference, comma-separated, e.g. "
+                            "CUDAExecutionProvider,CPUExecutionProvider (default CPUExecutionProvider)")
+
+
+def _providers(args):
+    from .runtime import parse_providers
+
+    return parse_providers(getattr(args, "providers", None))
+
+
+def _parallel_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("scale (where chips run, and resuming)")
+    group.add_argument("--jobs", type=int, default=1, metavar="N",
+                       help="run chips in N local processes (default 1: in this process); with --ray, the CPUs "
+                            "of the local Ray runtime")
+    group.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                       help="run chips as Ray tasks: alone, on a local Ray runtime; with ADDRESS (auto, "
+                            "host:6379, ray://host:10001), on that cluster (needs nabn-onnx[ray])")
+    group.add_argument("--results", metavar="FILE.jsonl",
+                       help="append each finished chip to this JSON-lines file as it ends")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the sweep in --results: chips already there are not run again")
+
+
 def _selection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include", metavar="REGEX", help="only split analog layers whose name matches")
     parser.add_argument("--exclude", metavar="REGEX", help="do not split analog layers whose name matches")
@@ -88,7 +116,7 @@ def _cmd_split(args, parser) -> int:
     started = time.perf_counter()
     result = split(args.model, data=args.data, include=args.include, exclude=args.exclude,
                    batch_size=args.batch_size, output=output, show_progress=not args.quiet,
-                   external_data=args.external_data)
+                   external_data=args.external_data, providers=_providers(args))
     inserted = result.details.get("inserted", [])
     skipped = result.details.get("skipped", {})
     _say(args, f"split {len(inserted)} layer(s), {len(skipped)} skipped, "
@@ -128,13 +156,14 @@ def _cmd_calibrate(args, parser) -> int:
                           momentum=0.999 if args.momentum is None else args.momentum)
     result = calibrate(args.model, args.data, noise=noise, method=args.method, estimator=estimator,
                        batch_size=args.batch_size, max_batches=args.max_batches, include=args.include,
-                       exclude=args.exclude, reference=args.reference, show_progress=not args.quiet)
+                       exclude=args.exclude, reference=args.reference, show_progress=not args.quiet,
+                       providers=_providers(args))
     gain = None
     if args.test:
         from .api import measure_gain
 
         gain = measure_gain(args.model, result.model, args.test, noise=noise, reference=args.reference,
-                            metric=args.metric, batch_size=args.batch_size)
+                            metric=args.metric, batch_size=args.batch_size, providers=_providers(args))
     # saved only once everything that can fail on the user's input has run, so an error leaves no file
     save_model(result.model, output, external_data=args.external_data)
     if args.report:
@@ -237,7 +266,7 @@ def _report_suffix(path: Optional[str], allowed: Sequence[str]) -> Optional[Path
 def _cmd_evaluate(args, parser) -> int:
     from .evaluation import Evaluator
 
-    evaluator = Evaluator(args.model, output=_output_arg(args))
+    evaluator = Evaluator(args.model, output=_output_arg(args), providers=_providers(args))
     with Progress("evaluating", None, enabled=not args.quiet) as bar:
         result = evaluator.run(_data_source(args.data, args), args.metric, batch_size=args.batch_size,
                                max_batches=args.max_batches, ignore_index=args.ignore_index,
@@ -250,8 +279,9 @@ def _cmd_evaluate(args, parser) -> int:
 
 
 def _cmd_sweep(args, parser) -> int:
-    from .evaluation import sweep
-    from .evaluation.sweep import parse_floats
+    from .calibration import DEFAULT_ESTIMATOR
+    from .evaluation.executors import make_executor
+    from .evaluation.sweep import SweepPlan, SweepSettings, parse_floats, run_sweep
 
     etas = parse_floats(args.eta, "eta")
     try:
@@ -261,12 +291,20 @@ def _cmd_sweep(args, parser) -> int:
     seeds = seed_values if "," in args.seeds else seed_values[0] if seed_values else 0
     report_path = _report_suffix(args.report, (".json", ".md", ".csv"))
     plot_path = _report_suffix(args.plot, (".png", ".svg", ".pdf"))
-    report = sweep(args.model, _data_source(args.calib, args), _data_source(args.test, args), noise=args.noise,
-                   etas=etas, seeds=seeds, method=args.method, metric=args.metric, sigma_t=args.sigma_t,
-                   sigma_s=args.sigma_s, temporal=args.temporal, include_bias=args.include_bias,
-                   batch_size=args.batch_size, calib_batches=args.max_batches, output=_output_arg(args),
-                   ignore_index=args.ignore_index, ignore_background=args.ignore_background,
-                   reuse_sessions=args.reuse_sessions, show_progress=not args.quiet)
+    if args.resume and not args.results:
+        parser.error("--resume needs --results FILE.jsonl")
+    if args.results:
+        check_output_folder(Path(args.results))
+    plan = SweepPlan.of(args.noise, etas, seeds, sigma_t=args.sigma_t, sigma_s=args.sigma_s, temporal=args.temporal,
+                        include_bias=args.include_bias)
+    providers = _providers(args)
+    settings = SweepSettings(method=args.method, metric=args.metric, estimator=DEFAULT_ESTIMATOR,
+                             batch_size=args.batch_size, calib_batches=args.max_batches, output=_output_arg(args),
+                             ignore_index=args.ignore_index, ignore_background=args.ignore_background,
+                             reuse_sessions=args.reuse_sessions, providers=tuple(providers) if providers else None)
+    report = run_sweep(args.model, _data_source(args.calib, args), _data_source(args.test, args), plan, settings,
+                       executor=make_executor(args.jobs, args.ray), results=args.results, resume=args.resume,
+                       show_progress=not args.quiet)
     if report_path:
         report.write(report_path)
     if plot_path:
@@ -287,7 +325,7 @@ def _cmd_diagnose(args, parser) -> int:
     plot_path = _report_suffix(args.plot, (".png", ".svg", ".pdf"))
     report = diagnose(args.model, _data_source(args.data, args), noise=noise, method=args.method, at=args.at,
                       bins=args.bins, batch_size=args.batch_size, max_batches=args.max_batches,
-                      show_progress=not args.quiet)
+                      show_progress=not args.quiet, providers=_providers(args))
     if report_path:
         report.write(report_path)
     if plot_path:
@@ -308,6 +346,7 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batches", type=int)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _image_args(p)
+    _runtime_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("sweep", parents=[common], help="vanilla vs NaBN accuracy over noise scales and chips")
@@ -329,7 +368,9 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
                         "pays only for tiny test sets)")
     p.add_argument("--report", help="write the results (.json, .md or .csv)")
     p.add_argument("--plot", help="accuracy against eta (.png, .svg or .pdf; needs matplotlib)")
+    _parallel_args(p)
     _image_args(p)
+    _runtime_args(p)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("diagnose", parents=[common], help="per-layer KL/JS divergence of noisy from clean activations")
@@ -345,6 +386,7 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--report", help="write the table (.json or .md)")
     p.add_argument("--plot", help="bar chart with the ratio line (.png, .svg or .pdf; needs matplotlib)")
     _image_args(p)
+    _runtime_args(p)
     p.set_defaults(func=_cmd_diagnose)
 
 
@@ -376,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external-data", action="store_const", const=True, default=None,
                    help="store the output's weights in OUTPUT.data beside it (automatic above 2 GB)")
     _selection_args(p)
+    _runtime_args(p)
     p.set_defaults(func=_cmd_split)
 
     p = sub.add_parser("inject", parents=[common], help="write one simulated chip's noisy weights")
@@ -409,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external-data", action="store_const", const=True, default=None,
                    help="store the output's weights in OUTPUT.data beside it (automatic above 2 GB)")
     _selection_args(p)
+    _runtime_args(p)
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("inspect", parents=[common], help="list analog layers and their BatchNorms")

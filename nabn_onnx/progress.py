@@ -10,18 +10,20 @@ __all__ = ["Progress"]
 
 
 class Progress:
-    """Counts steps of long work and draws ``desc [#####     ] 12/40 3.1s`` on a terminal.
+    """Counts steps of long work and draws ``desc [#####     ] 12/40 3.1s ETA 8.2s`` on a terminal.
 
     Args:
         desc: what is being done.
-        total: number of steps, if known.
+        total: number of steps, if known (then the bar shows the estimated time left).
         enabled: draw at all (the CLI passes False for ``-q``); off when stderr is not a tty.
+        initial: steps already done before this run (a resumed sweep): counted, not timed.
     """
 
-    def __init__(self, desc: str, total: Optional[int] = None, enabled: bool = True, stream: Optional[TextIO] = None):
+    def __init__(self, desc: str, total: Optional[int] = None, enabled: bool = True, stream: Optional[TextIO] = None,
+                 initial: int = 0):
         self.stream = stream or sys.stderr
         self.enabled = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.desc, self.total, self.count = desc, total, 0
+        self.desc, self.total, self.count, self.initial = desc, total, initial, initial
         self.start = time.perf_counter()
         self._last = 0.0
 
@@ -39,8 +41,18 @@ class Progress:
             bar = f"[{'#' * done}{' ' * (30 - done)}] {self.count}/{self.total}"
         else:
             bar = f"{self.count}"
-        self.stream.write(f"\r{self.desc} {bar} {elapsed:.1f}s")
+        eta = self.eta(now)
+        left = f" ETA {eta:.0f}s" if eta is not None and self.count < (self.total or 0) else ""
+        self.stream.write(f"\r{self.desc} {bar} {elapsed:.1f}s{left}  ")
         self.stream.flush()
+
+    def eta(self, now: Optional[float] = None) -> Optional[float]:
+        """Seconds left at this run's pace, once a step of this run is done and the total is known."""
+        done = self.count - self.initial
+        if not self.total or done <= 0:
+            return None
+        elapsed = (now if now is not None else time.perf_counter()) - self.start
+        return elapsed / done * max(self.total - self.count, 0)
 
     def close(self) -> None:
         if self.enabled:

@@ -45,17 +45,65 @@ import numpy as np
 import onnxruntime as ort
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
-from .errors import ModelError
+from .errors import ModelError, NabnError
 from .io import save_model, without_large_initializers
 
-__all__ = ["make_session", "make_overridable", "MEASURE", "SERVE", "DEFAULT_PROVIDERS", "BatchPlan", "plan_batch",
-           "run_chunked", "DYNAMIC"]
+__all__ = ["make_session", "make_overridable", "check_providers", "parse_providers", "MEASURE", "SERVE",
+           "DEFAULT_PROVIDERS", "BatchPlan", "plan_batch", "run_chunked", "DYNAMIC"]
 
 logger = logging.getLogger(__name__)
 
 MEASURE = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 SERVE = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+#: Threads per operator for every session of this process when the caller gives none
+#: (0 or unset: onnxruntime's default, one per core). Parallel sweeps set it in their workers
+#: so that N workers do not each start a thread per core.
+THREADS_ENV = "NABN_INTRA_OP_THREADS"
+
+
+_warned: set = set()
+
+
+def parse_providers(text: Optional[str]) -> Optional[List[str]]:
+    """``"CUDAExecutionProvider,CPUExecutionProvider"`` -> a checked list (see :func:`check_providers`).
+
+    None stays None (the default providers)."""
+    if text is None:
+        return None
+    return check_providers([p.strip() for p in text.split(",") if p.strip()])
+
+
+def check_providers(providers: Optional[Sequence[str]]) -> List[str]:
+    """The providers onnxruntime can use, in the order asked, or a one-line error.
+
+    onnxruntime itself only warns about a provider it lacks and silently runs on the CPU;
+    here a name onnxruntime does not know at all is an error, a known provider missing
+    from this build (CUDA in a CPU-only wheel) is dropped with one warning when another
+    requested provider remains, and an error when none does.
+
+    Raises:
+        NabnError: no provider given, an unknown name, or none of them available.
+    """
+    asked = list(providers or DEFAULT_PROVIDERS)
+    if not asked:
+        raise NabnError("no execution provider given")
+    known, available = set(ort.get_all_providers()), ort.get_available_providers()
+    unknown = [p for p in asked if p not in known]
+    if unknown:
+        raise NabnError(f"unknown execution provider {unknown[0]!r}; this onnxruntime "
+                        f"({ort.__version__}) has {', '.join(available)}")
+    usable = [p for p in asked if p in available]
+    missing = [p for p in asked if p not in available]
+    if not usable:
+        raise NabnError(f"{', '.join(missing)} not available in this onnxruntime ({ort.__version__}, "
+                        f"{ort.get_device()} build); it has {', '.join(available)}")
+    for name in missing:
+        if name not in _warned:
+            _warned.add(name)
+            logger.warning("%s is not available in this onnxruntime (%s); running on %s", name, ort.__version__,
+                           ", ".join(usable))
+    return usable
 
 
 def make_session(
@@ -89,9 +137,9 @@ def make_session(
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = optimization
-    options.intra_op_num_threads = intra_op_threads
+    options.intra_op_num_threads = intra_op_threads or int(os.environ.get(THREADS_ENV, "0") or 0)
     options.log_severity_level = 4 if quiet else 3
-    providers = list(providers or DEFAULT_PROVIDERS)
+    providers = check_providers(providers)
     # Handing onnxruntime a file with external data, rather than model.SerializeToString(),
     # avoids two transient copies of the weights (protobuf's buffer and the Python bytes):
     # on a 100 MB model the session's peak drops from +285 MB to +106 MB (tools/bench_large.py).

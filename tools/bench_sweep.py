@@ -1,23 +1,32 @@
-"""Benchmark: one onnxruntime session fed per chip against a session per chip, in a sweep.
+"""Benchmark sweeps: sessions per chip against one fed session; chips per minute serially, in 2 processes, on Ray.
 
 Run from the repository root::
 
-    python tools/bench_sweep.py [--model sample_models/resnet_fused.onnx] [--chips 3]
+    python tools/bench_sweep.py [--model sample_models/resnet_fused.onnx] [--chips 3] [--scale-chips 4]
 
 Prints, measured in this run:
 
 1. the parts: a session build, one test batch with constant weights, one with the weights
    fed as overridable initializers;
 2. the evaluation time of a whole sweep (vanilla and NaBN, ``--chips`` seeds x 3 etas) with
-   both strategies, and the ratio per-chip / reuse (> 1: reuse is faster).
+   both strategies, and the ratio per-chip / reuse (> 1: reuse is faster);
+3. chips per minute of one sweep (``--scale-chips`` seeds x 3 etas) run serially, with
+   ``--jobs 2`` (two local processes) and on a local Ray runtime with 2 CPUs, wall time of
+   the whole :func:`run_sweep` (split, clean evaluation, process start-up included; Ray's
+   runtime start is timed apart, since a cluster is started once for many sweeps), and
+   each one's speed-up over serial. A serial run with one thread per operator (what each
+   of the two workers gets) tells parallelism apart from onnxruntime's threading.
+   ``--no-ray`` skips Ray. Speed-ups are printed against both serial runs.
 
-The two sweeps must give the same accuracies (checked).
+The two session strategies must give the same accuracies (checked), and the three
+executors the same rows exactly (checked).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import time
 from pathlib import Path
 
@@ -26,8 +35,10 @@ from onnx import numpy_helper
 
 from nabn_onnx import load_model, make_noise, sweep
 from nabn_onnx.evaluation.evaluate import with_overridable
+from nabn_onnx.evaluation.executors import ProcessExecutor, RayExecutor, SerialExecutor
+from nabn_onnx.evaluation.sweep import SweepPlan, SweepSettings, run_sweep
 from nabn_onnx.passes.inject import InjectWeightNoisePass, noisy_tensor_names
-from nabn_onnx.runtime import SERVE, make_session
+from nabn_onnx.runtime import SERVE, THREADS_ENV, make_session
 
 ROOT = Path(__file__).resolve().parent.parent
 ETAS = (0.05, 0.1, 0.2)
@@ -61,6 +72,48 @@ def _per_batch(model_path: Path, test: Path, batch: int) -> None:
           f"{build / max(timings['fed'] - timings['constant'], 1e-9):.1f} batches")
 
 
+def _chips_per_minute(args) -> None:
+    plan = SweepPlan.of("mul", ETAS, args.scale_chips)
+    settings = SweepSettings(batch_size=args.batch_size)
+    chips = len(plan.tasks())
+    executors = [("serial", SerialExecutor()), ("serial, 1 thread", SerialExecutor()), ("--jobs 2", ProcessExecutor(2))]
+    ray_start = None
+    if not args.no_ray:
+        import ray
+
+        started = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray_start = time.perf_counter() - started
+        executors.append(("Ray, 2 workers", RayExecutor()))
+    rows, seconds = {}, {}
+    try:
+        for label, executor in executors:
+            if label == "serial, 1 thread":  # what each of 2 workers gets: tells parallelism from threading
+                os.environ[THREADS_ENV] = "1"
+            started = time.perf_counter()
+            try:
+                report = run_sweep(args.model, args.calib, args.test, plan, settings, executor=executor)
+            finally:
+                os.environ.pop(THREADS_ENV, None)
+            seconds[label] = time.perf_counter() - started
+            rows[label] = report.rows
+    finally:
+        if ray_start is not None:
+            ray.shutdown()
+    for label in rows:
+        assert rows[label] == rows["serial"], f"{label} rows differ from the serial rows"
+    print(f"\nchips per minute, one sweep of {chips} chips ({Path(args.model).name}, {len(ETAS)} etas x "
+          f"{args.scale_chips} seeds, method auto), {os.cpu_count()} cores:")
+    print(f"{'executor':18}{'seconds':>9}{'chips/min':>11}{'vs serial':>11}{'vs 1 thread':>13}")
+    for label, wall in seconds.items():
+        print(f"{label:18}{wall:9.1f}{60 * chips / wall:11.1f}{seconds['serial'] / wall:11.2f}"
+              f"{seconds['serial, 1 thread'] / wall:13.2f}")
+    if ray_start is not None:
+        print(f"(Ray runtime start, not included above: {ray_start:.1f}s); rows identical on all executors")
+    else:
+        print("rows identical on all executors")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "sample_models/resnet_fused.onnx"))
@@ -68,7 +121,13 @@ def main() -> None:
     parser.add_argument("--test", default=str(ROOT / "sample_models/digits_test.npz"))
     parser.add_argument("--chips", type=int, default=3, help="seeds per eta")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--scale-chips", type=int, default=4, help="seeds per eta of the chips-per-minute sweep")
+    parser.add_argument("--no-ray", action="store_true", help="skip Ray in the chips-per-minute comparison")
+    parser.add_argument("--only-scale", action="store_true", help="only the chips-per-minute comparison")
     args = parser.parse_args()
+    if args.only_scale:
+        _chips_per_minute(args)
+        return
 
     _per_batch(Path(args.model), Path(args.test), args.batch_size)
     reports = {}
@@ -87,6 +146,7 @@ def main() -> None:
     print(f"evaluation (vanilla + NaBN): per-chip {evaluation[False]:.2f}s, reuse {evaluation[True]:.2f}s, "
           f"ratio per-chip/reuse {evaluation[False] / evaluation[True]:.2f} "
           f"({'reuse' if evaluation[True] < evaluation[False] else 'per-chip sessions'} is faster)")
+    _chips_per_minute(args)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,14 @@
 from .diagnose import DiagnoseReport, LayerDivergence, diagnose
 from .evaluate import Evaluation, Evaluator, evaluate
 from .metrics import ConfusionMatrix, MeanIoU, Metric, PixelAccuracy, TopK, make_metric
-from .sweep import SweepReport, sweep
+from .executors import ProcessExecutor, RayExecutor, SerialExecutor, make_executor
+from .sweep import ChipTask, SweepPlan, SweepReport, SweepSettings, run_sweep, sweep
 
 __all__ = [
     "evaluate", "Evaluator", "Evaluation",
     "sweep", "SweepReport",
+    "run_sweep", "SweepPlan", "SweepSettings", "ChipTask", "make_executor", "SerialExecutor", "ProcessExecutor",
+    "RayExecutor",
     "diagnose", "DiagnoseReport", "LayerDivergence",
     "Metric", "TopK", "MeanIoU", "PixelAccuracy", "ConfusionMatrix", "make_metric",
 ]

@@ -21,19 +21,32 @@ then computes with non-constant weights (no pre-packing, no fusion). Measured on
 sample models (``tools/bench_sweep.py``), a fed batch costs about twice a constant-weight
 batch while a session build costs less than one batch, so reuse made the sweep's
 evaluations 1.9 (ResNet) to 3.6 (MobileNet) times slower; per-chip sessions are the default.
+
+Scale: a sweep is a :class:`SweepPlan` (the chips: one :class:`ChipTask` per noise kind,
+eta and seed) measured with one :class:`SweepSettings`. :func:`run_sweep` splits the model
+once, then hands every task to an executor (:mod:`nabn_onnx.evaluation.executors`: serial,
+local processes, Ray), which runs the one function :func:`run_chip` wherever it runs, so a
+chip's numbers do not depend on where it ran. Finished chips stream back in the order they
+finish and are appended to a JSON-lines results file (:mod:`nabn_onnx.evaluation.results`),
+which a later ``resume`` reads to skip them.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import io
 import json
 import logging
+import os
+import pickle
+import socket
 import time
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from onnx import ModelProto, numpy_helper
@@ -44,13 +57,17 @@ from ..data import DataLike, replayable
 from ..errors import NabnError
 from ..graph import batchnorm_nodes
 from ..io import ModelLike, atomic_write_text, load_model
-from ..noise import make_noise
+from ..noise import NoiseModel, make_noise
 from ..passes.inject import InjectWeightNoisePass, noisy_tensor_names
 from ..progress import Progress
+from ..runtime import check_providers
 from .evaluate import Evaluator, OutputLike
+from .executors import Executor, SerialExecutor, crash_hook
 from .metrics import IGNORE_INDEX, MetricLike
+from .results import ResultsFile
 
-__all__ = ["sweep", "SweepReport", "parse_floats"]
+__all__ = ["sweep", "run_sweep", "run_chip", "SweepPlan", "SweepSettings", "ChipTask", "SweepInputs", "SweepReport",
+           "parse_floats"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +108,8 @@ class SweepReport:
         rows: one ``{"noise", "eta", "seed", "vanilla", "nabn"}`` per chip.
         seconds: wall time, and its parts (``"calibrate"``, ``"vanilla"``, ``"nabn"``, ``"sessions"``).
         reuse_sessions: whether chips shared sessions.
+        executor: where the chips ran (``"serial"``, ``"2 local processes"``, ``"Ray (local)"``).
+        resumed: chips read back from the results file rather than run.
     """
 
     model: str
@@ -101,6 +120,8 @@ class SweepReport:
     rows: List[Dict[str, object]] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
     reuse_sessions: bool = False
+    executor: str = "serial"
+    resumed: int = 0
 
     def by_eta(self) -> List[Dict[str, object]]:
         """Per (noise, eta): chip count and mean, std (sample, ddof=1), min and max of vanilla and nabn."""
@@ -125,6 +146,8 @@ class SweepReport:
             "rows": self.rows,
             "by_eta": self.by_eta(),
             "reuse_sessions": self.reuse_sessions,
+            "executor": self.executor,
+            "resumed": self.resumed,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
@@ -170,6 +193,8 @@ class SweepReport:
             f"swept {len(stats)} eta(s) x {len(self.rows) // max(len(stats), 1)} chip(s) of {self.model}: clean "
             f"{100 * self.clean:.2f}%, at {worst['noise']} eta={worst['eta']:g} vanilla {100 * worst['vanilla_mean']:.2f}% "
             f"vs NaBN {100 * worst['nabn_mean']:.2f}% ({self.metric}), in {self.seconds.get('total', 0.0):.1f}s"
+            + (f" on {self.executor}" if self.executor != "serial" else "")
+            + (f" ({self.resumed} chip(s) resumed from the results file)" if self.resumed else "")
         )
 
     def write(self, path: Union[str, Path]) -> Path:
@@ -243,6 +268,336 @@ def _model_name(model: ModelLike, proto: ModelProto) -> str:
     return Path(model).stem
 
 
+@dataclass(frozen=True)
+class ChipTask:
+    """One simulated chip: what a worker needs to know besides the shared inputs.
+
+    Attributes:
+        noise: ``"mul"`` or ``"add"``.
+        eta: noise scale.
+        seed: chip instance.
+        sigma_t: temporal spread relative to eta.
+        sigma_s: spatial spread.
+        temporal: ``"element"`` or ``"layer"``.
+        include_bias: also put noise on analog biases.
+    """
+
+    noise: str
+    eta: float
+    seed: int
+    sigma_t: float = 0.2
+    sigma_s: float = 0.1
+    temporal: str = "element"
+    include_bias: bool = False
+
+    @property
+    def key(self) -> Tuple[str, float, int]:
+        """``(noise, eta, seed)``: how the results file names this chip."""
+        return (self.noise, float(self.eta), int(self.seed))
+
+    def noise_model(self) -> NoiseModel:
+        return make_noise(self.noise, float(self.eta), sigma_t=self.sigma_t, sigma_s=self.sigma_s, seed=int(self.seed),
+                          temporal=self.temporal, include_bias=self.include_bias)
+
+    def __repr__(self) -> str:
+        return f"{self.noise} eta={self.eta:g} seed={self.seed}"
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a sweep covers: one noise kind and its settings, over etas x seeds.
+
+    Attributes:
+        noise: ``"mul"`` or ``"add"``.
+        etas: noise scales.
+        seeds: chip seeds (the same seeds for every eta).
+        sigma_t: temporal spread relative to eta.
+        sigma_s: spatial spread.
+        temporal: ``"element"`` or ``"layer"``.
+        include_bias: also put noise on analog biases.
+    """
+
+    noise: str
+    etas: Tuple[float, ...]
+    seeds: Tuple[int, ...]
+    sigma_t: float = 0.2
+    sigma_s: float = 0.1
+    temporal: str = "element"
+    include_bias: bool = False
+
+    @classmethod
+    def of(cls, noise: str, etas: Sequence[float], seeds: Union[int, Sequence[int]] = 5, **settings) -> "SweepPlan":
+        """A plan with ``seeds`` given as a count ``K`` (seeds ``0..K-1``) or as the seeds themselves."""
+        seed_list = range(int(seeds)) if isinstance(seeds, (int, np.integer)) else seeds
+        return cls(noise, tuple(float(e) for e in etas), tuple(int(s) for s in seed_list), **settings)
+
+    def tasks(self) -> List[ChipTask]:
+        """One task per chip, eta-major (the order of the report's rows).
+
+        Raises:
+            NabnError: no eta, no seed, or invalid noise settings.
+        """
+        if not self.seeds:
+            raise NabnError("a sweep needs at least one seed")
+        if not self.etas:
+            raise NabnError("a sweep needs at least one eta")
+        tasks = [ChipTask(self.noise, eta, seed, self.sigma_t, self.sigma_s, self.temporal, self.include_bias)
+                 for eta in self.etas for seed in self.seeds]
+        for task in tasks:
+            task.noise_model()  # validates here, before any work, rather than in a worker
+        return tasks
+
+    def shared_settings(self) -> Dict[str, object]:
+        """The noise settings every chip shares (not eta, not seed)."""
+        return {"noise": self.noise, "sigma_t": self.sigma_t, "sigma_s": self.sigma_s, "temporal": self.temporal,
+                "include_bias": self.include_bias}
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """How each chip is calibrated and evaluated, and where its sessions run.
+
+    Attributes:
+        method: calibration method, ``"paper"``, ``"delta"`` or ``"auto"`` (see :func:`~nabn_onnx.calibrate`).
+        metric: a one-number metric (``"top1"``, ``"top5"``, ``"miou"``, ``"pixel-acc"``, a
+            :class:`~nabn_onnx.evaluation.metrics.Metric` or a callable; a name for parallel sweeps
+            unless the object pickles).
+        estimator: how calibration combines batch statistics.
+        batch_size: samples per batch for file and dict data.
+        calib_batches: calibrate on at most this many batches.
+        test_batches: evaluate on at most this many batches.
+        output: model output the metric reads (index or name).
+        ignore_index: segmentation label never counted.
+        ignore_background: drop background pixels in segmentation metrics.
+        reuse_sessions: one session for all chips of a worker, weights fed per chip (see the module docstring).
+        providers: onnxruntime execution providers, in order of preference (None: CPU).
+    """
+
+    method: str = "auto"
+    metric: MetricLike = "top1"
+    estimator: Estimator = DEFAULT_ESTIMATOR
+    batch_size: int = 64
+    calib_batches: Optional[int] = None
+    test_batches: Optional[int] = None
+    output: OutputLike = None
+    ignore_index: Optional[int] = IGNORE_INDEX
+    ignore_background: Optional[bool] = None
+    reuse_sessions: bool = False
+    providers: Optional[Tuple[str, ...]] = None
+
+    def eval_options(self) -> Dict[str, object]:
+        return dict(metric=self.metric, batch_size=self.batch_size, max_batches=self.test_batches,
+                    ignore_index=self.ignore_index, ignore_background=self.ignore_background)
+
+    def describe(self) -> Dict[str, object]:
+        """JSON-able, for the results file's header (a resumed sweep must match it)."""
+        return {"method": self.method, "metric": _metric_name(self.metric), "estimator": asdict(self.estimator),
+                "batch_size": self.batch_size, "calib_batches": self.calib_batches,
+                "test_batches": self.test_batches, "output": self.output, "ignore_index": self.ignore_index,
+                "ignore_background": self.ignore_background, "reuse_sessions": self.reuse_sessions,
+                "providers": list(self.providers) if self.providers else None}
+
+
+@dataclass(frozen=True)
+class SweepInputs:
+    """What every chip of one sweep reads: models, data, settings. Plain and picklable.
+
+    Executors replace the models and data (:meth:`map_shared`) by what their workers can
+    reach: files in a shared folder, or references into Ray's object store.
+
+    Attributes:
+        key: identifies the sweep, so a worker keeps its loaded models and sessions across chips.
+        clean: the clean model.
+        prepared: the model with its fused BatchNorms split out and clean statistics measured.
+        calib: calibration data.
+        test: labelled test data.
+        weights: the analog weights that get noise.
+        settings: how each chip is measured.
+    """
+
+    key: str
+    clean: object
+    prepared: object
+    calib: object
+    test: object
+    weights: Tuple[str, ...]
+    settings: SweepSettings
+
+    def map_shared(self, fn: Callable[[object], object]) -> "SweepInputs":
+        return replace(self, clean=fn(self.clean), prepared=fn(self.prepared), calib=fn(self.calib), test=fn(self.test))
+
+
+class _ChipState:
+    """What a worker keeps between chips of one sweep: the models and the session runners."""
+
+    def __init__(self, inputs: SweepInputs):
+        self.clean, self.prepared = inputs.clean, inputs.prepared
+        settings, weights = inputs.settings, list(inputs.weights)
+        options = settings.eval_options()
+        self.vanilla = _ChipRunner(settings.reuse_sessions, lambda _: weights, settings.output, settings.providers,
+                                   options)
+        self.nabn = _ChipRunner(settings.reuse_sessions, lambda first: weights + _bn_param_names(first),
+                                settings.output, settings.providers, options)
+
+
+#: Per-process cache: the state of the sweep this process last worked for.
+_STATE: Dict[str, _ChipState] = {}
+
+
+def run_chip(task: ChipTask, inputs: SweepInputs) -> Dict[str, object]:
+    """Measure one chip: vanilla accuracy with its noisy weights, and NaBN accuracy after calibration.
+
+    Every executor runs this same function, so a chip's numbers do not depend on where it ran.
+
+    Returns:
+        ``{"noise", "eta", "seed", "vanilla", "nabn", "seconds": {...}, "worker": "host:pid"}``.
+    """
+    crash_hook(task.seed)
+    state = _STATE.get(inputs.key)
+    if state is None:
+        _STATE.clear()
+        state = _STATE[inputs.key] = _ChipState(inputs)
+    settings = inputs.settings
+    sessions_before = state.vanilla.session_seconds + state.nabn.session_seconds
+    noise = task.noise_model()
+    t0 = time.perf_counter()
+    noisy = InjectWeightNoisePass(noise)(copy.deepcopy(state.clean)).model
+    vanilla = state.vanilla.run(noisy, inputs.test)
+    t1 = time.perf_counter()
+    calibrated = calibrate(state.prepared, inputs.calib, noise=noise, method=settings.method,
+                           estimator=settings.estimator, batch_size=settings.batch_size,
+                           max_batches=settings.calib_batches, providers=settings.providers).model
+    t2 = time.perf_counter()
+    nabn = state.nabn.run(calibrated, inputs.test)
+    t3 = time.perf_counter()
+    sessions = state.vanilla.session_seconds + state.nabn.session_seconds - sessions_before
+    return {"noise": noise.kind, "eta": noise.eta, "seed": noise.seed, "vanilla": vanilla, "nabn": nabn,
+            "seconds": {"vanilla": t1 - t0, "calibrate": t2 - t1, "nabn": t3 - t2, "sessions": sessions},
+            "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def _fingerprint(model: ModelProto) -> str:
+    """A digest of the graph and its weights, piece by piece (so models over 2 GB work too)."""
+    digest = hashlib.sha256()
+    graph = model.graph
+    for part in (*graph.input, *graph.output, *graph.node):
+        digest.update(part.SerializeToString())
+    for tensor in graph.initializer:
+        digest.update(tensor.name.encode())
+        digest.update(numpy_helper.to_array(tensor).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_picklable(settings: SweepSettings) -> None:
+    try:
+        pickle.dumps(settings)
+    except Exception as exc:  # what pickle raises depends on the object
+        raise NabnError(f"a parallel sweep sends its settings to other processes, and they do not pickle ({exc}); "
+                        "give the metric by name") from None
+
+
+def run_sweep(
+    model: ModelLike,
+    calib: DataLike,
+    test: DataLike,
+    plan: SweepPlan,
+    settings: SweepSettings = SweepSettings(),
+    *,
+    executor: Optional[Executor] = None,
+    results: Union[str, Path, None] = None,
+    resume: bool = False,
+    show_progress: bool = False,
+) -> SweepReport:
+    """Accuracy of vanilla and NaBN models over a plan of chips, on any executor, resumable.
+
+    The model's fused BatchNorms are split out and their clean statistics measured once,
+    here; then every chip (one :class:`ChipTask`) is measured by :func:`run_chip` on
+    ``executor``. Each finished chip is appended to ``results`` (JSON lines, flushed and
+    fsync-ed, see :mod:`nabn_onnx.evaluation.results`) as it ends.
+
+    Args:
+        model: path or ``ModelProto`` (BatchNorm kept or fused; not modified).
+        calib: calibration data (no labels needed).
+        test: labelled test data.
+        plan: the chips.
+        settings: how each chip is measured.
+        executor: where chips run (:func:`~nabn_onnx.evaluation.executors.make_executor`;
+            serial by default).
+        results: the JSON-lines results file (None: none is written).
+        resume: continue the sweep in ``results``: chips already there are not run again.
+        show_progress: draw chips done / total and the ETA on a terminal.
+
+    Returns:
+        A :class:`SweepReport` with one row per chip of the plan, in plan order.
+
+    Raises:
+        NabnError: bad model, data or settings, or a results file of another sweep.
+    """
+    started = time.perf_counter()
+    executor = executor or SerialExecutor()
+    tasks = plan.tasks()
+    if resume and results is None:
+        raise NabnError("--resume needs --results: the file of the sweep to continue")
+    if not isinstance(executor, SerialExecutor):
+        _check_picklable(settings)
+    if settings.providers:
+        settings = replace(settings, providers=tuple(check_providers(settings.providers)))
+    calib, test = replayable(calib), replayable(test)
+    proto = load_model(copy.deepcopy(model) if isinstance(model, ModelProto) else model)
+    weights = noisy_tensor_names(proto, include_bias=plan.include_bias)
+    if not weights:
+        raise NabnError("the model has no analog layer with a constant weight: nothing to put noise on")
+    clean = _ChipRunner(False, lambda _: weights, settings.output, settings.providers,
+                        settings.eval_options()).run(proto, test)
+    store = None
+    if results is not None:
+        header = {"model": _model_name(model, proto), "fingerprint": _fingerprint(proto),
+                  "metric": _metric_name(settings.metric), "method": settings.method,
+                  "settings": plan.shared_settings(), "measure": settings.describe(), "clean": clean}
+        store = ResultsFile.open(results, header, resume=resume)
+    try:
+        done = {} if store is None else {k: _report_row(r) for k, r in store.rows.items()}
+        todo = [t for t in tasks if t.key not in done]
+        resumed = len(tasks) - len(todo)
+        timing = {"calibrate": 0.0, "vanilla": 0.0, "nabn": 0.0, "sessions": 0.0}
+        if todo:
+            t0 = time.perf_counter()
+            prepared = split(proto, calib, batch_size=settings.batch_size, max_batches=settings.calib_batches,
+                             providers=settings.providers).model
+            timing["split"] = time.perf_counter() - t0
+            inputs = SweepInputs(uuid.uuid4().hex, proto, prepared, calib, test, tuple(weights), settings)
+            with Progress(f"sweep {plan.noise}", len(tasks), enabled=show_progress, initial=resumed) as bar:
+                try:
+                    for task, row in executor.run(run_chip, todo, inputs):
+                        if store is not None:
+                            store.append(row)
+                        for part, seconds in row["seconds"].items():
+                            timing[part] = timing.get(part, 0.0) + seconds
+                        done[task.key] = _report_row(row)
+                        bar.update()
+                finally:
+                    _STATE.clear()  # the serial executor's models and sessions
+        if resumed:
+            logger.info("resumed %s: %d of %d chip(s) were already done", results, resumed, len(tasks))
+    finally:
+        if store is not None:
+            store.close()
+    report = SweepReport(_model_name(model, proto), _metric_name(settings.metric), settings.method,
+                         make_noise(plan.noise, plan.etas[0], **{k: v for k, v in plan.shared_settings().items()
+                                                                if k != "noise"}).describe(),
+                         clean, rows=[done[t.key] for t in tasks], reuse_sessions=settings.reuse_sessions,
+                         executor=executor.describe(), resumed=resumed)
+    timing["total"] = time.perf_counter() - started
+    report.seconds = timing
+    logger.info("%s", report.summary())
+    return report
+
+
+def _report_row(row: Mapping[str, object]) -> Dict[str, object]:
+    return {"noise": row["noise"], "eta": float(row["eta"]), "seed": int(row["seed"]),
+            "vanilla": row["vanilla"], "nabn": row["nabn"]}
+
+
 def sweep(
     model: ModelLike,
     calib: DataLike,
@@ -268,7 +623,11 @@ def sweep(
     providers: Optional[Sequence[str]] = None,
     show_progress: bool = False,
 ) -> SweepReport:
-    """Accuracy of vanilla and NaBN models over noise scales and simulated chips.
+    """Accuracy of vanilla and NaBN models over noise scales and simulated chips, serially.
+
+    The keyword form of :func:`run_sweep`: the keywords fill a :class:`SweepPlan` (noise,
+    etas, seeds, sigma_t, sigma_s, temporal, include_bias) and :class:`SweepSettings` (the
+    rest). For parallel, Ray or resumable sweeps call :func:`run_sweep`.
 
     Args:
         model: path or ``ModelProto`` (BatchNorm kept or fused; not modified).
@@ -277,24 +636,10 @@ def sweep(
         noise: ``"mul"`` or ``"add"``.
         etas: noise scales.
         seeds: number of chips ``K`` (seeds ``0..K-1``) or the seeds themselves.
-        method: calibration method, ``"paper"``, ``"delta"`` or ``"auto"`` (see :func:`~nabn_onnx.calibrate`).
-        metric: a one-number metric (``"top1"``, ``"top5"``, ``"miou"``, ``"pixel-acc"``,
-            a :class:`~nabn_onnx.evaluation.metrics.Metric` or a callable).
-        sigma_t: temporal spread relative to eta.
-        sigma_s: spatial spread.
-        temporal: ``"element"`` or ``"layer"`` (see :mod:`nabn_onnx.noise`).
-        include_bias: also put noise on analog biases.
-        estimator: how calibration combines batch statistics.
-        batch_size: samples per batch for file and dict data.
-        calib_batches: calibrate on at most this many batches.
-        test_batches: evaluate on at most this many batches.
-        output: model output the metric reads (index or name).
-        ignore_index: segmentation label never counted.
-        ignore_background: drop background pixels in segmentation metrics.
-        reuse_sessions: one session for all chips, weights fed per chip, instead of a
-            session per chip (the default; see the module docstring for why).
-        providers: onnxruntime execution providers.
-        show_progress: draw a progress bar over the (eta, seed) grid.
+        method, metric, estimator, batch_size, calib_batches, test_batches, output,
+            ignore_index, ignore_background, reuse_sessions, providers: see :class:`SweepSettings`.
+        sigma_t, sigma_s, temporal, include_bias: see :class:`SweepPlan`.
+        show_progress: draw a progress bar over the chips.
 
     Returns:
         A :class:`SweepReport` with one row per (eta, seed).
@@ -302,54 +647,13 @@ def sweep(
     Raises:
         NabnError: bad model, data or settings (one-line message).
     """
-    started = time.perf_counter()
-    seed_list = list(range(seeds)) if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
-    if not seed_list:
-        raise NabnError("a sweep needs at least one seed")
-    if not etas:
-        raise NabnError("a sweep needs at least one eta")
-    settings = make_noise(noise, float(etas[0]), sigma_t=sigma_t, sigma_s=sigma_s, temporal=temporal,
-                          include_bias=include_bias).describe()
-    noises = [make_noise(noise, float(eta), sigma_t=sigma_t, sigma_s=sigma_s, seed=seed, temporal=temporal,
-                         include_bias=include_bias) for eta in etas for seed in seed_list]
-    calib, test = replayable(calib), replayable(test)
-    proto = load_model(copy.deepcopy(model) if isinstance(model, ModelProto) else model)
-    weights = noisy_tensor_names(proto, include_bias=include_bias)
-    if not weights:
-        raise NabnError("the model has no analog layer with a constant weight: nothing to put noise on")
-    eval_options = dict(metric=metric, batch_size=batch_size, max_batches=test_batches, ignore_index=ignore_index,
-                        ignore_background=ignore_background)
-    vanilla = _ChipRunner(reuse_sessions, lambda _: weights, output, providers, eval_options)
-    clean = vanilla.run(proto, test)
-
-    prepared = split(proto, calib, batch_size=batch_size, max_batches=calib_batches, providers=providers).model
-    nabn = _ChipRunner(reuse_sessions, lambda first: weights + _bn_param_names(first), output, providers,
-                       eval_options)
-    timing = {"calibrate": 0.0, "vanilla": 0.0, "nabn": 0.0}
-    report = SweepReport(_model_name(model, proto), _metric_name(metric), method, settings, clean,
-                         reuse_sessions=reuse_sessions)
-    with Progress(f"sweep {noise}", len(noises), enabled=show_progress) as bar:
-        for chip in noises:
-            t0 = time.perf_counter()
-            noisy = InjectWeightNoisePass(chip)(copy.deepcopy(proto)).model
-            vanilla_value = vanilla.run(noisy, test)
-            t1 = time.perf_counter()
-            calibrated = calibrate(prepared, calib, noise=chip, method=method, estimator=estimator,
-                                   batch_size=batch_size, max_batches=calib_batches, providers=providers).model
-            t2 = time.perf_counter()
-            nabn_value = nabn.run(calibrated, test)
-            t3 = time.perf_counter()
-            timing["vanilla"] += t1 - t0
-            timing["calibrate"] += t2 - t1
-            timing["nabn"] += t3 - t2
-            report.rows.append({"noise": chip.kind, "eta": chip.eta, "seed": chip.seed,
-                                "vanilla": vanilla_value, "nabn": nabn_value})
-            bar.update()
-    timing["sessions"] = vanilla.session_seconds + nabn.session_seconds
-    timing["total"] = time.perf_counter() - started
-    report.seconds = timing
-    logger.info("%s", report.summary())
-    return report
+    plan = SweepPlan.of(noise, etas, seeds, sigma_t=sigma_t, sigma_s=sigma_s, temporal=temporal,
+                        include_bias=include_bias)
+    settings = SweepSettings(method=method, metric=metric, estimator=estimator, batch_size=batch_size,
+                             calib_batches=calib_batches, test_batches=test_batches, output=output,
+                             ignore_index=ignore_index, ignore_background=ignore_background,
+                             reuse_sessions=reuse_sessions, providers=tuple(providers) if providers else None)
+    return run_sweep(model, calib, test, plan, settings, show_progress=show_progress)
 
 
 def _metric_name(metric: MetricLike) -> str:

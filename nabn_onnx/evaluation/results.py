@@ -1,0 +1,173 @@
+"""The JSON-lines results file of a sweep: one line per finished chip, durable as soon as written.
+
+Format (one JSON object per line, UTF-8)::
+
+    {"kind": "header", "format": "nabn-onnx-sweep", "version": 1, "model": ..., "fingerprint": ...,
+     "metric": ..., "method": ..., "settings": {...}, "measure": {...}, "clean": 0.93}
+    {"kind": "chip", "noise": "mul", "eta": 0.1, "seed": 0, "vanilla": 0.41, "nabn": 0.88,
+     "seconds": {"vanilla": ..., "calibrate": ..., "nabn": ..., "sessions": ...}, "worker": "host:pid"}
+    ...
+
+The header says what was swept (the model's fingerprint, the noise settings shared by all
+chips, how each chip is measured, the clean metric); each chip line is written, flushed and
+``fsync``-ed the moment the chip ends, in the order chips finish. A sweep killed at any point
+leaves every finished chip on disk and at most a torn last line, which :meth:`ResultsFile.open`
+drops. Resuming checks that the header matches the new sweep's (same model, data, settings),
+so a results file is never extended with rows of another experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Dict, List, Mapping, Tuple, Union
+
+from ..errors import NabnError
+
+__all__ = ["ResultsFile", "FORMAT", "VERSION", "chip_key"]
+
+FORMAT = "nabn-onnx-sweep"
+VERSION = 1
+
+#: Header fields that must agree for a file to be resumed (``clean`` is checked separately).
+_MATCHED = ("format", "version", "fingerprint", "metric", "method", "settings", "measure")
+
+ChipKey = Tuple[str, float, int]
+
+
+def chip_key(row: Mapping[str, object]) -> ChipKey:
+    """``(noise, eta, seed)`` of a row: what identifies a chip."""
+    return (str(row["noise"]), float(row["eta"]), int(row["seed"]))
+
+
+def _normalize(value):
+    """``value`` as it reads back from JSON (tuples become lists), for comparing headers."""
+    return json.loads(json.dumps(value))
+
+
+class ResultsFile:
+    """Appends chip rows to a JSON-lines file, durably, and reads back the rows of a resumed sweep.
+
+    Use :meth:`open`; then :meth:`append` per finished chip, :meth:`close` at the end.
+
+    Attributes:
+        path: the file.
+        header: the header line's object.
+        rows: chip rows already in the file when it was opened, by ``(noise, eta, seed)``.
+    """
+
+    def __init__(self, path: Path, header: Dict[str, object], rows: Dict[ChipKey, Dict[str, object]], handle):
+        self.path, self.header, self.rows, self._handle = path, header, rows, handle
+        self._worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    @classmethod
+    def open(cls, path: Union[str, Path], header: Dict[str, object], resume: bool) -> "ResultsFile":
+        """Start ``path`` with ``header``, or, with ``resume``, continue the sweep already in it.
+
+        Raises:
+            NabnError: the file exists and ``resume`` is False; with ``resume``, the file is
+                not a sweep results file or was made with another model, data or settings.
+        """
+        path = Path(path)
+        header = _normalize({"kind": "header", "format": FORMAT, "version": VERSION, **header})
+        if path.exists() and path.stat().st_size > 0:
+            if not resume:
+                raise NabnError(f"{path} already holds sweep results: pass --resume to continue that sweep, "
+                                "or choose another results file")
+            found, rows, good_bytes = _read(path)
+            _check_header(path, found, header)
+            _check_clean(path, found, header)
+            handle = open(path, "r+b")
+            handle.truncate(good_bytes)  # a line torn by a kill is dropped, so appends start on a fresh line
+            handle.seek(good_bytes)
+            return cls(path, found, rows, handle)
+        if not path.parent.is_dir():
+            raise NabnError(f"cannot write results to {path}: folder {path.parent} does not exist")
+        handle = open(path, "wb")
+        results = cls(path, header, {}, handle)
+        results._write(header)
+        return results
+
+    def append(self, row: Mapping[str, object]) -> None:
+        """Write one finished chip, flushed and fsync-ed before returning."""
+        line = {"kind": "chip", **row, "worker": row.get("worker", self._worker)}
+        self._write(line)
+        self.rows.setdefault(chip_key(line), dict(line))
+
+    def _write(self, obj: Mapping[str, object]) -> None:
+        self._handle.write((json.dumps(obj, allow_nan=True) + "\n").encode("utf-8"))
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+
+    def __enter__(self) -> "ResultsFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @staticmethod
+    def read(path: Union[str, Path]) -> Tuple[Dict[str, object], List[Dict[str, object]]]:
+        """``(header, chip rows in file order)`` of a results file (a torn last line is skipped)."""
+        header, rows, _ = _read(Path(path))
+        return header, list(rows.values())
+
+
+def _read(path: Path) -> Tuple[Dict[str, object], Dict[ChipKey, Dict[str, object]], int]:
+    """Header, rows by key (first occurrence wins) and the byte length of the well-formed lines."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    good = 0
+    objects = []
+    for number, raw in enumerate(lines, 1):
+        last = number == len(lines)
+        if last and raw == b"":
+            break
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+            if not isinstance(obj, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError):
+            if last:
+                break  # torn by a kill while writing: everything before it is intact
+            raise NabnError(f"{path} line {number} is not a JSON object: not a sweep results file, "
+                            "or damaged other than by an interrupted write") from None
+        if last:
+            break  # a complete object without its newline was torn before the newline: rerun that chip
+        objects.append(obj)
+        good += len(raw) + 1
+    if not objects or objects[0].get("kind") != "header" or objects[0].get("format") != FORMAT:
+        raise NabnError(f"{path} is not a nabn-onnx sweep results file (no header line)")
+    rows: Dict[ChipKey, Dict[str, object]] = {}
+    for number, obj in enumerate(objects[1:], 2):
+        if obj.get("kind") == "chip":
+            try:
+                rows.setdefault(chip_key(obj), obj)
+            except (KeyError, TypeError, ValueError):
+                raise NabnError(f"{path} line {number} is a chip without noise, eta and seed") from None
+    return objects[0], rows, good
+
+
+def _check_header(path: Path, found: Mapping[str, object], wanted: Mapping[str, object]) -> None:
+    for key in _MATCHED:
+        if found.get(key) != wanted.get(key):
+            raise NabnError(f"cannot resume {path}: it was made with another {_what(key)} "
+                            f"({key} {found.get(key)!r}, now {wanted.get(key)!r}); use a new results file")
+
+
+def _what(key: str) -> str:
+    return {"fingerprint": "model", "settings": "noise settings", "measure": "calibration or evaluation settings",
+            "version": "file format version", "format": "file format"}.get(key, key)
+
+
+def _check_clean(path: Path, found: Mapping[str, object], wanted: Mapping[str, object]) -> None:
+    """Refuse to resume when the clean metric moved: the test data (or how it is read) changed."""
+    before, clean = found.get("clean"), wanted.get("clean")
+    if before is not None and clean is not None and float(before) != float(clean):
+        raise NabnError(f"cannot resume {path}: the clean model now scores {clean!r} on the test data, "
+                        f"{before!r} when the file was started (other test data?); use a new results file")
