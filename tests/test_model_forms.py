@@ -156,7 +156,7 @@ def _off_data_model():
 
 
 def test_delta_helps_when_stored_statistics_are_off_the_calibration_data():
-    """Measured before the fix: no calibration 0.136 relative output error, delta 0.207."""
+    """The mean-shift-only update of earlier versions left 52% of the uncalibrated error here; the affine one 5%."""
     model, x = _off_data_model()
     noise = make_noise("mul", 0.3, seed=1)
     clean = run(model, {"input": x})[0]
@@ -167,7 +167,7 @@ def test_delta_helps_when_stored_statistics_are_off_the_calibration_data():
 
     vanilla = error(inject(model, noise).model)
     delta = error(calibrate(model, {"input": x}, noise=noise, method="delta").model)
-    assert delta < 0.5 * vanilla, (delta, vanilla)
+    assert delta < 0.1 * vanilla, (delta, vanilla)
 
 
 # ------------------------------------------------------------------ fixed batch
