@@ -9,14 +9,14 @@ from onnx import ModelProto
 
 from .data import DataLike, check_batching
 from .errors import NabnError, NothingToDoError
-from .graph import find_analog_layers, skip_summary
+from .graph import find_analog_layers, select_layers, skip_summary
 from .io import ModelLike, check_output, load_model, record, save_model
 from .noise import NoiseModel
 from .passes.base import PassResult
 from .passes.inject import InjectWeightNoisePass
-from .passes.split import SplitBatchNormPass, select_layers
+from .passes.split import SplitBatchNormPass
 
-__all__ = ["split", "inject", "inspect_model", "measure_gain"]
+__all__ = ["split", "inject", "inspect_model"]
 
 
 def _load_copy(model: ModelLike) -> ModelProto:
@@ -145,41 +145,3 @@ def inspect_model(model: ModelLike, include: Optional[str] = None, exclude: Opti
     lines.append(f"{len(layers)} analog layer(s): {counts['original']} with an original BatchNorm, "
                  f"{counts['inserted']} with an inserted one, {counts['none']} without")
     return "\n".join(lines)
-
-
-def measure_gain(
-    model: ModelLike,
-    calibrated: ModelProto,
-    test: DataLike,
-    *,
-    noise: Optional[NoiseModel] = None,
-    reference: Optional[ModelLike] = None,
-    metric: str = "top1",
-    batch_size: int = 64,
-    providers: Optional[Sequence[str]] = None,
-) -> dict:
-    """What calibration bought: the metric of the clean, the noisy and the calibrated model.
-
-    Args:
-        model: the model that was calibrated (clean when ``noise`` is given, else the noisy one).
-        calibrated: the calibrated model.
-        test: labelled test data.
-        noise: the simulated chip, when calibration simulated one.
-        reference: the clean model, when ``model`` is already noisy.
-        metric: metric name (see :func:`nabn_onnx.evaluation.evaluate`).
-        batch_size: samples per batch.
-        providers: onnxruntime execution providers.
-
-    Returns:
-        ``{"metric": name, "clean": float or None, "noisy": float, "calibrated": float}``.
-    """
-    from .evaluation import evaluate
-
-    common = dict(metric=metric, batch_size=batch_size, providers=providers)
-    if noise is not None:
-        clean = evaluate(model, test, **common)
-        noisy = evaluate(inject(model, noise).model, test, **common)
-    else:
-        clean = evaluate(reference, test, **common) if reference is not None else None
-        noisy = evaluate(model, test, **common)
-    return {"metric": metric, "clean": clean, "noisy": noisy, "calibrated": evaluate(calibrated, test, **common)}

@@ -160,7 +160,7 @@ def _cmd_calibrate(args, parser) -> int:
                        providers=_providers(args))
     gain = None
     if args.test:
-        from .api import measure_gain
+        from .evaluation.evaluate import measure_gain
 
         gain = measure_gain(args.model, result.model, args.test, noise=noise, reference=args.reference,
                             metric=args.metric, batch_size=args.batch_size, providers=_providers(args))

@@ -21,14 +21,13 @@ import os
 import shutil
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from onnx import ModelProto, helper
 
 from .errors import DataError
+from .feeds import Batch, InputSpec, input_specs
 from .logs import warn_once
 
 __all__ = ["InputSpec", "input_specs", "Batch", "iter_batches", "DataLike", "LABELS_KEY", "replayable",
@@ -38,43 +37,6 @@ logger = logging.getLogger(__name__)
 
 LABELS_KEY = "labels"
 DataLike = Union[str, os.PathLike, Mapping[str, np.ndarray], Iterable[Mapping[str, np.ndarray]], object]
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the model expects of one input: name, numpy dtype, and shape (None for free dims)."""
-
-    name: str
-    dtype: np.dtype
-    shape: Tuple[Optional[int], ...]
-
-
-def input_specs(model: ModelProto) -> List[InputSpec]:
-    """The model's real inputs (graph inputs that are not initializers)."""
-    inits = {t.name for t in model.graph.initializer}
-    specs = []
-    for value in model.graph.input:
-        if value.name in inits:
-            continue
-        tensor_type = value.type.tensor_type
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
-        shape = tuple(
-            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim
-        )
-        specs.append(InputSpec(value.name, dtype, shape))
-    return specs
-
-
-@dataclass
-class Batch:
-    """One batch: the feed dict and, when the data has them, the labels."""
-
-    feeds: Dict[str, np.ndarray]
-    labels: Optional[np.ndarray]
-
-    @property
-    def size(self) -> int:
-        return int(next(iter(self.feeds.values())).shape[0])
 
 
 def npz_header(fh) -> Tuple[Tuple[int, ...], bool, np.dtype]:

@@ -17,10 +17,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import onnx
 from onnx import ModelProto, NodeProto, TensorProto
 
-from .io import read_record
+from .errors import NabnError
+from .io import read_record, weightless_copy
 
 __all__ = ["ANALOG_OPS", "AnalogLayer", "find_analog_layers", "GraphIndex", "layer_name", "infer_ranks", "infer_shapes_light",
-           "skip_summary"]
+           "skip_summary", "select_layers"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def infer_shapes_light(model: ModelProto, batch_size: Optional[int] = None) -> D
     however large the weights are. With ``batch_size``, a symbolic first dimension of each
     model input is fixed to it first.
     """
-    light = _without_weights(model)
+    light = weightless_copy(model)
     if batch_size is not None:
         inits = {t.name for t in model.graph.initializer}
         for value in light.graph.input:
@@ -153,28 +154,6 @@ def infer_shapes_light(model: ModelProto, batch_size: Optional[int] = None) -> D
 def infer_ranks(model: ModelProto) -> Dict[str, int]:
     """Rank of every tensor whose rank shape inference can tell."""
     return {name: len(shape) for name, shape in infer_shapes_light(model).items()}
-
-
-def _without_weights(model: ModelProto) -> ModelProto:
-    """A shallow stand-in of ``model`` whose initializers keep dims and type but no data."""
-    light = ModelProto()
-    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
-        setattr(light, field, getattr(model, field))
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
-    graph = light.graph
-    graph.name = model.graph.name
-    graph.node.extend(model.graph.node)
-    graph.input.extend(model.graph.input)
-    graph.output.extend(model.graph.output)
-    graph.value_info.extend(model.graph.value_info)
-    listed = {i.name for i in graph.input}
-    for init in model.graph.initializer:
-        if init.data_type in (TensorProto.INT64, TensorProto.INT32) and len(init.dims) <= 1 and _numel(init) <= 64:
-            graph.initializer.append(init)  # shape-like constants: inference needs their values
-        elif init.name not in listed:
-            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    return light
 
 
 def _type_name(data_type: int) -> str:
@@ -306,3 +285,25 @@ def skip_summary(layers: Sequence[AnalogLayer], noise: bool = False) -> str:
     if len(ordered) > 1:
         text += f" ({sum(len(g) for g in ordered[1:])} more for other reasons: see nabn-onnx inspect)"
     return text
+
+
+def select_layers(
+    layers: Sequence[AnalogLayer], include: Optional[str] = None, exclude: Optional[str] = None
+) -> List[AnalogLayer]:
+    """Layers whose names match ``include`` (all when None) and not ``exclude`` (``re.search``)."""
+    inc = _compile("include", include)
+    exc = _compile("exclude", exclude)
+    return [
+        layer
+        for layer in layers
+        if (inc is None or inc.search(layer.name)) and (exc is None or not exc.search(layer.name))
+    ]
+
+
+def _compile(option: str, pattern: Optional[str]) -> Optional["re.Pattern[str]"]:
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise NabnError(f"{option} pattern {pattern!r} is not a valid regular expression ({exc})") from None

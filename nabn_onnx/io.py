@@ -39,6 +39,7 @@ __all__ = [
     "check_output_folder",
     "PROTOBUF_LIMIT",
     "default_opset",
+    "weightless_copy",
     "subgraphs",
     "all_nodes",
     "atomic_write_text",
@@ -346,8 +347,12 @@ def _refuse_training_mode(model: ModelProto) -> None:
 _CHECK_KEEP_ELEMENTS = 1024
 
 
-def _without_weights(model: ModelProto) -> ModelProto:
-    """A copy of ``model`` for the checker: large initializers become graph inputs of the same type and shape.
+def weightless_copy(model: ModelProto) -> ModelProto:
+    """A copy of ``model`` without its weights' data: large initializers become graph inputs of the same type and shape.
+
+    Everything else is kept, ``metadata_props`` included, and initializers of up to
+    :data:`_CHECK_KEEP_ELEMENTS` elements stay (shape inference reads shape constants).
+    For the checker and for shape inference, whatever the size of the weights.
 
     onnx's checker serializes the model it is given and parses it again in C++, two extra
     copies of every weight; the weights' own consistency is checked by
@@ -409,11 +414,11 @@ def without_large_initializers(model: ModelProto, min_bytes: int = 1 << 16) -> T
 def check_model(model: ModelProto, *, full: bool = False) -> None:
     """Run onnx's checker, turning its failure into a one-line :class:`ModelError`.
 
-    The checker sees the model without its large weights (see :func:`_without_weights`);
+    The checker sees the model without its large weights (see :func:`weightless_copy`);
     :func:`load_model` checks those separately.
     """
     try:
-        onnx.checker.check_model(_without_weights(model), full_check=full)
+        onnx.checker.check_model(weightless_copy(model), full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"the model fails onnx's checker: {first}") from None

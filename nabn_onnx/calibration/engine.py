@@ -70,13 +70,13 @@ import numpy as np
 from onnx import ModelProto
 
 from ..data import Batch, DataLike, check_batching, input_specs, iter_batches, replayable
-from ..errors import DataError, NabnError, NothingToDoError
-from ..graph import batchnorm_nodes, find_analog_layers, infer_shapes_light, skip_summary
+from ..errors import NabnError, NothingToDoError
+from ..graph import batchnorm_nodes, find_analog_layers, infer_shapes_light, select_layers, skip_summary
 from ..io import ModelLike, check_output, load_model, read_record, record, save_model, without_large_initializers
 from ..logs import once_per_job, warn_once
 from ..noise import NoiseModel
 from ..passes.inject import InjectWeightNoisePass
-from ..passes.split import SplitBatchNormPass, select_layers
+from ..passes.split import SplitBatchNormPass
 from ..passes.write_stats import WriteBatchNormStatsPass, bn_epsilon, read_bn_params
 from ..progress import Progress
 from ..runtime import DYNAMIC, MEASURE, SERVE, BatchPlan, chunks, make_session, plan_batch

@@ -31,7 +31,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ..io import default_opset
-from ..passes.base import Pass, PassResult
+from ..passes.base import Pass, PassResult, PreconditionError
 
 __all__ = ["ExposeBatchNormStatsPass", "StatOutputs"]
 
@@ -80,6 +80,12 @@ class ExposeBatchNormStatsPass(Pass):
         overlap = self.train & self.tap
         if overlap:
             raise ValueError(f"BatchNorms cannot be both trained and tapped: {sorted(overlap)}")
+
+    def requires(self, model: ModelProto) -> None:
+        names = {n.name for n in model.graph.node if n.op_type == "BatchNormalization"}
+        missing = (self.train | self.tap) - names
+        if missing:
+            raise PreconditionError(f"no BatchNormalization named {sorted(missing)}")
 
     def call(self, model: ModelProto) -> PassResult:
         opset = default_opset(model)

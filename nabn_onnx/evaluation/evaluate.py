@@ -21,11 +21,12 @@ from onnx import ModelProto
 from ..data import DataLike, input_specs, iter_batches
 from ..errors import NabnError
 from ..io import ModelLike, load_model
+from ..noise import NoiseModel
 from ..progress import Progress
 from ..runtime import SERVE, make_overridable, make_session, plan_batch, run_chunked
 from .metrics import IGNORE_INDEX, MetricLike, make_metrics
 
-__all__ = ["evaluate", "Evaluator", "Evaluation", "OutputLike"]
+__all__ = ["evaluate", "Evaluator", "Evaluation", "OutputLike", "measure_gain"]
 
 logger = logging.getLogger(__name__)
 
@@ -196,3 +197,41 @@ def evaluate(
     with Progress("evaluating", None, enabled=show_progress) as bar:
         return evaluator.run(data, metric, batch_size=batch_size, max_batches=max_batches, ignore_index=ignore_index,
                              ignore_background=ignore_background, progress=bar).value
+
+
+def measure_gain(
+    model: ModelLike,
+    calibrated: ModelProto,
+    test: DataLike,
+    *,
+    noise: Optional[NoiseModel] = None,
+    reference: Optional[ModelLike] = None,
+    metric: str = "top1",
+    batch_size: int = 64,
+    providers: Optional[Sequence[str]] = None,
+) -> dict:
+    """What calibration bought: the metric of the clean, the noisy and the calibrated model.
+
+    Args:
+        model: the model that was calibrated (clean when ``noise`` is given, else the noisy one).
+        calibrated: the calibrated model.
+        test: labelled test data.
+        noise: the simulated chip, when calibration simulated one.
+        reference: the clean model, when ``model`` is already noisy.
+        metric: metric name (see :func:`nabn_onnx.evaluation.evaluate`).
+        batch_size: samples per batch.
+        providers: onnxruntime execution providers.
+
+    Returns:
+        ``{"metric": name, "clean": float or None, "noisy": float, "calibrated": float}``.
+    """
+    from ..api import inject
+
+    common = dict(metric=metric, batch_size=batch_size, providers=providers)
+    if noise is not None:
+        clean = evaluate(model, test, **common)
+        noisy = evaluate(inject(model, noise).model, test, **common)
+    else:
+        clean = evaluate(reference, test, **common) if reference is not None else None
+        noisy = evaluate(model, test, **common)
+    return {"metric": metric, "clean": clean, "noisy": noisy, "calibrated": evaluate(calibrated, test, **common)}

@@ -14,7 +14,18 @@ from typing import Any, Dict
 
 from onnx import ModelProto
 
-__all__ = ["Pass", "PassResult"]
+__all__ = ["Pass", "PassResult", "PreconditionError", "PostconditionError"]
+
+
+class PreconditionError(Exception):
+    """A pass was given a model it cannot work on (a bug in the caller, not the user's input).
+
+    Like onnx-ir's ``PreconditionError``: raised by :meth:`Pass.requires`.
+    """
+
+
+class PostconditionError(Exception):
+    """A pass left the model in a state it promised not to (a bug in the pass): raised by :meth:`Pass.ensures`."""
 
 
 @dataclass
@@ -39,12 +50,22 @@ class Pass(abc.ABC):
     in_place: bool = True
 
     def __call__(self, model: ModelProto) -> PassResult:
+        if not isinstance(model, ModelProto):
+            raise PreconditionError(f"{type(self).__name__} takes an onnx.ModelProto, got {type(model).__name__}")
+        self.requires(model)
         result = self.call(model)
         if self.in_place and result.model is not model:
-            raise AssertionError(f"{type(self).__name__} claims to work in place but returned a new model")
+            raise PostconditionError(f"{type(self).__name__} claims to work in place but returned a new model")
         if not self.in_place and result.model is model and result.modified:
-            raise AssertionError(f"{type(self).__name__} claims to copy but modified its input")
+            raise PostconditionError(f"{type(self).__name__} claims to copy but modified its input")
+        self.ensures(result.model)
         return result
+
+    def requires(self, model: ModelProto) -> None:
+        """Check what the pass needs of ``model`` before it runs; raise :class:`PreconditionError`."""
+
+    def ensures(self, model: ModelProto) -> None:
+        """Check what the pass promises of its result; raise :class:`PostconditionError`."""
 
     @abc.abstractmethod
     def call(self, model: ModelProto) -> PassResult:

@@ -19,11 +19,10 @@ from typing import List, Optional
 
 from onnx import ModelProto, numpy_helper
 
-from ..graph import find_analog_layers
+from ..graph import find_analog_layers, select_layers
 from ..io import read_record, record
 from ..noise import NoiseModel
 from .base import Pass, PassResult
-from .split import select_layers
 
 __all__ = ["InjectWeightNoisePass", "noisy_tensor_names"]
 

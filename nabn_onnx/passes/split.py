@@ -36,14 +36,12 @@ weight) is selected; ``include``/``exclude`` regular expressions on layer names 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 
-from ..errors import NabnError
-from ..graph import AnalogLayer, find_analog_layers, GraphIndex
+from ..graph import AnalogLayer, GraphIndex, find_analog_layers, select_layers
 from ..io import read_record, record
 from .base import Pass, PassResult
 
@@ -69,28 +67,6 @@ def placeholder_epsilon(dtype) -> float:
     return PLACEHOLDER_EPSILON
 
 _INSERTED_SUFFIX = "/nabn_bn"
-
-
-def select_layers(
-    layers: Sequence[AnalogLayer], include: Optional[str] = None, exclude: Optional[str] = None
-) -> List[AnalogLayer]:
-    """Layers whose names match ``include`` (all when None) and not ``exclude`` (``re.search``)."""
-    inc = _compile("include", include)
-    exc = _compile("exclude", exclude)
-    return [
-        layer
-        for layer in layers
-        if (inc is None or inc.search(layer.name)) and (exc is None or not exc.search(layer.name))
-    ]
-
-
-def _compile(option: str, pattern: Optional[str]) -> Optional["re.Pattern[str]"]:
-    if not pattern:
-        return None
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise NabnError(f"{option} pattern {pattern!r} is not a valid regular expression ({exc})") from None
 
 
 def bn_param_names(bn_name: str) -> Tuple[str, str, str, str]:

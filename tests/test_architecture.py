@@ -1,0 +1,118 @@
+"""The shape of the code: one-way imports, the pass contract, durable writes."""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from builders import images, small_cnn
+from nabn_onnx import calibrate, make_noise
+from nabn_onnx.calibration.statsgraph import ExposeBatchNormStatsPass
+from nabn_onnx.io import save_model
+from nabn_onnx.passes.base import Pass, PassResult, PostconditionError, PreconditionError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+PACKAGE = ROOT / "nabn_onnx"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict:
+    """Module -> the nabn_onnx modules it imports anywhere in its body (lazy imports included)."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = _module_name(path)
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("nabn_onnx"):
+                continue
+            deps.add(target)
+            for alias in node.names:  # "from . import engine" names a module
+                if (ROOT / (target + "." + alias.name).replace(".", "/")).with_suffix(".py").exists():
+                    deps.add(target + "." + alias.name)
+        graph[name] = deps
+    return graph
+
+
+def _reachable(graph: dict, start: str) -> set:
+    # the root package only re-exports the public API (and gives io the version string): not a layer
+    seen, stack = set(), [start]
+    while stack:
+        for dep in graph.get(stack.pop(), ()):
+            if dep not in seen and dep != "nabn_onnx":
+                seen.add(dep)
+                stack.append(dep)
+    return seen
+
+
+def test_imports_have_no_cycle():
+    graph = _import_graph()
+    cycles = sorted(name for name in graph if name != "nabn_onnx" and name in _reachable(graph, name))
+    assert not cycles, f"modules on an import cycle: {cycles}"
+
+
+@pytest.mark.parametrize("module,forbidden", [
+    ("nabn_onnx.api", "nabn_onnx.evaluation"),
+    ("nabn_onnx.api", "nabn_onnx.cli"),
+    ("nabn_onnx.images", "nabn_onnx.data"),
+    ("nabn_onnx.passes.inject", "nabn_onnx.passes.split"),
+    ("nabn_onnx.calibration.statsgraph", "nabn_onnx.calibration.engine"),
+    ("nabn_onnx.runtime", "nabn_onnx.calibration"),
+])
+def test_data_flows_one_way(module: str, forbidden: str):
+    """CLI -> library calls -> passes -> onnxruntime: a lower layer never imports a higher one."""
+    reached = _reachable(_import_graph(), module)
+    assert not any(m == forbidden or m.startswith(forbidden + ".") for m in reached), sorted(reached)
+
+
+class _Replaces(Pass):
+    def call(self, model):
+        return PassResult(small_cnn(), True)
+
+
+def test_pass_contract_errors_have_their_own_types():
+    with pytest.raises(PreconditionError, match="ModelProto"):
+        _Replaces()("not a model")
+    with pytest.raises(PostconditionError, match="in place"):
+        _Replaces()(small_cnn())
+    with pytest.raises(PreconditionError, match="no BatchNormalization named"):
+        ExposeBatchNormStatsPass(train=["missing"])(small_cnn(with_bn=True))
+
+
+def test_expose_pass_returns_its_outputs_and_keeps_no_state():
+    expose = ExposeBatchNormStatsPass(tap=["bn1"])
+    result = expose(small_cnn(with_bn=True))
+    assert set(result.details["outputs"]) == {"bn1"}
+    assert not hasattr(expose, "outputs")
+
+
+def test_saves_are_synced_before_and_after_the_rename(tmp_path: Path, monkeypatch):
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    save_model(small_cnn(), tmp_path / "m.onnx")
+    assert len(synced) >= 2  # the file, then its folder
+
+
+def test_calibration_report_names_its_steps_outcome():
+    result = calibrate(small_cnn(), {"input": images(128)}, noise=make_noise("mul", 0.2, seed=0))
+    data = result.report.to_dict()
+    assert data["mode"] == "simulated" and data["batch"] == "dynamic batch" and data["left"] == {}
+    assert np.isfinite([layer["mean_shift"] for layer in data["layers"]]).all()
