@@ -47,8 +47,9 @@ def reference():
 @pytest.fixture(scope="module")
 def uncalibrated():
     # two bounds on top1 (one sweep) and one upper bound on a custom lower-is-better metric (a second sweep)
-    return check(str(MODEL), str(CALIB), str(TEST),
-                 ["top1>=0.95", "top1=90%", Threshold(_error_rate, 0.1, "max")], **SWEEP)
+    return check(
+        str(MODEL), str(CALIB), str(TEST), ["top1>=0.95", "top1=90%", Threshold(_error_rate, 0.1, "max")], **SWEEP
+    )
 
 
 def test_reference_straddles_the_thresholds(reference):
@@ -102,15 +103,20 @@ def test_json_report(uncalibrated, tmp_path):
 # which Surefire, pytest and most CI reporters follow): required and allowed attributes.
 _JUNIT = {
     "testsuites": (set(), {"name", "time", "tests", "failures", "errors"}),
-    "testsuite": ({"name", "tests", "failures", "errors"},
-                  {"group", "time", "skipped", "timestamp", "hostname", "id", "package", "file", "log", "url"}),
+    "testsuite": (
+        {"name", "tests", "failures", "errors"},
+        {"group", "time", "skipped", "timestamp", "hostname", "id", "package", "file", "log", "url"},
+    ),
     "testcase": ({"name"}, {"time", "classname", "group"}),
     "failure": (set(), {"type", "message"}),
     "property": ({"name", "value"}, set()),
 }
-_CHILDREN = {"testsuites": {"testsuite"}, "testsuite": {"testsuite", "properties", "testcase", "system-out",
-                                                          "system-err"},
-             "testcase": {"skipped", "error", "failure", "system-out", "system-err"}, "properties": {"property"}}
+_CHILDREN = {
+    "testsuites": {"testsuite"},
+    "testsuite": {"testsuite", "properties", "testcase", "system-out", "system-err"},
+    "testcase": {"skipped", "error", "failure", "system-out", "system-err"},
+    "properties": {"property"},
+}
 _SUREFIRE_TIME = re.compile(r"(([0-9]{0,3},)*[0-9]{3}|[0-9]{0,3})*(\.[0-9]*)?")
 
 
@@ -150,8 +156,25 @@ def test_junit_xml(uncalibrated, tmp_path):
 
 
 def _cli(*extra):
-    return ["check", str(MODEL), "--data", str(CALIB), "--test", str(TEST), "--noise", "mul", "--eta", str(ETA),
-            "--seeds", "1", "--method", "paper", "--max-batches", str(CALIB_BATCHES), *extra]
+    return [
+        "check",
+        str(MODEL),
+        "--data",
+        str(CALIB),
+        "--test",
+        str(TEST),
+        "--noise",
+        "mul",
+        "--eta",
+        str(ETA),
+        "--seeds",
+        "1",
+        "--method",
+        "paper",
+        "--max-batches",
+        str(CALIB_BATCHES),
+        *extra,
+    ]
 
 
 def test_cli_exit_codes_and_outputs(tmp_path, capsys, reference):
@@ -169,14 +192,17 @@ def test_cli_exit_codes_and_outputs(tmp_path, capsys, reference):
     assert data["passed"] and data["calibrated"] and data["checks"] == 2
 
 
-@pytest.mark.parametrize("extra, message", [
-    ((), "give at least one threshold"),
-    (("--min", "top1"), "NAME=VALUE"),
-    (("--min", "top1=high"), "must be a number"),
-    (("--min", "recall=0.9"), "unknown metric"),
-    (("--min", "top1=0.9", "--report", "gate.txt"), "must end in .json"),
-    (("--min", "top1=0.9", "--junit", "gate.json"), "must end in .xml"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ((), "give at least one threshold"),
+        (("--min", "top1"), "NAME=VALUE"),
+        (("--min", "top1=high"), "must be a number"),
+        (("--min", "recall=0.9"), "unknown metric"),
+        (("--min", "top1=0.9", "--report", "gate.txt"), "must end in .json"),
+        (("--min", "top1=0.9", "--junit", "gate.json"), "must end in .xml"),
+    ],
+)
 def test_cli_usage_errors_exit_2(extra, message, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert main(_cli(*extra)) == 2

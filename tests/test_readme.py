@@ -37,7 +37,7 @@ PROVIDED = {"stream": lambda: [np.load(FILES["calib.npz"])["input"][i : i + 32] 
 #: Snippet index -> why it is known to fail today (xfail, strict: fixing it makes the test say so).
 KNOWN_FAILURES: Dict[int, str] = {
     1: "the API snippet writes a noisy calibrated chip (nabn.inject recorded) and the dynamic-calibration snippet "
-       "hands it to NabnSession with TemporalNoise, which refuses compounding noise (README bug, issue 9)",
+    "hands it to NabnSession with TemporalNoise, which refuses compounding noise (README bug, issue 9)",
 }
 
 
@@ -83,7 +83,7 @@ def executed(tmp_path_factory):
             try:
                 exec(compile(block, f"README.md python block {index}", "exec"), namespace)
                 outcomes.append(None)
-            except Exception as exc:  # noqa: BLE001 - every failure is reported by its block's test
+            except Exception as exc:  # every failure is reported by its block's test
                 outcomes.append(exc)
     return outcomes
 

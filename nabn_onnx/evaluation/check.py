@@ -35,9 +35,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Union
 
+from ..data import DataLike
 from ..errors import NabnError
 from ..io import ModelLike, atomic_write_text
-from ..data import DataLike
 from .metrics import MetricLike
 from .sweep import SweepReport, sweep
 
@@ -187,11 +187,11 @@ class CheckReport:
         judged = "calibrated" if self.calibrated else "uncalibrated"
         conditions = ", ".join(dict.fromkeys(r.condition for r in self.results))
         verdict = "PASSED" if self.passed else f"FAILED ({len(self.failures)} of {len(self.results)} checks)"
-        worst = ", ".join(
-            f"worst {name} {value:.4f}" for name, value in self.worst().items()
+        worst = ", ".join(f"worst {name} {value:.4f}" for name, value in self.worst().items())
+        return (
+            f"check {verdict}: {self.chips} {judged} chip(s) of {self.model} against {conditions}; {worst}; "
+            f"in {self.seconds:.1f}s"
         )
-        return (f"check {verdict}: {self.chips} {judged} chip(s) of {self.model} against {conditions}; {worst}; "
-                f"in {self.seconds:.1f}s")
 
     def worst(self) -> Dict[str, float]:
         """Per threshold condition's metric, the worst chip's value (lowest for min, highest for max)."""
@@ -203,6 +203,7 @@ class CheckReport:
         return out
 
     def to_dict(self) -> Dict[str, Any]:
+        """The verdict, every (chip, threshold) result and the sweeps behind them, as JSON-ready data."""
         return {
             "passed": self.passed,
             "model": self.model,
@@ -220,6 +221,7 @@ class CheckReport:
         }
 
     def to_json(self) -> str:
+        """:meth:`to_dict` as indented JSON."""
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     def to_junit(self) -> str:
@@ -233,25 +235,44 @@ class CheckReport:
         """
         tests, failures = str(len(self.results)), str(len(self.failures))
         seconds = f"{self.seconds:.3f}"
-        root = ET.Element("testsuites", name="nabn-onnx check", tests=tests, failures=failures, errors="0",
-                          time=seconds)
-        suite = ET.SubElement(root, "testsuite", name=f"nabn-onnx check {self.model}", tests=tests,
-                              failures=failures, errors="0", skipped="0", time=seconds,
-                              timestamp=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
-                              hostname=platform.node() or "localhost")
+        root = ET.Element(
+            "testsuites", name="nabn-onnx check", tests=tests, failures=failures, errors="0", time=seconds
+        )
+        suite = ET.SubElement(
+            root,
+            "testsuite",
+            name=f"nabn-onnx check {self.model}",
+            tests=tests,
+            failures=failures,
+            errors="0",
+            skipped="0",
+            time=seconds,
+            timestamp=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+            hostname=platform.node() or "localhost",
+        )
         properties = ET.SubElement(suite, "properties")
-        items = {"model": self.model, "calibrated": str(self.calibrated).lower(), "method": self.method,
-                 "nabn-onnx": self.version, **{f"clean.{k}": f"{v:.6g}" for k, v in self.clean.items()},
-                 **{k: json.dumps(v) if isinstance(v, (list, bool)) else str(v) for k, v in self.settings.items()}}
+        items = {
+            "model": self.model,
+            "calibrated": str(self.calibrated).lower(),
+            "method": self.method,
+            "nabn-onnx": self.version,
+            **{f"clean.{k}": f"{v:.6g}" for k, v in self.clean.items()},
+            **{k: json.dumps(v) if isinstance(v, (list, bool)) else str(v) for k, v in self.settings.items()},
+        }
         for name, value in items.items():
             ET.SubElement(properties, "property", name=name, value=value)
         classname = f"nabn_onnx.check.{self.model}.{'calibrated' if self.calibrated else 'uncalibrated'}"
         for r in self.results:
-            case = ET.SubElement(suite, "testcase", classname=classname, name=f"{r.chip}: {r.condition}",
-                                 time=f"{r.seconds:.3f}")
+            case = ET.SubElement(
+                suite, "testcase", classname=classname, name=f"{r.chip}: {r.condition}", time=f"{r.seconds:.3f}"
+            )
             if not r.passed:
-                failure = ET.SubElement(case, "failure", type="ThresholdNotMet",
-                                        message=f"{r.metric} {r.value:.4f} does not meet {r.condition}")
+                failure = ET.SubElement(
+                    case,
+                    "failure",
+                    type="ThresholdNotMet",
+                    message=f"{r.metric} {r.value:.4f} does not meet {r.condition}",
+                )
                 failure.text = r.line()
             else:
                 ET.SubElement(case, "system-out").text = r.line()
@@ -274,6 +295,13 @@ def _as_thresholds(thresholds: Sequence[Union[Threshold, str]]) -> List[Threshol
     if not out:
         raise NabnError("a check needs at least one threshold (e.g. top1>=0.95)")
     return out
+
+
+def _number(value: object) -> float:
+    """A sweep row's number (rows are typed ``Dict[str, object]``)."""
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"a sweep row holds {type(value).__name__} where a number belongs")
+    return float(value)
 
 
 def _metric_key(metric: MetricLike) -> Any:
@@ -327,17 +355,33 @@ def check(
         column = "nabn" if calibrated else "vanilla"
         share = report.seconds.get("total", 0.0) / max(len(report.rows), 1)
         for row in report.rows:
-            value = float(row[column])
+            value = _number(row[column])
             for threshold in group:
-                results.append(ChipResult(str(row["noise"]), float(row["eta"]), int(row["seed"]), report.metric,
-                                          threshold.kind, float(threshold.bound), value, threshold.holds(value), share))
+                results.append(
+                    ChipResult(
+                        str(row["noise"]),
+                        _number(row["eta"]),
+                        int(_number(row["seed"])),
+                        report.metric,
+                        threshold.kind,
+                        float(threshold.bound),
+                        value,
+                        threshold.holds(value),
+                        share,
+                    )
+                )
     first = next(iter(sweeps.values()))
     settings = {k: v for k, v in first.settings.items() if k not in ("eta", "seed")}
-    settings["etas"] = sorted({float(row["eta"]) for row in first.rows})
-    settings["seeds"] = sorted({int(row["seed"]) for row in first.rows})
+    settings["etas"] = sorted({_number(row["eta"]) for row in first.rows})
+    settings["seeds"] = sorted({int(_number(row["seed"])) for row in first.rows})
     return CheckReport(
-        model=first.model, calibrated=calibrated, method=first.method, settings=settings,
-        clean={name: r.clean for name, r in sweeps.items()}, results=results,
-        sweeps={name: r.to_dict() for name, r in sweeps.items()}, seconds=time.perf_counter() - started,
+        model=first.model,
+        calibrated=calibrated,
+        method=first.method,
+        settings=settings,
+        clean={name: r.clean for name, r in sweeps.items()},
+        results=results,
+        sweeps={name: r.to_dict() for name, r in sweeps.items()},
+        seconds=time.perf_counter() - started,
         version=__version__,
     )
