@@ -397,7 +397,10 @@ def _add_check_command(sub, common: argparse.ArgumentParser) -> None:
                    help="every chip must stay at most VALUE (for metrics where lower is better); repeatable")
     p.add_argument("--calibrated", action="store_true",
                    help="judge each chip after NaBN calibration on --data (default: the noisy chip as it is)")
-    p.add_argument("--noise", choices=["mul", "add"], required=True, help="MUL: W + W*N_T*N_S; ADD: W + N_T*N_S")
+    from .noise import NOISE_MODELS
+
+    p.add_argument("--noise", choices=sorted(NOISE_MODELS), required=True,
+                   help="device noise model (MUL: W + W*N_T*N_S; ADD: W + N_T*N_S; others as registered)")
     p.add_argument("--eta", required=True, help="noise scale(s), comma-separated; every (eta, seed) is one chip")
     p.add_argument("--seeds", default="3", help="chips per eta: a count K (seeds 0..K-1) or a list 3,7,11 (default 3)")
     p.add_argument("--sigma-t", type=float, default=0.2, help="temporal spread relative to eta (default 0.2)")

@@ -351,6 +351,8 @@ def check(
     sweeps: Dict[str, SweepReport] = {}
     for group in groups.values():
         report = sweep(model, calib, test, metric=group[0].metric, **sweep_options)
+        if report.metric in sweeps:  # two metric objects of the same name: keep both apart
+            report.metric = f"{report.metric}_{len(sweeps)}"
         sweeps[report.metric] = report
         column = "nabn" if calibrated else "vanilla"
         share = report.seconds.get("total", 0.0) / max(len(report.rows), 1)
