@@ -7,7 +7,8 @@ calibration, and the gate's verdict for each. The README's table comes from::
 
     python tools/gate_samples.py
 
-(about 5 minutes on two busy cores). ``--models resnet_fused,ppocr_cls`` runs a subset;
+(18 minutes on two cores shared with other jobs, 5 of them for the digits models).
+``--models resnet_fused,ppocr_cls`` runs a subset;
 ``--seeds``, ``--bound`` and ``--method`` change the gate.
 """
 
