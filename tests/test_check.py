@@ -240,3 +240,76 @@ def test_library_refuses_a_metric_argument_and_no_thresholds():
         check(str(MODEL), str(CALIB), str(TEST), "top1>=0.9", metric="top5", **SWEEP)
     with pytest.raises(NabnError, match="at least one threshold"):
         check(str(MODEL), str(CALIB), str(TEST), [], **SWEEP)
+
+
+def _segmenter(classes: int = 4, channels: int = 8, seed: int = 0):
+    """Conv-ReLU-Conv 1x1 per-pixel classifier: (N, 1, 8, 8) -> logits (N, classes, 8, 8)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weights = {
+        "w1": rng.normal(0, 0.8, (channels, 1, 3, 3)),
+        "b1": rng.normal(0, 0.1, channels),
+        "w2": rng.normal(0, 0.8, (classes, channels, 1, 1)),
+    }
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["logits"], name="conv2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "segmenter",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes, 8, 8])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _miou_without_background(predicted: np.ndarray, labels: np.ndarray, classes: int) -> float:
+    """The paper's mIoU by hand: pixels labelled 0 left out, mean over classes 1.. that occur."""
+    keep = labels != 0
+    ious = []
+    for c in range(1, classes):
+        hit_p, hit_l = (predicted == c) & keep, (labels == c) & keep
+        union = (hit_p | hit_l).sum()
+        if union:
+            ious.append((hit_p & hit_l).sum() / union)
+    return float(np.mean(ious))
+
+
+def test_segmentation_metric_against_a_hand_computed_miou():
+    """Any metric sweep takes works in a gate: mIoU on per-pixel logits, checked against numpy."""
+    import onnxruntime as ort
+
+    model = _segmenter()
+    x = np.random.default_rng(5).uniform(0, 1, (64, 1, 8, 8)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    labels = session.run(None, {"input": x})[0].argmax(axis=1).astype(np.int64)  # clean mIoU is 1 by construction
+    data = {"input": x, "labels": labels}
+    report = check(
+        model,
+        {"input": x},
+        data,
+        ["miou>=0.99", "miou<=0.999"],
+        noise="mul",
+        etas=[0.5],
+        seeds=[0, 1],
+        method="paper",
+        batch_size=32,
+    )
+    assert report.clean == {"miou": pytest.approx(1.0)}
+    for seed in (0, 1):
+        noisy = inject(model, make_noise("mul", 0.5, seed=seed)).model
+        noisy_session = ort.InferenceSession(noisy.SerializeToString(), providers=["CPUExecutionProvider"])
+        predicted = noisy_session.run(None, {"input": x})[0].argmax(axis=1)
+        expected = _miou_without_background(predicted, labels, 4)
+        values = [r.value for r in report.results if r.seed == seed]
+        assert values == [pytest.approx(expected, abs=1e-9)] * 2
+        assert expected < 0.99  # the noisy chip misses the lower bound and meets the upper one
+    assert [(r.kind, r.passed) for r in report.results] == [("min", False), ("max", True)] * 2
