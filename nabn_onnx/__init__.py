@@ -1,10 +1,17 @@
 """nabn-onnx: Noise-Aware BatchNorm for ONNX models on analog PIM hardware."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
+try:
+    # the installed distribution's version, so there is one source of truth: pyproject.toml
+    __version__: str = _distribution_version("nabn-onnx")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 from .api import inject, inspect_model, split
 from .calibration import CalibrationReport, CalibrationResult, Estimator, NabnSession, TemporalNoise, calibrate
-from .evaluation import diagnose, evaluate, sweep
+from .evaluation import CheckReport, Threshold, check, diagnose, evaluate, sweep
 from .evaluation import SweepPlan, SweepSettings, make_executor, run_sweep
 from .errors import DataError, ModelError, NabnError, NoiseConfigError, NothingToDoError
 from .images import ImageFolder
@@ -21,4 +28,5 @@ __all__ = [
     "Pass", "PassResult", "SplitBatchNormPass", "InjectWeightNoisePass",
     "evaluate", "sweep", "diagnose",
     "run_sweep", "SweepPlan", "SweepSettings", "make_executor",
+    "check", "CheckReport", "Threshold",
 ]

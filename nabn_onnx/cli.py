@@ -390,6 +390,92 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_cmd_diagnose)
 
 
+def _cmd_check(args, parser) -> int:
+    """The robustness gate: 0 passed, 1 a chip missed a threshold, 2 the gate could not run."""
+    try:
+        return _run_check(args)
+    except NabnError as exc:
+        # a gate that cannot run is a usage error, not a model that failed: CI must tell them apart
+        print(f"nabn-onnx check: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_check(args) -> int:
+    from .evaluation import check
+    from .evaluation.check import parse_threshold
+    from .evaluation.sweep import parse_floats
+
+    thresholds = [parse_threshold(t, "min") for t in args.min or []]
+    thresholds += [parse_threshold(t, "max") for t in args.max or []]
+    if not thresholds:
+        raise NabnError("give at least one threshold: --min top1=0.95 (or --max NAME=VALUE)")
+    report_path = _report_suffix(args.report, (".json",))
+    junit_path = _report_suffix(args.junit, (".xml",))
+    seeds = _parse_seeds(args.seeds)
+    report = check(args.model, _data_source(args.data, args), _data_source(args.test, args), thresholds,
+                   calibrated=args.calibrated, noise=args.noise, etas=parse_floats(args.eta, "eta"), seeds=seeds,
+                   method=args.method, sigma_t=args.sigma_t, sigma_s=args.sigma_s, temporal=args.temporal,
+                   include_bias=args.include_bias, batch_size=args.batch_size, calib_batches=args.max_batches,
+                   test_batches=args.test_batches, output=_output_arg(args), ignore_index=args.ignore_index,
+                   ignore_background=args.ignore_background, show_progress=not args.quiet)
+    if report_path:
+        report.write(report_path)
+    if junit_path:
+        report.write(junit_path)
+    for failure in report.failures:
+        # the failing lines go to stdout even with -q: they are the command's answer
+        print(failure.line())
+    _say(args, report.summary())
+    return 0 if report.passed else 1
+
+
+def _parse_seeds(text: str):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise NabnError(f"--seeds must be a count or comma-separated integers, got {text!r}") from None
+    if not values:
+        raise NabnError("--seeds is empty")
+    return values if "," in text else values[0]
+
+
+def _add_check_command(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("check", parents=[common],
+                       help="robustness gate: exit 0 when every simulated chip meets every threshold, 1 when not")
+    p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
+    p.add_argument("--data", required=True, help="calibration data (.npz or image folder)")
+    p.add_argument("--test", required=True, help="labelled test data (.npz with 'labels' or image folder)")
+    p.add_argument("--min", action="append", metavar="METRIC=VALUE",
+                   help="every chip must reach at least VALUE (a fraction, or a percentage: top1=95%%); repeatable; "
+                        "metrics: top1, top5, top<k>, miou, pixel-acc")
+    p.add_argument("--max", action="append", metavar="METRIC=VALUE",
+                   help="every chip must stay at most VALUE (for metrics where lower is better); repeatable")
+    p.add_argument("--calibrated", action="store_true",
+                   help="judge each chip after NaBN calibration on --data (default: the noisy chip as it is)")
+    from .noise import NOISE_MODELS
+
+    p.add_argument("--noise", choices=sorted(NOISE_MODELS), required=True,
+                   help="device noise model (MUL: W + W*N_T*N_S; ADD: W + N_T*N_S; others as registered)")
+    p.add_argument("--eta", required=True, help="noise scale(s), comma-separated; every (eta, seed) is one chip")
+    p.add_argument("--seeds", default="3", help="chips per eta: a count K (seeds 0..K-1) or a list 3,7,11 (default 3)")
+    p.add_argument("--sigma-t", type=float, default=0.2, help="temporal spread relative to eta (default 0.2)")
+    p.add_argument("--sigma-s", type=float, default=0.1, help="spatial spread of N_S (default 0.1)")
+    p.add_argument("--temporal", choices=["element", "layer"], default="element")
+    p.add_argument("--include-bias", action="store_true", help="also put noise on analog layers' biases")
+    _method_arg(p)
+    p.add_argument("--output-name", help="model output the metric reads: name or index (default: the first)")
+    p.add_argument("--ignore-index", type=int, default=255, help="segmentation label never counted (default 255)")
+    p.add_argument("--ignore-background", action=argparse.BooleanOptionalAction, default=None,
+                   help="drop background (class 0) pixels (default: yes for miou, as the paper; no for pixel-acc)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
+    p.add_argument("--test-batches", type=int, help="evaluate on at most this many batches")
+    p.add_argument("--report", help="write the verdict and every chip's numbers as JSON")
+    p.add_argument("--junit", help="write JUnit XML (one test case per chip and threshold) for CI test reports")
+    _image_args(p)
+    p.set_defaults(func=_cmd_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``nabn-onnx``."""
     parser = argparse.ArgumentParser(
@@ -461,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_inspect)
 
     _add_evaluation_commands(sub, common)
+    _add_check_command(sub, common)
     return parser
 
 

@@ -84,6 +84,10 @@ class ImageFolder:
     layout: Optional[str] = None
 
     def __post_init__(self):
+        for name in ("mean", "std"):  # "one value" may be given as a bare number
+            value = getattr(self, name)
+            if isinstance(value, (int, float, np.number)):
+                object.__setattr__(self, name, (float(value),))
         if self.layout is not None and self.layout.upper() not in _LAYOUTS:
             raise DataError(f"layout must be NCHW or NHWC, got {self.layout!r}")
         if self.resize is not None and self.resize < 1:

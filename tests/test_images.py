@@ -115,3 +115,11 @@ def test_evaluate_on_an_image_folder_from_python_and_cli(tmp_path, capsys):
                  "--crop", "8", "--metric", "top5", "--json"]) == 0
     assert f'"value": {value}' in capsys.readouterr().out
     assert labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_mean_and_std_may_be_bare_numbers(tmp_path):
+    """The docs say "one value or one per channel": a bare number is one value, not a TypeError."""
+    bare = ImageFolder(tmp_path, mean=0.5, std=2)
+    assert (bare.mean, bare.std) == ((0.5,), (2.0,))
+    with pytest.raises(DataError, match="std must not contain 0"):
+        ImageFolder(tmp_path, std=0.0)

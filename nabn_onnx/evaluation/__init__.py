@@ -1,5 +1,6 @@
-"""Evaluation: task metrics, robustness sweeps over chips, per-layer divergence diagnostics, plots."""
+"""Evaluation: task metrics, robustness sweeps over chips, robustness gates, per-layer divergence diagnostics, plots."""
 
+from .check import CheckReport, ChipResult, Threshold, check, parse_threshold
 from .diagnose import DiagnoseReport, LayerDivergence, diagnose
 from .evaluate import Evaluation, Evaluator, evaluate
 from .metrics import ConfusionMatrix, MeanIoU, Metric, PixelAccuracy, TopK, make_metric
@@ -12,5 +13,6 @@ __all__ = [
     "run_sweep", "SweepPlan", "SweepSettings", "ChipTask", "make_executor", "SerialExecutor", "ProcessExecutor",
     "RayExecutor",
     "diagnose", "DiagnoseReport", "LayerDivergence",
+    "check", "CheckReport", "ChipResult", "Threshold", "parse_threshold",
     "Metric", "TopK", "MeanIoU", "PixelAccuracy", "ConfusionMatrix", "make_metric",
 ]
