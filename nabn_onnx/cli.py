@@ -62,6 +62,30 @@ def _make_noise(args, parser):
                       temporal=args.temporal, include_bias=args.include_bias)
 
 
+def _model_output_args(parser: argparse.ArgumentParser, default: str) -> None:
+    """Where a command writes its model (declared once for split, inject and calibrate)."""
+    group = parser.add_argument_group("output model")
+    group.add_argument("-o", "--output", help=f"output model (default {default})")
+    group.add_argument("--external-data", action="store_const", const=True, default=None,
+                       help="store the output's weights in OUTPUT.data beside it (automatic above 2 GB)")
+
+
+def _chip_grid_args(parser: argparse.ArgumentParser, default_seeds: int) -> None:
+    """The chips a sweep or a gate simulates: a noise model, several etas, several seeds (declared once)."""
+    from .noise import NOISE_MODELS
+
+    group = parser.add_argument_group("chips (every eta x seed is one simulated chip)")
+    group.add_argument("--noise", choices=sorted(NOISE_MODELS), required=True,
+                       help="device noise model (MUL: W + W*N_T*N_S; ADD: W + N_T*N_S; others as registered)")
+    group.add_argument("--eta", required=True, help="noise scales, comma-separated (e.g. 0.02,0.04,0.06)")
+    group.add_argument("--seeds", default=str(default_seeds),
+                       help=f"chips per eta: a count K (seeds 0..K-1) or a list 3,7,11 (default {default_seeds})")
+    group.add_argument("--sigma-t", type=float, default=0.2, help="temporal spread relative to eta (default 0.2)")
+    group.add_argument("--sigma-s", type=float, default=0.1, help="spatial spread of N_S (default 0.1)")
+    group.add_argument("--temporal", choices=["element", "layer"], default="element")
+    group.add_argument("--include-bias", action="store_true", help="also put noise on analog layers' biases")
+
+
 def _method_arg(parser: argparse.ArgumentParser) -> None:
     from .calibration.engine import METHODS
 
@@ -353,13 +377,7 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
     p.add_argument("--calib", required=True, help="calibration data (.npz or image folder)")
     p.add_argument("--test", required=True, help="labelled test data (.npz with 'labels' or image folder)")
-    p.add_argument("--noise", choices=["mul", "add"], required=True, help="MUL: W + W*N_T*N_S; ADD: W + N_T*N_S")
-    p.add_argument("--eta", required=True, help="noise scales, comma-separated (e.g. 0.02,0.04,0.06)")
-    p.add_argument("--seeds", default="5", help="chips per eta: a count K (seeds 0..K-1) or a list 3,7,11 (default 5)")
-    p.add_argument("--sigma-t", type=float, default=0.2, help="temporal spread relative to eta (default 0.2)")
-    p.add_argument("--sigma-s", type=float, default=0.1, help="spatial spread of N_S (default 0.1)")
-    p.add_argument("--temporal", choices=["element", "layer"], default="element")
-    p.add_argument("--include-bias", action="store_true", help="also put noise on analog layers' biases")
+    _chip_grid_args(p, default_seeds=5)
     _method_arg(p)
     _metric_args(p, several=False)
     p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
@@ -452,16 +470,7 @@ def _add_check_command(sub, common: argparse.ArgumentParser) -> None:
                    help="every chip must stay at most VALUE (for metrics where lower is better); repeatable")
     p.add_argument("--calibrated", action="store_true",
                    help="judge each chip after NaBN calibration on --data (default: the noisy chip as it is)")
-    from .noise import NOISE_MODELS
-
-    p.add_argument("--noise", choices=sorted(NOISE_MODELS), required=True,
-                   help="device noise model (MUL: W + W*N_T*N_S; ADD: W + N_T*N_S; others as registered)")
-    p.add_argument("--eta", required=True, help="noise scale(s), comma-separated; every (eta, seed) is one chip")
-    p.add_argument("--seeds", default="3", help="chips per eta: a count K (seeds 0..K-1) or a list 3,7,11 (default 3)")
-    p.add_argument("--sigma-t", type=float, default=0.2, help="temporal spread relative to eta (default 0.2)")
-    p.add_argument("--sigma-s", type=float, default=0.1, help="spatial spread of N_S (default 0.1)")
-    p.add_argument("--temporal", choices=["element", "layer"], default="element")
-    p.add_argument("--include-bias", action="store_true", help="also put noise on analog layers' biases")
+    _chip_grid_args(p, default_seeds=3)
     _method_arg(p)
     p.add_argument("--output-name", help="model output the metric reads: name or index (default: the first)")
     p.add_argument("--ignore-index", type=int, default=255, help="segmentation label never counted (default 255)")
@@ -500,9 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="input .onnx model")
     p.add_argument("--data", help="calibration .npz: measure clean statistics for the inserted BatchNorms")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("-o", "--output", help="output model (default MODEL.split.onnx)")
-    p.add_argument("--external-data", action="store_const", const=True, default=None,
-                   help="store the output's weights in OUTPUT.data beside it (automatic above 2 GB)")
+    _model_output_args(p, default="MODEL.split.onnx")
     _selection_args(p)
     _runtime_args(p)
     p.set_defaults(func=_cmd_split)
@@ -512,9 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     _noise_args(p, required=True)
     p.add_argument("--include", metavar="REGEX", help="only layers whose name matches get noise")
     p.add_argument("--exclude", metavar="REGEX", help="layers whose name matches stay clean")
-    p.add_argument("-o", "--output", help="output model (default MODEL.<noise><eta>.seed<S>.onnx)")
-    p.add_argument("--external-data", action="store_const", const=True, default=None,
-                   help="store the output's weights in OUTPUT.data beside it (automatic above 2 GB)")
+    _model_output_args(p, default="MODEL.<noise><eta>.seed<S>.onnx")
     p.set_defaults(func=_cmd_inject)
 
     p = sub.add_parser("calibrate", parents=[common], help="re-estimate BatchNorm statistics on a noisy chip")
@@ -534,9 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="write the per-layer report (.json or .md)")
     p.add_argument("--test", help="labelled test .npz: report the metric of the clean, noisy and calibrated model")
     p.add_argument("--metric", default="top1", help="metric for --test (top1, top5, miou, pixel-acc; default top1)")
-    p.add_argument("-o", "--output", help="output model (default MODEL.nabn.onnx)")
-    p.add_argument("--external-data", action="store_const", const=True, default=None,
-                   help="store the output's weights in OUTPUT.data beside it (automatic above 2 GB)")
+    _model_output_args(p, default="MODEL.nabn.onnx")
     _selection_args(p)
     _runtime_args(p)
     p.set_defaults(func=_cmd_calibrate)
