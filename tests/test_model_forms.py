@@ -55,11 +55,30 @@ def test_a_chip_without_its_clean_model_is_recalibrated(chip_bn: Path):
     assert _top1(chip_bn) < COLLAPSED
     result = calibrate(chip_bn, CALIB)
     report = result.report
-    assert report.mode == "chip" and report.chosen == "paper" and "'auto' needs the clean model" in report.note
+    assert report.mode == "chip" and report.chosen == "paper" and "compared Algorithm 1" in report.note
+    assert report.scores["paper"] > report.scores["none"] + 0.5  # top-1 on the held-out labelled samples
     assert len(report.layers) == 21 and not report.inserted  # the 21 trained BatchNorms, nothing inserted
     assert list(report.left) == ["/fc/Gemm"] and "no BatchNorm" in report.left["/fc/Gemm"]
     assert "left alone: 1 (/fc/Gemm)" in report.summary()
     assert _top1(result.model) >= CLEAN_TOP1 - RECOVERED
+
+
+def test_a_chip_without_labels_says_the_result_is_unchecked(chip_bn: Path):
+    x = np.load(CALIB)["input"]
+    report = calibrate(chip_bn, {"input": x}).report
+    assert report.chosen == "paper" and report.scores is None and "could not be checked" in report.summary()
+
+
+def test_a_chip_keeps_its_statistics_when_algorithm_1_loses_on_labelled_data(chip_bn: Path):
+    """Calibration data unlike the training data: relabelled at random, Algorithm 1 cannot win on it."""
+    data = dict(np.load(CALIB))
+    data["labels"] = np.random.default_rng(0).permutation(data["labels"])
+    result = calibrate(chip_bn, data)
+    if result.report.chosen == "none":
+        assert "kept the statistics as they were" in result.report.summary()
+        assert result.report.scores["none"] > result.report.scores["paper"]
+    else:
+        assert result.report.scores["paper"] >= result.report.scores["none"]
 
 
 def test_a_chip_refuses_methods_that_need_the_clean_model(chip_bn: Path):

@@ -79,7 +79,7 @@ from ..passes.inject import InjectWeightNoisePass
 from ..passes.split import SplitBatchNormPass
 from ..passes.write_stats import WriteBatchNormStatsPass, bn_epsilon, read_bn_params
 from ..progress import Progress
-from ..runtime import DYNAMIC, MEASURE, SERVE, BatchPlan, chunks, make_session, plan_batch
+from ..runtime import DYNAMIC, MEASURE, SERVE, BatchPlan, chunks, make_session, plan_batch, run_chunked
 from .select import choose_candidate
 from .statsgraph import ExposeBatchNormStatsPass
 from .stats import DEFAULT_ESTIMATOR, Estimator
@@ -594,10 +594,7 @@ def _prepare_chip(proto: ModelProto, method: str, include: Optional[str], exclud
             "nothing to recalibrate on this chip without its clean model: it has no BatchNorm holding trained "
             f"statistics ({len(left)} analog layer(s) or BatchNorm(s) left alone); {_NEEDS_CLEAN}"
         )
-    note = ""
-    if method == "auto":
-        note = "'auto' needs the clean model to score candidates, so Algorithm 1 ('paper') ran; pass --reference for more"
-    return _Job(proto, None, "chip", "paper", names, [], [], origin, left, note, plan_batch(proto, providers))
+    return _Job(proto, None, "chip", "paper", names, [], [], origin, left, "", plan_batch(proto, providers))
 
 
 def _nothing_to_calibrate(proto: ModelProto) -> str:
@@ -692,7 +689,9 @@ def calibrate(
                 measure_inserted(job.model, job.clean, job.placeholders, data, progress=bar, estimator=estimator,
                                  batch_size=batch_size, max_batches=max_batches, providers=providers, plan=job.plan)
             reference_params = read_bn_params(job.model)
-            holdout = holdout_mode(per_pass) if job.method == "auto" else None
+            # on a chip without its clean model, 'auto' checks Algorithm 1 against leaving it as it is
+            chip_guard = job.mode == "chip" and method == "auto"
+            holdout = holdout_mode(per_pass) if job.method == "auto" or chip_guard else None
             clean_run = runs.measure(job.clean, data, bar, train=job.names, holdout=holdout) if needs_clean else None
             # auto's clean reference outputs come from a session built before the noise goes in
             # (onnxruntime holds its own copy of the weights, so no second ModelProto is kept).
@@ -708,6 +707,9 @@ def calibrate(
                 chosen, scores, scored_on, in_sample = _choose(job, data, runs, clean_session, reference_params,
                                                                clean_run, noisy_run, bar, holdout)
                 del clean_session
+            elif chip_guard:
+                chosen, scores, scored_on, in_sample, job.note = _guard_chip(job, data, runs, reference_params,
+                                                                             noisy_run, holdout)
         new = _new_stats(chosen, job.names, reference_params, noisy_run.stats,
                          clean_run.stats if clean_run else None)
         eps_of = {n.name: bn_epsilon(n) for n in batchnorm_nodes(job.model)}
@@ -764,6 +766,57 @@ def _choose(job: _Job, data: DataLike, runs: _Runs, clean_session, reference_par
                                       plan=job.plan)
     logger.info("auto: scores %s, chose %s", scores, chosen)
     return chosen, scores, noisy_run.samples if in_sample else noisy_run.held, in_sample
+
+
+def _guard_chip(job: _Job, data: DataLike, runs: _Runs, reference_params, noisy_run: Measured,
+                holdout: str) -> Tuple[str, Optional[Dict[str, float]], int, bool, str]:
+    """``auto`` on a chip without its clean model: Algorithm 1 against the statistics as they are.
+
+    Without a clean model there are no clean outputs to compare with; when the calibration
+    data has labels and the model is a classifier, the two are compared by top-1 on the
+    held-out samples, and Algorithm 1 is kept only if it is not worse (BatchNorms trained on
+    other data than the calibration data can lose more to Algorithm 1 than the noise costs).
+    Without labels the result cannot be checked, and the note says so.
+    """
+    from ..passes.write_stats import WriteBatchNormStatsPass
+
+    in_sample = noisy_run.fit is None
+    fit = noisy_run.stats if in_sample else noisy_run.fit
+    candidates = {"paper": {n: {"mean": fit[n][0], "var": fit[n][1]} for n in job.names},
+                  "none": {n: {"mean": reference_params[n]["mean"], "var": reference_params[n]["var"]}
+                           for n in job.names}}
+    select = None if in_sample else held_out(holdout)
+    output = job.model.graph.output[0].name
+    scores: Dict[str, float] = {}
+    unchecked = ("Algorithm 1 ('paper') ran and could not be checked: without the clean model (--reference) or labels in "
+                 "the calibration data nothing tells whether it helped; measure it with --test")
+    for name, values in candidates.items():
+        WriteBatchNormStatsPass(values)(job.model)
+        session = make_session(job.model, optimization=SERVE, providers=runs.providers, batch=job.plan)
+        hits = total = 0
+        for index, batch in enumerate(iter_batches(data, input_specs(job.model), batch_size=runs.batch_size,
+                                                   max_batches=runs.max_batches, min_batch=2)):
+            part = batch if select is None else select(index, batch)
+            if part is None:
+                continue
+            if part.labels is None:
+                return "paper", None, 0, in_sample, unchecked
+            (logits,) = run_chunked(session, [output], part.feeds, job.plan.chunk)
+            labels = np.asarray(part.labels).reshape(-1)
+            if logits.ndim != 2 or len(logits) != len(labels) or labels.dtype.kind not in "iu":
+                return "paper", None, 0, in_sample, unchecked
+            hits += int((logits.argmax(axis=1) == labels).sum())
+            total += len(labels)
+        del session
+        if not total:
+            return "paper", None, 0, in_sample, unchecked
+        scores[name] = hits / total
+    chosen = "paper" if scores["paper"] >= scores["none"] else "none"
+    where = "calibration (in-sample)" if in_sample else "held-out"
+    note = (f"no clean model: 'auto' compared Algorithm 1 with the statistics as they were by top-1 on {total} {where} "
+            f"labelled samples ({100 * scores['paper']:.1f}% against {100 * scores['none']:.1f}%) and kept "
+            + ("Algorithm 1" if chosen == "paper" else "the statistics as they were"))
+    return chosen, scores, total, in_sample, note
 
 
 def _new_stats(method: str, names: Sequence[str], reference: Dict[str, Dict[str, np.ndarray]], noisy: Stats,
