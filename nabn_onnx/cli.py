@@ -109,14 +109,16 @@ def _providers(args):
     return parse_providers(getattr(args, "providers", None))
 
 
-def _parallel_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("scale (where chips run, and resuming)")
+def _parallel_args(parser: argparse.ArgumentParser, resumable: bool = True) -> None:
+    group = parser.add_argument_group("scale (where chips run" + (", and resuming)" if resumable else ")"))
     group.add_argument("--jobs", type=int, default=1, metavar="N",
                        help="run chips in N local processes (default 1: in this process); with --ray, the CPUs "
                             "of the local Ray runtime")
     group.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                        help="run chips as Ray tasks: alone, on a local Ray runtime; with ADDRESS (auto, "
                             "host:6379, ray://host:10001), on that cluster (needs nabn-onnx[ray])")
+    if not resumable:
+        return
     group.add_argument("--results", metavar="FILE.jsonl",
                        help="append each finished chip to this JSON-lines file as it ends")
     group.add_argument("--resume", action="store_true",
@@ -420,6 +422,7 @@ def _cmd_check(args, parser) -> int:
 
 def _run_check(args) -> int:
     from .evaluation import check
+    from .evaluation.executors import make_executor
     from .evaluation.check import parse_threshold
     from .evaluation.sweep import parse_floats
 
@@ -435,7 +438,8 @@ def _run_check(args) -> int:
                    method=args.method, sigma_t=args.sigma_t, sigma_s=args.sigma_s, temporal=args.temporal,
                    include_bias=args.include_bias, batch_size=args.batch_size, calib_batches=args.max_batches,
                    test_batches=args.test_batches, output=_output_arg(args), ignore_index=args.ignore_index,
-                   ignore_background=args.ignore_background, show_progress=not args.quiet)
+                   ignore_background=args.ignore_background, show_progress=not args.quiet,
+                   providers=_providers(args), executor=make_executor(args.jobs, args.ray))
     if report_path:
         report.write(report_path)
     if junit_path:
@@ -482,6 +486,8 @@ def _add_check_command(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--report", help="write the verdict and every chip's numbers as JSON")
     p.add_argument("--junit", help="write JUnit XML (one test case per chip and threshold) for CI test reports")
     _image_args(p)
+    _runtime_args(p)
+    _parallel_args(p, resumable=False)
     p.set_defaults(func=_cmd_check)
 
 

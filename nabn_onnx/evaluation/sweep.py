@@ -622,12 +622,14 @@ def sweep(
     reuse_sessions: bool = False,
     providers: Optional[Sequence[str]] = None,
     show_progress: bool = False,
+    executor=None,
 ) -> SweepReport:
-    """Accuracy of vanilla and NaBN models over noise scales and simulated chips, serially.
+    """Accuracy of vanilla and NaBN models over noise scales and simulated chips.
 
     The keyword form of :func:`run_sweep`: the keywords fill a :class:`SweepPlan` (noise,
     etas, seeds, sigma_t, sigma_s, temporal, include_bias) and :class:`SweepSettings` (the
-    rest). For parallel, Ray or resumable sweeps call :func:`run_sweep`.
+    rest). Chips run serially unless an ``executor`` (:func:`make_executor`: local processes
+    or Ray) is given; for a resumable sweep call :func:`run_sweep`.
 
     Args:
         model: path or ``ModelProto`` (BatchNorm kept or fused; not modified).
@@ -640,6 +642,7 @@ def sweep(
             ignore_index, ignore_background, reuse_sessions, providers: see :class:`SweepSettings`.
         sigma_t, sigma_s, temporal, include_bias: see :class:`SweepPlan`.
         show_progress: draw a progress bar over the chips.
+        executor: where the chips run (None: serially in this process).
 
     Returns:
         A :class:`SweepReport` with one row per (eta, seed).
@@ -653,7 +656,7 @@ def sweep(
                              calib_batches=calib_batches, test_batches=test_batches, output=output,
                              ignore_index=ignore_index, ignore_background=ignore_background,
                              reuse_sessions=reuse_sessions, providers=tuple(providers) if providers else None)
-    return run_sweep(model, calib, test, plan, settings, show_progress=show_progress)
+    return run_sweep(model, calib, test, plan, settings, show_progress=show_progress, executor=executor)
 
 
 def _metric_name(metric: MetricLike) -> str:
