@@ -11,9 +11,19 @@ except PackageNotFoundError:  # run from a source tree that was never installed
 
 from .api import inject, inspect_model, split
 from .calibration import CalibrationReport, CalibrationResult, Estimator, NabnSession, TemporalNoise, calibrate
-from .evaluation import CheckReport, Threshold, check, diagnose, evaluate, sweep
-from .evaluation import SweepPlan, SweepSettings, make_executor, run_sweep
 from .errors import DataError, ModelError, NabnError, NoiseConfigError, NothingToDoError
+from .evaluation import (
+    CheckReport,
+    SweepPlan,
+    SweepSettings,
+    Threshold,
+    check,
+    diagnose,
+    evaluate,
+    make_executor,
+    run_sweep,
+    sweep,
+)
 from .images import ImageFolder
 from .io import load_model, save_model
 from .noise import AddNoise, MulNoise, NoiseModel, make_noise

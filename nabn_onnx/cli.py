@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from . import __version__
 from .errors import NabnError
@@ -422,8 +422,8 @@ def _cmd_check(args, parser) -> int:
 
 def _run_check(args) -> int:
     from .evaluation import check
-    from .evaluation.executors import make_executor
     from .evaluation.check import parse_threshold
+    from .evaluation.executors import make_executor
     from .evaluation.sweep import parse_floats
 
     thresholds = [parse_threshold(t, "min") for t in args.min or []]

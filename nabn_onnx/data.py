@@ -46,7 +46,7 @@ def npz_header(fh) -> Tuple[Tuple[int, ...], bool, np.dtype]:
     return reader(fh)
 
 
-def count_samples(data: "DataLike") -> Optional[int]:
+def count_samples(data: DataLike) -> Optional[int]:
     """Samples in ``data`` when they can be counted without reading it (``.npz`` or a mapping); None otherwise."""
     if isinstance(data, (str, os.PathLike)) and Path(data).suffix == ".npz" and Path(data).is_file():
         try:

@@ -300,7 +300,7 @@ def select_layers(
     ]
 
 
-def _compile(option: str, pattern: Optional[str]) -> Optional["re.Pattern[str]"]:
+def _compile(option: str, pattern: Optional[str]) -> Optional[re.Pattern[str]]:
     if not pattern:
         return None
     try:

@@ -72,7 +72,7 @@ def _default_opset(model: ModelProto) -> int:
 def _check_external_locations(model: ModelProto, base_dir: Path) -> None:
     """Refuse external-data locations that leave the model's folder (``..``, absolute, symlinks)."""
     base = base_dir.resolve()
-    for tensor in external_data_helper._get_all_tensors(model):  # noqa: SLF001 - onnx's own walker
+    for tensor in external_data_helper._get_all_tensors(model):  # onnx's own walker
         if not external_data_helper.uses_external_data(tensor):
             continue
         try:
@@ -240,7 +240,7 @@ def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
         if not proto.HasField("graph"):
             raise ModelError(f"{path} is not an ONNX model: it has no graph")
         if any(
-            external_data_helper.uses_external_data(t) for t in external_data_helper._get_all_tensors(proto)  # noqa: SLF001
+            external_data_helper.uses_external_data(t) for t in external_data_helper._get_all_tensors(proto)
         ):
             _check_external_locations(proto, path.parent)
             try:
@@ -716,7 +716,7 @@ def check_output_folder(path: Union[str, os.PathLike]) -> None:
         raise ModelError(f"output path is a folder: {path}")
 
 
-def check_output(model: "ModelLike", output: Union[str, os.PathLike]) -> None:
+def check_output(model: ModelLike, output: Union[str, os.PathLike]) -> None:
     """Refuse an output that would overwrite the input model or the file holding its weights.
 
     Args:
@@ -746,8 +746,8 @@ def _external_files(model: Path) -> set:
     """The files the model's external data lives in (empty when it cannot be read: loading will say why)."""
     try:
         proto = onnx.load_model(str(model), load_external_data=False)
-        tensors = [t for t in external_data_helper._get_all_tensors(proto)  # noqa: SLF001 - onnx's own walker
+        tensors = [t for t in external_data_helper._get_all_tensors(proto)  # onnx's own walker
                    if external_data_helper.uses_external_data(t)]
         return {(model.parent / external_data_helper.ExternalDataInfo(t).location).resolve() for t in tensors}
-    except Exception:  # noqa: BLE001 - a broken model is reported by load_model, with its own message
+    except Exception:  # a broken model is reported by load_model, with its own message
         return set()

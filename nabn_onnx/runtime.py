@@ -68,7 +68,8 @@ _warned: set = set()
 def parse_providers(text: Optional[str]) -> Optional[List[str]]:
     """``"CUDAExecutionProvider,CPUExecutionProvider"`` -> a checked list (see :func:`check_providers`).
 
-    None stays None (the default providers)."""
+    None stays None (the default providers).
+    """
     if text is None:
         return None
     return check_providers([p.strip() for p in text.split(",") if p.strip()])
@@ -113,7 +114,7 @@ def make_session(
     providers: Optional[Sequence[str]] = None,
     intra_op_threads: int = 0,
     extra_initializers: Sequence[TensorProto] = (),
-    batch: Optional["BatchPlan"] = None,
+    batch: Optional[BatchPlan] = None,
     quiet: bool = False,
 ) -> ort.InferenceSession:
     """Build an onnxruntime session for ``model``.
@@ -337,7 +338,8 @@ def plan_batch(model: ModelProto, providers: Optional[Sequence[str]] = None, see
 
 def chunks(feeds: Mapping[str, np.ndarray], size: int, pad: bool) -> Iterator[tuple]:
     """``(chunk feeds, real samples)`` of exactly ``size`` samples; the last is padded by
-    repeating its last sample (``pad``) or dropped when short."""
+    repeating its last sample (``pad``) or dropped when short.
+    """
     total = int(next(iter(feeds.values())).shape[0])
     for start in range(0, total, size):
         real = min(size, total - start)

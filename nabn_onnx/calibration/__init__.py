@@ -1,7 +1,7 @@
 """Calibration: statistics graphs, streaming estimators, the calibrate job."""
 
-from .engine import CalibrationReport, CalibrationResult, LayerShift, METHODS, calibrate, collect_stats
 from .dynamic import NabnSession, TemporalNoise
+from .engine import METHODS, CalibrationReport, CalibrationResult, LayerShift, calibrate, collect_stats
 from .stats import DEFAULT_ESTIMATOR, Estimator, RunningStats
 from .statsgraph import ExposeBatchNormStatsPass
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 from onnx import ModelProto, numpy_helper
 
-from ..graph import batchnorm_nodes
 from ..errors import DataError, NabnError, NothingToDoError
+from ..graph import batchnorm_nodes
 from ..io import ModelLike, all_nodes, load_model, read_record
 from ..noise import NoiseModel
 from ..passes.inject import noisy_tensor_names

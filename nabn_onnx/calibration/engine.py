@@ -17,7 +17,6 @@ a BatchNorm inserted now would map the chip's outputs back onto the chip's own b
 distribution).
 
 Methods:
-
 * ``"paper"`` (Algorithm 1): every BatchNorm normalizes each batch with the batch's own
   statistics while the batches stream through (so each layer is measured under the
   recalibrated layers before it) and its running statistics are replaced by the estimate.
@@ -81,8 +80,8 @@ from ..passes.write_stats import WriteBatchNormStatsPass, bn_epsilon, read_bn_pa
 from ..progress import Progress
 from ..runtime import DYNAMIC, MEASURE, SERVE, BatchPlan, chunks, make_session, plan_batch, run_chunked
 from .select import choose_candidate
-from .statsgraph import ExposeBatchNormStatsPass
 from .stats import DEFAULT_ESTIMATOR, Estimator
+from .statsgraph import ExposeBatchNormStatsPass
 
 __all__ = ["calibrate", "collect_stats", "CalibrationResult", "CalibrationReport", "LayerShift", "METHODS",
            "name_batchnorms", "measure_inserted", "is_placeholder", "HOLDOUT_EVERY", "holdout_split", "is_holdout"]
@@ -823,7 +822,8 @@ def _new_stats(method: str, names: Sequence[str], reference: Dict[str, Dict[str,
                clean: Optional[Stats]) -> Dict[str, Dict[str, np.ndarray]]:
     """The statistics each candidate writes: ``paper`` the noisy ones, ``delta`` the reference
     mapped by the noise's per-channel affine change (module docstring), ``blend`` the average
-    of the two (geometric for variances), ``none`` the reference itself."""
+    of the two (geometric for variances), ``none`` the reference itself.
+    """
     out = {}
     for name in names:
         mean_r, var_r = reference[name]["mean"], reference[name]["var"]

@@ -57,7 +57,7 @@ class Estimator:
         if not 0.0 <= self.momentum < 1.0:
             raise NabnError(f"EMA momentum must be in [0, 1), got {self.momentum}")
 
-    def new(self) -> "RunningStats":
+    def new(self) -> RunningStats:
         """A fresh accumulator using this estimator."""
         return RunningStats(self)
 

@@ -262,8 +262,8 @@ def diagnose(
     specs = input_specs(clean)
 
     with Progress("diagnosing", None, enabled=show_progress) as bar:
-        lo = {t: np.inf for t in tensors}
-        hi = {t: -np.inf for t in tensors}
+        lo = dict.fromkeys(tensors, np.inf)
+        hi = dict.fromkeys(tensors, -np.inf)
         for batch in iter_batches(data, specs, batch_size=batch_size, max_batches=max_batches):
             for t, value in zip(tensors, run_chunked(sessions["clean"], tensors, batch.feeds, plan.chunk)):
                 lo[t], hi[t] = min(lo[t], float(value.min())), max(hi[t], float(value.max()))

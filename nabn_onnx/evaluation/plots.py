@@ -24,7 +24,7 @@ _NOISE_WORDS = {"Conv", "Gemm", "MatMul", "ConvTranspose", "BatchNormalization",
 
 
 def pyplot():
-    """matplotlib's pyplot on the Agg backend, or a NabnError naming the extra to install."""
+    """Matplotlib's pyplot on the Agg backend, or a NabnError naming the extra to install."""
     try:
         import matplotlib
     except ImportError:

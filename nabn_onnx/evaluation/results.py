@@ -63,7 +63,7 @@ class ResultsFile:
         self._worker = f"{socket.gethostname()}:{os.getpid()}"
 
     @classmethod
-    def open(cls, path: Union[str, Path], header: Dict[str, object], resume: bool) -> "ResultsFile":
+    def open(cls, path: Union[str, Path], header: Dict[str, object], resume: bool) -> ResultsFile:
         """Start ``path`` with ``header``, or, with ``resume``, continue the sweep already in it.
 
         Raises:
@@ -105,7 +105,7 @@ class ResultsFile:
         if not self._handle.closed:
             self._handle.close()
 
-    def __enter__(self) -> "ResultsFile":
+    def __enter__(self) -> ResultsFile:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -326,7 +326,7 @@ class SweepPlan:
     include_bias: bool = False
 
     @classmethod
-    def of(cls, noise: str, etas: Sequence[float], seeds: Union[int, Sequence[int]] = 5, **settings) -> "SweepPlan":
+    def of(cls, noise: str, etas: Sequence[float], seeds: Union[int, Sequence[int]] = 5, **settings) -> SweepPlan:
         """A plan with ``seeds`` given as a count ``K`` (seeds ``0..K-1``) or as the seeds themselves."""
         seed_list = range(int(seeds)) if isinstance(seeds, (int, np.integer)) else seeds
         return cls(noise, tuple(float(e) for e in etas), tuple(int(s) for s in seed_list), **settings)
@@ -423,7 +423,7 @@ class SweepInputs:
     weights: Tuple[str, ...]
     settings: SweepSettings
 
-    def map_shared(self, fn: Callable[[object], object]) -> "SweepInputs":
+    def map_shared(self, fn: Callable[[object], object]) -> SweepInputs:
         return replace(self, clean=fn(self.clean), prepared=fn(self.prepared), calib=fn(self.calib), test=fn(self.test))
 
 

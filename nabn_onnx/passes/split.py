@@ -36,7 +36,7 @@ weight) is selected; ``include``/``exclude`` regular expressions on layer names 
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from onnx import ModelProto, helper, numpy_helper

@@ -12,7 +12,7 @@ values a model already holds changes nothing (``modified`` False).
 from __future__ import annotations
 
 import logging
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 from onnx import ModelProto, helper, numpy_helper
