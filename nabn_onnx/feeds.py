@@ -50,6 +50,7 @@ class Batch:
 
     @property
     def size(self) -> int:
+        """Number of samples in the batch."""
         return int(next(iter(self.feeds.values())).shape[0])
 
 

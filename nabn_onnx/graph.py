@@ -111,6 +111,7 @@ class AnalogLayer:
 
     @property
     def op_type(self) -> str:
+        """The analog node's op type (one of ``ANALOG_OPS``)."""
         return self.node.op_type
 
 

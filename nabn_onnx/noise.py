@@ -126,6 +126,7 @@ class MulNoise(NoiseModel):
     typical = "0.02 to 0.1 (the paper's Table I)"
 
     def combine(self, weight: np.ndarray, factor: np.ndarray) -> np.ndarray:
+        """``W + W * factor``: the variation scales with the weight."""
         return weight + weight * factor
 
 
@@ -138,6 +139,7 @@ class AddNoise(NoiseModel):
     typical = "0.0002 to 0.00035 for ImageNet-sized weights (the paper's Table II)"
 
     def combine(self, weight: np.ndarray, factor: np.ndarray) -> np.ndarray:
+        """``W + factor``: the variation is added to the weight."""
         return weight + factor
 
 

@@ -28,6 +28,7 @@ class Progress:
         self._last = 0.0
 
     def update(self, steps: int = 1) -> None:
+        """Advance by ``steps``, redrawing at most ten times a second."""
         self.count += steps
         now = time.perf_counter()
         if self.enabled and (now - self._last > 0.1 or self.count == self.total):
@@ -55,6 +56,7 @@ class Progress:
         return elapsed / done * max(self.total - self.count, 0)
 
     def close(self) -> None:
+        """Draw the final state and end the line."""
         if self.enabled:
             self._draw(time.perf_counter())
             self.stream.write("\n")

@@ -350,6 +350,7 @@ class CalibrationReport:
     batch: str = "dynamic batch"
 
     def to_dict(self) -> Dict[str, object]:
+        """JSON-able form of the report (what ``--report`` writes)."""
         return {
             "method": self.method,
             "chosen": self.chosen,
@@ -404,6 +405,7 @@ class CalibrationReport:
         return line
 
     def to_markdown(self) -> str:
+        """The report as a Markdown table, one row per BatchNorm."""
         lines = ["# Calibration report", "", self.summary(), "",
                  "| BatchNorm | origin | channels | mean shift (std) | variance ratio |",
                  "|---|---|---:|---:|---:|"]

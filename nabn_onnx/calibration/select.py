@@ -63,6 +63,7 @@ class OutputDivergence:
         self.spread = 0.0
 
     def update(self, clean: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> None:
+        """Add one batch: the clean model's outputs and the candidate's, output by output."""
         for c, y in zip(clean, candidate):
             if c.dtype.kind != "f":
                 continue
@@ -76,6 +77,7 @@ class OutputDivergence:
                 self.spread += float(np.sum((c64 - c64.mean()) ** 2))
 
     def result(self) -> float:
+        """The candidate's score so far (lower is better)."""
         score = self.kl_sum / self.kl_count if self.kl_count else 0.0
         if self.spread > 0:
             score += self.err / self.spread

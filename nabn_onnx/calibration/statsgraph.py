@@ -82,12 +82,14 @@ class ExposeBatchNormStatsPass(Pass):
             raise ValueError(f"BatchNorms cannot be both trained and tapped: {sorted(overlap)}")
 
     def requires(self, model: ModelProto) -> None:
+        """Every BatchNorm named in ``train`` or ``tap`` must exist."""
         names = {n.name for n in model.graph.node if n.op_type == "BatchNormalization"}
         missing = (self.train | self.tap) - names
         if missing:
             raise PreconditionError(f"no BatchNormalization named {sorted(missing)}")
 
     def call(self, model: ModelProto) -> PassResult:
+        """Expose the statistics graph outputs (see the module docstring)."""
         opset = default_opset(model)
         graph = model.graph
         inits = {t.name: t for t in graph.initializer}

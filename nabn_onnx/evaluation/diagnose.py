@@ -129,6 +129,7 @@ class DiagnoseReport:
         return float(np.mean([getattr(l, key) for l in self.layers]))
 
     def to_dict(self) -> Dict[str, object]:
+        """JSON-able form of the report, ratios included."""
         return {
             "noise": self.noise, "method": self.method, "at": self.at, "bins": self.bins, "samples": self.samples,
             "seconds": round(self.seconds, 3),
@@ -136,6 +137,7 @@ class DiagnoseReport:
         }
 
     def to_markdown(self) -> str:
+        """The report as a Markdown table, one row per layer and a mean row."""
         lines = ["| layer | KL vanilla | KL NaBN | KL ratio | JS vanilla | JS NaBN | JS ratio |",
                  "|---|---:|---:|---:|---:|---:|---:|"]
         for l in self.layers:

@@ -151,9 +151,11 @@ class Executor:
     name = "executor"
 
     def run(self, fn: ChipFunction, tasks: Sequence[Task], inputs) -> Iterator[Tuple[Task, Row]]:
+        """Yield ``(task, fn(task, inputs))`` for every task, in any order."""
         raise NotImplementedError
 
     def describe(self) -> str:
+        """One line saying where the chips run."""
         return self.name
 
 
@@ -163,6 +165,7 @@ class SerialExecutor(Executor):
     name = "serial"
 
     def run(self, fn, tasks, inputs):
+        """Run the tasks one after the other, in order."""
         for task in tasks:
             yield task, fn(task, inputs)
 
@@ -246,9 +249,11 @@ class ProcessExecutor(Executor):
         self.jobs, self.max_retries = jobs, max_retries
 
     def describe(self) -> str:
+        """One line saying where the chips run."""
         return f"{self.jobs} local processes"
 
     def run(self, fn, tasks, inputs):
+        """Run the tasks in local worker processes, sharing the inputs through a temporary folder."""
         workspace = _Workspace()
         try:
             shared = inputs.map_shared(workspace.share)
@@ -339,9 +344,11 @@ class RayExecutor(Executor):
         self.address, self.num_cpus, self.max_retries = address, num_cpus, max_retries
 
     def describe(self) -> str:
+        """One line saying where the chips run."""
         return f"Ray ({self.address or 'local'})"
 
     def run(self, fn, tasks, inputs):
+        """Run the tasks as Ray tasks, starting (and later stopping) a local runtime when none is up."""
         ray = _import_ray()
         started = False
         if not ray.is_initialized():

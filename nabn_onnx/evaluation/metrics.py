@@ -86,6 +86,7 @@ class TopK:
         self.total = 0
 
     def update(self, outputs: np.ndarray, labels: np.ndarray) -> None:
+        """Count the batch's top-k hits against class-index labels."""
         given = _need_labels(labels, self.name)
         logits = np.asarray(outputs)
         if logits.ndim > 2 and all(d == 1 for d in logits.shape[2:]):
@@ -111,6 +112,7 @@ class TopK:
         self.total += len(labels)
 
     def result(self) -> float:
+        """Fraction of samples whose label is among the top-k outputs."""
         if self.total == 0:
             raise DataError(f"{self.name}: no sample was evaluated")
         return self.hits / self.total
@@ -145,6 +147,7 @@ class ConfusionMatrix:
         self.matrix: Optional[np.ndarray] = None
 
     def update(self, outputs: np.ndarray, labels: np.ndarray) -> None:
+        """Add the batch's label maps and predicted maps to the confusion matrix."""
         labels = _need_labels(labels, self.name)
         logits = np.asarray(outputs)
         if logits.ndim < 3 or logits.ndim != labels.ndim + 1 or logits.shape[:1] + logits.shape[2:] != labels.shape:
@@ -181,10 +184,12 @@ class ConfusionMatrix:
             return np.where(union > 0, tp / union, np.nan)
 
     def pixel_accuracy(self) -> float:
+        """Fraction of counted pixels predicted right."""
         m = self._counted()
         return float(np.trace(m) / m.sum())
 
     def mean_iou(self) -> float:
+        """Mean IoU over the classes labelled or predicted (background left out when ignored)."""
         iou = self.iou()
         if self.ignore_background and 0 <= self.background < len(iou):
             iou = np.delete(iou, self.background)
@@ -194,6 +199,7 @@ class ConfusionMatrix:
         return float(present.mean())
 
     def result(self) -> Dict[str, float]:
+        """Both figures: ``miou`` and ``pixel-acc``."""
         return {"miou": self.mean_iou(), "pixel-acc": self.pixel_accuracy()}
 
 
@@ -207,6 +213,7 @@ class MeanIoU(ConfusionMatrix):
         super().__init__(ignore_index, ignore_background, background)
 
     def result(self) -> float:
+        """The mean IoU (see :meth:`mean_iou`)."""
         return self.mean_iou()
 
 
@@ -216,6 +223,7 @@ class PixelAccuracy(ConfusionMatrix):
     name = "pixel-acc"
 
     def result(self) -> float:
+        """The pixel accuracy (see :meth:`pixel_accuracy`)."""
         return self.pixel_accuracy()
 
 
@@ -229,11 +237,13 @@ class CallableMetric:
         self.total = 0
 
     def update(self, outputs: np.ndarray, labels: np.ndarray) -> None:
+        """Add the function's value on this batch, weighted by the batch size."""
         count = len(outputs)
         self.weighted += float(self.function(outputs, labels)) * count
         self.total += count
 
     def result(self) -> float:
+        """The batch-size weighted mean of the per-batch values."""
         if self.total == 0:
             raise DataError(f"{self.name}: no sample was evaluated")
         return self.weighted / self.total

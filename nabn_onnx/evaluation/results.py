@@ -102,6 +102,7 @@ class ResultsFile:
         os.fsync(self._handle.fileno())
 
     def close(self) -> None:
+        """Close the file (idempotent)."""
         if not self._handle.closed:
             self._handle.close()
 

@@ -137,6 +137,7 @@ class SweepReport:
         return out
 
     def to_dict(self) -> Dict[str, object]:
+        """JSON-able form of the sweep: settings, clean figure, one row per chip and the summary."""
         return {
             "model": self.model,
             "metric": self.metric,
@@ -152,9 +153,11 @@ class SweepReport:
         }
 
     def to_json(self) -> str:
+        """The sweep as indented JSON (what ``--report`` writes)."""
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     def to_csv(self) -> str:
+        """One CSV row per chip, with the clean model's figure on each."""
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow([*_ROW_KEYS, "clean"])
@@ -174,6 +177,7 @@ class SweepReport:
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
+        """The sweep as a Markdown report: title, settings and the table."""
         chips = sorted({r["seed"] for r in self.rows})
         s = self.settings
         lines = [
@@ -296,6 +300,7 @@ class ChipTask:
         return (self.noise, float(self.eta), int(self.seed))
 
     def noise_model(self) -> NoiseModel:
+        """The chip's noise model, seeded by the task's seed."""
         return make_noise(self.noise, float(self.eta), sigma_t=self.sigma_t, sigma_s=self.sigma_s, seed=int(self.seed),
                           temporal=self.temporal, include_bias=self.include_bias)
 
@@ -386,6 +391,7 @@ class SweepSettings:
     providers: Optional[Tuple[str, ...]] = None
 
     def eval_options(self) -> Dict[str, object]:
+        """Keyword arguments for the evaluation of each chip."""
         return dict(metric=self.metric, batch_size=self.batch_size, max_batches=self.test_batches,
                     ignore_index=self.ignore_index, ignore_background=self.ignore_background)
 
@@ -424,6 +430,7 @@ class SweepInputs:
     settings: SweepSettings
 
     def map_shared(self, fn: Callable[[object], object]) -> SweepInputs:
+        """A copy with the shared models and data mapped by ``fn`` (e.g. written to files for workers)."""
         return replace(self, clean=fn(self.clean), prepared=fn(self.prepared), calib=fn(self.calib), test=fn(self.test))
 
 

@@ -50,6 +50,7 @@ class Pass(abc.ABC):
     in_place: bool = True
 
     def __call__(self, model: ModelProto) -> PassResult:
+        """Run the pass with its precondition and postcondition checks (see :meth:`call`)."""
         if not isinstance(model, ModelProto):
             raise PreconditionError(f"{type(self).__name__} takes an onnx.ModelProto, got {type(model).__name__}")
         self.requires(model)

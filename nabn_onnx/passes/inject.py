@@ -60,6 +60,7 @@ class InjectWeightNoisePass(Pass):
         self.exclude = exclude
 
     def call(self, model: ModelProto) -> PassResult:
+        """Add the noise to the selected weights, unless the model already carries injected noise."""
         already = read_record(model, "inject")
         if already is not None:
             logger.debug("model already carries injected noise (%s); not injecting again", already)

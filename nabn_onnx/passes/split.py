@@ -104,6 +104,7 @@ class SplitBatchNormPass(Pass):
         self.stats = stats or {}
 
     def call(self, model: ModelProto) -> PassResult:
+        """Insert an identity BatchNorm after every selected analog layer that has none."""
         layers = select_layers(find_analog_layers(model), self.include, self.exclude)
         todo = [l for l in layers if l.bn is None and l.skip_reason is None]
         skipped = {l.name: l.skip_reason for l in layers if l.bn is None and l.skip_reason is not None}

@@ -40,6 +40,7 @@ class WriteBatchNormStatsPass(Pass):
         self.values = values
 
     def call(self, model: ModelProto) -> PassResult:
+        """Write the given statistics into the named BatchNorms."""
         index = GraphIndex(model)
         nodes = {n.name: n for n in model.graph.node if n.op_type == "BatchNormalization"}
         missing = sorted(set(self.values) - set(nodes))
