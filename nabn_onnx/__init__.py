@@ -31,7 +31,8 @@ from .passes import InjectWeightNoisePass, Pass, PassResult, SplitBatchNormPass
 
 __all__ = [
     "__version__",
-    "calibrate", "split", "inject", "inspect_model", "NabnSession", "TemporalNoise", "CalibrationReport", "CalibrationResult", "Estimator",
+    "calibrate", "split", "inject", "inspect_model", "NabnSession", "TemporalNoise", "CalibrationReport",
+    "CalibrationResult", "Estimator",
     "NabnError", "ModelError", "DataError", "NoiseConfigError", "NothingToDoError",
     "load_model", "save_model", "ImageFolder",
     "NoiseModel", "MulNoise", "AddNoise", "make_noise",

@@ -108,7 +108,8 @@ def inject(
     proto = _load_copy(model)
     result = InjectWeightNoisePass(noise, include=include, exclude=exclude)(proto)
     if "already" in result.details:
-        raise NabnError(f"the model already carries injected noise ({result.details['already']}); inject into the clean model")
+        raise NabnError(f"the model already carries injected noise ({result.details['already']}); "
+                        "inject into the clean model")
     if not result.modified:
         layers = select_layers(find_analog_layers(proto), include, exclude)
         why = skip_summary(layers, noise=True)
@@ -123,7 +124,7 @@ def inspect_model(model: ModelLike, include: Optional[str] = None, exclude: Opti
     """A table of the analog layers: op, channels, weight, BatchNorm (original, inserted, none) and why skipped."""
     proto = _load_copy(model)
     layers = find_analog_layers(proto)
-    selected = {id(l) for l in select_layers(layers, include, exclude)}
+    selected = {id(x) for x in select_layers(layers, include, exclude)}
     rows = [("layer", "op", "channels", "weight", "BatchNorm", "note")]
     for layer in layers:
         if layer.bn is not None:
@@ -141,7 +142,7 @@ def inspect_model(model: ModelLike, include: Optional[str] = None, exclude: Opti
         rows.append((layer.name, layer.op_type, str(layer.channels or "?"), layer.weight or "-", bn, note))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    counts = {k: sum(1 for l in layers if (l.bn_origin or "none") == k) for k in ("original", "inserted", "none")}
+    counts = {k: sum(1 for x in layers if (x.bn_origin or "none") == k) for k in ("original", "inserted", "none")}
     lines.append(f"{len(layers)} analog layer(s): {counts['original']} with an original BatchNorm, "
                  f"{counts['inserted']} with an inserted one, {counts['none']} without")
     return "\n".join(lines)

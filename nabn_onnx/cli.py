@@ -266,7 +266,8 @@ def _data_source(path: str, args):
 
 def _metric_args(parser: argparse.ArgumentParser, several: bool) -> None:
     parser.add_argument("--metric", default="top1",
-                        help="top1 (default), top5, miou, pixel-acc" + (", or several comma-separated" if several else ""))
+                        help="top1 (default), top5, miou, pixel-acc"
+                        + (", or several comma-separated" if several else ""))
     parser.add_argument("--output-name", help="model output the metric reads: name or index (default: the first)")
     parser.add_argument("--ignore-index", type=int, default=255, help="segmentation label never counted (default 255)")
     parser.add_argument("--ignore-background", action=argparse.BooleanOptionalAction, default=None,

@@ -89,10 +89,11 @@ class _NpzMember:
                 raw = fh.read(count * row)
                 if len(raw) != count * row:
                     raise DataError(f"{self.path}: array '{self.member[:-4]}' is truncated")
-                yield np.frombuffer(raw, dtype=self.dtype).reshape((count,) + tuple(self.shape[1:]))
+                yield np.frombuffer(raw, dtype=self.dtype).reshape((count, *self.shape[1:]))
 
 
-def _open_npz(path: Path, specs: Sequence[InputSpec]) -> Tuple[Dict[str, _NpzMember], Optional[_NpzMember], zipfile.ZipFile]:
+def _open_npz(path: Path, specs: Sequence[InputSpec]
+              ) -> Tuple[Dict[str, _NpzMember], Optional[_NpzMember], zipfile.ZipFile]:
     if not path.exists():
         raise DataError(f"data file not found: {path}")
     try:
@@ -165,7 +166,7 @@ def _rebatch(batches: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
         feeds = {k: np.concatenate([np.asarray(b.feeds[k]) for b in group]) for k in group[0].feeds}
         labels = None
         if all(b.labels is not None for b in group):
-            labels = np.concatenate([np.asarray(b.labels).reshape((1,) + np.asarray(b.labels).shape[1:])
+            labels = np.concatenate([np.asarray(b.labels).reshape((1, *np.asarray(b.labels).shape[1:]))
                                      if np.asarray(b.labels).ndim == 0 else np.asarray(b.labels) for b in group])
         return Batch(feeds, labels)
 
@@ -395,7 +396,7 @@ def replayable(data: DataLike) -> DataLike:
     Paths, mappings and sequences are re-readable. A ``CalibrationDataReader`` or an
     iterator is read once and its batches spooled to a temporary folder for later passes.
     """
-    if isinstance(data, (str, os.PathLike, Mapping, list, tuple)) or isinstance(data, _Spool):
+    if isinstance(data, (str, os.PathLike, Mapping, list, tuple, _Spool)):
         return data
     if hasattr(data, "get_next") or (isinstance(data, Iterable) and iter(data) is data):
         return _Spool(data)

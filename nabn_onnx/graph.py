@@ -20,8 +20,8 @@ from onnx import ModelProto, NodeProto, TensorProto
 from .errors import NabnError
 from .io import read_record, weightless_copy
 
-__all__ = ["ANALOG_OPS", "AnalogLayer", "find_analog_layers", "GraphIndex", "layer_name", "infer_ranks", "infer_shapes_light",
-           "skip_summary", "select_layers"]
+__all__ = ["ANALOG_OPS", "AnalogLayer", "find_analog_layers", "GraphIndex", "layer_name", "infer_ranks",
+           "infer_shapes_light", "skip_summary", "select_layers"]
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def find_analog_layers(model: ModelProto, ranks: Optional[Dict[str, int]] = None
         if bn is not None:
             layer.bn = bn
             layer.bn_origin = "inserted" if bn.name in inserted else "original"
-        users = [n for n in index.consumers[weight_name]]
+        users = list(index.consumers[weight_name])
         if len(users) > 1:
             layer.skip_reason = f"weight '{weight_name}' is shared with {len(users) - 1} other node(s)"
         elif layer.channels is None:

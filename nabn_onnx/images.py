@@ -108,7 +108,8 @@ class ImageFolder:
                 paths += found
                 labels += [index] * len(found)
             if not paths:
-                raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its {len(classes)} class folder(s)")
+                raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) "
+                                f"in its {len(classes)} class folder(s)")
             return paths, labels, classes
         paths = sorted(p for p in root.iterdir() if _is_image(p))
         if not paths:

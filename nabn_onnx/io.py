@@ -266,7 +266,8 @@ def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
 
 
 #: Types whose elements are packed below one byte (raw size is not numel * itemsize).
-_PACKED_TYPES = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2") if hasattr(TensorProto, n)}
+_PACKED_TYPES = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+                 if hasattr(TensorProto, n)}
 
 
 def _check_initializer_sizes(model: ModelProto) -> None:
@@ -278,7 +279,8 @@ def _check_initializer_sizes(model: ModelProto) -> None:
     known = set(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
     for tensor in model.graph.initializer:
         if tensor.data_type not in known:
-            raise ModelError(f"initializer '{tensor.name}' has an unknown data type ({tensor.data_type}); the file is corrupt")
+            raise ModelError(f"initializer '{tensor.name}' has an unknown data type ({tensor.data_type}); "
+                             "the file is corrupt")
         if any(d < 0 for d in tensor.dims):
             raise ModelError(f"initializer '{tensor.name}' has negative dims {list(tensor.dims)}; the file is corrupt")
         if tensor.data_type in _PACKED_TYPES or tensor.data_type == TensorProto.STRING:
@@ -290,7 +292,8 @@ def _check_initializer_sizes(model: ModelProto) -> None:
             numel *= d
         field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
         if tensor.HasField("raw_data") and len(getattr(tensor, field)):
-            raise ModelError(f"initializer '{tensor.name}' stores its values twice (raw_data and {field}); the file is corrupt")
+            raise ModelError(f"initializer '{tensor.name}' stores its values twice (raw_data and {field}); "
+                             "the file is corrupt")
         if tensor.HasField("raw_data"):
             itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
             stored, wanted, unit = len(tensor.raw_data), numel * itemsize, "bytes"
@@ -319,12 +322,14 @@ def _check_utf8(message, where: str = "model") -> None:
             continue
         try:
             value = getattr(message, field.name)
-            if field.type == FieldDescriptor.TYPE_STRING:
-                if any(isinstance(v, bytes) for v in (value if repeated else (value,))):
-                    raise UnicodeDecodeError("utf-8", b"", 0, 1, "invalid UTF-8")
-                continue
-        except UnicodeDecodeError:
-            raise ModelError(f"{where}.{field.name} holds text that is not valid UTF-8; the file is corrupt") from None
+            bad = field.type == FieldDescriptor.TYPE_STRING and any(
+                isinstance(v, bytes) for v in (value if repeated else (value,)))
+        except UnicodeDecodeError:  # some protobuf back ends fail on read instead of returning bytes
+            bad = True
+        if bad:
+            raise ModelError(f"{where}.{field.name} holds text that is not valid UTF-8; the file is corrupt")
+        if field.type == FieldDescriptor.TYPE_STRING:
+            continue
         for item in value if repeated else (value,):
             _check_utf8(item, f"{where}.{field.name}")
 
@@ -370,7 +375,8 @@ def weightless_copy(model: ModelProto) -> ModelProto:
         if numel <= _CHECK_KEEP_ELEMENTS:
             light.graph.initializer.append(tensor)
         elif tensor.name not in listed:
-            light.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+            light.graph.input.append(
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
     return light
 
 

@@ -39,7 +39,7 @@ def weight_rng(seed: int, name: str, shape, stream: int, draw: int = 0) -> np.ra
     """A generator determined by the seed, the weight's name and shape, a stream and a draw index."""
     digest = hashlib.sha256(f"{name}|{tuple(int(d) for d in shape)}".encode()).digest()
     words = [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
-    entropy = [seed & 0xFFFFFFFF, seed >> 32] + words + [stream, draw]
+    entropy = [seed & 0xFFFFFFFF, seed >> 32, *words, stream, draw]
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
 
 

@@ -292,7 +292,9 @@ def _constant_value(name: str, inits, producer, depth: int = 0) -> Optional[np.n
         return None if axes is None else np.expand_dims(values[0], tuple(int(a) for a in np.atleast_1d(axes)))
     if node.op_type == "Squeeze":
         axes = attrs.get("axes", values[1] if len(values) > 1 else None)
-        return np.squeeze(values[0]) if axes is None else np.squeeze(values[0], tuple(int(a) for a in np.atleast_1d(axes)))
+        if axes is None:
+            return np.squeeze(values[0])
+        return np.squeeze(values[0], tuple(int(a) for a in np.atleast_1d(axes)))
     return values[0]  # Identity, Cast (to another integer type: the value is the same)
 
 
@@ -316,7 +318,7 @@ def plan_batch(model: ModelProto, providers: Optional[Sequence[str]] = None, see
         dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
         if any(d is None for d in dims[1:]) or np.dtype(dtype).kind != "f":
             return BatchPlan(fixed, False, "inputs with free inner dimensions or non-float inputs cannot be checked")
-        feeds[value.name] = rng.standard_normal([total] + dims[1:]).astype(dtype)
+        feeds[value.name] = rng.standard_normal([total, *dims[1:]]).astype(dtype)
     try:
         basic = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         original = make_session(model, optimization=basic, providers=providers, quiet=True)
@@ -337,8 +339,9 @@ def plan_batch(model: ModelProto, providers: Optional[Sequence[str]] = None, see
 
 
 def chunks(feeds: Mapping[str, np.ndarray], size: int, pad: bool) -> Iterator[tuple]:
-    """``(chunk feeds, real samples)`` of exactly ``size`` samples; the last is padded by
-    repeating its last sample (``pad``) or dropped when short.
+    """``(chunk feeds, real samples)`` of exactly ``size`` samples.
+
+    The last is padded by repeating its last sample (``pad``) or dropped when short.
     """
     total = int(next(iter(feeds.values())).shape[0])
     for start in range(0, total, size):
@@ -363,5 +366,6 @@ def run_chunked(session: ort.InferenceSession, fetch: Optional[Sequence[str]], f
         return session.run(fetch, {**feeds, **extra})
     pieces: List[List[np.ndarray]] = []
     for part, real in chunks(feeds, chunk, pad=True):
-        pieces.append([o[:real] if o.ndim and o.shape[0] == chunk else o for o in session.run(fetch, {**part, **extra})])
+        outputs = session.run(fetch, {**part, **extra})
+        pieces.append([o[:real] if o.ndim and o.shape[0] == chunk else o for o in outputs])
     return [np.concatenate(parts) if parts[0].ndim else parts[0] for parts in zip(*pieces)]

@@ -382,7 +382,8 @@ class CalibrationReport:
         if self.chosen != self.method:
             how = f"chose '{self.chosen}'"
             if self.scores is not None:
-                how += f", scored on {self.scored_on} {'calibration (in-sample)' if self.in_sample else 'held-out'} samples"
+                kind = "calibration (in-sample)" if self.in_sample else "held-out"
+                how += f", scored on {self.scored_on} {kind} samples"
             method += f" ({how})"
         verb = "left the statistics of" if self.chosen == "none" else "calibrated"
         line = (
@@ -555,7 +556,8 @@ def _prepare(model: ModelLike, *, noise: Optional[NoiseModel], reference: Option
         SplitBatchNormPass(include=include, exclude=exclude)(clean)
         name_batchnorms(clean)
         if [n.name for n in batchnorm_nodes(clean)] != names:
-            raise NabnError("the reference model's BatchNorms do not match the model's: give the same model before noise")
+            raise NabnError("the reference model's BatchNorms do not match the model's: "
+                            "give the same model before noise")
     recorded = set(read_record(proto, "inserted_bn", []) or [])
     params = read_bn_params(proto)
     eps_of = {n.name: bn_epsilon(n) for n in batchnorm_nodes(proto)}
@@ -576,7 +578,8 @@ def _prepare_chip(proto: ModelProto, method: str, include: Optional[str], exclud
     names, left, origin = [], {}, {}
     for node in batchnorm_nodes(proto):
         if node.name in recorded and is_placeholder(params[node.name], bn_epsilon(node)):
-            left[node.name] = "inserted without clean statistics: run 'split --data' on the clean model, or pass --reference"
+            left[node.name] = ("inserted without clean statistics: run 'split --data' on the clean model, "
+                               "or pass --reference")
         elif any(params[node.name][k] is None for k in ("mean", "var")):
             left[node.name] = "statistics are computed at run time, not stored"
         else:
@@ -683,7 +686,8 @@ def calibrate(
         needs_clean = job.method in ("delta", "auto")
         per_pass = _count_batches(data, batch_size, max_batches)
         passes = (1 if job.placeholders else 0) + (2 if needs_clean else 1)
-        total = None if per_pass is None else passes * per_pass + (len(CANDIDATES) * per_pass if job.method == "auto" else 0)
+        scoring = len(CANDIDATES) * per_pass if per_pass is not None and job.method == "auto" else 0
+        total = None if per_pass is None else passes * per_pass + scoring
         chosen, scores, scored_on, in_sample = job.method, None, 0, False
         with Progress("calibrating", total, enabled=show_progress) as bar:
             if job.placeholders:
@@ -759,8 +763,8 @@ def _choose(job: _Job, data: DataLike, runs: _Runs, clean_session, reference_par
     fit_clean = clean_run.stats if in_sample else clean_run.fit
     candidates = {name: _new_stats(name, job.names, reference_params, fit_noisy, fit_clean) for name in CANDIDATES}
     if in_sample:
-        warn_once(logger, "auto: no calibration batch had the 4 or more samples needed to hold some out; the candidates "
-                          "are scored on the samples they were estimated on")
+        warn_once(logger, "auto: no calibration batch had the 4 or more samples needed to hold some out; "
+                          "the candidates are scored on the samples they were estimated on")
     chosen, scores = choose_candidate(clean_session, job.model, candidates, data,
                                       select=None if in_sample else held_out(holdout), batch_size=runs.batch_size,
                                       max_batches=runs.max_batches, providers=runs.providers, progress=bar,
@@ -789,8 +793,8 @@ def _guard_chip(job: _Job, data: DataLike, runs: _Runs, reference_params, noisy_
     select = None if in_sample else held_out(holdout)
     output = job.model.graph.output[0].name
     scores: Dict[str, float] = {}
-    unchecked = ("Algorithm 1 ('paper') ran and could not be checked: without the clean model (--reference) or labels in "
-                 "the calibration data nothing tells whether it helped; measure it with --test")
+    unchecked = ("Algorithm 1 ('paper') ran and could not be checked: without the clean model (--reference) "
+                 "or labels in the calibration data nothing tells whether it helped; measure it with --test")
     for name, values in candidates.items():
         WriteBatchNormStatsPass(values)(job.model)
         session = make_session(job.model, optimization=SERVE, providers=runs.providers, batch=job.plan)
@@ -822,9 +826,11 @@ def _guard_chip(job: _Job, data: DataLike, runs: _Runs, reference_params, noisy_
 
 def _new_stats(method: str, names: Sequence[str], reference: Dict[str, Dict[str, np.ndarray]], noisy: Stats,
                clean: Optional[Stats]) -> Dict[str, Dict[str, np.ndarray]]:
-    """The statistics each candidate writes: ``paper`` the noisy ones, ``delta`` the reference
-    mapped by the noise's per-channel affine change (module docstring), ``blend`` the average
-    of the two (geometric for variances), ``none`` the reference itself.
+    """The statistics each candidate writes.
+
+    ``paper`` the noisy ones, ``delta`` the reference mapped by the noise's per-channel affine
+    change (module docstring), ``blend`` the average of the two (geometric for variances),
+    ``none`` the reference itself.
     """
     out = {}
     for name in names:
@@ -865,7 +871,8 @@ def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def _shift(name: str, origin: str, before: Dict[str, np.ndarray], after: Dict[str, np.ndarray], eps: float) -> LayerShift:
+def _shift(name: str, origin: str, before: Dict[str, np.ndarray], after: Dict[str, np.ndarray],
+           eps: float) -> LayerShift:
     mean0, var0 = before["mean"], before["var"]
     mean1, var1 = np.asarray(after["mean"], np.float64), np.asarray(after["var"], np.float64)
     shift = float(np.mean(np.abs(mean1 - mean0) / np.sqrt(var0 + eps)))

@@ -16,8 +16,8 @@ to rank candidates, and :data:`FALLBACK` (Algorithm 1) is chosen.
 
 Which samples are scored is the caller's choice (``select``): the calibration engine holds
 out every 4th batch, or with fewer batches the last quarter of every batch, so that even
-one calibration batch leaves samples the candidates were not estimated on. A score over no sample at all is refused (it would be 0
-for every candidate and choose blindly).
+one calibration batch leaves samples the candidates were not estimated on. A score over no
+sample at all is refused (it would be 0 for every candidate and choose blindly).
 """
 
 from __future__ import annotations

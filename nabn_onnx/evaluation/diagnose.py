@@ -126,23 +126,23 @@ class DiagnoseReport:
 
     def mean(self, key: str) -> float:
         """Average of a :class:`LayerDivergence` field over layers."""
-        return float(np.mean([getattr(l, key) for l in self.layers]))
+        return float(np.mean([getattr(d, key) for d in self.layers]))
 
     def to_dict(self) -> Dict[str, object]:
         """JSON-able form of the report, ratios included."""
         return {
             "noise": self.noise, "method": self.method, "at": self.at, "bins": self.bins, "samples": self.samples,
             "seconds": round(self.seconds, 3),
-            "layers": [dict(vars(l), kl_ratio=l.kl_ratio, js_ratio=l.js_ratio) for l in self.layers],
+            "layers": [dict(vars(d), kl_ratio=d.kl_ratio, js_ratio=d.js_ratio) for d in self.layers],
         }
 
     def to_markdown(self) -> str:
         """The report as a Markdown table, one row per layer and a mean row."""
         lines = ["| layer | KL vanilla | KL NaBN | KL ratio | JS vanilla | JS NaBN | JS ratio |",
                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for l in self.layers:
-            lines.append(f"| {l.layer} | {l.kl_vanilla:.4f} | {l.kl_nabn:.4f} | {l.kl_ratio:.1f} | "
-                         f"{l.js_vanilla:.4f} | {l.js_nabn:.4f} | {l.js_ratio:.1f} |")
+        for entry in self.layers:
+            lines.append(f"| {entry.layer} | {entry.kl_vanilla:.4f} | {entry.kl_nabn:.4f} | {entry.kl_ratio:.1f} | "
+                         f"{entry.js_vanilla:.4f} | {entry.js_nabn:.4f} | {entry.js_ratio:.1f} |")
         lines.append(f"| **mean** | {self.mean('kl_vanilla'):.4f} | {self.mean('kl_nabn'):.4f} | | "
                      f"{self.mean('js_vanilla'):.4f} | {self.mean('js_nabn'):.4f} | |")
         return "\n".join(lines) + "\n"

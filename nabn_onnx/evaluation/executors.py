@@ -448,9 +448,10 @@ def _import_ray():
 
 def make_executor(jobs: int = 1, ray: Union[bool, str, None] = None,
                   max_retries: int = DEFAULT_MAX_RETRIES) -> Executor:
-    """The executor for ``--jobs`` and ``--ray``: Ray when ``ray`` is given (True or "local": a
-    local runtime with ``jobs`` CPUs when ``jobs`` > 1; else a cluster address), else local
-    processes when ``jobs`` > 1, else serial.
+    """The executor for ``--jobs`` and ``--ray``.
+
+    Ray when ``ray`` is given (True or "local": a local runtime with ``jobs`` CPUs when
+    ``jobs`` > 1; else a cluster address), else local processes when ``jobs`` > 1, else serial.
     """
     if ray not in (None, False):
         _import_ray()  # fail before any work when Ray is missing

@@ -288,7 +288,8 @@ def make_metric(spec: MetricLike, *, ignore_index: Optional[int] = IGNORE_INDEX,
         return copy.deepcopy(spec)
     if callable(spec):
         return CallableMetric(spec)
-    raise NabnError(f"a metric must be a name, an object with update()/result() or a callable, got {type(spec).__name__}")
+    raise NabnError("a metric must be a name, an object with update()/result() or a callable, "
+                    f"got {type(spec).__name__}")
 
 
 def make_metrics(spec: Union[MetricLike, Sequence[MetricLike]], **options) -> Dict[str, Metric]:

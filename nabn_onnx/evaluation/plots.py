@@ -91,24 +91,24 @@ def _short(layer: str) -> str:
     """A tick label: the last two parts of an exporter's path-like name, without op and nabn suffixes."""
     parts = [p for p in layer.strip("/").split("/") if p not in _NOISE_WORDS]
     # "stages/stages.0/stages.0.1/conv1": a module path repeats each prefix; keep the longest form.
-    parts = [p for p, q in zip(parts, parts[1:] + [""]) if not q.startswith(p + ".")]
+    parts = [p for p, q in zip(parts, [*parts[1:], ""]) if not q.startswith(p + ".")]
     return "/".join(parts[-2:]) or layer
 
 
 def plot_diagnose(report: DiagnoseReport, path: Union[str, os.PathLike], title: Optional[str] = None) -> Path:
     """Per-layer KL and JS bars without (green) and with (blue) calibration, and their ratio (red line)."""
     plt = pyplot()
-    layers = [_short(l.layer) for l in report.layers]
+    layers = [_short(d.layer) for d in report.layers]
     x = np.arange(len(layers))
     figure, axes = plt.subplots(2, 1, figsize=(max(6, 0.45 * len(layers) + 2), 7), sharex=True)
     for ax, kind in zip(axes, ("kl", "js")):
-        vanilla = [getattr(l, f"{kind}_vanilla") for l in report.layers]
-        nabn = [getattr(l, f"{kind}_nabn") for l in report.layers]
+        vanilla = [getattr(d, f"{kind}_vanilla") for d in report.layers]
+        nabn = [getattr(d, f"{kind}_nabn") for d in report.layers]
         ax.bar(x - 0.2, vanilla, 0.4, color=_VANILLA, label="without calibration")
         ax.bar(x + 0.2, nabn, 0.4, color=_NABN, label="with NaBN calibration")
         ax.set_ylabel(f"{kind.upper()} divergence")
         ratio_ax = ax.twinx()
-        ratio_ax.plot(x, [getattr(l, f"{kind}_ratio") for l in report.layers], "o-", color=_RATIO, label="ratio")
+        ratio_ax.plot(x, [getattr(d, f"{kind}_ratio") for d in report.layers], "o-", color=_RATIO, label="ratio")
         ratio_ax.set_ylabel("ratio (without / with)", color=_RATIO)
         ratio_ax.set_yscale("log")
         handles = ax.get_legend_handles_labels()[0] + ratio_ax.get_legend_handles_labels()[0]

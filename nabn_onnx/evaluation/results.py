@@ -131,13 +131,13 @@ def _read(path: Path) -> Tuple[Dict[str, object], Dict[ChipKey, Dict[str, object
             break
         try:
             obj = json.loads(raw.decode("utf-8"))
-            if not isinstance(obj, dict):
-                raise ValueError("not an object")
         except (ValueError, UnicodeDecodeError):
+            obj = None
+        if not isinstance(obj, dict):
             if last:
                 break  # torn by a kill while writing: everything before it is intact
             raise NabnError(f"{path} line {number} is not a JSON object: not a sweep results file, "
-                            "or damaged other than by an interrupted write") from None
+                            "or damaged other than by an interrupted write")
         if last:
             break  # a complete object without its newline was torn before the newline: rerun that chip
         objects.append(obj)

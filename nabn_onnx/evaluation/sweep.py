@@ -182,9 +182,9 @@ class SweepReport:
         s = self.settings
         lines = [
             f"# Robustness sweep: {self.model}", "",
-            f"{self.metric} (%) under {str(s['noise']).upper()} noise (sigma_t = {s['sigma_t']}·eta, "
-            f"sigma_s = {s['sigma_s']}, temporal draw per {s['temporal']}), {len(chips)} chip(s) per eta, "
-            f"mean ± std over chips; NaBN method '{self.method}'. Clean model: {100 * self.clean:.2f}%.", "",
+            (f"{self.metric} (%) under {str(s['noise']).upper()} noise (sigma_t = {s['sigma_t']}·eta, "
+             f"sigma_s = {s['sigma_s']}, temporal draw per {s['temporal']}), {len(chips)} chip(s) per eta, "
+             f"mean ± std over chips; NaBN method '{self.method}'. Clean model: {100 * self.clean:.2f}%."), "",
             self.table(), "",
         ]
         return "\n".join(lines)
@@ -195,7 +195,8 @@ class SweepReport:
         worst = min(stats, key=lambda s: s["vanilla_mean"])
         return (
             f"swept {len(stats)} eta(s) x {len(self.rows) // max(len(stats), 1)} chip(s) of {self.model}: clean "
-            f"{100 * self.clean:.2f}%, at {worst['noise']} eta={worst['eta']:g} vanilla {100 * worst['vanilla_mean']:.2f}% "
+            f"{100 * self.clean:.2f}%, at {worst['noise']} eta={worst['eta']:g} "
+            f"vanilla {100 * worst['vanilla_mean']:.2f}% "
             f"vs NaBN {100 * worst['nabn_mean']:.2f}% ({self.metric}), in {self.seconds.get('total', 0.0):.1f}s"
             + (f" on {self.executor}" if self.executor != "serial" else "")
             + (f" ({self.resumed} chip(s) resumed from the results file)" if self.resumed else "")
@@ -645,9 +646,21 @@ def sweep(
         noise: ``"mul"`` or ``"add"``.
         etas: noise scales.
         seeds: number of chips ``K`` (seeds ``0..K-1``) or the seeds themselves.
-        method, metric, estimator, batch_size, calib_batches, test_batches, output,
-            ignore_index, ignore_background, reuse_sessions, providers: see :class:`SweepSettings`.
-        sigma_t, sigma_s, temporal, include_bias: see :class:`SweepPlan`.
+        method: calibration method (:class:`SweepSettings`, as are the arguments down to ``providers``).
+        metric: a one-number metric.
+        sigma_t: temporal spread relative to eta (:class:`SweepPlan`, as are ``sigma_s`` to ``include_bias``).
+        sigma_s: spatial spread.
+        temporal: ``"element"`` or ``"layer"``.
+        include_bias: also put noise on analog biases.
+        estimator: how calibration combines batch statistics.
+        batch_size: samples per batch for file and dict data.
+        calib_batches: calibrate on at most this many batches.
+        test_batches: evaluate on at most this many batches.
+        output: model output the metric reads (index or name).
+        ignore_index: segmentation label never counted.
+        ignore_background: drop background pixels in segmentation metrics.
+        reuse_sessions: one session for all chips of a worker, weights fed per chip.
+        providers: onnxruntime execution providers, in order of preference (None: CPU).
         show_progress: draw a progress bar over the chips.
         executor: where the chips run (None: serially in this process).
 

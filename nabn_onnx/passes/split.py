@@ -106,8 +106,8 @@ class SplitBatchNormPass(Pass):
     def call(self, model: ModelProto) -> PassResult:
         """Insert an identity BatchNorm after every selected analog layer that has none."""
         layers = select_layers(find_analog_layers(model), self.include, self.exclude)
-        todo = [l for l in layers if l.bn is None and l.skip_reason is None]
-        skipped = {l.name: l.skip_reason for l in layers if l.bn is None and l.skip_reason is not None}
+        todo = [x for x in layers if x.bn is None and x.skip_reason is None]
+        skipped = {x.name: x.skip_reason for x in layers if x.bn is None and x.skip_reason is not None}
         if not todo:
             return PassResult(model, False, {"inserted": [], "skipped": skipped})
         index = GraphIndex(model)
