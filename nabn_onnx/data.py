@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -186,7 +186,7 @@ def _rebatch(batches: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
         yield joined()
 
 
-def _split_labels(feeds: Mapping[str, np.ndarray]) -> Batch:
+def _split_labels(feeds: object) -> Batch:
     if not isinstance(feeds, Mapping):
         raise DataError(f"each batch must be a dict of input name to array, got {type(feeds).__name__}")
     feeds = dict(feeds)
@@ -352,8 +352,11 @@ class _Spool:
 
     def __iter__(self) -> Iterator[Mapping[str, np.ndarray]]:
         if self._complete:
+            folder = self._folder
+            if folder is None:
+                raise DataError("a one-shot data source was read again after it was closed")
             for i in range(self._count):
-                with np.load(os.path.join(self._folder, f"{i}.npz")) as saved:
+                with np.load(os.path.join(folder, f"{i}.npz")) as saved:
                     yield {k: saved[k] for k in saved.files}
             if not self._exhausted:
                 raise DataError(
@@ -368,7 +371,7 @@ class _Spool:
             _split_labels(b) for b in self._source)
         try:
             for batch in source:
-                feeds = dict(batch.feeds)
+                feeds: Dict[str, Any] = dict(batch.feeds)  # Any: np.savez's stub checks **arrays against allow_pickle
                 if batch.labels is not None:
                     feeds[LABELS_KEY] = batch.labels
                 np.savez(os.path.join(self._folder, f"{self._count}.npz"), **feeds)

@@ -21,7 +21,7 @@ Variance pooling:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 
@@ -72,9 +72,10 @@ class RunningStats:
         self.estimator = estimator
         self.batches = 0
         self.samples = 0
-        self._mean: Optional[np.ndarray] = None  # estimate of E[x]
-        self._var: Optional[np.ndarray] = None  # estimate of E[v_b]
-        self._mean_sq: Optional[np.ndarray] = None  # estimate of E[mu_b^2] (for total variance)
+        # set by the first batch (empty until then; nothing reads them before it)
+        self._mean: np.ndarray = np.empty(0)  # estimate of E[x]
+        self._var: np.ndarray = np.empty(0)  # estimate of E[v_b]
+        self._mean_sq: np.ndarray = np.empty(0)  # estimate of E[mu_b^2] (for total variance)
 
     def update(self, mean: np.ndarray, var: np.ndarray, count: int) -> None:
         """Add one batch: per-channel mean, biased variance, and elements per channel."""

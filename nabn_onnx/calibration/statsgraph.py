@@ -25,7 +25,7 @@ element count per channel; callers that know the spatial sizes statically leave 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
@@ -183,7 +183,7 @@ class ExposeBatchNormStatsPass(Pass):
             numpy_helper.from_array(np.zeros(channels, dtype), names[1]),
         ])
         outputs = [f"{node.name}/nabn_tap_y", stat.mean, stat.var]
-        attrs = {"momentum": 0.0, "epsilon": 1e-5}
+        attrs: Dict[str, Any] = {"momentum": 0.0, "epsilon": 1e-5}  # ONNX attributes: any type
         if opset >= 14:
             attrs["training_mode"] = 1
         else:

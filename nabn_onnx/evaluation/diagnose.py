@@ -250,12 +250,12 @@ def diagnose(
         raise NabnError(f"at least 2 histogram bins are needed, got {bins}")
     data = replayable(data)
     proto = load_model(copy.deepcopy(model) if isinstance(model, ModelProto) else model)
-    common = dict(batch_size=batch_size, max_batches=max_batches, providers=providers)
-    clean = split(proto, data, **common).model
+    clean = split(proto, data, batch_size=batch_size, max_batches=max_batches, providers=providers).model
     if not batchnorm_nodes(clean):
         raise NothingToDoError("the model has no BatchNormalization and no analog layer to put one after")
     noisy = InjectWeightNoisePass(noise)(copy.deepcopy(clean)).model
-    calibrated = calibrate(clean, data, noise=noise, method=method, estimator=estimator, **common).model
+    calibrated = calibrate(clean, data, noise=noise, method=method, estimator=estimator, batch_size=batch_size,
+                           max_batches=max_batches, providers=providers).model
     taps = _taps(clean, at)
     tensors = list(dict.fromkeys(taps.values()))
     plan = plan_batch(clean, providers)

@@ -227,11 +227,14 @@ def measure_gain(
     """
     from ..api import inject
 
-    common = dict(metric=metric, batch_size=batch_size, providers=providers)
+    def measure(m: ModelLike) -> Union[float, Dict[str, float]]:
+        return evaluate(m, test, metric=metric, batch_size=batch_size, providers=providers)
+
+    clean: Optional[Union[float, Dict[str, float]]]
     if noise is not None:
-        clean = evaluate(model, test, **common)
-        noisy = evaluate(inject(model, noise).model, test, **common)
+        clean = measure(model)
+        noisy = measure(inject(model, noise).model)
     else:
-        clean = evaluate(reference, test, **common) if reference is not None else None
-        noisy = evaluate(model, test, **common)
-    return {"metric": metric, "clean": clean, "noisy": noisy, "calibrated": evaluate(calibrated, test, **common)}
+        clean = measure(reference) if reference is not None else None
+        noisy = measure(model)
+    return {"metric": metric, "clean": clean, "noisy": noisy, "calibrated": measure(calibrated)}

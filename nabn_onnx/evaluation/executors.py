@@ -33,10 +33,10 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import onnx
@@ -196,12 +196,13 @@ class _Workspace:
                 paths[key] = os.fspath(path)
             return ArrayFiles(paths)
         if isinstance(value, Iterable) or hasattr(value, "get_next"):
-            paths = []
+            batch_paths = []
             for feeds in feed_dicts(value):
                 path = self._path("batch.npz")
-                np.savez(path, **feeds)
-                paths.append(os.fspath(path))
-            return BatchFiles(paths)
+                arrays: Dict[str, Any] = dict(feeds)  # Any: np.savez's stub checks **arrays against allow_pickle
+                np.savez(path, **arrays)
+                batch_paths.append(os.fspath(path))
+            return BatchFiles(batch_paths)
         return value
 
     def close(self) -> None:
@@ -269,7 +270,7 @@ class ProcessExecutor(Executor):
             threads = max(1, (os.cpu_count() or 1) // self.jobs)
             pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=context, initializer=_init_worker,
                                        initargs=(threads,))
-            running: Dict[object, int] = {}
+            running: Dict[Future, int] = {}
             broken = finished = False
             try:
                 while queue or running:
@@ -381,7 +382,7 @@ class RayExecutor(Executor):
             return value
 
         shared = inputs.map_shared(share)
-        options = {"max_retries": self.max_retries, "num_cpus": 1}
+        options: Dict[str, object] = {"max_retries": self.max_retries, "num_cpus": 1}
         hook = os.environ.get(CRASH_HOOK_ENV)
         if hook:
             options["runtime_env"] = {"env_vars": {CRASH_HOOK_ENV: hook}}

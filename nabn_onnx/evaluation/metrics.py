@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Callable, Dict, List, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 
@@ -54,8 +54,8 @@ Result = Union[float, Dict[str, float]]
 class Metric(Protocol):
     """What a metric must offer: ``update`` once per batch, ``result`` at the end."""
 
-    def update(self, outputs: np.ndarray, labels: np.ndarray) -> None:
-        """Add one batch: the model's output and the batch's labels."""
+    def update(self, outputs: np.ndarray, labels: Optional[np.ndarray]) -> None:
+        """Add one batch: the model's output and the batch's labels (None when the data has none)."""
 
     def result(self) -> Result:
         """The metric over every batch seen so far."""
@@ -85,7 +85,7 @@ class TopK:
         self.hits = 0
         self.total = 0
 
-    def update(self, outputs: np.ndarray, labels: np.ndarray) -> None:
+    def update(self, outputs: np.ndarray, labels: Optional[np.ndarray]) -> None:
         """Count the batch's top-k hits against class-index labels."""
         given = _need_labels(labels, self.name)
         logits = np.asarray(outputs)
@@ -146,7 +146,7 @@ class ConfusionMatrix:
         self.background = background
         self.matrix: Optional[np.ndarray] = None
 
-    def update(self, outputs: np.ndarray, labels: np.ndarray) -> None:
+    def update(self, outputs: np.ndarray, labels: Optional[np.ndarray]) -> None:
         """Add the batch's label maps and predicted maps to the confusion matrix."""
         labels = _need_labels(labels, self.name)
         logits = np.asarray(outputs)
@@ -198,7 +198,7 @@ class ConfusionMatrix:
             raise DataError(f"{self.name}: no class besides the ignored ones was labelled or predicted")
         return float(present.mean())
 
-    def result(self) -> Dict[str, float]:
+    def result(self) -> Result:  # a dict here; the one-number subclasses return a float
         """Both figures: ``miou`` and ``pixel-acc``."""
         return {"miou": self.mean_iou(), "pixel-acc": self.pixel_accuracy()}
 
@@ -230,13 +230,14 @@ class PixelAccuracy(ConfusionMatrix):
 class CallableMetric:
     """Adapts ``f(outputs, labels) -> float`` into a :class:`Metric`: batch-size weighted mean of per-batch values."""
 
-    def __init__(self, function: Callable[[np.ndarray, np.ndarray], float], name: Optional[str] = None):
+    # labels: Any, as a user's f may or may not accept the None given when the data has no labels
+    def __init__(self, function: Callable[[np.ndarray, Any], float], name: Optional[str] = None):
         self.function = function
         self.name = name or getattr(function, "__name__", "metric")
         self.weighted = 0.0
         self.total = 0
 
-    def update(self, outputs: np.ndarray, labels: np.ndarray) -> None:
+    def update(self, outputs: np.ndarray, labels: Optional[np.ndarray]) -> None:
         """Add the function's value on this batch, weighted by the batch size."""
         count = len(outputs)
         self.weighted += float(self.function(outputs, labels)) * count
@@ -282,11 +283,12 @@ def make_metric(spec: MetricLike, *, ignore_index: Optional[int] = IGNORE_INDEX,
                 return cls(ignore_index=ignore_index)
             return cls(ignore_index=ignore_index, ignore_background=ignore_background)
         raise NabnError(f"unknown metric {spec!r}; choose one of {', '.join(metric_names())} or pass a Metric object")
-    if isinstance(spec, type) and issubclass(spec, Metric):
-        return spec()
-    if isinstance(spec, Metric):
+    if isinstance(spec, type):
+        if issubclass(spec, Metric):
+            return spec()
+    elif isinstance(spec, Metric):
         return copy.deepcopy(spec)
-    if callable(spec):
+    elif callable(spec):
         return CallableMetric(spec)
     raise NabnError("a metric must be a name, an object with update()/result() or a callable, "
                     f"got {type(spec).__name__}")
@@ -296,8 +298,8 @@ def make_metrics(spec: Union[MetricLike, Sequence[MetricLike]], **options) -> Di
     """Fresh metrics keyed by name, from one spec, a comma-separated string or a list."""
     if isinstance(spec, str):
         specs: Sequence[MetricLike] = [s for s in spec.split(",") if s.strip()]
-    elif isinstance(spec, (list, tuple)):
-        specs = spec
+    elif isinstance(spec, Sequence):  # lists and tuples of specs
+        specs = list(spec)
     else:
         specs = [spec]
     if not specs:
