@@ -154,8 +154,8 @@ class ImageFolder:
 
     def _normalizer(self, channels: int) -> Tuple[np.ndarray, np.ndarray]:
         out = []
-        for name, values in (("mean", self.mean), ("std", self.std)):
-            values = np.asarray(values, dtype=np.float32).reshape(-1)
+        for name, given in (("mean", self.mean), ("std", self.std)):
+            values = np.asarray(given, dtype=np.float32).reshape(-1)
             if values.size not in (1, channels):
                 raise DataError(f"{name} has {values.size} values; the model's images have {channels} channel(s)")
             out.append(np.broadcast_to(values, (channels,)))

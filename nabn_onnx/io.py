@@ -170,7 +170,7 @@ def bypass_initializer_identities(model: ModelProto) -> int:
     # A subgraph may read the Identity's output (an If branch using a weight of the main
     # graph): its nodes are pointed at the initializer too. A subgraph output naming it stays.
     outputs = {o.name for o in graph.output} | {o.name for sub in subgraphs(graph) for o in sub.output}
-    rename = {}
+    rename: Dict[str, str] = {}
     keep = []
     for node in graph.node:
         if (node.op_type == "Identity" and node.domain in ("", "ai.onnx") and len(node.input) == 1

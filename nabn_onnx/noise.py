@@ -112,7 +112,7 @@ class NoiseModel:
 
     def describe(self) -> Dict[str, object]:
         """JSON-able settings, for provenance."""
-        out = {"noise": self.kind}
+        out: Dict[str, object] = {"noise": self.kind}
         out.update(asdict(self))
         return out
 

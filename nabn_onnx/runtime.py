@@ -238,8 +238,11 @@ def fixed_batch(model: ModelProto) -> Optional[int]:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def _free_batch(model: ModelProto, fixed: int) -> List[str]:
-    """Make the batch dimension symbolic, in place; returns the Reshape nodes whose constant was rewritten."""
+def _free_batch(model: ModelProto, fixed: Optional[int]) -> List[str]:
+    """Make the batch dimension symbolic, in place; returns the Reshape nodes whose constant was rewritten.
+
+    With ``fixed`` None (a plan with nothing fixed) only the inputs' first dimension is named.
+    """
     symbol = "nabn_batch"
     for value in _real_inputs(model):
         value.type.tensor_type.shape.dim[0].dim_param = symbol
@@ -250,7 +253,7 @@ def _free_batch(model: ModelProto, fixed: int) -> List[str]:
     del model.graph.value_info[:]  # shapes inferred for the fixed batch no longer hold
     inits = {t.name: t for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
-    rewritten = []
+    rewritten: List[str] = []
     for node in model.graph.node:
         if node.op_type != "Reshape" or len(node.input) < 2:
             continue
@@ -281,8 +284,14 @@ def _constant_value(name: str, inits, producer, depth: int = 0) -> Optional[np.n
     node = producer.get(name)
     if node is None or node.op_type not in _SHAPE_OPS or depth > 8:
         return None
-    values = [_constant_value(i, inits, producer, depth + 1) for i in node.input if i]
-    if any(v is None for v in values) or not values:
+    values: List[np.ndarray] = []
+    for i in node.input:
+        found = _constant_value(i, inits, producer, depth + 1) if i else None
+        if i and found is None:
+            return None
+        if found is not None:
+            values.append(found)
+    if not values:
         return None
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if node.op_type == "Concat":
@@ -316,9 +325,10 @@ def plan_batch(model: ModelProto, providers: Optional[Sequence[str]] = None, see
         tensor_type = value.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
         dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-        if any(d is None for d in dims[1:]) or np.dtype(dtype).kind != "f":
+        inner = [d for d in dims[1:] if d is not None]
+        if len(inner) < len(dims[1:]) or np.dtype(dtype).kind != "f":
             return BatchPlan(fixed, False, "inputs with free inner dimensions or non-float inputs cannot be checked")
-        feeds[value.name] = rng.standard_normal([total, *dims[1:]]).astype(dtype)
+        feeds[value.name] = rng.standard_normal([total, *inner]).astype(dtype)
     try:
         basic = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         original = make_session(model, optimization=basic, providers=providers, quiet=True)

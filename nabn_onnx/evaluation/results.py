@@ -22,7 +22,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Dict, List, Mapping, Tuple, Union
+from typing import Any, BinaryIO, Dict, List, Mapping, Tuple, Union
 
 from ..errors import NabnError
 
@@ -37,7 +37,7 @@ _MATCHED = ("format", "version", "fingerprint", "metric", "method", "settings", 
 ChipKey = Tuple[str, float, int]
 
 
-def chip_key(row: Mapping[str, object]) -> ChipKey:
+def chip_key(row: Mapping[str, Any]) -> ChipKey:  # Any: rows are read from JSON
     """``(noise, eta, seed)`` of a row: what identifies a chip."""
     return (str(row["noise"]), float(row["eta"]), int(row["seed"]))
 
@@ -79,7 +79,7 @@ class ResultsFile:
             found, rows, good_bytes = _read(path)
             _check_header(path, found, header)
             _check_clean(path, found, header)
-            handle = open(path, "r+b")
+            handle: BinaryIO = open(path, "r+b")
             handle.truncate(good_bytes)  # a line torn by a kill is dropped, so appends start on a fresh line
             handle.seek(good_bytes)
             return cls(path, found, rows, handle)
@@ -166,7 +166,7 @@ def _what(key: str) -> str:
             "version": "file format version", "format": "file format"}.get(key, key)
 
 
-def _check_clean(path: Path, found: Mapping[str, object], wanted: Mapping[str, object]) -> None:
+def _check_clean(path: Path, found: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
     """Refuse to resume when the clean metric moved: the test data (or how it is read) changed."""
     before, clean = found.get("clean"), wanted.get("clean")
     if before is not None and clean is not None and float(before) != float(clean):

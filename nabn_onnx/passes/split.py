@@ -39,7 +39,7 @@ import logging
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from onnx import ModelProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, helper, numpy_helper
 
 from ..graph import AnalogLayer, GraphIndex, find_analog_layers, select_layers
 from ..io import read_record, record
@@ -114,15 +114,17 @@ class SplitBatchNormPass(Pass):
         names_taken = set(index.producer) | set(index.initializers) | {n.name for n in model.graph.node}
         names_taken |= {i.name for i in model.graph.input}
         position = {id(node): i for i, node in enumerate(model.graph.node)}
-        new_nodes: Dict[int, object] = {}
+        new_nodes: Dict[int, NodeProto] = {}
         inserted: List[str] = []
         for layer in todo:
+            if layer.weight is None or layer.channels is None:  # find_analog_layers gives these a skip reason
+                raise ValueError(f"layer {layer.name} has no constant weight or channel count, yet no skip reason")
             node = layer.node
             weight = index.initializers[layer.weight]
             dtype = helper.tensor_dtype_to_np_dtype(weight.data_type)
             bn_name = _unique(layer.name + _INSERTED_SUFFIX, names_taken)
             scale_n, bias_n, mean_n, var_n = (_unique(n, names_taken) for n in bn_param_names(bn_name))
-            params = self._parameters(layer, dtype)
+            params = self._parameters(layer, layer.channels, dtype)
             for pname, value in zip((scale_n, bias_n, mean_n, var_n), params):
                 model.graph.initializer.append(numpy_helper.from_array(value, pname))
             out = node.output[0]
@@ -149,8 +151,7 @@ class SplitBatchNormPass(Pass):
         logger.info("inserted %d BatchNormalization node(s); %d layer(s) skipped", len(inserted), len(skipped))
         return PassResult(model, True, {"inserted": inserted, "skipped": skipped})
 
-    def _parameters(self, layer: AnalogLayer, dtype) -> Tuple[np.ndarray, ...]:
-        channels = layer.channels
+    def _parameters(self, layer: AnalogLayer, channels: int, dtype) -> Tuple[np.ndarray, ...]:
         eps = placeholder_epsilon(dtype)
         if layer.name in self.stats:
             mean, var = (np.asarray(a, dtype=np.float64).reshape(-1) for a in self.stats[layer.name])
