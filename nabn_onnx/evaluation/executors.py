@@ -57,8 +57,8 @@ DEFAULT_MAX_RETRIES = 3
 CRASH_HOOK_ENV = "NABN_SWEEP_CRASH_ONCE"
 
 Task = TypeVar("Task")
-Row = Dict[str, object]
-ChipFunction = Callable[[object, object], Row]
+Row = Dict[str, Any]  # a chip's JSON-able result
+ChipFunction = Callable[[Any, Any], Row]  # (task, inputs) -> row; executors pass both through untouched
 
 
 def crash_hook(seed: int) -> None:

@@ -46,7 +46,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from onnx import ModelProto, numpy_helper
@@ -115,22 +115,22 @@ class SweepReport:
     model: str
     metric: str
     method: str
-    settings: Dict[str, object]
+    settings: Dict[str, Any]  # JSON-able records, as read back from results files
     clean: float
-    rows: List[Dict[str, object]] = field(default_factory=list)
+    rows: List[Dict[str, Any]] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
     reuse_sessions: bool = False
     executor: str = "serial"
     resumed: int = 0
 
-    def by_eta(self) -> List[Dict[str, object]]:
+    def by_eta(self) -> List[Dict[str, Any]]:
         """Per (noise, eta): chip count and mean, std (sample, ddof=1), min and max of vanilla and nabn."""
-        groups: Dict[tuple, List[Dict[str, object]]] = {}
+        groups: Dict[tuple, List[Dict[str, Any]]] = {}
         for row in self.rows:
             groups.setdefault((row["noise"], row["eta"]), []).append(row)
         out = []
         for (noise, eta), rows in groups.items():
-            entry: Dict[str, object] = {"noise": noise, "eta": eta, "chips": len(rows)}
+            entry: Dict[str, Any] = {"noise": noise, "eta": eta, "chips": len(rows)}
             for key in ("vanilla", "nabn"):
                 entry.update({f"{key}_{k}": v for k, v in _spread([r[key] for r in rows]).items()})
             out.append(entry)
@@ -423,8 +423,8 @@ class SweepInputs:
     """
 
     key: str
-    clean: object
-    prepared: object
+    clean: Any  # ModelProto in the chip function; a file or object-store reference while shipped
+    prepared: Any
     calib: object
     test: object
     weights: Tuple[str, ...]
@@ -601,7 +601,7 @@ def run_sweep(
     return report
 
 
-def _report_row(row: Mapping[str, object]) -> Dict[str, object]:
+def _report_row(row: Mapping[str, Any]) -> Dict[str, Any]:
     return {"noise": row["noise"], "eta": float(row["eta"]), "seed": int(row["seed"]),
             "vanilla": row["vanilla"], "nabn": row["nabn"]}
 
