@@ -283,9 +283,10 @@ def _elements_per_sample(model: ModelProto, bn_names: Sequence[str], plan: Batch
     out = {}
     for name in bn_names:
         shape = shapes.get(inputs[name])
-        if shape is None or len(shape) < 2 or any(d is None for d in shape[2:]) or shape[0] != 1:
+        inner = [d for d in shape[2:] if d is not None] if shape is not None else []
+        if shape is None or len(shape) < 2 or len(inner) < len(shape) - 2 or shape[0] != 1:
             return None
-        out[name] = int(np.prod(shape[2:], dtype=np.int64))
+        out[name] = int(np.prod(inner, dtype=np.int64))
     return out
 
 
@@ -691,17 +692,22 @@ def calibrate(
         chosen, scores, scored_on, in_sample = job.method, None, 0, False
         with Progress("calibrating", total, enabled=show_progress) as bar:
             if job.placeholders:
+                assert job.clean is not None, "_prepare inserts placeholders only with a clean model"
                 measure_inserted(job.model, job.clean, job.placeholders, data, progress=bar, estimator=estimator,
                                  batch_size=batch_size, max_batches=max_batches, providers=providers, plan=job.plan)
-            reference_params = read_bn_params(job.model)
+            reference_params = _running_stats(read_bn_params(job.model), job.names)
             # on a chip without its clean model, 'auto' checks Algorithm 1 against leaving it as it is
             chip_guard = job.mode == "chip" and method == "auto"
             holdout = holdout_mode(per_pass) if job.method == "auto" or chip_guard else None
-            clean_run = runs.measure(job.clean, data, bar, train=job.names, holdout=holdout) if needs_clean else None
-            # auto's clean reference outputs come from a session built before the noise goes in
-            # (onnxruntime holds its own copy of the weights, so no second ModelProto is kept).
-            clean_session = (make_session(job.clean, optimization=SERVE, providers=providers, batch=job.plan)
-                             if job.method == "auto" else None)
+            clean_run: Optional[Measured] = None
+            clean_session = None
+            if needs_clean:
+                assert job.clean is not None, "_prepare keeps delta and auto only with a clean model"
+                clean_run = runs.measure(job.clean, data, bar, train=job.names, holdout=holdout)
+                # auto's clean reference outputs come from a session built before the noise goes in
+                # (onnxruntime holds its own copy of the weights, so no second ModelProto is kept).
+                if job.method == "auto":
+                    clean_session = make_session(job.clean, optimization=SERVE, providers=providers, batch=job.plan)
             if noise is not None:
                 InjectWeightNoisePass(noise)(job.model)
             noisy_run = runs.measure(job.model, data, bar, train=job.names, holdout=holdout)
@@ -709,10 +715,12 @@ def calibrate(
                 warn_once(logger, "the calibration data does not vary between samples (constant inputs): statistics "
                                   "measured on it say nothing about real data; calibrate on real inputs")
             if job.method == "auto":
+                assert clean_run is not None and holdout is not None  # auto needs the clean model and holds out
                 chosen, scores, scored_on, in_sample = _choose(job, data, runs, clean_session, reference_params,
                                                                clean_run, noisy_run, bar, holdout)
                 del clean_session
             elif chip_guard:
+                assert holdout is not None  # set for chip_guard above
                 chosen, scores, scored_on, in_sample, job.note = _guard_chip(job, data, runs, reference_params,
                                                                              noisy_run, holdout)
         new = _new_stats(chosen, job.names, reference_params, noisy_run.stats,
@@ -722,8 +730,8 @@ def calibrate(
         # An inserted BatchNorm that the chosen statistics leave exactly as measured goes back to the
         # bit-exact identity placeholder (this is what keeps a noise-free delta/auto run bit for bit).
         for name in job.placeholders:
-            if chosen in ("delta", "none") and (chosen == "none" or _unchanged(noisy_run.stats[name],
-                                                                                 clean_run.stats[name])):
+            if chosen in ("delta", "none") and (chosen == "none" or (
+                    clean_run is not None and _unchanged(noisy_run.stats[name], clean_run.stats[name]))):
                 new[name] = _placeholder_values(reference_params[name]["mean"].size, eps_of[name])
         WriteBatchNormStatsPass(new)(job.model)
     report = CalibrationReport(
@@ -758,9 +766,10 @@ def calibrate(
 def _choose(job: _Job, data: DataLike, runs: _Runs, clean_session, reference_params, clean_run: Measured,
             noisy_run: Measured, bar: Progress, holdout: str) -> Tuple[str, Dict[str, float], int, bool]:
     """``auto``: estimate every candidate on the fit samples and score it on the held-out ones."""
-    in_sample = noisy_run.fit is None or clean_run.fit is None
-    fit_noisy = noisy_run.stats if in_sample else noisy_run.fit
-    fit_clean = clean_run.stats if in_sample else clean_run.fit
+    fit_noisy, fit_clean = noisy_run.fit, clean_run.fit
+    in_sample = fit_noisy is None or fit_clean is None
+    if fit_noisy is None or fit_clean is None:
+        fit_noisy, fit_clean = noisy_run.stats, clean_run.stats
     candidates = {name: _new_stats(name, job.names, reference_params, fit_noisy, fit_clean) for name in CANDIDATES}
     if in_sample:
         warn_once(logger, "auto: no calibration batch had the 4 or more samples needed to hold some out; "
@@ -785,8 +794,10 @@ def _guard_chip(job: _Job, data: DataLike, runs: _Runs, reference_params, noisy_
     """
     from ..passes.write_stats import WriteBatchNormStatsPass
 
-    in_sample = noisy_run.fit is None
-    fit = noisy_run.stats if in_sample else noisy_run.fit
+    fit = noisy_run.fit
+    in_sample = fit is None
+    if fit is None:
+        fit = noisy_run.stats
     candidates = {"paper": {n: {"mean": fit[n][0], "var": fit[n][1]} for n in job.names},
                   "none": {n: {"mean": reference_params[n]["mean"], "var": reference_params[n]["var"]}
                            for n in job.names}}
@@ -842,6 +853,7 @@ def _new_stats(method: str, names: Sequence[str], reference: Dict[str, Dict[str,
         if method == "paper":
             out[name] = {"mean": mean_n, "var": var_n}
             continue
+        assert clean is not None, f"{method!r} needs the clean statistics"
         mean_c, var_c = clean[name]
         ratio = _safe_ratio(var_n, var_c)
         mean_d = mean_r + (mean_n - mean_c) + (np.sqrt(ratio) - 1.0) * (mean_r - mean_c)
@@ -855,6 +867,19 @@ def _new_stats(method: str, names: Sequence[str], reference: Dict[str, Dict[str,
 
 def _unchanged(noisy: Tuple[np.ndarray, np.ndarray], clean: Tuple[np.ndarray, np.ndarray]) -> bool:
     return bool(np.array_equal(noisy[0], clean[0]) and np.array_equal(noisy[1], clean[1]))
+
+
+def _running_stats(params: Dict[str, Dict[str, Optional[np.ndarray]]],
+                   names: Sequence[str]) -> Dict[str, Dict[str, np.ndarray]]:
+    """``{name: {"mean", "var"}}`` of the BatchNorms recalibrated, from :func:`read_bn_params`."""
+    out = {}
+    for name in names:
+        mean, var = params[name]["mean"], params[name]["var"]
+        if mean is None or var is None:
+            raise NabnError(f"BatchNormalization '{name}' reads its running statistics from a computed tensor, "
+                            "not an initializer: it cannot be recalibrated")
+        out[name] = {"mean": mean, "var": var}
+    return out
 
 
 def _placeholder_values(channels: int, eps: float) -> Dict[str, np.ndarray]:
