@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builders import images, small_cnn
 from nabn_onnx import calibrate, make_noise
 from nabn_onnx.calibration.statsgraph import ExposeBatchNormStatsPass
 from nabn_onnx.io import save_model
 from nabn_onnx.passes.base import Pass, PassResult, PostconditionError, PreconditionError
+
+from builders import images, small_cnn
 
 ROOT = Path(__file__).resolve().parent.parent
 

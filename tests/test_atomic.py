@@ -17,11 +17,12 @@ from typing import Dict, Tuple
 import numpy as np
 import onnx
 import pytest
-from builders import images, small_cnn
 
 import nabn_onnx.io as nabn_io
 from nabn_onnx import ModelError, load_model, save_model
 from nabn_onnx.cli import main
+
+from builders import images, small_cnn
 
 EXTERNAL = (False, True)
 
@@ -101,7 +102,7 @@ def test_failure_in_the_writer(folder: Path, monkeypatch, external: bool) -> Non
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(nabn_io, "_write_model", dies_midway)
-    with pytest.raises(ModelError, match="cannot write .*No space left"):
+    with pytest.raises(ModelError, match=r"cannot write .*No space left"):
         save_model(model, folder / "out.onnx", external_data=external)
     _assert_clean_failure(folder, before, model, reference)
 
@@ -112,7 +113,7 @@ def test_cannot_open_the_temporary_file(folder: Path, monkeypatch, external: boo
     reference = _weights(model)
     before = _fingerprint(folder)
     monkeypatch.setattr(nabn_io, "open", _disk_full, raising=False)
-    with pytest.raises(ModelError, match="cannot write .*No space left"):
+    with pytest.raises(ModelError, match=r"cannot write .*No space left"):
         save_model(model, folder / "out.onnx", external_data=external)
     _assert_clean_failure(folder, before, model, reference)
 

@@ -16,11 +16,12 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import onnx
 import pytest
-from builders import images, small_cnn
 from onnx import TensorProto, helper
 
 from nabn_onnx import ModelError, load_model
 from nabn_onnx.cli import main
+
+from builders import images, small_cnn
 
 COMMANDS = ("split", "inject", "calibrate", "inspect")
 WRITERS = ("split", "inject", "calibrate")
@@ -62,7 +63,7 @@ def _cli(capsys, argv: List[str]) -> Tuple[int, str, str]:
 def _expect_error(capsys, folder: Path, argv: List[str], *, words: Tuple[str, ...] = (), code: int = 1) -> str:
     """Run the CLI, check the one-line error and that ``folder`` did not change; return the line."""
     before = _fingerprint(folder)
-    rc, out, err = _cli(capsys, argv)
+    rc, _out, err = _cli(capsys, argv)
     after = _fingerprint(folder)
     lines = err.strip().splitlines()
     assert rc == code, f"exit {rc} (wanted {code}); stderr: {err!r}"
@@ -207,7 +208,7 @@ def test_unreadable_model_mapped_to_model_error(ws: Path, monkeypatch) -> None:
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(onnx, "load_model", refuse)
-    with pytest.raises(ModelError, match="cannot read .*Permission denied"):
+    with pytest.raises(ModelError, match=r"cannot read .*Permission denied"):
         load_model(ws / "model.onnx")
 
 
@@ -261,7 +262,7 @@ def test_training_mode_zero_is_fine(ws: Path, capsys) -> None:
         if node.op_type == "BatchNormalization":
             node.attribute.append(helper.make_attribute("training_mode", 0))
     onnx.save(model, ws / "eval.onnx")
-    rc, out, err = _cli(capsys, ["split", ws / "eval.onnx", "-o", ws / "out.onnx"])
+    rc, _out, err = _cli(capsys, ["split", ws / "eval.onnx", "-o", ws / "out.onnx"])
     assert rc == 0, err
 
 
@@ -512,6 +513,6 @@ def test_other_commands_refuse_bad_models(ws: Path, capsys, command: str, case: 
 @pytest.mark.parametrize("command", OTHER_COMMANDS)
 @pytest.mark.parametrize("case", sorted(BAD_DATA))
 def test_other_commands_refuse_bad_data(ws: Path, capsys, command: str, case: str) -> None:
-    make, words = BAD_DATA[case]
+    make, _words = BAD_DATA[case]
     path = make(ws / "data.bad.npz")
     _expect_error(capsys, ws, _other_argv(command, ws / "model.onnx", path))

@@ -8,12 +8,21 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from builders import images, run, small_cnn
-from nabn_onnx import (DataError, Estimator, NabnError, NabnSession, NothingToDoError, TemporalNoise, calibrate, split,
-                       make_noise)
-from nabn_onnx.calibration import RunningStats
+from nabn_onnx import (
+    DataError,
+    Estimator,
+    NabnError,
+    NabnSession,
+    NothingToDoError,
+    TemporalNoise,
+    calibrate,
+    make_noise,
+    split,
+)
 from nabn_onnx.calibration.select import SEVERE, pick_candidate
 from nabn_onnx.io import read_record
+
+from builders import images, run, small_cnn
 
 #: float32 activations against a float64 numpy reference.
 STATS_RTOL = 1e-4
@@ -34,12 +43,14 @@ def _two_layer(with_bn: bool, seed: int = 0):
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1")]
     src = "c1"
     if with_bn:
-        nodes.append(helper.make_node("BatchNormalization", ["c1", "g1", "b1", "m1", "v1"], ["n1"], name="bn1", epsilon=EPS))
+        nodes.append(helper.make_node("BatchNormalization", ["c1", "g1", "b1", "m1", "v1"], ["n1"], name="bn1",
+                                      epsilon=EPS))
         src = "n1"
     nodes += [helper.make_node("Relu", [src], ["r1"]), helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2")]
     src = "c2"
     if with_bn:
-        nodes.append(helper.make_node("BatchNormalization", ["c2", "g2", "b2", "m2", "v2"], ["out"], name="bn2", epsilon=EPS))
+        nodes.append(helper.make_node("BatchNormalization", ["c2", "g2", "b2", "m2", "v2"], ["out"], name="bn2",
+                                      epsilon=EPS))
     else:
         nodes.append(helper.make_node("Identity", ["c2"], ["out"]))
     names = ["w1", "w2"] + (["g1", "b1", "m1", "v1", "g2", "b2", "m2", "v2"] if with_bn else [])
@@ -195,7 +206,8 @@ def test_calibration_data_reader_is_accepted():
     chip = make_noise("mul", 0.2, seed=0)
     from_reader = calibrate(model, Reader([{"input": x[i:i + 32]} for i in range(0, 128, 32)]), noise=chip).model
     from_dict = calibrate(model, {"input": x}, batch_size=32, noise=chip).model
-    np.testing.assert_array_equal(_bn_values(from_reader, "conv2/nabn_bn")[0], _bn_values(from_dict, "conv2/nabn_bn")[0])
+    np.testing.assert_array_equal(_bn_values(from_reader, "conv2/nabn_bn")[0],
+                                  _bn_values(from_dict, "conv2/nabn_bn")[0])
 
 
 def test_dynamic_session_serves_like_the_static_model_then_tracks():

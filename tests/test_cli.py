@@ -8,9 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
-from builders import images, run, small_cnn
 from nabn_onnx.cli import main
 from nabn_onnx.io import read_record
+
+from builders import images, run, small_cnn
 
 
 @pytest.fixture()

@@ -28,13 +28,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builders import images, small_cnn
 from onnx import helper, numpy_helper
 
 from nabn_onnx import calibrate, load_model, make_noise
 from nabn_onnx.api import inject, split
 from nabn_onnx.calibration import ExposeBatchNormStatsPass
 from nabn_onnx.cli import main
+
+from builders import images, small_cnn
 
 #: onnx's own tolerances for these cases are rtol 1e-3, atol 1e-7; onnxruntime does much better.
 Y_RTOL, Y_ATOL = 1e-5, 1e-6
@@ -135,7 +136,7 @@ def _as_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
 def test_stats_graph_reproduces_training_mode_case(name: str, opset: int, level: str) -> None:
     """Our train-mode rewrite of the eval-mode case gives the training-mode case's outputs."""
     twin = CASES[name + "_training_mode"]
-    x, scale, bias, running_mean, running_var = twin.inputs
+    x, _scale, _bias, running_mean, running_var = twin.inputs
     want_y, want_mean, want_var = twin.outputs
     momentum = _attr(twin.model.graph.node[0], "momentum", 0.9)
     assert _attr(twin.model.graph.node[0], "epsilon", 1e-5) == _attr(CASES[name].model.graph.node[0], "epsilon", 1e-5)
@@ -156,7 +157,7 @@ def test_stats_graph_reproduces_training_mode_case(name: str, opset: int, level:
     np.testing.assert_allclose(momentum * running_mean + (1 - momentum) * batch_mean, want_mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(momentum * running_var + (1 - momentum) * batch_var, want_var, rtol=1e-5, atol=1e-6)
     # and against numpy in float64: biased variance over every axis but the channels
-    axes = (0,) + tuple(range(2, x.ndim))
+    axes = (0, *tuple(range(2, x.ndim)))
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(batch_mean, x64.mean(axis=axes), rtol=STAT_RTOL, atol=STAT_ATOL)
     np.testing.assert_allclose(batch_var, x64.var(axis=axes), rtol=STAT_RTOL, atol=STAT_ATOL)

@@ -11,11 +11,11 @@ import onnx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_sweep import trained_classifier  # noqa: E402
+from nabn_onnx import NabnError, diagnose, make_noise
+from nabn_onnx.cli import main
+from nabn_onnx.evaluation.diagnose import SMOOTHING, js_divergence, kl_divergence
 
-from nabn_onnx import NabnError, diagnose, make_noise  # noqa: E402
-from nabn_onnx.cli import main  # noqa: E402
-from nabn_onnx.evaluation.diagnose import SMOOTHING, js_divergence, kl_divergence  # noqa: E402
+from test_sweep import trained_classifier
 
 CLOSE = 1e-9
 
@@ -45,9 +45,9 @@ def test_divergences_by_hand():
 def test_no_noise_gives_zero_divergence(classifier):
     model, calib = classifier
     report = diagnose(model, calib, noise=make_noise("mul", 0.0), bins=50)
-    assert [l.layer for l in report.layers][:3] == ["bn1", "bn2", "bn3"]
-    assert all(l.kl_vanilla == 0.0 and l.js_vanilla == 0.0 for l in report.layers)
-    assert all(l.kl_nabn >= 0.0 and l.js_nabn >= 0.0 for l in report.layers)
+    assert [d.layer for d in report.layers][:3] == ["bn1", "bn2", "bn3"]
+    assert all(d.kl_vanilla == 0.0 and d.js_vanilla == 0.0 for d in report.layers)
+    assert all(d.kl_nabn >= 0.0 and d.js_nabn >= 0.0 for d in report.layers)
 
 
 @pytest.mark.parametrize("kind,eta", [("mul", 0.5), ("add", 0.05)])
@@ -65,7 +65,7 @@ def test_calibration_brings_activations_closer(classifier, kind, eta):
 def test_activation_taps_follow_relu(classifier):
     model, calib = classifier
     report = diagnose(model, calib, noise=make_noise("mul", 0.3), at="activation", bins=20, max_batches=2)
-    tensors = {l.layer: l.tensor for l in report.layers}
+    tensors = {d.layer: d.tensor for d in report.layers}
     assert tensors["bn1"] == "r1"  # bn1 -> relu1
     assert tensors["bn2"] == "bn2_out"  # bn2 feeds a Conv: measured at its own output
     with pytest.raises(NabnError, match="'at'"):
@@ -78,10 +78,10 @@ def test_cli_diagnose(classifier, tmp_path, capsys):
     np.savez(tmp_path / "calib.npz", **calib)
     args = ["diagnose", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "calib.npz"), "--noise", "mul",
             "--eta", "0.5", "--bins", "30"]
-    assert main(args + ["--report", str(tmp_path / "d.json"), "--plot", str(tmp_path / "d.png")]) == 0
+    assert main([*args, "--report", str(tmp_path / "d.json"), "--plot", str(tmp_path / "d.png")]) == 0
     out = capsys.readouterr().out
     assert "| bn1 |" in out and "mean KL" in out
     assert len(json.loads((tmp_path / "d.json").read_text())["layers"]) == 4
     assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
-    assert main(args[:-4] + ["--eta", "-1"]) == 1
+    assert main([*args[:-4], "--eta", "-1"]) == 1
     assert len(capsys.readouterr().err.strip().splitlines()) == 1

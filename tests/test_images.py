@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from builders import small_cnn  # noqa: E402
+from nabn_onnx import DataError, NabnError, evaluate
+from nabn_onnx.cli import main
+from nabn_onnx.data import InputSpec, input_specs, iter_batches
+from nabn_onnx.images import ImageFolder
 
-from nabn_onnx import DataError, NabnError, evaluate  # noqa: E402
-from nabn_onnx.cli import main  # noqa: E402
-from nabn_onnx.data import InputSpec, input_specs, iter_batches  # noqa: E402
-from nabn_onnx.images import ImageFolder  # noqa: E402
+from builders import small_cnn
 
 Image = pytest.importorskip("PIL.Image")
 

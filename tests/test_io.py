@@ -7,9 +7,10 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from builders import images, run, small_cnn
 from nabn_onnx import ModelError, inject, load_model, make_noise, save_model, split
 from nabn_onnx.io import read_record, record
+
+from builders import images, run, small_cnn
 
 
 def _with_constant_weights(model):
@@ -86,7 +87,7 @@ def test_unreadable_files_raise_model_error(tmp_path, content, match):
 def test_old_opset_is_refused_with_advice():
     model = small_cnn()
     model.opset_import[0].version = 8
-    with pytest.raises(ModelError, match="opset 8.*version_converter"):
+    with pytest.raises(ModelError, match=r"opset 8.*version_converter"):
         load_model(model)
 
 

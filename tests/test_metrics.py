@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from builders import images, small_cnn  # noqa: E402
+from nabn_onnx import DataError, NabnError, evaluate
+from nabn_onnx.cli import main
+from nabn_onnx.evaluation.evaluate import Evaluator
+from nabn_onnx.evaluation.metrics import MeanIoU, PixelAccuracy, TopK, make_metric, make_metrics
 
-from nabn_onnx import DataError, NabnError, evaluate  # noqa: E402
-from nabn_onnx.cli import main  # noqa: E402
-from nabn_onnx.evaluation.evaluate import Evaluator  # noqa: E402
-from nabn_onnx.evaluation.metrics import MeanIoU, PixelAccuracy, TopK, make_metric, make_metrics  # noqa: E402
+from builders import images, small_cnn
 
 EXACT = 1e-12
 
@@ -157,7 +157,8 @@ def test_cli_evaluate(tmp_path, capsys):
 
     onnx.save(model, tmp_path / "m.onnx")
     np.savez(tmp_path / "test.npz", input=x, labels=logits.argmax(1))
-    assert main(["evaluate", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "test.npz"), "--metric", "top1,top5"]) == 0
+    assert main(["evaluate", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "test.npz"),
+                 "--metric", "top1,top5"]) == 0
     assert "top1 100.00%, top5 100.00% on 40 samples" in capsys.readouterr().out
     np.savez(tmp_path / "nolabels.npz", input=x)
     assert main(["evaluate", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "nolabels.npz")]) == 1

@@ -17,12 +17,21 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from builders import images, run, small_cnn
-from nabn_onnx import (DataError, NabnError, NabnSession, NothingToDoError, calibrate, evaluate, inject, make_noise,
-                       split)
+from nabn_onnx import (
+    DataError,
+    NabnError,
+    NabnSession,
+    calibrate,
+    evaluate,
+    inject,
+    make_noise,
+    split,
+)
 from nabn_onnx.calibration.engine import _new_stats
 from nabn_onnx.cli import main
 from nabn_onnx.io import load_model, read_record
+
+from builders import images, run, small_cnn
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 VARIANTS = SAMPLES / "variants"
@@ -335,7 +344,8 @@ def test_single_sample_readers_are_batched():
     from_array = calibrate(SAMPLES / "resnet_fused.onnx", {"input": x}, noise=make_noise("mul", 0.3, seed=0),
                            method="paper", batch_size=64)
     assert from_reader.report.batches == 4
-    np.testing.assert_array_equal(run(from_reader.model, {"input": x[:8]})[0], run(from_array.model, {"input": x[:8]})[0])
+    np.testing.assert_array_equal(run(from_reader.model, {"input": x[:8]})[0],
+                                  run(from_array.model, {"input": x[:8]})[0])
 
 
 def test_nabn_session_refuses_single_sample_updates_and_writes_no_stale_initializers():

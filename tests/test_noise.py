@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from onnx import numpy_helper
 
-from builders import small_cnn
 from nabn_onnx import NoiseConfigError, inject, make_noise
 from nabn_onnx.io import read_record
 from nabn_onnx.passes import InjectWeightNoisePass, SplitBatchNormPass
+
+from builders import small_cnn
 
 #: Relative tolerance of empirical moments over ~10^6 draws (a few standard errors).
 MOMENT_RTOL = 0.02

@@ -20,7 +20,8 @@ def test_draws_on_a_terminal_and_ends_with_the_total():
     text = stream.getvalue()
     assert text.startswith("\rcalibrating [") and text.endswith("\n")
     last = text.rstrip("\n").split("\r")[-1]
-    assert last.startswith("calibrating [" + "#" * 30 + "] 4/4 ") and last.rstrip().endswith("s")  # padded to clear a longer line
+    # padded to clear a longer line
+    assert last.startswith("calibrating [" + "#" * 30 + "] 4/4 ") and last.rstrip().endswith("s")
 
 
 def test_unknown_total_shows_a_count():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 
 import numpy as np
@@ -10,11 +9,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from builders import images, run, small_cnn
 from nabn_onnx import split
 from nabn_onnx.graph import find_analog_layers
 from nabn_onnx.io import read_record
 from nabn_onnx.passes import SplitBatchNormPass
+
+from builders import images, run, small_cnn
 
 #: onnxruntime with graph optimizations may fuse differently before and after: allowed relative error.
 OPTIMIZED_RTOL = 1e-5
@@ -33,7 +33,7 @@ def _single_layer(op: str, rank: int = 2, group: int = 1, bias: bool = True, str
     if op in ("Conv", "ConvTranspose"):
         k = 3
         spatial = [size] * rank
-        x = rng.normal(size=(2, channels_in) + tuple(spatial)).astype(np.float32)
+        x = rng.normal(size=(2, channels_in, *tuple(spatial))).astype(np.float32)
         if op == "Conv":
             w_shape = (channels_out, channels_in // group) + (k,) * rank
         else:
@@ -70,7 +70,8 @@ DEPTHWISE = [dict(op="Conv", rank=2, group=4, channels_in=4, channels_out=4, bia
 DENSE = [dict(op="Gemm", trans_b=t, bias=b) for t in (0, 1) for b in (True, False)] + [dict(op="MatMul")]
 
 
-@pytest.mark.parametrize("config", CONV_GRID + DEPTHWISE + DENSE, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize("config", CONV_GRID + DEPTHWISE + DENSE,
+                         ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 def test_split_inserts_one_exact_identity_batchnorm(config):
     model, x = _single_layer(**config)
     before = run(model, {"x": x})[0]
@@ -106,7 +107,7 @@ def test_existing_batchnorms_are_kept_and_nothing_inserted_after_them():
     result = SplitBatchNormPass()(model)
     assert result.details["inserted"] == ["fc/nabn_bn"]  # only the classifier had none
     assert _bn_count(model) == 4
-    layers = {l.name: l.bn_origin for l in find_analog_layers(model)}
+    layers = {x.name: x.bn_origin for x in find_analog_layers(model)}
     assert layers == {"conv1": "original", "conv2": "original", "conv3": "original", "fc": "inserted"}
 
 
@@ -118,7 +119,7 @@ def test_include_and_exclude_select_layers_by_name():
 
 
 def test_shared_and_non_constant_weights_are_skipped_with_reasons():
-    model, x = _single_layer("Conv")
+    model, _x = _single_layer("Conv")
     # a second Conv that reads the same weight
     model.graph.node.append(helper.make_node("Conv", ["x", "w"], ["y2"], name="twin", pads=[1, 1, 1, 1]))
     model.graph.output.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, [None] * 4))

@@ -14,12 +14,12 @@ import onnx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from builders import small_cnn  # noqa: E402
+from nabn_onnx import NabnError, calibrate, sweep
+from nabn_onnx.cli import main
+from nabn_onnx.evaluation.evaluate import Evaluator
+from nabn_onnx.io import set_initializer
 
-from nabn_onnx import NabnError, calibrate, sweep  # noqa: E402
-from nabn_onnx.cli import main  # noqa: E402
-from nabn_onnx.evaluation.evaluate import Evaluator  # noqa: E402
-from nabn_onnx.io import set_initializer  # noqa: E402
+from builders import small_cnn
 
 CHANNELS, CLASSES, SIZE = 16, 4, 8
 #: Sessions with and without onnxruntime's weight pre-packing may round differently:
@@ -125,14 +125,14 @@ def test_cli_sweep_writes_report_and_plot(classifier, tmp_path, capsys):
     np.savez(tmp_path / "test.npz", **test)
     args = ["sweep", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib.npz"), "--test",
             str(tmp_path / "test.npz"), "--noise", "mul", "--eta", "0.1,0.5", "--seeds", "2"]
-    assert main(args + ["--report", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]) == 0
+    assert main([*args, "--report", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]) == 0
     assert len(json.loads((tmp_path / "r.json").read_text())["rows"]) == 4
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
     assert "swept 2 eta(s) x 2 chip(s)" in capsys.readouterr().out
-    assert main(args[:-4] + ["--eta", "0.1,abc", "--seeds", "1"]) == 1
+    assert main([*args[:-4], "--eta", "0.1,abc", "--seeds", "1"]) == 1
     err = capsys.readouterr().err
     assert "comma-separated numbers" in err and len(err.strip().splitlines()) == 1
-    assert main(args + ["--report", str(tmp_path / "r.txt")]) == 1
+    assert main([*args, "--report", str(tmp_path / "r.txt")]) == 1
     assert "report must end in" in capsys.readouterr().err
 
 

@@ -14,14 +14,14 @@ import onnx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_sweep import trained_classifier  # noqa: E402
+from nabn_onnx import NabnError
+from nabn_onnx.cli import build_parser, main
+from nabn_onnx.evaluation.executors import CRASH_HOOK_ENV, ProcessExecutor, RayExecutor
+from nabn_onnx.evaluation.results import ResultsFile
+from nabn_onnx.evaluation.sweep import SweepPlan, SweepSettings, run_sweep
+from nabn_onnx.progress import Progress
 
-from nabn_onnx import NabnError  # noqa: E402
-from nabn_onnx.cli import build_parser, main  # noqa: E402
-from nabn_onnx.evaluation.executors import CRASH_HOOK_ENV, ProcessExecutor, RayExecutor  # noqa: E402
-from nabn_onnx.evaluation.results import ResultsFile  # noqa: E402
-from nabn_onnx.evaluation.sweep import SweepPlan, SweepSettings, run_sweep  # noqa: E402
-from nabn_onnx.progress import Progress  # noqa: E402
+from test_sweep import trained_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Chips whose numbers differ from seed to seed, so equal rows mean equal computations.
@@ -109,7 +109,7 @@ def test_killed_cli_sweep_resumes_and_extends(files, serial, tmp_path):
     assert [(r["eta"], r["seed"]) for r in _file_rows(results)] == [(0.5, 0)]
     with open(results, "ab") as handle:
         handle.write(b'{"kind": "chip", "noise": "mul", "eta": 0.5, "se')  # a line torn by the kill
-    assert main(args[3:-1] + ["--resume", "--seeds", "0,1,2", "--report", str(tmp_path / "r.json")]) == 0
+    assert main([*args[3:-1], "--resume", "--seeds", "0,1,2", "--report", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["resumed"] == 1
     assert _rows(report["rows"]) == serial  # dict data in memory and .npz files give the same numbers
@@ -171,7 +171,7 @@ def test_every_session_command_takes_providers():
     for argv in (["split", "m.onnx"], ["calibrate", "m.onnx", "--data", "d.npz"], ["evaluate", "m.onnx", "--data", "t"],
                  ["sweep", "m.onnx", "--calib", "c", "--test", "t", "--noise", "mul", "--eta", "0.1"],
                  ["diagnose", "m.onnx", "--data", "d", "--noise", "mul", "--eta", "0.1"]):
-        assert parser.parse_args(argv + ["--providers", "CPUExecutionProvider"]).providers == "CPUExecutionProvider"
+        assert parser.parse_args([*argv, "--providers", "CPUExecutionProvider"]).providers == "CPUExecutionProvider"
     with pytest.raises(SystemExit):
         parser.parse_args(["inject", "m.onnx", "--noise", "mul", "--eta", "0.1", "--providers", "X"])
 
@@ -233,12 +233,12 @@ def test_scale_options_fail_in_one_line(files, tmp_path, capsys, monkeypatch):
     model, calib, test = files
     args = ["sweep", str(model), "--calib", str(calib), "--test", str(test), "--noise", "mul", "--eta", "0.5",
             "--seeds", "1"]
-    assert main(args + ["--jobs", "0"]) == 1
+    assert main([*args, "--jobs", "0"]) == 1
     assert "--jobs must be at least 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a usage error: --resume without a file to resume
-        main(args + ["--resume"])
+        main([*args, "--resume"])
     assert "--resume needs --results" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
-    assert main(args + ["--ray"]) == 1
+    assert main([*args, "--ray"]) == 1
     err = capsys.readouterr().err
     assert "pip install 'nabn-onnx[ray]'" in err and len(err.strip().splitlines()) == 1

@@ -181,7 +181,7 @@ def main() -> int:
         big = make_data(tmp, 10 * args.batches)
         base = [sys.executable, "-m", "nabn_onnx.cli", "calibrate", str(fused_model), "--noise", "mul", "--eta", "0.1",
                 "-q", "-o", str(tmp / "m.onnx"), "--data"]
-        small_rss, big_rss = peak_rss_mb(base + [str(data)]), peak_rss_mb(base + [str(big)])
+        small_rss, big_rss = peak_rss_mb([*base, str(data)]), peak_rss_mb([*base, str(big)])
         print(f"[3]  peak RSS: {args.batches} batches {small_rss:.1f} MB, {10 * args.batches} batches {big_rss:.1f} MB"
               f" (data file {big.stat().st_size / 1e6:.1f} MB): growth {100 * (big_rss / small_rss - 1):+.1f}% "
               f"(target < 10%)")

@@ -76,7 +76,7 @@ def build_resnet50(seed: int = 0, classes: int = 1000, width: float = 1.0):
         nodes.append(helper.make_node("Relu", [f"{name}.out"], [f"{name}.relu"], name=f"{name}.relu"))
         return f"{name}.relu"
 
-    ch = lambda c: max(4, int(round(c * width)))
+    ch = lambda c: max(4, round(c * width))
     x = conv("input", 3, ch(64), 7, 2, "stem")
     nodes.append(helper.make_node("MaxPool", [x], ["pool"], name="maxpool", kernel_shape=[3, 3], strides=[2, 2],
                                   pads=[1, 1, 1, 1]))
@@ -196,7 +196,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     parser.add_argument("--formats", default=",".join(FORMATS), help="inline,external")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per step; the fastest time and lowest peak are kept")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per step; the fastest time and lowest peak are kept")
     parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = ResNet-50)")
     parser.add_argument("--keep", metavar="DIR", help="build in DIR and keep it (default: a temporary folder)")
     parser.add_argument("--child", nargs=5, metavar=("STEP", "MODEL", "OUT", "DATA", "FORMAT"), help=argparse.SUPPRESS)

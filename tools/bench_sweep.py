@@ -66,7 +66,8 @@ def _per_batch(model_path: Path, test: Path, batch: int) -> None:
         for _ in range(REPEATS):
             session.run(None, feeds)
         timings[label] = (time.perf_counter() - started) / REPEATS
-    print(f"session build {1e3 * build:.1f} ms; one batch of {batch}: constant weights {1e3 * timings['constant']:.1f} ms, "
+    print(f"session build {1e3 * build:.1f} ms; one batch of {batch}: "
+          f"constant weights {1e3 * timings['constant']:.1f} ms, "
           f"fed weights {1e3 * timings['fed']:.1f} ms ({timings['fed'] / timings['constant']:.2f}x)")
     print(f"break-even: reuse pays when a chip's test set is under "
           f"{build / max(timings['fed'] - timings['constant'], 1e-9):.1f} batches")

@@ -53,7 +53,8 @@ def main() -> int:
     with np.load(args.test) as test:
         x, y = test["input"], test["labels"]
     lines = [
-        "| model | noise | eta | batches | clean | vanilla | paper | delta | auto | auto chose | auto - max(vanilla, paper) |",
+        ("| model | noise | eta | batches | clean | vanilla | paper | delta | auto | auto chose "
+         "| auto - max(vanilla, paper) |"),
         "|---|---|---:|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     worst = np.inf
@@ -64,7 +65,7 @@ def main() -> int:
         clean = accuracy(nb.load_model(path), x, y)
         for kind, etas, limit in [(k, e, m) for m in limits for k, e in GRIDS.items()]:
             for eta in etas:
-                acc = {m: [] for m in ("vanilla",) + METHODS}
+                acc = {m: [] for m in ("vanilla", *METHODS)}
                 chose = []
                 for seed in range(args.seeds):
                     noise = nb.make_noise(kind, eta, seed=seed)
@@ -78,8 +79,10 @@ def main() -> int:
                 margin = mean["auto"] - max(mean["vanilla"], mean["paper"])
                 worst = min(worst, margin)
                 picks = ", ".join(f"{c} x{chose.count(c)}" for c in sorted(set(chose)))
-                lines.append(f"| {name} | {kind} | {eta:g} | {'all 8' if limit is None else limit} | {clean:.1f} | {mean['vanilla']:.1f} | {mean['paper']:.1f} "
-                             f"| {mean['delta']:.1f} | {mean['auto']:.1f} | {picks} | {margin:+.1f} |")
+                batches = "all 8" if limit is None else limit
+                lines.append(f"| {name} | {kind} | {eta:g} | {batches} | {clean:.1f} | {mean['vanilla']:.1f} "
+                             f"| {mean['paper']:.1f} | {mean['delta']:.1f} | {mean['auto']:.1f} | {picks} "
+                             f"| {margin:+.1f} |")
                 print(lines[-1], flush=True)
     table = "\n".join(lines)
     command = "python tools/compare_methods.py --seeds " + str(args.seeds) + (

@@ -36,8 +36,8 @@ import numpy as np
 from nabn_onnx import NabnSession, TemporalNoise, calibrate, make_noise, split
 from nabn_onnx.calibration.engine import name_batchnorms
 from nabn_onnx.data import input_specs, iter_batches
-from nabn_onnx.graph import batchnorm_nodes
 from nabn_onnx.evaluation.plots import pyplot, save_figure
+from nabn_onnx.graph import batchnorm_nodes
 from nabn_onnx.io import atomic_write_text, load_model
 from nabn_onnx.passes.write_stats import WriteBatchNormStatsPass, read_bn_params
 
@@ -110,7 +110,7 @@ def main() -> None:
                                         ("dynamic", static, True), ("oracle", oracle, False)):
                 results[name][eta].append(float(np.mean(serve(model, update=update, **common))))
         stream = len(list(iter_batches(args.test, input_specs(clean), batch_size=args.batch_size))) * args.passes
-        ramp = lambda i: args.eta_cal + (args.drift_to - args.eta_cal) * i / max(stream - 1, 1)  # noqa: E731
+        ramp = lambda i, stream=stream: args.eta_cal + (args.drift_to - args.eta_cal) * i / max(stream - 1, 1)
         noise = make_noise(args.noise, args.eta_cal, seed=seed)
         for name, update in (("static", False), ("dynamic", True)):
             drift[name].append(serve(static, args.test, noise, args.momentum, update, args.passes, args.batch_size,
@@ -119,10 +119,10 @@ def main() -> None:
     means = {k: [100 * np.mean(v[e]) for e in etas] for k, v in results.items()}
     lines = [
         "# Static vs dynamic calibration under drifting noise", "",
-        f"Model `{Path(args.model).name}`, {args.noise.upper()} noise, calibrated at η={args.eta_cal:g}; "
+        (f"Model `{Path(args.model).name}`, {args.noise.upper()} noise, calibrated at η={args.eta_cal:g}; "
         f"test-set accuracy (%) over {args.passes} served pass(es) with batch {args.batch_size} "
         f"(temporal noise re-drawn per batch, adaptation included), mean of {args.chips} chip(s); dynamic "
-        f"calibration updates the statistics after every served batch with momentum {args.momentum}.", "",
+        f"calibration updates the statistics after every served batch with momentum {args.momentum}."), "",
         "| test η | " + " | ".join(f"{e:g}" for e in etas) + " |",
         "|---|" + "---:|" * len(etas),
     ]
@@ -132,9 +132,9 @@ def main() -> None:
         lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in means[key]) + " |")
     drift_means = {k: 100 * np.mean(v) for k, v in drift.items()}
     tail = {k: 100 * np.mean(np.asarray(v)[:, -len(v[0]) // 4:]) for k, v in drift.items()}
-    lines += ["", f"Drifting chip (η ramps {args.eta_cal:g} → {args.drift_to:g} over the stream): static "
+    lines += ["", (f"Drifting chip (η ramps {args.eta_cal:g} → {args.drift_to:g} over the stream): static "
               f"{drift_means['static']:.2f}%, dynamic {drift_means['dynamic']:.2f}% over the whole stream; "
-              f"last quarter static {tail['static']:.2f}%, dynamic {tail['dynamic']:.2f}%.", ""]
+              f"last quarter static {tail['static']:.2f}%, dynamic {tail['dynamic']:.2f}%."), ""]
     table = "\n".join(lines)
 
     plt = pyplot()

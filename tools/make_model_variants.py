@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _torch_models import SAMPLE_MODELS_DIR, load_torch_model  # noqa: E402
+from _torch_models import SAMPLE_MODELS_DIR, load_torch_model
 
 OUT = SAMPLE_MODELS_DIR / "variants"
 OPSET = 17

@@ -170,7 +170,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"model: {model_path} ({model_path.stat().st_size} bytes); fonts: "
           + (", ".join(p.name for p in fonts) or "Pillow's default"))
     made = {}
-    for name, count, seed in (("ocr_calib.npz", args.calib_size, CALIB_SEED), ("ocr_test.npz", args.test_size, TEST_SEED)):
+    for name, count, seed in (("ocr_calib.npz", args.calib_size, CALIB_SEED),
+                              ("ocr_test.npz", args.test_size, TEST_SEED)):
         made[name] = make_dataset(count, seed, fonts)
         save_npz(args.out / name, made[name])
         print(f"{name}: {count} lines, {(args.out / name).stat().st_size} bytes, "

@@ -37,11 +37,10 @@ import onnx
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
+from _torch_models import INPUT_SIZE, MODEL_NAMES, SAMPLE_MODELS_DIR, build_model
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
-
-from _torch_models import INPUT_SIZE, MODEL_NAMES, SAMPLE_MODELS_DIR, build_model
 
 SEED = 0
 TEST_SIZE = 500

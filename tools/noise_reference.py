@@ -36,10 +36,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from _torch_models import MODEL_NAMES, SAMPLE_MODELS_DIR, load_torch_model
 from onnx import numpy_helper
 from torch import nn
-
-from _torch_models import MODEL_NAMES, SAMPLE_MODELS_DIR, load_torch_model
 
 SIGMA_T_RATIO = 0.2
 SIGMA_S = 0.1

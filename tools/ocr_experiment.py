@@ -205,18 +205,18 @@ def findings(results: Dict[Tuple[str, float], Dict[str, list]], methods: Sequenc
     collapsed = max(mean, key=lambda key: mean[key]["auto"] - mean[key]["vanilla"])
     fallback = sum(str(c) == "paper" for row in results.values() for c in row["chosen"])
     text = [
-        "What it shows (computed from the table by the script). The calibration lines are rendered, not "
+        ("What it shows (computed from the table by the script). The calibration lines are rendered, not "
         "PaddleOCR's training data, so `paper`, which replaces every running statistic by one measured on "
         f"them, costs {paper_cost:.2f} points without any noise, and is below doing nothing on "
-        f"{len(paper_below)} of the {len(low)} low-noise rows (vanilla within 1 point of clean).",
-        f"`auto` changes no output at eta = 0 ({100 * (at_zero['auto'] - clean):+.2f} points) and recovers "
+        f"{len(paper_below)} of the {len(low)} low-noise rows (vanilla within 1 point of clean)."),
+        (f"`auto` changes no output at eta = 0 ({100 * (at_zero['auto'] - clean):+.2f} points) and recovers "
         f"collapsed chips (largest gain at {collapsed[0].upper()} {collapsed[1]:g}: vanilla "
         f"{mean[collapsed]['vanilla']:.1f}%, paper {mean[collapsed]['paper']:.1f}%, auto "
-        f"{mean[collapsed]['auto']:.1f}%).",
-        f"`auto - max(vanilla, paper)` is at worst {margins[worst_key]:+.2f} points on average "
+        f"{mean[collapsed]['auto']:.1f}%)."),
+        (f"`auto - max(vanilla, paper)` is at worst {margins[worst_key]:+.2f} points on average "
         f"({worst_key[0].upper()} {worst_key[1]:g}) and {min(chip_margins):+.2f} on a single chip, over "
         f"{len(chip_margins)} chips; auto fell back to `paper` on {fallback} chip(s) whose noise was too severe "
-        "for its held-out score to rank the candidates.",
+        "for its held-out score to rank the candidates."),
     ]
     return " ".join(text)
 

@@ -23,9 +23,9 @@ import torch
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _torch_models import SAMPLE_MODELS_DIR, load_torch_model  # noqa: E402
+from _torch_models import SAMPLE_MODELS_DIR, load_torch_model
 
-import nabn_onnx as nb  # noqa: E402
+import nabn_onnx as nb
 
 #: The issue's acceptance bound on |ours - PyTorch|, relative to max(1, |PyTorch|).
 TOLERANCE = 1e-4
