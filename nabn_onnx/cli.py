@@ -24,31 +24,91 @@ __all__ = ["main"]
 logger = logging.getLogger("nabn_onnx")
 
 
+_NOISE_CHOICES = ["mul", "add", "pcm", "rram", "rram-cmo", "ideal"]
+
+
 def _noise_args(parser: argparse.ArgumentParser, required: bool) -> None:
-    group = parser.add_argument_group("noise (the paper's device model)")
-    group.add_argument("--noise", choices=["mul", "add"], required=required,
-                       help="MUL: W + W*N_T*N_S; ADD: W + N_T*N_S")
-    group.add_argument("--eta", type=float, help="noise scale eta (mean of N_T)")
+    group = parser.add_argument_group("noise (the paper's device model, or a device model: see nabn-onnx devices)")
+    group.add_argument("--noise", choices=_NOISE_CHOICES, required=required,
+                       help="MUL: W + W*N_T*N_S; ADD: W + N_T*N_S; pcm, rram, rram-cmo: aihwkit's device models; "
+                            "ideal: only faults and quantization")
+    group.add_argument("--eta", type=float, help="noise scale eta (mean of N_T); for device models a multiplier "
+                                                 "of their noise (default 1)")
     group.add_argument("--sigma-t", type=float, default=0.2, help="temporal spread relative to eta (default 0.2)")
     group.add_argument("--sigma-s", type=float, default=0.1, help="spatial spread of N_S (default 0.1)")
     group.add_argument("--seed", type=int, default=0, help="chip instance: the same seed gives the same weights")
     group.add_argument("--temporal", choices=["element", "layer"], default="element",
                        help="draw N_T per weight element (default) or once per layer")
     group.add_argument("--include-bias", action="store_true", help="also put noise on analog layers' biases")
+    _device_args(parser)
+
+
+def _device_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("device models (pcm, rram, rram-cmo, ideal)")
+    group.add_argument("--device", metavar="FILE", help="device parameters (.json, or .toml on Python 3.11+); "
+                                                       "may name the model as \"noise\"; flags override it")
+    group.add_argument("--t-inference", type=float, help="seconds since programming (default 0)")
+    group.add_argument("--compensation", choices=["none", "global"], help="global drift compensation (aihwkit's)")
+    group.add_argument("--levels", type=int, help="quantize conductances to this many levels")
+    group.add_argument("--stuck-min", type=float, help="fraction of devices stuck at g_min")
+    group.add_argument("--stuck-max", type=float, help="fraction of devices stuck at g_max")
+    group.add_argument("--clip-sigma", type=float, help="clip weights at this many standard deviations per layer")
+    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other device parameter (repeatable), e.g. --set drift_scale=0.5")
+
+
+_DEVICE_FLAGS = ("t_inference", "compensation", "levels", "stuck_min", "stuck_max", "clip_sigma")
+
+
+def _device_options(args):
+    """``(kind or None, {parameter: value})`` from --device, the device flags and --set."""
+    from .noise import load_device_file
+
+    options = dict(load_device_file(args.device)) if getattr(args, "device", None) else {}
+    kind = options.pop("noise", None)
+    for flag in _DEVICE_FLAGS:
+        value = getattr(args, flag, None)
+        if value is not None:
+            options[flag] = value
+    for item in getattr(args, "set", None) or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise NabnError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        options[key.strip().replace("-", "_")] = value
+    return kind, options
 
 
 def _make_noise(args, parser):
-    from .noise import make_noise
+    from .noise import DEVICE_MODELS, make_noise
 
-    if args.noise is None:
+    file_kind, options = _device_options(args)
+    kind = args.noise or file_kind
+    if kind is None:
         for flag in ("eta",):
             if getattr(args, flag) is not None:
                 parser.error("--eta needs --noise")
+        if options:
+            parser.error("device parameters need --noise (or \"noise\" in the --device file)")
         return None
+    if kind in DEVICE_MODELS:
+        return make_noise(kind, args.eta, seed=args.seed, include_bias=args.include_bias, **options)
+    if options:
+        raise NabnError(f"{', '.join(sorted(options))} apply to device models ({', '.join(DEVICE_MODELS)}), "
+                        f"not to {kind.upper()}")
     if args.eta is None:
         parser.error("--noise needs --eta")
-    return make_noise(args.noise, args.eta, sigma_t=args.sigma_t, sigma_s=args.sigma_s, seed=args.seed,
+    return make_noise(kind, args.eta, sigma_t=args.sigma_t, sigma_s=args.sigma_s, seed=args.seed,
                       temporal=args.temporal, include_bias=args.include_bias)
+
+
+def _noise_suffix(noise) -> str:
+    t = getattr(noise, "t_inference", None)
+    scale = f"{noise.eta:g}" if t is None else f".t{t:g}" + ("" if noise.eta == 1 else f".eta{noise.eta:g}")
+    return f".{noise.kind}{scale}.seed{noise.seed}"
 
 
 def _method_arg(parser: argparse.ArgumentParser) -> None:
@@ -90,13 +150,12 @@ def _cmd_inject(args, parser) -> int:
     from .api import inject
 
     noise = _make_noise(args, parser)
-    output = Path(args.output) if args.output else _default_output(
-        Path(args.model), f".{args.noise}{args.eta:g}.seed{args.seed}")
+    output = Path(args.output) if args.output else _default_output(Path(args.model), _noise_suffix(noise))
     check_output(args.model, output)
     started = time.perf_counter()
     result = inject(args.model, noise, include=args.include, exclude=args.exclude, output=output,
                     external_data=args.external_data)
-    _say(args, f"injected {noise.kind.upper()} noise eta={noise.eta:g} seed={noise.seed} into "
+    _say(args, f"injected {noise.label()} noise into "
                f"{len(result.details['tensors'])} weight tensor(s), wrote {output} in "
                f"{time.perf_counter() - started:.2f}s")
     return 0
@@ -240,7 +299,18 @@ def _cmd_sweep(args, parser) -> int:
     from .evaluation import sweep
     from .evaluation.sweep import parse_floats
 
-    etas = parse_floats(args.eta, "eta")
+    from .noise import DEVICE_MODELS
+
+    file_kind, device = _device_options(args)
+    kind = args.noise or file_kind
+    if kind is None:
+        parser.error("sweep needs --noise (or \"noise\" in the --device file)")
+    if kind not in DEVICE_MODELS and device:
+        raise NabnError(f"{', '.join(sorted(device))} apply to device models ({', '.join(DEVICE_MODELS)}), "
+                        f"not to {kind.upper()}")
+    if args.eta is None and kind not in DEVICE_MODELS:
+        parser.error(f"--noise {kind} needs --eta")
+    etas = parse_floats(args.eta or "1", "eta")
     try:
         seed_values = [int(v) for v in args.seeds.split(",") if v.strip()]
     except ValueError:
@@ -248,12 +318,12 @@ def _cmd_sweep(args, parser) -> int:
     seeds = seed_values if "," in args.seeds else seed_values[0] if seed_values else 0
     report_path = _report_suffix(args.report, (".json", ".md", ".csv"))
     plot_path = _report_suffix(args.plot, (".png", ".svg", ".pdf"))
-    report = sweep(args.model, _data_source(args.calib, args), _data_source(args.test, args), noise=args.noise,
+    report = sweep(args.model, _data_source(args.calib, args), _data_source(args.test, args), noise=kind,
                    etas=etas, seeds=seeds, method=args.method, metric=args.metric, sigma_t=args.sigma_t,
                    sigma_s=args.sigma_s, temporal=args.temporal, include_bias=args.include_bias,
                    batch_size=args.batch_size, calib_batches=args.max_batches, output=_output_arg(args),
                    ignore_index=args.ignore_index, ignore_background=args.ignore_background,
-                   reuse_sessions=args.reuse_sessions, show_progress=not args.quiet)
+                   reuse_sessions=args.reuse_sessions, show_progress=not args.quiet, device=device or None)
     if report_path:
         report.write(report_path)
     if plot_path:
@@ -287,6 +357,23 @@ def _cmd_diagnose(args, parser) -> int:
     return 0
 
 
+def _cmd_devices(args, parser) -> int:
+    from .noise import NOISE_MODELS, DeviceNoise, device_parameters
+
+    for kind, cls in NOISE_MODELS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{kind}: {doc}")
+        if getattr(cls, "source", ""):
+            print(f"  source: {cls.source}")
+        params = device_parameters(kind)
+        if issubclass(cls, DeviceNoise):
+            params.pop("eta")
+            print("  eta = 1.0 (multiplier of the device's programming and read noise)")
+        for name, default in params.items():
+            print(f"  {name} = {'(required)' if default is None and name == 'eta' else json.dumps(default)}")
+    return 0
+
+
 def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("evaluate", parents=[common], help="measure a model's accuracy (or mIoU) on labelled data")
     p.add_argument("model", help="input .onnx model")
@@ -301,13 +388,16 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
     p.add_argument("--calib", required=True, help="calibration data (.npz or image folder)")
     p.add_argument("--test", required=True, help="labelled test data (.npz with 'labels' or image folder)")
-    p.add_argument("--noise", choices=["mul", "add"], required=True, help="MUL: W + W*N_T*N_S; ADD: W + N_T*N_S")
-    p.add_argument("--eta", required=True, help="noise scales, comma-separated (e.g. 0.02,0.04,0.06)")
+    p.add_argument("--noise", choices=_NOISE_CHOICES,
+                   help="MUL: W + W*N_T*N_S; ADD: W + N_T*N_S; pcm, rram, rram-cmo, ideal: device models")
+    p.add_argument("--eta", help="noise scales, comma-separated (e.g. 0.02,0.04,0.06); for device models "
+                                 "multipliers of their noise (default 1)")
     p.add_argument("--seeds", default="5", help="chips per eta: a count K (seeds 0..K-1) or a list 3,7,11 (default 5)")
     p.add_argument("--sigma-t", type=float, default=0.2, help="temporal spread relative to eta (default 0.2)")
     p.add_argument("--sigma-s", type=float, default=0.1, help="spatial spread of N_S (default 0.1)")
     p.add_argument("--temporal", choices=["element", "layer"], default="element")
     p.add_argument("--include-bias", action="store_true", help="also put noise on analog layers' biases")
+    _device_args(p)
     _method_arg(p)
     _metric_args(p, several=False)
     p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
@@ -394,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="input .onnx model")
     _selection_args(p)
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("devices", parents=[common], help="list the noise and device models with their parameters")
+    p.set_defaults(func=_cmd_devices)
 
     _add_evaluation_commands(sub, common)
     return parser

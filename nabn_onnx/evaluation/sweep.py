@@ -33,7 +33,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from onnx import ModelProto, numpy_helper
@@ -153,10 +153,13 @@ class SweepReport:
     def to_markdown(self) -> str:
         chips = sorted({r["seed"] for r in self.rows})
         s = self.settings
+        if "sigma_t" in s:
+            how = (f"(sigma_t = {s['sigma_t']}·eta, sigma_s = {s['sigma_s']}, temporal draw per {s['temporal']})")
+        else:  # a device model: its own parameters
+            how = "(" + ", ".join(f"{k} = {v}" for k, v in s.items() if k not in ("noise", "eta", "seed")) + ")"
         lines = [
             f"# Robustness sweep: {self.model}", "",
-            f"{self.metric} (%) under {str(s['noise']).upper()} noise (sigma_t = {s['sigma_t']}·eta, "
-            f"sigma_s = {s['sigma_s']}, temporal draw per {s['temporal']}), {len(chips)} chip(s) per eta, "
+            f"{self.metric} (%) under {str(s['noise']).upper()} noise {how}, {len(chips)} chip(s) per eta, "
             f"mean ± std over chips; NaBN method '{self.method}'. Clean model: {100 * self.clean:.2f}%.", "",
             self.table(), "",
         ]
@@ -267,6 +270,7 @@ def sweep(
     reuse_sessions: bool = False,
     providers: Optional[Sequence[str]] = None,
     show_progress: bool = False,
+    device: Optional[Mapping[str, object]] = None,
 ) -> SweepReport:
     """Accuracy of vanilla and NaBN models over noise scales and simulated chips.
 
@@ -295,6 +299,8 @@ def sweep(
             session per chip (the default; see the module docstring for why).
         providers: onnxruntime execution providers.
         show_progress: draw a progress bar over the (eta, seed) grid.
+        device: parameters of a device model (``noise`` one of ``"pcm"``, ``"rram"``,
+            ``"rram-cmo"``, ``"ideal"``; ``etas`` then scale its noise), e.g. ``{"t_inference": 3600}``.
 
     Returns:
         A :class:`SweepReport` with one row per (eta, seed).
@@ -308,10 +314,11 @@ def sweep(
         raise NabnError("a sweep needs at least one seed")
     if not etas:
         raise NabnError("a sweep needs at least one eta")
+    extra = dict(device or {})
     settings = make_noise(noise, float(etas[0]), sigma_t=sigma_t, sigma_s=sigma_s, temporal=temporal,
-                          include_bias=include_bias).describe()
+                          include_bias=include_bias, **extra).describe()
     noises = [make_noise(noise, float(eta), sigma_t=sigma_t, sigma_s=sigma_s, seed=seed, temporal=temporal,
-                         include_bias=include_bias) for eta in etas for seed in seed_list]
+                         include_bias=include_bias, **extra) for eta in etas for seed in seed_list]
     calib, test = replayable(calib), replayable(test)
     proto = load_model(copy.deepcopy(model) if isinstance(model, ModelProto) else model)
     weights = noisy_tensor_names(proto, include_bias=include_bias)
