@@ -29,7 +29,9 @@ _NOISE_CHOICES = ["mul", "add", "pcm", "rram", "rram-cmo", "ideal"]
 
 def _noise_args(parser: argparse.ArgumentParser, required: bool) -> None:
     group = parser.add_argument_group("noise (the paper's device model, or a device model: see nabn-onnx devices)")
-    group.add_argument("--noise", choices=_NOISE_CHOICES, required=required,
+    # required is checked in _make_noise, since a --device file may name the model instead
+    parser.set_defaults(noise_required=required)
+    group.add_argument("--noise", choices=_NOISE_CHOICES,
                        help="MUL: W + W*N_T*N_S; ADD: W + N_T*N_S; pcm, rram, rram-cmo: aihwkit's device models; "
                             "ideal: only faults and quantization")
     group.add_argument("--eta", type=float, help="noise scale eta (mean of N_T); for device models a multiplier "
@@ -87,6 +89,8 @@ def _make_noise(args, parser):
 
     file_kind, options = _device_options(args)
     kind = args.noise or file_kind
+    if kind is None and getattr(args, "noise_required", False):
+        parser.error(f"{args.command} needs --noise (or a --device file naming the model as \"noise\")")
     if kind is None:
         for flag in ("eta",):
             if getattr(args, flag) is not None:
@@ -94,6 +98,8 @@ def _make_noise(args, parser):
         if options:
             parser.error("device parameters need --noise (or \"noise\" in the --device file)")
         return None
+    if kind not in _NOISE_CHOICES:
+        raise NabnError(f"unknown noise model {kind!r}; choose one of {', '.join(_NOISE_CHOICES)}")
     if kind in DEVICE_MODELS:
         return make_noise(kind, args.eta, seed=args.seed, include_bias=args.include_bias, **options)
     if options:
@@ -305,6 +311,8 @@ def _cmd_sweep(args, parser) -> int:
     kind = args.noise or file_kind
     if kind is None:
         parser.error("sweep needs --noise (or \"noise\" in the --device file)")
+    if kind not in _NOISE_CHOICES:
+        raise NabnError(f"unknown noise model {kind!r}; choose one of {', '.join(_NOISE_CHOICES)}")
     if kind not in DEVICE_MODELS and device:
         raise NabnError(f"{', '.join(sorted(device))} apply to device models ({', '.join(DEVICE_MODELS)}), "
                         f"not to {kind.upper()}")
