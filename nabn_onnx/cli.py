@@ -382,6 +382,38 @@ def _cmd_devices(args, parser) -> int:
     return 0
 
 
+def _cmd_drift(args, parser) -> int:
+    from .evaluation.drift import drift_sweep, parse_times
+    from .noise import DEVICE_MODELS, make_noise
+
+    file_kind, options = _device_options(args)
+    kind = args.noise or file_kind or "pcm"
+    if kind not in DEVICE_MODELS:
+        raise NabnError(f"drift needs a device model ({', '.join(DEVICE_MODELS)}), got {kind!r}")
+    options.pop("t_inference", None)
+    options.pop("compensation", None)
+    device = make_noise(kind, args.eta, include_bias=args.include_bias, **options)
+    try:
+        seed_values = [int(v) for v in args.seeds.split(",") if v.strip()]
+    except ValueError:
+        raise NabnError(f"--seeds must be a count or comma-separated integers, got {args.seeds!r}") from None
+    seeds = seed_values if "," in args.seeds else seed_values[0] if seed_values else 0
+    report_path = _report_suffix(args.report, (".json", ".md", ".csv"))
+    plot_path = _report_suffix(args.plot, (".png", ".svg", ".pdf"))
+    report = drift_sweep(args.model, _data_source(args.calib, args), _data_source(args.test, args), device=device,
+                         times=parse_times(args.times), seeds=seeds, method=args.method, metric=args.metric,
+                         momentum=args.momentum, warmup=args.warmup, batch_size=args.batch_size,
+                         calib_batches=args.max_batches, show_progress=not args.quiet)
+    if report_path:
+        report.write(report_path)
+    if plot_path:
+        report.plot(plot_path)
+    if not args.quiet:
+        print(report.table())
+    _say(args, report.summary())
+    return 0
+
+
 def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("evaluate", parents=[common], help="measure a model's accuracy (or mIoU) on labelled data")
     p.add_argument("model", help="input .onnx model")
@@ -416,6 +448,31 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", help="accuracy against eta (.png, .svg or .pdf; needs matplotlib)")
     _image_args(p)
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("drift", parents=[common],
+                       help="accuracy over time since programming: vanilla, drift compensation, NaBN once/each/dynamic")
+    p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
+    p.add_argument("--calib", required=True, help="calibration data (.npz or image folder)")
+    p.add_argument("--test", required=True, help="labelled test data (.npz with 'labels' or image folder)")
+    p.add_argument("--noise", choices=["pcm", "rram", "rram-cmo", "ideal"], help="device model (default pcm)")
+    p.add_argument("--eta", type=float, help="multiplier of the device's programming and read noise (default 1)")
+    p.add_argument("--include-bias", action="store_true", help="also put noise on analog layers' biases")
+    p.add_argument("--times", default="1s,1h,1d,1mo,1y",
+                   help="times since programming, comma-separated, in s or with a unit (min, h, d, w, mo, y); "
+                        "the first is when NaBN-once calibrates (default 1s,1h,1d,1mo,1y)")
+    p.add_argument("--seeds", default="3", help="chips: a count K (seeds 0..K-1) or a list 3,7,11 (default 3)")
+    p.add_argument("--momentum", type=float, default=0.9, help="dynamic NabnSession momentum (default 0.9)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="passes over the calibration data the dynamic session serves before the test (default 2)")
+    _device_args(p)
+    _method_arg(p)
+    p.add_argument("--metric", default="top1", help="top1 (default), top5, ...")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
+    p.add_argument("--report", help="write the results (.json, .md or .csv)")
+    p.add_argument("--plot", help="accuracy against time (.png, .svg or .pdf; needs matplotlib)")
+    _image_args(p)
+    p.set_defaults(func=_cmd_drift)
 
     p = sub.add_parser("diagnose", parents=[common], help="per-layer KL/JS divergence of noisy from clean activations")
     p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
