@@ -10,6 +10,7 @@ change with ``t``. Five ways to serve that chip are scored on labelled test data
   against the just-programmed weights);
 * **NaBN once**: BatchNorm statistics calibrated once, at the first time in the list
   (programming time), then left alone while the chip drifts;
+* **NaBN once + GDC**: the same statistics, with global drift compensation on the chip;
 * **NaBN each**: recalibrated at every ``t`` (a chip that can afford a calibration pass
   whenever it is read);
 * **dynamic**: :class:`~nabn_onnx.calibration.NabnSession` starting from the NaBN-once
@@ -56,8 +57,8 @@ __all__ = ["drift_sweep", "DriftReport", "parse_times", "METHODS", "DEFAULT_TIME
 logger = logging.getLogger(__name__)
 
 #: Column keys and their labels, in table order.
-METHODS = {"vanilla": "vanilla", "gdc": "GDC", "nabn_once": "NaBN once", "nabn_each": "NaBN each",
-           "dynamic": "dynamic NaBN"}
+METHODS = {"vanilla": "vanilla", "gdc": "GDC", "nabn_once": "NaBN once", "nabn_once_gdc": "NaBN once + GDC",
+           "nabn_each": "NaBN each", "dynamic": "dynamic NaBN"}
 #: 1 s, 1 h, 1 day, 1 month (30 days), 1 year (365 days).
 DEFAULT_TIMES = (1.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0)
 _UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0, "mo": 30 * 86400.0,
@@ -101,7 +102,7 @@ class DriftReport:
         device: the device settings (without time and seed).
         clean: metric of the clean model.
         program_time: when NaBN-once was calibrated (seconds).
-        rows: ``{"t", "seed", "vanilla", "gdc", "nabn_once", "nabn_each", "dynamic"}``.
+        rows: ``{"t", "seed", "vanilla", "gdc", "nabn_once", "nabn_once_gdc", "nabn_each", "dynamic"}``.
         seconds: wall time per phase.
     """
 
@@ -255,7 +256,7 @@ def drift_sweep(
     providers: Optional[Sequence[str]] = None,
     show_progress: bool = False,
 ) -> DriftReport:
-    """Accuracy of vanilla, GDC, NaBN-once, NaBN-each and dynamic NaBN over time since programming.
+    """Accuracy of vanilla, GDC, NaBN-once (with and without GDC), NaBN-each and dynamic NaBN over time.
 
     Args:
         model: path or ``ModelProto`` (BatchNorm kept or fused; not modified).
@@ -328,6 +329,9 @@ def drift_sweep(
                 t3 = time.perf_counter()
                 chip_split = InjectWeightNoisePass(chip)(copy.deepcopy(prepared)).model
                 row["nabn_once"] = evaluate(_with_weights(once, chip_split, weights), test, metric, **common)
+                chip_gdc = InjectWeightNoisePass(dataclasses.replace(chip, compensation="global"))(
+                    copy.deepcopy(prepared)).model
+                row["nabn_once_gdc"] = evaluate(_with_weights(once, chip_gdc, weights), test, metric, **common)
                 row["nabn_each"] = evaluate(each, test, metric, **common)
                 t4 = time.perf_counter()
                 row["dynamic"] = _serve(once_clean, chip, calib, test, metric, momentum, warmup, batch_size, providers)
