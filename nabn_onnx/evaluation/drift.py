@@ -116,6 +116,12 @@ class DriftReport:
     rows: List[Dict[str, float]] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, payload: Dict[str, object]) -> "DriftReport":
+        """The report back from :meth:`to_dict` (a ``.json`` report)."""
+        keys = ("model", "metric", "device", "clean", "program_time", "momentum", "warmup", "rows", "seconds")
+        return cls(**{k: payload[k] for k in keys})
+
     def by_time(self) -> List[Dict[str, object]]:
         """Per time: mean and std (over chips) of every method."""
         out = []
@@ -185,10 +191,11 @@ class DriftReport:
         stats = self.by_time()
         t = np.array([s["t"] for s in stats])
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        for key, label in METHODS.items():
+        styles = ("o-", "s--", "v-", "^--", "D-", "x:")  # methods often coincide: tell them apart
+        for (key, label), style in zip(METHODS.items(), styles):
             mean = 100 * np.array([s[f"{key}_mean"] for s in stats])
             std = 100 * np.array([s[f"{key}_std"] for s in stats])
-            line, = ax.plot(t, mean, "o-", label=label)
+            line, = ax.plot(t, mean, style, label=label, markersize=5, alpha=0.85)
             ax.fill_between(t, mean - std, mean + std, color=line.get_color(), alpha=0.15)
         ax.axhline(100 * self.clean, color="black", linestyle="--", linewidth=1, label="clean")
         ax.set_xscale("log")
