@@ -40,7 +40,7 @@ def test_drift_columns(task):
     model, calib, test = task
     device = make_noise("pcm", eta=2.0)
     report = drift_sweep(model, calib, test, device=device, times=[1.0, YEAR], seeds=[4], batch_size=16,
-                         warmup=2, momentum=0.8)
+                         warmup=2, momentum=0.8, method="paper")
     assert report.clean == 1.0
     first, last = report.rows
     # calibrated once at the first time: the same model as calibrated each time, there
@@ -71,7 +71,7 @@ def test_drift_cli_writes_report(tmp_path, task, capsys):
     np.savez(tmp_path / "c.npz", **calib)
     np.savez(tmp_path / "t.npz", **test)
     code = main(["drift", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npz"), "--test", str(tmp_path / "t.npz"),
-                 "--times", "1s,1d", "--seeds", "1", "--batch-size", "32", "--warmup", "1", "--levels", "64",
+                 "--times", "1s,1d", "--seeds", "1", "--method", "paper", "--batch-size", "32", "--warmup", "1", "--levels", "64",
                  "--report", str(tmp_path / "r.json"), "-q"])
     assert code == 0
     payload = json.loads((tmp_path / "r.json").read_text())
