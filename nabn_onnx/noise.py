@@ -228,8 +228,11 @@ class DeviceNoise(NoiseModel):
        aihwkit's default).
 
     Programming noise, drift coefficients and stuck cells are fixed per chip (``seed``,
-    weight name and shape); the read noise at ``t_inference`` is also indexed by ``draw``,
-    so a :class:`~nabn_onnx.calibration.TemporalNoise` re-reads the chip each batch.
+    weight name and shape). The accumulated read (1/f) noise is the chip's state at
+    ``t_inference``, as aihwkit samples it once per ``drift_weights``: the same for every
+    ``draw`` (a :class:`~nabn_onnx.calibration.TemporalNoise` then serves one fixed chip),
+    unless ``read_per_draw`` re-draws it per draw (every batch a fresh read-out, far harsher:
+    the accumulated noise is not re-sampled between reads on a real device).
 
     Attributes:
         eta: scale of the device's stochastic noise (programming and read); 1 is the
@@ -240,6 +243,7 @@ class DeviceNoise(NoiseModel):
         levels: number of conductance levels (None: continuous); at least 2.
         stuck_min, stuck_max: fractions of devices stuck at ``g_min`` / ``g_max``.
         compensation: ``"none"`` or ``"global"`` drift compensation.
+        read_per_draw: re-draw the read noise for every ``draw`` (see above).
     """
 
     eta: float = 1.0
@@ -251,6 +255,7 @@ class DeviceNoise(NoiseModel):
     stuck_min: float = 0.0
     stuck_max: float = 0.0
     compensation: str = "none"
+    read_per_draw: bool = False
 
     kind = "device"
     max_eta = 100.0
@@ -275,6 +280,7 @@ class DeviceNoise(NoiseModel):
         if self.levels is not None:
             _check(isinstance(self.levels, (int, np.integer)) and not isinstance(self.levels, bool) and self.levels >= 2,
                    f"levels must be an integer >= 2 (or None for continuous conductances), got {self.levels!r}")
+        _check(isinstance(self.read_per_draw, bool), f"read_per_draw must be true or false, got {self.read_per_draw!r}")
         _check(self.compensation in ("none", "global"),
                f"compensation must be 'none' or 'global', got {self.compensation!r}")
 
@@ -346,7 +352,7 @@ class DeviceNoise(NoiseModel):
         """Weights at ``t_inference`` from programmed weights (aihwkit's ``apply_drift_noise``,
         noise/base.py:117-127: the programmed weights are mapped to conductances again)."""
         conductances, scale = self.to_conductances(w_prog)
-        rng_r = weight_rng(self.seed, name, w_prog.shape, _READ, draw)
+        rng_r = weight_rng(self.seed, name, w_prog.shape, _READ, draw if self.read_per_draw else 0)
         return self.to_weights([self.drift(g, p, rng_r) for g, p in zip(conductances, params)], scale)
 
     def apply(self, name: str, weight: np.ndarray, draw: int = 0) -> np.ndarray:

@@ -178,7 +178,10 @@ def test_chip_is_fixed_per_seed_name_shape_and_time_only_changes_the_drift():
     np.testing.assert_array_equal(a.programmed("w", w)[0], b.programmed("w", w)[0])
     assert not np.array_equal(a.apply("w", w), b.apply("w", w))
     assert not np.array_equal(a.apply("w", w), PCMNoise(seed=5, t_inference=3600.0).apply("w", w))
-    assert not np.array_equal(a.apply("w", w, draw=0), a.apply("w", w, draw=1))  # read noise re-drawn
+    np.testing.assert_array_equal(a.apply("w", w, draw=0), a.apply("w", w, draw=1))  # one chip state at t
+    redraw = PCMNoise(seed=4, t_inference=3600.0, read_per_draw=True)
+    np.testing.assert_array_equal(redraw.apply("w", w, draw=0), a.apply("w", w, draw=0))
+    assert not np.array_equal(redraw.apply("w", w, draw=0), redraw.apply("w", w, draw=1))  # read noise re-drawn
     np.testing.assert_array_equal(a.programmed("w", w)[0], a.programmed("w", w.copy())[0])
 
 

@@ -15,8 +15,8 @@ change with ``t``. Five ways to serve that chip are scored on labelled test data
   whenever it is read);
 * **dynamic**: :class:`~nabn_onnx.calibration.NabnSession` starting from the NaBN-once
   statistics and updating them while it serves: it first serves the calibration data
-  ``warmup`` times as unlabelled traffic, then the test data, with the read noise re-drawn
-  per batch (the chip's programming noise and drift stay fixed); its accuracy is that of
+  ``warmup`` times as unlabelled traffic, then the test data, on the chip at ``t`` (with
+  the device's ``read_per_draw``, a fresh read noise every batch); its accuracy is that of
   the test batches as served.
 
 The clean model's accuracy is the ceiling.
