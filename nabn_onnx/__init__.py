@@ -26,8 +26,9 @@ from .evaluation import (
 )
 from .images import ImageFolder
 from .io import load_model, save_model
-from .noise import AddNoise, MulNoise, NoiseModel, make_noise
-from .passes import InjectWeightNoisePass, Pass, PassResult, SplitBatchNormPass
+from .noise import AddNoise, DeviceNoise, IdealDevice, MulNoise, NoiseModel, PCMNoise, RRAMCMONoise, RRAMNoise, make_noise
+from .passes import AnalogIO, InjectWeightNoisePass, InsertAnalogIOPass, Pass, PassResult, SplitBatchNormPass, StripAnalogIOPass
+from .evaluation.drift import drift_sweep
 
 __all__ = [
     "__version__",
@@ -36,8 +37,10 @@ __all__ = [
     "NabnError", "ModelError", "DataError", "NoiseConfigError", "NothingToDoError",
     "load_model", "save_model", "ImageFolder",
     "NoiseModel", "MulNoise", "AddNoise", "make_noise",
+    "DeviceNoise", "PCMNoise", "RRAMNoise", "RRAMCMONoise", "IdealDevice",
     "Pass", "PassResult", "SplitBatchNormPass", "InjectWeightNoisePass",
-    "evaluate", "sweep", "diagnose",
+    "AnalogIO", "InsertAnalogIOPass", "StripAnalogIOPass",
+    "evaluate", "sweep", "diagnose", "drift_sweep",
     "run_sweep", "SweepPlan", "SweepSettings", "make_executor",
     "check", "CheckReport", "Threshold",
 ]

@@ -24,11 +24,18 @@ __all__ = ["main"]
 logger = logging.getLogger("nabn_onnx")
 
 
+_NOISE_CHOICES = ["mul", "add", "pcm", "rram", "rram-cmo", "ideal"]
+
+
 def _noise_args(parser: argparse.ArgumentParser, required: bool) -> None:
-    group = parser.add_argument_group("noise (the paper's device model)")
-    group.add_argument("--noise", choices=["mul", "add"], required=required,
-                       help="MUL: W + W*N_T*N_S; ADD: W + N_T*N_S")
-    group.add_argument("--eta", type=float, help="noise scale eta (mean of N_T)")
+    group = parser.add_argument_group("noise (the paper's device model, or a device model: see nabn-onnx devices)")
+    # required is checked in _make_noise, since a --device file may name the model instead
+    parser.set_defaults(noise_required=required)
+    group.add_argument("--noise", choices=_NOISE_CHOICES,
+                       help="MUL: W + W*N_T*N_S; ADD: W + N_T*N_S; pcm, rram, rram-cmo: aihwkit's device models; "
+                            "ideal: only faults and quantization")
+    group.add_argument("--eta", type=float, help="noise scale eta (mean of N_T); for device models a multiplier "
+                                                 "of their noise (default 1)")
     # Defaults are filled in by _make_noise, so that a setting given without --noise is caught.
     group.add_argument("--sigma-t", type=float, help="temporal spread relative to eta (default 0.2)")
     group.add_argument("--sigma-s", type=float, help="spatial spread of N_S (default 0.1)")
@@ -37,29 +44,86 @@ def _noise_args(parser: argparse.ArgumentParser, required: bool) -> None:
                        help="draw N_T per weight element (default) or once per layer")
     group.add_argument("--include-bias", action="store_true", default=None,
                        help="also put noise on analog layers' biases")
+    _device_args(parser)
 
 
 #: Noise settings and their defaults; each needs --noise.
 _NOISE_DEFAULTS = {"eta": None, "sigma_t": 0.2, "sigma_s": 0.1, "seed": 0, "temporal": "element", "include_bias": False}
+def _device_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("device models (pcm, rram, rram-cmo, ideal)")
+    group.add_argument("--device", metavar="FILE", help="device parameters (.json, or .toml on Python 3.11+); "
+                                                       "may name the model as \"noise\"; flags override it")
+    group.add_argument("--t-inference", type=float, help="seconds since programming (default 0)")
+    group.add_argument("--compensation", choices=["none", "global"], help="global drift compensation (aihwkit's)")
+    group.add_argument("--levels", type=int, help="quantize conductances to this many levels")
+    group.add_argument("--stuck-min", type=float, help="fraction of devices stuck at g_min")
+    group.add_argument("--stuck-max", type=float, help="fraction of devices stuck at g_max")
+    group.add_argument("--clip-sigma", type=float, help="clip weights at this many standard deviations per layer")
+    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other device parameter (repeatable), e.g. --set drift_scale=0.5")
+
+
+_DEVICE_FLAGS = ("t_inference", "compensation", "levels", "stuck_min", "stuck_max", "clip_sigma")
+
+
+def _device_options(args):
+    """``(kind or None, {parameter: value})`` from --device, the device flags and --set."""
+    from .noise import load_device_file
+
+    options = dict(load_device_file(args.device)) if getattr(args, "device", None) else {}
+    kind = options.pop("noise", None)
+    for flag in _DEVICE_FLAGS:
+        value = getattr(args, flag, None)
+        if value is not None:
+            options[flag] = value
+    for item in getattr(args, "set", None) or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise NabnError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        options[key.strip().replace("-", "_")] = value
+    return kind, options
 
 
 def _make_noise(args, parser):
     """The noise model the flags describe, or None; a noise setting without --noise is a usage error."""
-    from .noise import make_noise
+    from .noise import DEVICE_MODELS, make_noise
 
-    given = [name for name in _NOISE_DEFAULTS if getattr(args, name) is not None]
-    if args.noise is None:
+    file_kind, options = _device_options(args)
+    kind = args.noise or file_kind
+    if kind is None and getattr(args, "noise_required", False):
+        parser.error(f"{args.command} needs --noise (or a --device file naming the model as \"noise\")")
+    if kind is None:
+        given = [name for name in _NOISE_DEFAULTS if getattr(args, name) is not None]
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             parser.error(f"{flags} need(s) --noise: without it no chip is simulated and the setting would be ignored")
+        if options:
+            parser.error("device parameters need --noise (or \"noise\" in the --device file)")
         return None
+    for name, default in _NOISE_DEFAULTS.items():
+        if getattr(args, name) is None and name != "eta":
+            setattr(args, name, default)
+    if kind not in _NOISE_CHOICES:
+        raise NabnError(f"unknown noise model {kind!r}; choose one of {', '.join(_NOISE_CHOICES)}")
+    if kind in DEVICE_MODELS:
+        return make_noise(kind, args.eta, seed=args.seed, include_bias=args.include_bias, **options)
+    if options:
+        raise NabnError(f"{', '.join(sorted(options))} apply to device models ({', '.join(DEVICE_MODELS)}), "
+                        f"not to {kind.upper()}")
     if args.eta is None:
         parser.error("--noise needs --eta")
-    for name, default in _NOISE_DEFAULTS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
-    return make_noise(args.noise, args.eta, sigma_t=args.sigma_t, sigma_s=args.sigma_s, seed=args.seed,
+    return make_noise(kind, args.eta, sigma_t=args.sigma_t, sigma_s=args.sigma_s, seed=args.seed,
                       temporal=args.temporal, include_bias=args.include_bias)
+
+
+def _noise_suffix(noise) -> str:
+    t = getattr(noise, "t_inference", None)
+    scale = f"{noise.eta:g}" if t is None else f".t{t:g}" + ("" if noise.eta == 1 else f".eta{noise.eta:g}")
+    return f".{noise.kind}{scale}.seed{noise.seed}"
 
 
 def _model_output_args(parser: argparse.ArgumentParser, default: str) -> None:
@@ -72,18 +136,37 @@ def _model_output_args(parser: argparse.ArgumentParser, default: str) -> None:
 
 def _chip_grid_args(parser: argparse.ArgumentParser, default_seeds: int) -> None:
     """The chips a sweep or a gate simulates: a noise model, several etas, several seeds (declared once)."""
-    from .noise import NOISE_MODELS
-
     group = parser.add_argument_group("chips (every eta x seed is one simulated chip)")
-    group.add_argument("--noise", choices=sorted(NOISE_MODELS), required=True,
-                       help="device noise model (MUL: W + W*N_T*N_S; ADD: W + N_T*N_S; others as registered)")
-    group.add_argument("--eta", required=True, help="noise scales, comma-separated (e.g. 0.02,0.04,0.06)")
+    group.add_argument("--noise", choices=_NOISE_CHOICES,
+                       help="MUL: W + W*N_T*N_S; ADD: W + N_T*N_S; pcm, rram, rram-cmo, ideal: device models")
+    group.add_argument("--eta", help="noise scales, comma-separated (e.g. 0.02,0.04,0.06); for device models "
+                                     "multipliers of their noise (default 1)")
     group.add_argument("--seeds", default=str(default_seeds),
                        help=f"chips per eta: a count K (seeds 0..K-1) or a list 3,7,11 (default {default_seeds})")
     group.add_argument("--sigma-t", type=float, default=0.2, help="temporal spread relative to eta (default 0.2)")
     group.add_argument("--sigma-s", type=float, default=0.1, help="spatial spread of N_S (default 0.1)")
     group.add_argument("--temporal", choices=["element", "layer"], default="element")
     group.add_argument("--include-bias", action="store_true", help="also put noise on analog layers' biases")
+    _device_args(parser)
+
+
+def _chip_grid_noise(args, parser):
+    """``(noise kind, device parameters, etas)`` of a sweep or a gate, checked."""
+    from .evaluation.sweep import parse_floats
+    from .noise import DEVICE_MODELS
+
+    file_kind, device = _device_options(args)
+    kind = args.noise or file_kind
+    if kind is None:
+        parser.error(f"{args.command} needs --noise (or \"noise\" in the --device file)")
+    if kind not in _NOISE_CHOICES:
+        raise NabnError(f"unknown noise model {kind!r}; choose one of {', '.join(_NOISE_CHOICES)}")
+    if kind not in DEVICE_MODELS and device:
+        raise NabnError(f"{', '.join(sorted(device))} apply to device models ({', '.join(DEVICE_MODELS)}), "
+                        f"not to {kind.upper()}")
+    if args.eta is None and kind not in DEVICE_MODELS:
+        parser.error(f"--noise {kind} needs --eta")
+    return kind, device, parse_floats(args.eta or "1", "eta")
 
 
 def _method_arg(parser: argparse.ArgumentParser) -> None:
@@ -155,13 +238,12 @@ def _cmd_inject(args, parser) -> int:
     from .api import inject
 
     noise = _make_noise(args, parser)
-    output = Path(args.output) if args.output else _default_output(
-        Path(args.model), f".{args.noise}{args.eta:g}.seed{args.seed}")
+    output = Path(args.output) if args.output else _default_output(Path(args.model), _noise_suffix(noise))
     check_output(args.model, output)
     started = time.perf_counter()
     result = inject(args.model, noise, include=args.include, exclude=args.exclude, output=output,
                     external_data=args.external_data)
-    _say(args, f"injected {noise.kind.upper()} noise eta={noise.eta:g} seed={noise.seed} into "
+    _say(args, f"injected {noise.label()} noise into "
                f"{len(result.details['tensors'])} weight tensor(s), wrote {output} in "
                f"{time.perf_counter() - started:.2f}s")
     return 0
@@ -308,9 +390,9 @@ def _cmd_evaluate(args, parser) -> int:
 def _cmd_sweep(args, parser) -> int:
     from .calibration import DEFAULT_ESTIMATOR
     from .evaluation.executors import make_executor
-    from .evaluation.sweep import SweepPlan, SweepSettings, parse_floats, run_sweep
+    from .evaluation.sweep import SweepPlan, SweepSettings, run_sweep
 
-    etas = parse_floats(args.eta, "eta")
+    kind, device, etas = _chip_grid_noise(args, parser)
     try:
         seed_values = [int(v) for v in args.seeds.split(",") if v.strip()]
     except ValueError:
@@ -322,8 +404,8 @@ def _cmd_sweep(args, parser) -> int:
         parser.error("--resume needs --results FILE.jsonl")
     if args.results:
         check_output_folder(Path(args.results))
-    plan = SweepPlan.of(args.noise, etas, seeds, sigma_t=args.sigma_t, sigma_s=args.sigma_s, temporal=args.temporal,
-                        include_bias=args.include_bias)
+    plan = SweepPlan.of(kind, etas, seeds, sigma_t=args.sigma_t, sigma_s=args.sigma_s, temporal=args.temporal,
+                        include_bias=args.include_bias, device=device or None)
     providers = _providers(args)
     settings = SweepSettings(method=args.method, metric=args.metric, estimator=DEFAULT_ESTIMATOR,
                              batch_size=args.batch_size, calib_batches=args.max_batches, output=_output_arg(args),
@@ -365,6 +447,94 @@ def _cmd_diagnose(args, parser) -> int:
     return 0
 
 
+def _cmd_analog(args, parser) -> int:
+    from .io import load_model, save_model
+    from .passes.analog_io import AnalogIO, InsertAnalogIOPass, StripAnalogIOPass, measure_input_ranges
+
+    default = ".digital" if args.strip else ".analog"
+    output = Path(args.output) if args.output else _default_output(Path(args.model), default)
+    check_output(args.model, output)
+    started = time.perf_counter()
+    model = load_model(args.model)
+    if args.strip:
+        if any(v is not None for v in (args.data, args.out_noise, args.adc_bits, args.dac_bits)):
+            parser.error("--strip takes no periphery settings")
+        result = StripAnalogIOPass()(model)
+        if not result.modified:
+            raise NabnError(f"{args.model} carries no analog periphery ops (nabn.analog): nothing to strip")
+        save_model(model, output, external_data=args.external_data)
+        _say(args, f"stripped the analog periphery of {len(result.details['layers'])} layer(s), wrote {output} in "
+                   f"{time.perf_counter() - started:.2f}s")
+        return 0
+    if not args.data:
+        parser.error("analog needs --data (calibration data, to measure each layer's input range)")
+    settings = AnalogIO(out_noise=args.out_noise or 0.0, adc_bits=args.adc_bits, out_bound=args.out_bound,
+                        dac_bits=args.dac_bits, inp_bound=args.inp_bound, seed=args.seed)
+    ranges = measure_input_ranges(model, _data_source(args.data, args), batch_size=args.batch_size,
+                                  max_batches=args.max_batches, include=args.include, exclude=args.exclude)
+    result = InsertAnalogIOPass(settings, ranges, include=args.include, exclude=args.exclude)(model)
+    if not result.modified:
+        reasons = "; ".join(f"{k}: {v}" for k, v in list(result.details.get("skipped", {}).items())[:3])
+        raise NabnError("no analog layer to put the periphery around" + (f" ({reasons})" if reasons else ""))
+    save_model(model, output, external_data=args.external_data)
+    stages = [f"output noise {settings.out_noise:g}u" if settings.out_noise else "",
+              f"{settings.adc_bits}-bit ADC at {settings.out_bound:g}u" if settings.adc_bits else "",
+              f"{settings.dac_bits}-bit DAC at {settings.inp_bound:g} max|x|" if settings.dac_bits else ""]
+    _say(args, f"inserted {', '.join(x for x in stages if x)} around {len(result.details['layers'])} analog layer(s) "
+               f"({len(result.details.get('skipped', {}))} skipped), wrote {output} in "
+               f"{time.perf_counter() - started:.2f}s")
+    return 0
+
+
+def _cmd_devices(args, parser) -> int:
+    from .noise import NOISE_MODELS, DeviceNoise, device_parameters
+
+    for kind, cls in NOISE_MODELS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{kind}: {doc}")
+        if getattr(cls, "source", ""):
+            print(f"  source: {cls.source}")
+        params = device_parameters(kind)
+        if issubclass(cls, DeviceNoise):
+            params.pop("eta")
+            print("  eta = 1.0 (multiplier of the device's programming and read noise)")
+        for name, default in params.items():
+            print(f"  {name} = {'(required)' if default is None and name == 'eta' else json.dumps(default)}")
+    return 0
+
+
+def _cmd_drift(args, parser) -> int:
+    from .evaluation.drift import drift_sweep, parse_times
+    from .noise import DEVICE_MODELS, make_noise
+
+    file_kind, options = _device_options(args)
+    kind = args.noise or file_kind or "pcm"
+    if kind not in DEVICE_MODELS:
+        raise NabnError(f"drift needs a device model ({', '.join(DEVICE_MODELS)}), got {kind!r}")
+    options.pop("t_inference", None)
+    options.pop("compensation", None)
+    device = make_noise(kind, args.eta, include_bias=args.include_bias, **options)
+    try:
+        seed_values = [int(v) for v in args.seeds.split(",") if v.strip()]
+    except ValueError:
+        raise NabnError(f"--seeds must be a count or comma-separated integers, got {args.seeds!r}") from None
+    seeds = seed_values if "," in args.seeds else seed_values[0] if seed_values else 0
+    report_path = _report_suffix(args.report, (".json", ".md", ".csv"))
+    plot_path = _report_suffix(args.plot, (".png", ".svg", ".pdf"))
+    report = drift_sweep(args.model, _data_source(args.calib, args), _data_source(args.test, args), device=device,
+                         times=parse_times(args.times), seeds=seeds, method=args.method, metric=args.metric,
+                         momentum=args.momentum, warmup=args.warmup, batch_size=args.batch_size,
+                         calib_batches=args.max_batches, show_progress=not args.quiet)
+    if report_path:
+        report.write(report_path)
+    if plot_path:
+        report.plot(plot_path)
+    if not args.quiet:
+        print(report.table())
+    _say(args, report.summary())
+    return 0
+
+
 def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("evaluate", parents=[common], help="measure a model's accuracy (or mIoU) on labelled data")
     p.add_argument("model", help="input .onnx model")
@@ -394,6 +564,31 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     _runtime_args(p)
     p.set_defaults(func=_cmd_sweep)
 
+    p = sub.add_parser("drift", parents=[common],
+                       help="accuracy over time since programming: vanilla, drift compensation, NaBN once/each/dynamic")
+    p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
+    p.add_argument("--calib", required=True, help="calibration data (.npz or image folder)")
+    p.add_argument("--test", required=True, help="labelled test data (.npz with 'labels' or image folder)")
+    p.add_argument("--noise", choices=["pcm", "rram", "rram-cmo", "ideal"], help="device model (default pcm)")
+    p.add_argument("--eta", type=float, help="multiplier of the device's programming and read noise (default 1)")
+    p.add_argument("--include-bias", action="store_true", help="also put noise on analog layers' biases")
+    p.add_argument("--times", default="1s,1h,1d,1mo,1y",
+                   help="times since programming, comma-separated, in s or with a unit (min, h, d, w, mo, y); "
+                        "the first is when NaBN-once calibrates (default 1s,1h,1d,1mo,1y)")
+    p.add_argument("--seeds", default="3", help="chips: a count K (seeds 0..K-1) or a list 3,7,11 (default 3)")
+    p.add_argument("--momentum", type=float, default=0.9, help="dynamic NabnSession momentum (default 0.9)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="passes over the calibration data the dynamic session serves before the test (default 2)")
+    _device_args(p)
+    _method_arg(p)
+    p.add_argument("--metric", default="top1", help="top1 (default), top5, ...")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
+    p.add_argument("--report", help="write the results (.json, .md or .csv)")
+    p.add_argument("--plot", help="accuracy against time (.png, .svg or .pdf; needs matplotlib)")
+    _image_args(p)
+    p.set_defaults(func=_cmd_drift)
+
     p = sub.add_parser("diagnose", parents=[common], help="per-layer KL/JS divergence of noisy from clean activations")
     p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
     p.add_argument("--data", required=True, help="calibration data (.npz or image folder)")
@@ -414,18 +609,17 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
 def _cmd_check(args, parser) -> int:
     """The robustness gate: 0 passed, 1 a chip missed a threshold, 2 the gate could not run."""
     try:
-        return _run_check(args)
+        return _run_check(args, parser)
     except NabnError as exc:
         # a gate that cannot run is a usage error, not a model that failed: CI must tell them apart
         print(f"nabn-onnx check: error: {exc}", file=sys.stderr)
         return 2
 
 
-def _run_check(args) -> int:
+def _run_check(args, parser) -> int:
     from .evaluation import check
     from .evaluation.check import parse_threshold
     from .evaluation.executors import make_executor
-    from .evaluation.sweep import parse_floats
 
     thresholds = [parse_threshold(t, "min") for t in args.min or []]
     thresholds += [parse_threshold(t, "max") for t in args.max or []]
@@ -434,8 +628,9 @@ def _run_check(args) -> int:
     report_path = _report_suffix(args.report, (".json",))
     junit_path = _report_suffix(args.junit, (".xml",))
     seeds = _parse_seeds(args.seeds)
+    kind, device, etas = _chip_grid_noise(args, parser)
     report = check(args.model, _data_source(args.data, args), _data_source(args.test, args), thresholds,
-                   calibrated=args.calibrated, noise=args.noise, etas=parse_floats(args.eta, "eta"), seeds=seeds,
+                   calibrated=args.calibrated, noise=kind, etas=etas, seeds=seeds, device=device or None,
                    method=args.method, sigma_t=args.sigma_t, sigma_s=args.sigma_s, temporal=args.temporal,
                    include_bias=args.include_bias, batch_size=args.batch_size, calib_batches=args.max_batches,
                    test_batches=args.test_batches, output=_output_arg(args), ignore_index=args.ignore_index,
@@ -555,6 +750,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="input .onnx model")
     _selection_args(p)
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("analog", parents=[common],
+                       help="insert (or --strip) the analog periphery: output noise, ADC and DAC as graph ops")
+    p.add_argument("model", help="input .onnx model")
+    p.add_argument("--data", help="calibration data, to measure each analog layer's input range")
+    p.add_argument("--out-noise", type=float, help="output noise std in units of max|W| max|x| (aihwkit's 0.06)")
+    p.add_argument("--adc-bits", type=int, help="ADC bits (sign included)")
+    p.add_argument("--out-bound", type=float, default=12.0, help="ADC range in units of max|W| max|x| (default 12)")
+    p.add_argument("--dac-bits", type=int, help="DAC bits (sign included)")
+    p.add_argument("--inp-bound", type=float, default=1.0, help="DAC range in units of max|x| (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the output noise")
+    p.add_argument("--strip", action="store_true", help="remove the inserted ops: the original graph comes back")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-batches", type=int, default=8, help="batches to measure input ranges on (default 8)")
+    p.add_argument("-o", "--output", help="output model (default MODEL.analog.onnx, or MODEL.digital.onnx with --strip)")
+    p.add_argument("--external-data", action="store_const", const=True, default=None,
+                   help="store the output's weights in OUTPUT.data beside it (automatic above 2 GB)")
+    _selection_args(p)
+    _image_args(p)
+    p.set_defaults(func=_cmd_analog)
+
+    p = sub.add_parser("devices", parents=[common], help="list the noise and device models with their parameters")
+    p.set_defaults(func=_cmd_devices)
 
     _add_evaluation_commands(sub, common)
     _add_check_command(sub, common)

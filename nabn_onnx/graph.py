@@ -254,8 +254,26 @@ def find_analog_layers(model: ModelProto, ranks: Optional[Dict[str, int]] = None
     return layers
 
 
+def _through_analog_periphery(out: str, index: GraphIndex) -> str:
+    """The tensor the rest of the graph reads when ``out`` feeds the ops of
+    :mod:`nabn_onnx.passes.analog_io` (noise, ADC, digital bias), else ``out`` itself."""
+    prefix = "nabn_analog/"
+    if not (out.startswith(prefix) and out.endswith("/raw")):
+        return out
+    tag = out[: -len("raw")]
+    current = out
+    for _ in range(16):  # the chain is at most 8 nodes long
+        users = [u for u in index.consumers.get(current, []) if u.name.startswith(tag) and u.op_type != "RandomNormalLike"]
+        if len(users) != 1:
+            return out
+        current = users[0].output[0]
+        if users[0].name in (tag + "bias", tag + "out"):
+            return current
+    return out
+
+
 def _following_bn(node: NodeProto, index: GraphIndex) -> Optional[NodeProto]:
-    out = node.output[0]
+    out = _through_analog_periphery(node.output[0], index)
     for user in index.consumers.get(out, []):
         if user.op_type == "BatchNormalization" and user.input[0] == out:
             return user

@@ -383,6 +383,58 @@ def test_bad_noise_parameters(ws: Path, capsys, command: str, noise_args, words)
     _expect_error(capsys, ws, argv, words=words)
 
 
+BAD_DEVICE = [
+    (["--noise", "pcm", "--set", "drift_scale=-0.5"], ("drift_scale", ">= 0")),
+    (["--noise", "pcm", "--set", "g_min=30"], ("g_min", "g_max")),
+    (["--noise", "pcm", "--set", "g_max=-1"], ("g_max", "> 0")),
+    (["--noise", "pcm", "--stuck-min", "1.5"], ("stuck_min", "[0, 1]")),
+    (["--noise", "pcm", "--stuck-max", "-0.1"], ("stuck_max", "[0, 1]")),
+    (["--noise", "ideal", "--stuck-min", "0.6", "--stuck-max", "0.6"], ("stuck_min + stuck_max",)),
+    (["--noise", "ideal", "--levels", "0"], ("levels", ">= 2")),
+    (["--noise", "pcm", "--levels", "1"], ("levels", ">= 2")),
+    (["--noise", "pcm", "--t-inference", "-3"], ("t_inference", ">= 0")),
+    (["--noise", "pcm", "--t-inference", "nan"], ("t_inference", "finite")),
+    (["--noise", "pcm", "--clip-sigma", "-2"], ("clip_sigma",)),
+    (["--noise", "pcm", "--set", "t_0=0"], ("t_0", "> 0")),
+    (["--noise", "pcm", "--set", "prog_coeff=[1, \"a\"]"], ("prog_coeff",)),
+    (["--noise", "pcm", "--set", "colour=3"], ("unknown", "colour")),
+    (["--noise", "pcm", "--set", "novalue"], ("KEY=VALUE",)),
+    (["--noise", "rram", "--t-inference", "3600"], ("t_inference", "86400")),
+    (["--noise", "rram-cmo", "--set", "acceptance_range=5"], ("acceptance_range",)),
+    (["--noise", "mul", "--eta", "0.05", "--t-inference", "10"], ("t_inference", "device")),
+    (["--noise", "pcm", "--eta", "-1"], ("eta", ">= 0")),
+]
+
+
+@pytest.mark.parametrize("command", ["inject", "calibrate"])
+@pytest.mark.parametrize("device_args,words", BAD_DEVICE, ids=[" ".join(a) for a, _ in BAD_DEVICE])
+def test_bad_device_parameters(ws: Path, capsys, command: str, device_args, words) -> None:
+    argv = [command, ws / "model.onnx", *device_args, "-o", ws / "out.onnx"]
+    if command == "calibrate":
+        argv += ["--data", ws / "data.npz", "--batch-size", BATCH]
+    _expect_error(capsys, ws, argv, words=words)
+
+
+@pytest.mark.parametrize("content,words", [
+    ('{"noise": "pcm", "g_min": 40}', ("g_min",)),
+    ('{"noise": "pcm", "stuck_max": 2}', ("stuck_max", "[0, 1]")),
+    ('{"noise": "pcm", "drift_scale": -1}', ("drift_scale",)),
+    ('{"noise": "pcm", "levels": 0}', ("levels",)),
+    ('{"noise": "pcm", "t_inference": 3600', ("not valid json",)),
+    ('[1, 2]', ("table",)),
+    ('{"noise": "flash"}', ("unknown noise model",)),
+])
+def test_bad_device_file(ws: Path, capsys, content: str, words) -> None:
+    (ws / "device.json").write_text(content)
+    _expect_error(capsys, ws, ["inject", ws / "model.onnx", "--device", ws / "device.json", "-o", ws / "out.onnx"],
+                  words=words)
+
+
+def test_missing_device_file(ws: Path, capsys) -> None:
+    _expect_error(capsys, ws, ["inject", ws / "model.onnx", "--noise", "pcm", "--device", ws / "nope.json",
+                               "-o", ws / "out.onnx"], words=("cannot read device file",))
+
+
 @pytest.mark.parametrize("argv_tail", [
     ["--noise", "mul"],  # no --eta
     ["--noise", "gauss", "--eta", "0.1"],

@@ -180,10 +180,13 @@ class SweepReport:
         """The sweep as a Markdown report: title, settings and the table."""
         chips = sorted({r["seed"] for r in self.rows})
         s = self.settings
+        if "sigma_t" in s:
+            how = (f"(sigma_t = {s['sigma_t']}·eta, sigma_s = {s['sigma_s']}, temporal draw per {s['temporal']})")
+        else:  # a device model: its own parameters
+            how = "(" + ", ".join(f"{k} = {v}" for k, v in s.items() if k not in ("noise", "eta", "seed")) + ")"
         lines = [
             f"# Robustness sweep: {self.model}", "",
-            (f"{self.metric} (%) under {str(s['noise']).upper()} noise (sigma_t = {s['sigma_t']}·eta, "
-             f"sigma_s = {s['sigma_s']}, temporal draw per {s['temporal']}), {len(chips)} chip(s) per eta, "
+            (f"{self.metric} (%) under {str(s['noise']).upper()} noise {how}, {len(chips)} chip(s) per eta, "
              f"mean ± std over chips; NaBN method '{self.method}'. Clean model: {100 * self.clean:.2f}%."), "",
             self.table(), "",
         ]
@@ -294,6 +297,7 @@ class ChipTask:
     sigma_s: float = 0.1
     temporal: str = "element"
     include_bias: bool = False
+    device: Tuple[Tuple[str, object], ...] = ()
 
     @property
     def key(self) -> Tuple[str, float, int]:
@@ -303,7 +307,7 @@ class ChipTask:
     def noise_model(self) -> NoiseModel:
         """The chip's noise model, seeded by the task's seed."""
         return make_noise(self.noise, float(self.eta), sigma_t=self.sigma_t, sigma_s=self.sigma_s, seed=int(self.seed),
-                          temporal=self.temporal, include_bias=self.include_bias)
+                          temporal=self.temporal, include_bias=self.include_bias, **dict(self.device))
 
     def __repr__(self) -> str:
         return f"{self.noise} eta={self.eta:g} seed={self.seed}"
@@ -321,6 +325,7 @@ class SweepPlan:
         sigma_s: spatial spread.
         temporal: ``"element"`` or ``"layer"``.
         include_bias: also put noise on analog biases.
+        device: a device model's parameters, as sorted ``(name, value)`` pairs (picklable, hashable).
     """
 
     noise: str
@@ -330,12 +335,18 @@ class SweepPlan:
     sigma_s: float = 0.1
     temporal: str = "element"
     include_bias: bool = False
+    device: Tuple[Tuple[str, object], ...] = ()
 
     @classmethod
-    def of(cls, noise: str, etas: Sequence[float], seeds: Union[int, Sequence[int]] = 5, **settings) -> SweepPlan:
-        """A plan with ``seeds`` given as a count ``K`` (seeds ``0..K-1``) or as the seeds themselves."""
+    def of(cls, noise: str, etas: Sequence[float], seeds: Union[int, Sequence[int]] = 5,
+           device: Optional[Mapping[str, object]] = None, **settings) -> SweepPlan:
+        """A plan with ``seeds`` given as a count ``K`` (seeds ``0..K-1``) or as the seeds themselves.
+
+        ``device`` parameters are given as a mapping.
+        """
         seed_list = range(int(seeds)) if isinstance(seeds, (int, np.integer)) else seeds
-        return cls(noise, tuple(float(e) for e in etas), tuple(int(s) for s in seed_list), **settings)
+        return cls(noise, tuple(float(e) for e in etas), tuple(int(s) for s in seed_list),
+                   device=tuple(sorted((device or {}).items())), **settings)
 
     def tasks(self) -> List[ChipTask]:
         """One task per chip, eta-major (the order of the report's rows).
@@ -347,16 +358,19 @@ class SweepPlan:
             raise NabnError("a sweep needs at least one seed")
         if not self.etas:
             raise NabnError("a sweep needs at least one eta")
-        tasks = [ChipTask(self.noise, eta, seed, self.sigma_t, self.sigma_s, self.temporal, self.include_bias)
-                 for eta in self.etas for seed in self.seeds]
+        tasks = [ChipTask(self.noise, eta, seed, self.sigma_t, self.sigma_s, self.temporal, self.include_bias,
+                          self.device) for eta in self.etas for seed in self.seeds]
         for task in tasks:
             task.noise_model()  # validates here, before any work, rather than in a worker
         return tasks
 
     def shared_settings(self) -> Dict[str, object]:
         """The noise settings every chip shares (not eta, not seed)."""
-        return {"noise": self.noise, "sigma_t": self.sigma_t, "sigma_s": self.sigma_s, "temporal": self.temporal,
-                "include_bias": self.include_bias}
+        shared: Dict[str, object] = {"noise": self.noise, "sigma_t": self.sigma_t, "sigma_s": self.sigma_s,
+                                     "temporal": self.temporal, "include_bias": self.include_bias}
+        if self.device:
+            shared["device"] = dict(self.device)
+        return shared
 
 
 @dataclass(frozen=True)
@@ -591,8 +605,9 @@ def run_sweep(
         if store is not None:
             store.close()
     report = SweepReport(_model_name(model, proto), _metric_name(settings.metric), settings.method,
-                         make_noise(plan.noise, plan.etas[0], **{k: v for k, v in plan.shared_settings().items()
-                                                                if k != "noise"}).describe(),
+                         make_noise(plan.noise, plan.etas[0], **dict(plan.device),
+                                    **{k: v for k, v in plan.shared_settings().items()
+                                       if k not in ("noise", "device")}).describe(),
                          clean, rows=[done[t.key] for t in tasks], reuse_sessions=settings.reuse_sessions,
                          executor=executor.describe(), resumed=resumed)
     timing["total"] = time.perf_counter() - started
@@ -631,6 +646,7 @@ def sweep(
     providers: Optional[Sequence[str]] = None,
     show_progress: bool = False,
     executor=None,
+    device: Optional[Mapping[str, object]] = None,
 ) -> SweepReport:
     """Accuracy of vanilla and NaBN models over noise scales and simulated chips.
 
@@ -663,6 +679,8 @@ def sweep(
         providers: onnxruntime execution providers, in order of preference (None: CPU).
         show_progress: draw a progress bar over the chips.
         executor: where the chips run (None: serially in this process).
+        device: parameters of a device model (``noise`` one of ``"pcm"``, ``"rram"``,
+            ``"rram-cmo"``, ``"ideal"``; ``etas`` then scale its noise), e.g. ``{"t_inference": 3600}``.
 
     Returns:
         A :class:`SweepReport` with one row per (eta, seed).
@@ -671,7 +689,7 @@ def sweep(
         NabnError: bad model, data or settings (one-line message).
     """
     plan = SweepPlan.of(noise, etas, seeds, sigma_t=sigma_t, sigma_s=sigma_s, temporal=temporal,
-                        include_bias=include_bias)
+                        include_bias=include_bias, device=device)
     settings = SweepSettings(method=method, metric=metric, estimator=estimator, batch_size=batch_size,
                              calib_batches=calib_batches, test_batches=test_batches, output=output,
                              ignore_index=ignore_index, ignore_background=ignore_background,
