@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 from onnx import ModelProto
 
-from .data import DataLike
+from .data import DataLike, check_batching
 from .errors import NabnError, NothingToDoError
 from .graph import find_analog_layers
 from .io import ModelLike, check_output, load_model, record, save_model
@@ -58,6 +58,8 @@ def split(
 
     if output is not None:
         check_output(model, output)
+    if data is not None:
+        check_batching(data, batch_size, max_batches, min_batch=2)
     proto = _load_copy(model)
     result = SplitBatchNormPass(include=include, exclude=exclude)(proto)
     if not result.modified and not select_layers(find_analog_layers(proto), include, exclude):

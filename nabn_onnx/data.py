@@ -29,8 +29,10 @@ import numpy as np
 from onnx import ModelProto, helper
 
 from .errors import DataError
+from .logs import warn_once
 
-__all__ = ["InputSpec", "input_specs", "Batch", "iter_batches", "DataLike", "LABELS_KEY", "replayable"]
+__all__ = ["InputSpec", "input_specs", "Batch", "iter_batches", "DataLike", "LABELS_KEY", "replayable",
+           "count_samples", "npz_header", "check_batching"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +77,33 @@ class Batch:
         return int(next(iter(self.feeds.values())).shape[0])
 
 
+def npz_header(fh) -> Tuple[Tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of the ``.npy`` stream ``fh``, which is left at the start of the data."""
+    version = np.lib.format.read_magic(fh)
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return reader(fh)
+
+
+def count_samples(data: "DataLike") -> Optional[int]:
+    """Samples in ``data`` when they can be counted without reading it (``.npz`` or a mapping); None otherwise."""
+    if isinstance(data, (str, os.PathLike)) and Path(data).suffix == ".npz" and Path(data).is_file():
+        try:
+            with zipfile.ZipFile(data) as archive, archive.open(archive.namelist()[0]) as fh:
+                return int(npz_header(fh)[0][0])
+        except (zipfile.BadZipFile, OSError, ValueError, IndexError):
+            return None
+    if isinstance(data, Mapping) and data:
+        return len(next(iter(data.values())))
+    return None
+
+
 class _NpzMember:
     """One array of an ``.npz`` archive, read row block by row block without loading it whole."""
 
     def __init__(self, archive: zipfile.ZipFile, member: str, path: Path):
         self.archive, self.member, self.path = archive, member, path
         with archive.open(member) as fh:
-            version = np.lib.format.read_magic(fh)
-            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            self.shape, self.fortran, self.dtype = reader(fh)
+            self.shape, self.fortran, self.dtype = npz_header(fh)
         if self.dtype.hasobject:
             raise DataError(f"{path}: array '{member[:-4]}' holds Python objects; store plain numeric arrays")
         if not self.shape:
@@ -101,8 +121,7 @@ class _NpzMember:
             return
         row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         with self.archive.open(self.member) as fh:
-            version = np.lib.format.read_magic(fh)
-            (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(fh)
+            npz_header(fh)
             for start in range(0, self.shape[0], size):
                 count = min(size, self.shape[0] - start)
                 raw = fh.read(count * row)
@@ -171,6 +190,39 @@ def _reader_batches(reader) -> Iterator[Batch]:
         yield _split_labels(feeds)
 
 
+def _rebatch(batches: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
+    """Join consecutive single-sample batches into batches of ``batch_size``.
+
+    onnxruntime's quantization readers commonly return one sample per ``get_next()``; a
+    BatchNorm cannot measure a variance on one sample, so such items are grouped.
+    Batches of two or more samples are the user's own and pass through unchanged.
+    """
+    group: List[Batch] = []
+
+    def joined() -> Batch:
+        feeds = {k: np.concatenate([np.asarray(b.feeds[k]) for b in group]) for k in group[0].feeds}
+        labels = None
+        if all(b.labels is not None for b in group):
+            labels = np.concatenate([np.asarray(b.labels).reshape((1,) + np.asarray(b.labels).shape[1:])
+                                     if np.asarray(b.labels).ndim == 0 else np.asarray(b.labels) for b in group])
+        return Batch(feeds, labels)
+
+    for batch in batches:
+        sizes = {np.asarray(v).shape[0] if np.asarray(v).ndim else 0 for v in batch.feeds.values()}
+        if sizes == {1} and (not group or set(batch.feeds) == set(group[0].feeds)):
+            group.append(batch)
+            if len(group) == batch_size:
+                yield joined()
+                group = []
+            continue
+        if group:
+            yield joined()
+            group = []
+        yield batch
+    if group:
+        yield joined()
+
+
 def _split_labels(feeds: Mapping[str, np.ndarray]) -> Batch:
     if not isinstance(feeds, Mapping):
         raise DataError(f"each batch must be a dict of input name to array, got {type(feeds).__name__}")
@@ -194,11 +246,11 @@ def _raw_batches(data: DataLike, specs: Sequence[InputSpec], batch_size: int) ->
     if isinstance(data, ImageFolder):
         return data.batches(specs, batch_size)
     if hasattr(data, "get_next"):
-        return _reader_batches(data)
+        return _rebatch(_reader_batches(data), batch_size)
     if isinstance(data, Mapping):
         return _mapping_batches(data, specs, batch_size)
     if isinstance(data, Iterable):
-        return (_split_labels(b) for b in data)
+        return _rebatch((_split_labels(b) for b in data), batch_size)
     raise DataError(
         f"cannot read data of type {type(data).__name__}: give an .npz path, a dict of arrays, "
         "a CalibrationDataReader or an iterable of feed dicts"
@@ -246,6 +298,27 @@ def _shape_text(shape: Sequence[Optional[int]]) -> str:
     return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
 
 
+def check_batching(data: DataLike, batch_size: int, max_batches: Optional[int], min_batch: int = 1) -> None:
+    """Refuse batching settings and missing data files before any work is done on the model.
+
+    Raises:
+        DataError: a batch size below 1 (below ``min_batch`` when the tool does the batching),
+            max batches below 1, or a data path that does not exist.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch size must be at least 1, got {batch_size}")
+    if max_batches is not None and max_batches < 1:
+        raise DataError(f"max batches must be at least 1, got {max_batches}")
+    tool_batches = isinstance(data, (str, os.PathLike, Mapping))
+    if tool_batches and batch_size < min_batch:
+        raise DataError(
+            f"batch size {batch_size} gives batches of {batch_size} sample(s); calibration needs at least {min_batch} "
+            "per batch to measure a variance"
+        )
+    if isinstance(data, (str, os.PathLike)) and not Path(data).exists():
+        raise DataError(f"data file not found: {data}")
+
+
 def iter_batches(
     data: DataLike,
     specs: Sequence[InputSpec],
@@ -291,7 +364,7 @@ def iter_batches(
             yield pending
             count += 1
         elif count:
-            logger.warning("dropped the last batch: %d sample(s) are too few to measure a variance", pending.size)
+            warn_once(logger, "dropped the last batch: %d sample(s) are too few to measure a variance", pending.size)
         else:
             raise DataError(
                 f"the data has {pending.size} sample(s) in its only batch; calibration needs at least {min_batch}"
@@ -312,26 +385,38 @@ class _Spool:
         self._folder: Optional[str] = None
         self._count = 0
         self._complete = False
+        self._exhausted = False
 
     def __iter__(self) -> Iterator[Mapping[str, np.ndarray]]:
         if self._complete:
             for i in range(self._count):
                 with np.load(os.path.join(self._folder, f"{i}.npz")) as saved:
                     yield {k: saved[k] for k in saved.files}
+            if not self._exhausted:
+                raise DataError(
+                    f"a one-shot data source was read only partly ({self._count} batch(es)) and a later pass "
+                    "asked for more; give a re-readable source (an .npz file, a dict or a list of batches)"
+                )
             return
         if self._folder is not None:
             raise DataError("a one-shot data source was read twice while its first pass was unfinished")
         self._folder = tempfile.mkdtemp(prefix="nabn-spool-")
         source = _reader_batches(self._source) if hasattr(self._source, "get_next") else (
             _split_labels(b) for b in self._source)
-        for batch in source:
-            feeds = dict(batch.feeds)
-            if batch.labels is not None:
-                feeds[LABELS_KEY] = batch.labels
-            np.savez(os.path.join(self._folder, f"{self._count}.npz"), **feeds)
-            self._count += 1
-            yield feeds
-        self._complete = True
+        try:
+            for batch in source:
+                feeds = dict(batch.feeds)
+                if batch.labels is not None:
+                    feeds[LABELS_KEY] = batch.labels
+                np.savez(os.path.join(self._folder, f"{self._count}.npz"), **feeds)
+                self._count += 1
+                yield feeds
+            self._exhausted = True
+        finally:
+            # Also when the reader stopped early (``max_batches``): later passes, which stop at
+            # the same batch, replay what was read. A pass that wants more is refused in
+            # ``__iter__`` rather than given a shorter stream.
+            self._complete = True
 
     def close(self) -> None:
         if self._folder is not None:

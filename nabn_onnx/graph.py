@@ -27,13 +27,33 @@ ANALOG_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
 
 
+def _outer_reads(node: NodeProto) -> set:
+    """Names a node's subgraphs read from outside themselves (empty for a node without subgraphs)."""
+    reads: set = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for graph in graphs:
+            defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+            for inner in graph.node:
+                defined.update(inner.output)
+            for inner in graph.node:
+                reads.update(n for n in inner.input if n and n not in defined)
+                reads.update(n for n in _outer_reads(inner) if n not in defined)
+            reads.update(o.name for o in graph.output if o.name not in defined)
+    return reads
+
+
 def layer_name(node: NodeProto) -> str:
     """The name users see for a node: its name, or its first output when it has none."""
     return node.name or node.output[0]
 
 
 class GraphIndex:
-    """Producers, consumers and initializers of a model's main graph."""
+    """Producers, consumers and initializers of a model's main graph.
+
+    A main-graph node that holds subgraphs (If/Loop/Scan) counts as a consumer of every
+    main-graph tensor its bodies read, so a weight also read inside a branch is seen as shared.
+    """
 
     def __init__(self, model: ModelProto):
         graph = model.graph
@@ -41,7 +61,7 @@ class GraphIndex:
         self.consumers: Dict[str, List[NodeProto]] = defaultdict(list)
         self.producer: Dict[str, NodeProto] = {}
         for node in graph.node:
-            for name in node.input:
+            for name in list(node.input) + sorted(_outer_reads(node)):
                 if name:
                     self.consumers[name].append(node)
             for name in node.output:
@@ -51,8 +71,13 @@ class GraphIndex:
         self.graph_outputs = {o.name for o in graph.output}
 
     def is_constant(self, name: str) -> bool:
-        """True for an initializer that is not also a graph input (so cannot be fed)."""
-        return name in self.initializers and name not in self.graph_inputs
+        """True for an initializer.
+
+        Older exporters (``keep_initializers_as_inputs=True``) also list every initializer
+        as a graph input; onnxruntime runs those as constants unless a run feeds them, and
+        so do the passes (the model keeps them listed as they were).
+        """
+        return name in self.initializers
 
 
 @dataclass

@@ -38,6 +38,11 @@ __all__ = [
     "check_output",
     "check_output_folder",
     "PROTOBUF_LIMIT",
+    "default_opset",
+    "subgraphs",
+    "all_nodes",
+    "atomic_write_text",
+    "atomic_write_bytes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,6 +54,11 @@ MIN_OPSET = 9
 #: Protobuf cannot serialize a message of 2 GB or more.
 PROTOBUF_LIMIT = 2**31 - 1
 _METADATA_PREFIX = "nabn."
+
+
+def default_opset(model: ModelProto) -> int:
+    """The version of the default ONNX domain the model imports."""
+    return _default_opset(model)
 
 
 def _default_opset(model: ModelProto) -> int:
@@ -123,6 +133,26 @@ def lift_constant_weights(model: ModelProto) -> int:
     return len(lifted)
 
 
+def subgraphs(graph: onnx.GraphProto):
+    """Every graph nested in ``graph``'s nodes (If/Loop/Scan bodies, recursively), not ``graph`` itself."""
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield attr.g
+                yield from subgraphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield sub
+                    yield from subgraphs(sub)
+
+
+def all_nodes(graph: onnx.GraphProto):
+    """The nodes of ``graph`` and of every graph nested in it."""
+    yield from graph.node
+    for sub in subgraphs(graph):
+        yield from sub.node
+
+
 def bypass_initializer_identities(model: ModelProto) -> int:
     """Remove ``Identity`` nodes that merely rename an initializer, in place.
 
@@ -136,7 +166,9 @@ def bypass_initializer_identities(model: ModelProto) -> int:
     """
     graph = model.graph
     constants = {t.name for t in graph.initializer} - {i.name for i in graph.input}
-    outputs = {o.name for o in graph.output}
+    # A subgraph may read the Identity's output (an If branch using a weight of the main
+    # graph): its nodes are pointed at the initializer too. A subgraph output naming it stays.
+    outputs = {o.name for o in graph.output} | {o.name for sub in subgraphs(graph) for o in sub.output}
     rename = {}
     keep = []
     for node in graph.node:
@@ -149,7 +181,7 @@ def bypass_initializer_identities(model: ModelProto) -> int:
         keep.append(node)
     if not rename:
         return 0
-    for node in keep:
+    for node in keep + [n for sub in subgraphs(graph) for n in sub.node]:
         for i, name in enumerate(node.input):
             if name in rename:
                 node.input[i] = rename[name]
@@ -298,7 +330,7 @@ def _check_utf8(message, where: str = "model") -> None:
 
 def _refuse_training_mode(model: ModelProto) -> None:
     """A BatchNormalization exported in training mode would recompute its statistics on every batch."""
-    for node in model.graph.node:
+    for node in all_nodes(model.graph):
         if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx"):
             continue
         flagged = any(a.name == "training_mode" and a.i != 0 for a in node.attribute)
@@ -437,11 +469,15 @@ def save_model(
                 data_name = path.name + ".data"
                 with open(tmp_model, "wb") as fh, open(Path(tmp) / data_name, "wb") as data:
                     _write_model(model, fh, data=data, location=data_name, extra=extra_initializers)
+                    _sync(fh)
+                    _sync(data)
                 _replace_pair(Path(tmp), tmp_model, path, data_name)
             else:
                 with open(tmp_model, "wb") as fh:
                     _write_model(model, fh, extra=extra_initializers)
+                    _sync(fh)
                 os.replace(tmp_model, path)
+            _sync_folder(folder)
     except PermissionError as exc:
         raise ModelError(f"cannot write {path}: {exc.strerror}") from None
     except OSError as exc:
@@ -601,22 +637,64 @@ def set_initializer(model: ModelProto, name: str, array: np.ndarray) -> None:
     model.graph.initializer.append(new)
 
 
-def atomic_write_text(path: Union[str, os.PathLike], text: str) -> Path:
-    """Write a text file atomically (temporary file in the same folder, then rename)."""
+def _sync(fh) -> None:
+    """Flush ``fh`` to the disk, so that a rename after it never exposes an empty file after a power loss."""
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (POSIX: fsync the directory; elsewhere a no-op)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a directory; the data itself is synced
+        pass
+    finally:
+        os.close(fd)
+
+
+def file_mode() -> int:
+    """The mode a new file gets under the current umask (``mkstemp`` would give 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write_bytes(path: Union[str, os.PathLike], write) -> Path:
+    """Write a file atomically: ``write(temporary path)`` in the same folder, fsync, rename, fsync the folder.
+
+    The file gets the umask's mode, like any file the user creates.
+    """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ModelError(f"output folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=".nabn-", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".nabn-", suffix=path.suffix, dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            _sync(fh)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
-    except BaseException:
+        _sync_folder(folder)
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
     return path
+
+
+def atomic_write_text(path: Union[str, os.PathLike], text: str) -> Path:
+    """Write a text file atomically (see :func:`atomic_write_bytes`)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+
+    return atomic_write_bytes(path, write)
 
 
 def check_output_folder(path: Union[str, os.PathLike]) -> None:

@@ -11,6 +11,24 @@ measured, never fires on a training-mode BatchNormalization (it has extra output
 Models are handed to onnxruntime as a file with external data in a temporary folder of
 the system's temporary directory (never the user's folder), which halves the session's
 peak memory and covers models over protobuf's 2 GB limit.
+
+**Fixed batch dimensions.** Plain ``torch.onnx.export`` without ``dynamic_axes`` and many
+third-party exports fix the batch to 1 or 8, and detection heads often bake that batch
+into ``Reshape`` constants. :func:`plan_batch` decides once per model how its sessions
+take batches of any size:
+
+* the batch dimension is made symbolic in the session's copy (inputs, outputs, and
+  ``Reshape`` shape constants whose first entry is the fixed batch become ``0``, "copy the
+  input's dimension"), and the rewrite is **verified**: a few seeded random samples run
+  batched through the rewritten graph and one fixed batch at a time through the original
+  must give the same outputs. onnxruntime would otherwise silently merge the samples of a
+  batch wherever the batch is baked in a constant the rewrite missed;
+* when the rewrite does not verify, runs are cut into chunks of exactly the fixed batch
+  (eval-mode outputs: the last chunk is padded and the padding dropped, which is exact;
+  statistics: chunks are Algorithm 1's batches, so a model fixed to batch 1 cannot be
+  calibrated in training mode and says so).
+
+The saved model always keeps its original shapes: only sessions see the rewrite.
 """
 
 from __future__ import annotations
@@ -19,16 +37,19 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, List, Mapping, Optional, Sequence
 
+import numpy as np
 import onnxruntime as ort
-from onnx import ModelProto, TensorProto, helper
+from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from .errors import ModelError
-from .io import save_model
+from .io import save_model, without_large_initializers
 
-__all__ = ["make_session", "make_overridable", "MEASURE", "SERVE", "DEFAULT_PROVIDERS"]
+__all__ = ["make_session", "make_overridable", "MEASURE", "SERVE", "DEFAULT_PROVIDERS", "BatchPlan", "plan_batch",
+           "run_chunked", "DYNAMIC"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +65,7 @@ def make_session(
     providers: Optional[Sequence[str]] = None,
     intra_op_threads: int = 0,
     extra_initializers: Sequence[TensorProto] = (),
+    batch: Optional["BatchPlan"] = None,
 ) -> ort.InferenceSession:
     """Build an onnxruntime session for ``model``.
 
@@ -54,6 +76,8 @@ def make_session(
         intra_op_threads: threads per operator (0: onnxruntime's default, one per core).
         extra_initializers: initializers of ``model`` kept elsewhere (see
             :func:`nabn_onnx.io.without_large_initializers`).
+        batch: the model's :class:`BatchPlan`; a fixed batch that :func:`plan_batch`
+            verified can be freed is made symbolic in the session's copy (``model`` is untouched).
 
     Returns:
         The session.
@@ -69,6 +93,10 @@ def make_session(
     # Handing onnxruntime a file with external data, rather than model.SerializeToString(),
     # avoids two transient copies of the weights (protobuf's buffer and the Python bytes):
     # on a 100 MB model the session's peak drops from +285 MB to +106 MB (tools/bench_large.py).
+    if batch is not None and batch.free:
+        light, weights = without_large_initializers(model)
+        _free_batch(light, batch.fixed)
+        model, extra_initializers = light, list(extra_initializers) + weights
     tmp = tempfile.mkdtemp(prefix="nabn-")
     try:
         path = Path(tmp) / "model.onnx"
@@ -105,3 +133,152 @@ def make_overridable(model: ModelProto, names: Sequence[str]) -> ModelProto:
             model.graph.input.append(helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
             present.add(name)
     return model
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How sessions of one model take batches (see the module docstring).
+
+    Attributes:
+        fixed: the batch size the model's inputs fix, or None when the batch is free.
+        free: sessions get a symbolic batch (the rewrite verified, or nothing was fixed).
+        reason: why a fixed batch could not be freed ("" otherwise).
+    """
+
+    fixed: Optional[int] = None
+    free: bool = True
+    reason: str = ""
+
+    @property
+    def chunk(self) -> Optional[int]:
+        """Samples per run when runs must be cut to the fixed batch; None when any size runs."""
+        return None if self.free or self.fixed is None else self.fixed
+
+    def describe(self) -> str:
+        """A few words for summaries and logs."""
+        if self.fixed is None:
+            return "dynamic batch"
+        if self.free:
+            return f"batch fixed to {self.fixed} in the file, run with a symbolic batch (verified)"
+        return f"batch fixed to {self.fixed}, run in chunks of {self.fixed} ({self.reason})"
+
+
+#: The plan of a model whose inputs leave the batch free.
+DYNAMIC = BatchPlan()
+
+#: Outputs of the freed and the original graph must agree this closely (float32 reassociation only).
+_VERIFY_RTOL, _VERIFY_ATOL = 1e-3, 1e-4
+
+
+def _real_inputs(model: ModelProto):
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def fixed_batch(model: ModelProto) -> Optional[int]:
+    """The batch size fixed by the model's inputs (first dimension), or None when it is symbolic."""
+    sizes = set()
+    for value in _real_inputs(model):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            sizes.add(int(dims[0].dim_value))
+        else:
+            return None
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _free_batch(model: ModelProto, fixed: int) -> List[str]:
+    """Make the batch dimension symbolic, in place; returns the Reshape nodes whose constant was rewritten."""
+    symbol = "nabn_batch"
+    for value in _real_inputs(model):
+        value.type.tensor_type.shape.dim[0].dim_param = symbol
+    for value in model.graph.output:
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == fixed:
+            dims[0].dim_param = symbol
+    del model.graph.value_info[:]  # shapes inferred for the fixed batch no longer hold
+    inits = {t.name: t for t in model.graph.initializer}
+    rewritten = []
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        if any(a.name == "allowzero" and a.i for a in node.attribute):
+            continue  # 0 would mean a zero-sized dimension there
+        shape = numpy_helper.to_array(inits[node.input[1]])
+        if shape.ndim != 1 or not shape.size or int(shape[0]) != fixed:
+            continue
+        shape = shape.copy()
+        shape[0] = 0  # copy the input's first dimension: the batch
+        name = f"{node.input[1]}/nabn_free_batch/{len(rewritten)}"
+        model.graph.initializer.append(numpy_helper.from_array(shape, name))
+        node.input[1] = name
+        rewritten.append(node.name or node.output[0])
+    return rewritten
+
+
+def plan_batch(model: ModelProto, providers: Optional[Sequence[str]] = None, seed: int = 0) -> BatchPlan:
+    """Decide how sessions of ``model`` take batches of any size (see the module docstring).
+
+    A model whose inputs fix the batch gets a symbolic batch when the rewritten graph, run
+    on ``2 * fixed + 1`` seeded random samples at once, gives the same outputs as the
+    original run one fixed batch at a time (the last one padded); otherwise runs are chunked.
+    """
+    fixed = fixed_batch(model)
+    if fixed is None:
+        return DYNAMIC
+    specs = _real_inputs(model)
+    rng = np.random.default_rng(seed)
+    total = 2 * fixed + 1
+    feeds = {}
+    for value in specs:
+        tensor_type = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        if any(d is None for d in dims[1:]) or np.dtype(dtype).kind != "f":
+            return BatchPlan(fixed, False, "inputs with free inner dimensions or non-float inputs cannot be checked")
+        feeds[value.name] = rng.standard_normal([total] + dims[1:]).astype(dtype)
+    try:
+        original = make_session(model, optimization=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, providers=providers)
+        freed = make_session(model, optimization=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, providers=providers,
+                             batch=BatchPlan(fixed, True))
+        want = run_chunked(original, None, feeds, fixed)
+        got = freed.run(None, feeds)
+    except (ModelError, ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.RuntimeException,
+            ort.capi.onnxruntime_pybind11_state.InvalidArgument) as exc:
+        logger.debug("a symbolic batch does not run: %s", exc)
+        return BatchPlan(fixed, False, "the graph does not run with another batch size")
+    for a, b in zip(want, got):
+        if a.shape != b.shape or (a.dtype.kind == "f" and not np.allclose(
+                a, b, rtol=_VERIFY_RTOL, atol=_VERIFY_ATOL * max(1.0, float(np.max(np.abs(a))) if a.size else 1.0))) \
+                or (a.dtype.kind != "f" and not np.array_equal(a, b)):
+            return BatchPlan(fixed, False, "the graph mixes the samples of a batch when the batch is freed")
+    logger.info("batch fixed to %d in the file: sessions run it with a symbolic batch (verified)", fixed)
+    return BatchPlan(fixed, True)
+
+
+def chunks(feeds: Mapping[str, np.ndarray], size: int, pad: bool) -> Iterator[tuple]:
+    """``(chunk feeds, real samples)`` of exactly ``size`` samples; the last is padded by
+    repeating its last sample (``pad``) or dropped when short."""
+    total = int(next(iter(feeds.values())).shape[0])
+    for start in range(0, total, size):
+        real = min(size, total - start)
+        part = {k: v[start : start + size] for k, v in feeds.items()}
+        if real < size:
+            if not pad:
+                return
+            part = {k: np.concatenate([v, np.repeat(v[-1:], size - real, axis=0)]) for k, v in part.items()}
+        yield part, real
+
+
+def run_chunked(session: ort.InferenceSession, fetch: Optional[Sequence[str]], feeds: Mapping[str, np.ndarray],
+                chunk: Optional[int]) -> List[np.ndarray]:
+    """``session.run(fetch, feeds)``, cut into runs of ``chunk`` samples when the batch is fixed.
+
+    Eval-mode outputs only (batch on axis 0): the pieces are concatenated, padding dropped.
+    """
+    if chunk is None:
+        return session.run(fetch, dict(feeds))
+    pieces: List[List[np.ndarray]] = []
+    for part, real in chunks(feeds, chunk, pad=True):
+        pieces.append([o[:real] if o.ndim and o.shape[0] == chunk else o for o in session.run(fetch, part)])
+    return [np.concatenate(parts) if parts[0].ndim else parts[0] for parts in zip(*pieces)]

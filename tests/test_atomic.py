@@ -243,7 +243,7 @@ def test_cli_failure_mid_save(folder: Path, monkeypatch, capsys, command: str, w
     if command == "inject":
         argv += ["--noise", "add", "--eta", "0.001"]
     if command == "calibrate":
-        argv += ["--data", str(folder / "data.npz"), "--batch-size", "8"]
+        argv += ["--data", str(folder / "data.npz"), "--batch-size", "8", "--noise", "mul", "--eta", "0.1"]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"nabn-onnx {command}: error: cannot write"), err

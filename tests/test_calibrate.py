@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from builders import images, run, small_cnn
-from nabn_onnx import (DataError, Estimator, NabnError, NabnSession, NothingToDoError, TemporalNoise, calibrate,
+from nabn_onnx import (DataError, Estimator, NabnError, NabnSession, NothingToDoError, TemporalNoise, calibrate, split,
                        make_noise)
 from nabn_onnx.calibration import RunningStats
 from nabn_onnx.calibration.select import SEVERE, pick_candidate
@@ -116,9 +116,10 @@ def test_fused_model_calibrated_without_noise_keeps_its_outputs():
     x = images(256)
     before = run(model, {"input": x})[0]
     scale = np.abs(before).max()
-    delta = calibrate(model, {"input": x}, method="delta").model
+    no_noise = make_noise("mul", 0.0, seed=0)  # a chip identical to the clean model
+    delta = calibrate(model, {"input": x}, method="delta", noise=no_noise).model
     np.testing.assert_allclose(run(delta, {"input": x})[0], before, rtol=0, atol=1e-6 * scale)
-    paper = calibrate(model, {"input": x}, method="paper").model
+    paper = calibrate(model, {"input": x}, method="paper", noise=no_noise).model
     # Algorithm 1 re-estimates with train-mode batch statistics: close, not bit-equal.
     np.testing.assert_allclose(run(paper, {"input": x})[0], before, rtol=0, atol=0.01 * scale)
 
@@ -157,18 +158,19 @@ def test_calibration_recovers_a_collapsed_model():
 
 def test_data_errors_are_one_line():
     model = small_cnn()
+    chip = make_noise("mul", 0.1, seed=0)
     with pytest.raises(DataError, match="do not match"):
-        calibrate(model, {"image": images(8), "other": images(8)})
+        calibrate(model, {"image": images(8), "other": images(8)}, noise=chip)
     bad = images(16)
     bad[3, 0, 0, 0] = np.nan
     with pytest.raises(DataError, match="NaN"):
-        calibrate(model, {"input": bad})
+        calibrate(model, {"input": bad}, noise=chip)
     with pytest.raises(DataError, match="at least 2"):
-        calibrate(model, [{"input": images(1)}, {"input": images(4)}])
+        calibrate(model, [{"input": images(1)}, {"input": images(4)}, {"input": images(4)}], noise=chip)
     with pytest.raises(DataError, match="no samples"):
-        calibrate(model, [])
+        calibrate(model, [], noise=chip)
     with pytest.raises(DataError, match="expects"):
-        calibrate(model, {"input": images(8, size=6)})
+        calibrate(model, {"input": images(8, size=6)}, noise=chip)
 
 
 def test_model_without_anything_to_calibrate():
@@ -190,15 +192,16 @@ def test_calibration_data_reader_is_accepted():
 
     model = small_cnn()
     x = images(128)
-    from_reader = calibrate(model, Reader([{"input": x[i:i + 32]} for i in range(0, 128, 32)])).model
-    from_dict = calibrate(model, {"input": x}, batch_size=32).model
+    chip = make_noise("mul", 0.2, seed=0)
+    from_reader = calibrate(model, Reader([{"input": x[i:i + 32]} for i in range(0, 128, 32)]), noise=chip).model
+    from_dict = calibrate(model, {"input": x}, batch_size=32, noise=chip).model
     np.testing.assert_array_equal(_bn_values(from_reader, "conv2/nabn_bn")[0], _bn_values(from_dict, "conv2/nabn_bn")[0])
 
 
 def test_dynamic_session_serves_like_the_static_model_then_tracks():
     model = small_cnn()
     x = images(512)
-    static = calibrate(model, {"input": x[:256]}).model
+    static = split(model, {"input": x[:256]}).model  # inserted BatchNorms with measured clean statistics
     session = NabnSession(static, momentum=0.5)
     first = session.run(None, {"input": x[256:320]})[0]
     np.testing.assert_allclose(first, run(static, {"input": x[256:320]})[0], rtol=1e-5, atol=1e-5)
@@ -214,7 +217,7 @@ def test_dynamic_session_serves_like_the_static_model_then_tracks():
 
 
 def test_temporal_noise_redraws_weights_without_rebuilding_the_session():
-    static = calibrate(small_cnn(), {"input": images(128)}).model
+    static = split(small_cnn(), {"input": images(128)}).model
     session = NabnSession(static, update=False, noise=TemporalNoise(make_noise("mul", 0.3, seed=1)))
     x = images(32)
     a, b = session.run(None, {"input": x})[0], session.run(None, {"input": x})[0]
@@ -228,20 +231,23 @@ def test_temporal_noise_redraws_weights_without_rebuilding_the_session():
 def test_noise_free_auto_and_delta_change_no_output_bit_for_bit(method, with_bn):
     model = small_cnn(with_bn=with_bn)
     x = images(256)
-    result = calibrate(model, {"input": x}, method=method, batch_size=32)
+    result = calibrate(model, {"input": x}, method=method, batch_size=32, noise=make_noise("mul", 0.0, seed=0))
     np.testing.assert_array_equal(run(result.model, {"input": x})[0], run(model, {"input": x})[0])
     if method == "auto":
         assert result.report.chosen == "delta" and result.report.scores["delta"] == 0.0
-        assert set(result.report.scores) == {"delta", "blend", "paper"}
+        assert set(result.report.scores) == {"delta", "blend", "paper", "none"}
 
 
-def test_auto_scores_candidates_on_held_out_batches():
-    from nabn_onnx.calibration.engine import HOLDOUT_EVERY, is_holdout
+def test_auto_scores_candidates_on_held_out_samples():
+    from nabn_onnx.calibration.engine import holdout_split
+    from nabn_onnx.data import Batch
 
-    held = [i for i in range(8) if is_holdout(i, HOLDOUT_EVERY)]
-    assert held == [3, 7]
+    fit, held = holdout_split(Batch({"input": np.arange(64.0)[:, None]}, np.arange(64)))
+    assert fit.size == 48 and held.size == 16 and held.feeds["input"][0, 0] == 48 and held.labels[-1] == 63
+    assert holdout_split(Batch({"input": np.zeros((7, 1))}, None))[1] is None  # 1 sample held: no variance
     model = small_cnn()
     result = calibrate(model, {"input": images(512)}, method="auto", noise=make_noise("mul", 0.8, seed=0))
+    assert result.report.scored_on == 8 * 16 and not result.report.in_sample
     scores = result.report.scores
     assert min(scores.values()) <= SEVERE  # strong but not severe noise: the score decides
     assert result.report.chosen == min(scores, key=scores.get)

@@ -68,7 +68,8 @@ def test_calibrate_reports_what_it_bought(files, capsys, tmp_path):
 
 def test_quiet_prints_nothing(files, capsys):
     model, data = files
-    assert main(["calibrate", str(model), "--data", str(data), "-q", "-o", str(model.parent / "q.onnx")]) == 0
+    assert main(["calibrate", str(model), "--data", str(data), "--noise", "mul", "--eta", "0.1", "-q",
+                 "-o", str(model.parent / "q.onnx")]) == 0
     assert capsys.readouterr().out == ""
 
 

@@ -144,7 +144,7 @@ def test_stats_graph_reproduces_training_mode_case(name: str, opset: int, level:
     expose = ExposeBatchNormStatsPass(train=["bn"])
     result = expose(model)
     assert result.modified  # (an internal graph, never written: its stat outputs carry no shape for the checker)
-    stat = expose.outputs["bn"]
+    stat = result.details["outputs"]["bn"]
     session = _session(model, ort.GraphOptimizationLevel.ORT_DISABLE_ALL if level == "disabled"
                        else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
     names = [o.name for o in model.graph.output]
@@ -174,8 +174,7 @@ def test_tap_keeps_eval_output_and_measures_batch_stats(name: str, opset: int) -
         model.graph.initializer.append(numpy_helper.from_array(value, graph_input.name))
         model.graph.input.remove(graph_input)
     expose = ExposeBatchNormStatsPass(tap=["bn"])
-    expose(model)
-    stat = expose.outputs["bn"]
+    stat = expose(model).details["outputs"]["bn"]
     names = [o.name for o in model.graph.output]
     got = dict(zip(names, _session(model).run(None, {"x": case.inputs[0]})))
     np.testing.assert_allclose(got["y"], case.outputs[0], rtol=Y_RTOL, atol=Y_ATOL)
@@ -195,8 +194,7 @@ def test_stats_graph_matches_numpy_on_a_larger_batch() -> None:
                               [numpy_helper.from_array(p, n) for p, n in zip(params, "sbmv")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     expose = ExposeBatchNormStatsPass(train=["bn"])
-    expose(model)
-    stat = expose.outputs["bn"]
+    stat = expose(model).details["outputs"]["bn"]
     got = dict(zip([o.name for o in model.graph.output], _session(model).run(None, {"x": x})))
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(got[stat.mean], x64.mean(axis=(0, 2)), rtol=STAT_RTOL)

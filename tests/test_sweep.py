@@ -94,7 +94,7 @@ def test_same_seed_same_numbers_other_seed_other_chip(classifier):
     model, calib, test = classifier
     first = sweep(model, calib, test, noise="add", etas=[0.02], seeds=[5])
     again = sweep(model, calib, test, noise="add", etas=[0.02], seeds=[5])
-    other = sweep(model, calib, test, noise="add", etas=[0.02], seeds=[6])
+    other = sweep(model, calib, test, noise="add", etas=[0.02], seeds=[7])  # (seeds 5 and 6 happen to tie on 256 samples)
     assert first.rows == again.rows
     assert first.rows[0]["nabn"] != other.rows[0]["nabn"]
 

@@ -113,9 +113,7 @@ class NabnSession:
         make_overridable(proto, [name for pair in self._stat_names.values() for name in pair])
         self._model = copy.deepcopy(proto)
         self._user_outputs = [o.name for o in proto.graph.output]
-        expose = ExposeBatchNormStatsPass(tap=[n.name for n in bns])
-        expose(proto)
-        self._taps = expose.outputs
+        self._taps = ExposeBatchNormStatsPass(tap=[n.name for n in bns])(proto).details["outputs"]
         self._session = make_session(proto, optimization=SERVE, providers=providers)
         self._inputs = [i for i in self._session.get_inputs() if i.name not in set(
             list(self._clean_weights) + [n for pair in self._stat_names.values() for n in pair])]

@@ -1,26 +1,57 @@
 """Calibration: re-estimate BatchNorm statistics of a (noisy) model on calibration data.
 
-``calibrate`` runs the whole job: load, split fused BatchNorms back out, measure the clean
-reference statistics the inserted BatchNorms need, put one chip's noise on the weights,
-measure the noisy statistics with the paper's train-mode semantics, write them back.
+``calibrate`` runs the whole job as a short sequence of named steps (see :func:`calibrate`):
+decide what the given model is and what can be recalibrated, split fused BatchNorms back
+out where a clean model is known, measure the clean reference statistics, put one chip's
+noise on the weights, measure the noisy statistics with the paper's train-mode semantics,
+choose, write back.
+
+**What the given model is.** With ``noise`` the model is clean and the chip is simulated
+on it. With ``reference`` the model is the chip and ``reference`` the clean model. With
+neither, **the model is the chip** (weights read back from a device, or written by another
+simulator) and no clean model is known: then only BatchNorms that hold statistics of the
+clean network (a kept BatchNorm's trained statistics, or one inserted by ``split --data`` on
+the clean model) are recalibrated, with Algorithm 1; analog layers without such a
+BatchNorm are left alone and the report says why (their clean statistics are unknown, so
+a BatchNorm inserted now would map the chip's outputs back onto the chip's own broken
+distribution).
 
 Methods:
 
-* ``"auto"`` (default) picks per model between the two below, see last.
 * ``"paper"`` (Algorithm 1): every BatchNorm normalizes each batch with the batch's own
   statistics while the batches stream through (so each layer is measured under the
   recalibrated layers before it) and its running statistics are replaced by the estimate.
-* ``"delta"``: keep each BatchNorm's reference statistics and apply only the shift the
-  noise causes, measured the same way on the clean and the noisy model:
-  ``mean' = mean + (mu_noisy - mu_clean)``, ``var' = var * v_noisy / v_clean``. Without
-  noise it changes nothing, bit for bit; it needs the clean weights.
-* ``"auto"``: both of the above (and their average, ``"blend"``) are estimated on all but
-  every :data:`HOLDOUT_EVERY`-th calibration batch, scored without labels by how far the
-  calibrated noisy model's outputs are from the clean model's on the held-out batches
-  (:mod:`nabn_onnx.calibration.select`), and the winner is written with the statistics of
-  all batches. Without noise ``delta`` scores zero, so ``auto`` changes no output. Under
-  severe noise (even the best score above :data:`~nabn_onnx.calibration.select.SEVERE`)
-  it falls back to ``paper``.
+* ``"delta"``: keep each BatchNorm's reference statistics and apply only the change the
+  noise causes, measured the same way on the clean and the noisy model. Needs the clean
+  model. The noise is modelled per channel as the affine map that takes the clean
+  activations' distribution (mean ``mu_c``, variance ``v_c``) to the noisy one
+  (``mu_n``, ``v_n``)::
+
+      x_noisy = mu_n + a * (x_clean - mu_c),      a = sqrt(v_n / v_c)
+
+  The BatchNorm's stored statistics (``mean``, ``var``) describe the distribution it was
+  trained for, which need not be the calibration data's (data unlike the training data is
+  the case ``delta`` exists for). Pushing that distribution through the same map gives::
+
+      mean' = mu_n + a * (mean - mu_c)  =  mean + (mu_n - mu_c) + (a - 1) * (mean - mu_c)
+      var'  = a^2 * var                 =  var * v_n / v_c
+
+  (the second form of ``mean'`` is the one computed: without noise it is ``mean`` bit for
+  bit). Shifting the mean by ``mu_n - mu_c`` alone, as earlier versions did, leaves the
+  offset ``mean - mu_c`` unscaled while the variance is rescaled, which is inconsistent as
+  soon as the stored mean is off the calibration data's.
+* ``"auto"`` (default; needs the clean model): ``delta``, ``paper``, their average
+  (``"blend"``) and ``"none"`` (the statistics left as they are) are estimated on the first
+  three quarters of every calibration batch and scored without labels on the last quarter
+  (:mod:`nabn_onnx.calibration.select`): how far the calibrated noisy model's outputs are
+  from the clean model's. The winner is written with the statistics of all samples. Holding
+  out samples rather than whole batches leaves a score even with a single batch; a batch
+  too small to split (under 4 samples) is used to fit only, and when no batch could be
+  split the candidates are scored in-sample, which the report says. ``"none"`` in the
+  running means the choice is never worse than doing nothing on its own score. Without
+  noise ``delta`` scores exactly 0 and changes no output. Under severe noise (even the best
+  score above :data:`~nabn_onnx.calibration.select.SEVERE`) it falls back to ``paper``.
+  Without a clean model ``auto`` means ``paper``, and the report says so.
 """
 
 from __future__ import annotations
@@ -34,28 +65,31 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from onnx import ModelProto
 
-from ..data import DataLike, input_specs, iter_batches, replayable
-from ..errors import NabnError, NothingToDoError
+from ..data import Batch, DataLike, check_batching, input_specs, iter_batches, replayable
+from ..errors import DataError, NabnError, NothingToDoError
 from ..graph import batchnorm_nodes, find_analog_layers, infer_shapes_light
 from ..io import ModelLike, check_output, load_model, read_record, record, save_model, without_large_initializers
+from ..logs import once_per_job, warn_once
 from ..noise import NoiseModel
 from ..passes.inject import InjectWeightNoisePass
-from ..passes.split import PLACEHOLDER_EPSILON, SplitBatchNormPass
+from ..passes.split import SplitBatchNormPass, select_layers
 from ..passes.write_stats import WriteBatchNormStatsPass, bn_epsilon, read_bn_params
 from ..progress import Progress
-from ..runtime import MEASURE, SERVE, make_session
+from ..runtime import DYNAMIC, MEASURE, SERVE, BatchPlan, chunks, make_session, plan_batch
 from .select import choose_candidate
 from .statsgraph import ExposeBatchNormStatsPass
 from .stats import DEFAULT_ESTIMATOR, Estimator
 
 __all__ = ["calibrate", "collect_stats", "CalibrationResult", "CalibrationReport", "LayerShift", "METHODS",
-           "name_batchnorms", "measure_inserted"]
+           "name_batchnorms", "measure_inserted", "is_placeholder", "HOLDOUT_EVERY", "holdout_split"]
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("auto", "paper", "delta")
-#: ``auto`` holds out every k-th calibration batch to score the candidates on.
+#: ``auto`` holds out the last 1/k of every calibration batch to score the candidates on.
 HOLDOUT_EVERY = 4
+#: Candidates ``auto`` scores, in order of preference on ties.
+CANDIDATES = ("delta", "blend", "paper", "none")
 Stats = Dict[str, Tuple[np.ndarray, np.ndarray]]
 
 
@@ -74,26 +108,47 @@ def name_batchnorms(model: ModelProto) -> int:
     return count
 
 
+def holdout_split(batch: Batch, every: int = HOLDOUT_EVERY) -> Tuple[Batch, Optional[Batch]]:
+    """``(fit part, held-out part)`` of a batch: the last ``size // every`` samples are held out.
+
+    Both parts keep at least 2 samples (a variance needs two); a smaller batch is all fit.
+    """
+    held = batch.size // every
+    if held < 2 or batch.size - held < 2:
+        return batch, None
+    cut = batch.size - held
+
+    def part(lo: int, hi: Optional[int]) -> Batch:
+        labels = None if batch.labels is None else batch.labels[lo:hi]
+        return Batch({k: v[lo:hi] for k, v in batch.feeds.items()}, labels)
+
+    return part(0, cut), part(cut, None)
+
+
+def held_out(batch: Batch) -> Optional[Batch]:
+    """The held-out part of a calibration batch (see :func:`holdout_split`)."""
+    return holdout_split(batch)[1]
+
+
 @dataclass
 class Measured:
     """Statistics from one pass over the data.
 
     Attributes:
-        stats: ``{bn name: (mean, var)}`` over all batches.
-        fit: the same over the batches that were not held out (``holdout_every``), else None.
+        stats: ``{bn name: (mean, var)}`` over all samples.
+        fit: the same without the held-out samples (``holdout``), else None.
         batches: batches seen.
         samples: samples seen.
+        held: samples held out.
+        constant: no input varied across samples (the data cannot carry statistics).
     """
 
     stats: Stats
     fit: Optional[Stats]
     batches: int
     samples: int
-
-
-def is_holdout(batch_index: int, holdout_every: int) -> bool:
-    """Whether batch ``batch_index`` (0-based) is held out: every ``holdout_every``-th batch."""
-    return holdout_every > 0 and batch_index % holdout_every == holdout_every - 1
+    held: int = 0
+    constant: bool = False
 
 
 def measure(
@@ -107,49 +162,82 @@ def measure(
     max_batches: Optional[int] = None,
     providers: Optional[Sequence[str]] = None,
     progress: Optional[Progress] = None,
-    holdout_every: int = 0,
+    holdout: bool = False,
+    plan: BatchPlan = DYNAMIC,
 ) -> Measured:
     """Stream ``data`` through ``model`` and estimate per-channel statistics of BatchNorm inputs.
 
     ``train`` BatchNorms run in training mode (normalize with batch statistics), ``tap``
     BatchNorms stay in eval mode; both are measured. ``model`` is not modified. With
-    ``holdout_every=k`` a second estimate leaves out every k-th batch (see :func:`is_holdout`).
+    ``holdout`` each batch runs as two batches, its fit part and its held-out part (see
+    :func:`holdout_split`), and a second estimate leaves the held-out parts out. A model
+    whose batch is fixed and cannot be freed (``plan``) runs in chunks of its fixed batch,
+    each chunk one batch of Algorithm 1.
     """
     train, tap = list(train), list(tap)
-    per_sample = _elements_per_sample(model, train + tap)
+    if train and plan.chunk == 1:
+        raise NabnError(
+            f"the model fixes its batch to 1 and {plan.reason}: Algorithm 1 normalizes with the statistics of a "
+            "batch of several samples, which this graph cannot run; export it with a dynamic batch axis "
+            "(PyTorch: torch.onnx.export(..., dynamic_axes={'input': {0: 'N'}}))"
+        )
+    per_sample = _elements_per_sample(model, train + tap, plan)
     # the statistics graph rewrites nodes and BatchNorm parameters only: the weights stay in `model`
     stats_model, weights = without_large_initializers(model)
     expose = ExposeBatchNormStatsPass(train=train, tap=tap, keep_outputs=False, shapes=per_sample is None)
-    expose(stats_model)
-    outputs = expose.outputs
-    session = make_session(stats_model, optimization=MEASURE, providers=providers, extra_initializers=weights)
+    outputs = expose(stats_model).details["outputs"]
+    session = make_session(stats_model, optimization=MEASURE, providers=providers, extra_initializers=weights,
+                           batch=plan)
     del stats_model, weights
     fetch: List[str] = []
     for stat in outputs.values():
         fetch += [stat.mean, stat.var] + ([stat.shape] if per_sample is None else [])
     everything = {name: estimator.new() for name in outputs}
-    fit = {name: estimator.new() for name in outputs} if holdout_every else None
-    batches = samples = 0
-    for batch in iter_batches(data, input_specs(model), batch_size=batch_size, max_batches=max_batches, min_batch=2):
-        values = dict(zip(fetch, session.run(fetch, batch.feeds)))
-        held_out = is_holdout(batches, holdout_every)
-        for name, stat in outputs.items():
-            if per_sample is None:
-                shape = values[stat.shape]
-                count = int(np.prod(shape, dtype=np.int64) // shape[1])
-            else:
-                count = per_sample[name] * batch.size
-            everything[name].update(values[stat.mean], values[stat.var], count)
-            if fit is not None and not held_out:
-                fit[name].update(values[stat.mean], values[stat.var], count)
+    fit = {name: estimator.new() for name in outputs} if holdout else None
+    batches = samples = held_samples = 0
+    varied = False
+    min_batch = 2 if plan.chunk is None else max(2, plan.chunk)
+    for batch in iter_batches(data, input_specs(model), batch_size=max(batch_size, plan.chunk or 1),
+                              max_batches=max_batches, min_batch=min_batch):
+        varied = varied or _varies(batch)
+        parts = [(batch, False)]
+        if holdout:
+            fit_part, held_part = holdout_split(batch)
+            parts = [(fit_part, False)] + ([(held_part, True)] if held_part is not None else [])
+            held_samples += 0 if held_part is None else held_part.size
+        for part, is_held in parts:
+            runs = [(part.feeds, part.size)] if plan.chunk is None else list(chunks(part.feeds, plan.chunk, pad=False))
+            if plan.chunk is not None and sum(n for _, n in runs) < part.size:
+                warn_once(logger, "the model fixes its batch to %d: samples beyond a multiple of %d per batch are "
+                                  "not used for statistics", plan.chunk, plan.chunk)
+            for feeds, size in runs:
+                values = dict(zip(fetch, session.run(fetch, feeds)))
+                for name, stat in outputs.items():
+                    if per_sample is None:
+                        shape = values[stat.shape]
+                        count = int(np.prod(shape, dtype=np.int64) // shape[1])
+                    else:
+                        count = per_sample[name] * size
+                    everything[name].update(values[stat.mean], values[stat.var], count)
+                    if fit is not None and not is_held:
+                        fit[name].update(values[stat.mean], values[stat.var], count)
         batches += 1
         samples += batch.size
         if progress is not None:
             progress.update()
     fit_stats = None
-    if fit is not None and all(acc.batches for acc in fit.values()):
+    if fit is not None and held_samples and all(acc.batches for acc in fit.values()):
         fit_stats = {name: acc.result() for name, acc in fit.items()}
-    return Measured({name: acc.result() for name, acc in everything.items()}, fit_stats, batches, samples)
+    return Measured({name: acc.result() for name, acc in everything.items()}, fit_stats, batches, samples,
+                    held_samples if fit_stats is not None else 0, not varied)
+
+
+def _varies(batch: Batch) -> bool:
+    """Whether any float input differs between the samples of the batch."""
+    for value in batch.feeds.values():
+        if value.dtype.kind == "f" and value.shape[0] > 1 and np.any(value != value[:1]):
+            return True
+    return False
 
 
 def collect_stats(model: ModelProto, data: DataLike, **kwargs) -> Tuple[Stats, int, int]:
@@ -158,7 +246,7 @@ def collect_stats(model: ModelProto, data: DataLike, **kwargs) -> Tuple[Stats, i
     return measured.stats, measured.batches, measured.samples
 
 
-def _elements_per_sample(model: ModelProto, bn_names: Sequence[str]) -> Optional[Dict[str, int]]:
+def _elements_per_sample(model: ModelProto, bn_names: Sequence[str], plan: BatchPlan) -> Optional[Dict[str, int]]:
     """Elements per channel per sample at each BatchNorm input, when shape inference knows them all."""
     shapes = infer_shapes_light(model, batch_size=1)
     inputs = {n.name: n.input[0] for n in batchnorm_nodes(model)}
@@ -192,7 +280,27 @@ class LayerShift:
 
 @dataclass
 class CalibrationReport:
-    """What a calibration did, with per-layer statistic shifts."""
+    """What a calibration did, with per-layer statistic shifts.
+
+    Attributes:
+        method: the method asked for.
+        chosen: the statistics written (``auto`` picks one of :data:`CANDIDATES`).
+        scores: ``auto``'s score per candidate (lower is better), or None.
+        estimator: the estimator's settings.
+        noise: the simulated chip's settings, or None.
+        batches: calibration batches.
+        samples: calibration samples.
+        seconds: wall time.
+        inserted: BatchNorms inserted by this run's split.
+        layers: per recalibrated BatchNorm, how its statistics moved.
+        mode: ``"simulated"`` (noise on a clean model), ``"reference"`` (the model is the
+            chip, the clean model given) or ``"chip"`` (the model is the chip, no clean model).
+        left: BatchNorms or analog layers left alone, with the reason.
+        scored_on: samples ``auto`` scored on (0: none).
+        in_sample: ``auto`` scored on the samples it fitted (no batch could be split).
+        note: why the method ran as it did (e.g. ``auto`` without a clean model).
+        batch: how the model's batch dimension was handled.
+    """
 
     method: str
     estimator: Dict[str, object]
@@ -204,39 +312,73 @@ class CalibrationReport:
     layers: List[LayerShift] = field(default_factory=list)
     chosen: str = ""
     scores: Optional[Dict[str, float]] = None
+    mode: str = "simulated"
+    left: Dict[str, str] = field(default_factory=dict)
+    scored_on: int = 0
+    in_sample: bool = False
+    note: str = ""
+    batch: str = "dynamic batch"
 
     def to_dict(self) -> Dict[str, object]:
         return {
             "method": self.method,
             "chosen": self.chosen,
             "scores": self.scores,
+            "scored_on": self.scored_on,
+            "in_sample": self.in_sample,
+            "mode": self.mode,
+            "note": self.note,
+            "batch": self.batch,
             "estimator": self.estimator,
             "noise": self.noise,
             "batches": self.batches,
             "samples": self.samples,
             "seconds": round(self.seconds, 3),
             "inserted": self.inserted,
-            "layers": [vars(l) for l in self.layers],
+            "layers": [vars(layer) for layer in self.layers],
+            "left": self.left,
         }
 
     def summary(self) -> str:
-        """One line with the numbers."""
-        noise = "no noise injected" if not self.noise else f"{self.noise['noise']} eta={self.noise['eta']:g} seed={self.noise['seed']}"
-        shifts = [l.mean_shift for l in self.layers]
+        """One line with the numbers: what was recalibrated, how, on what, and what was left alone and why."""
+        if self.noise:
+            noise = f"{self.noise['noise']} eta={self.noise['eta']:g} seed={self.noise['seed']}"
+        else:
+            noise = "the model as the chip" + (" (clean reference given)" if self.mode == "reference" else "")
+        shifts = [layer.mean_shift for layer in self.layers]
         worst = f", largest mean shift {max(shifts):.3g} std" if shifts else ""
-        method = f"'{self.method}'" + (f" (chose '{self.chosen}')" if self.chosen != self.method else "")
-        return (
-            f"calibrated {len(self.layers)} BatchNorm layer(s) ({len(self.inserted)} inserted) with method "
-            f"{method} on {self.batches} batch(es) / {self.samples} samples, {noise}{worst}, "
-            f"in {self.seconds:.2f}s"
+        method = f"'{self.method}'"
+        if self.chosen != self.method:
+            how = f"chose '{self.chosen}'"
+            if self.scores is not None:
+                how += f", scored on {self.scored_on} {'calibration (in-sample)' if self.in_sample else 'held-out'} samples"
+            method += f" ({how})"
+        verb = "left the statistics of" if self.chosen == "none" else "calibrated"
+        line = (
+            f"{verb} {len(self.layers)} BatchNorm layer(s) ({len(self.inserted)} inserted) with method "
+            f"{method} on {self.batches} batch(es) / {self.samples} samples, {noise}{worst}, in {self.seconds:.2f}s"
         )
+        if self.chosen == "none":
+            line += "; no candidate beat the statistics as they were on its score, so they are unchanged"
+        if self.note:
+            line += f"; {self.note}"
+        if self.left:
+            reasons: Dict[str, int] = {}
+            for why in self.left.values():
+                reasons[why] = reasons.get(why, 0) + 1
+            line += "; left alone: " + "; ".join(f"{n} ({why})" for why, n in reasons.items())
+        return line
 
     def to_markdown(self) -> str:
-        lines = [f"# Calibration report", "", self.summary(), "",
+        lines = ["# Calibration report", "", self.summary(), "",
                  "| BatchNorm | origin | channels | mean shift (std) | variance ratio |",
                  "|---|---|---:|---:|---:|"]
-        for l in self.layers:
-            lines.append(f"| {l.bn} | {l.origin} | {l.channels} | {l.mean_shift:.4f} | {l.var_ratio:.4f} |")
+        for layer in self.layers:
+            lines.append(f"| {layer.bn} | {layer.origin} | {layer.channels} | {layer.mean_shift:.4f} | "
+                         f"{layer.var_ratio:.4f} |")
+        if self.left:
+            lines += ["", "| left alone | why |", "|---|---|"]
+            lines += [f"| {name} | {why} |" for name, why in self.left.items()]
         return "\n".join(lines) + "\n"
 
 
@@ -248,14 +390,20 @@ class CalibrationResult:
     report: CalibrationReport
 
 
-def _is_placeholder(params: Dict[str, Optional[np.ndarray]]) -> bool:
+def is_placeholder(params: Dict[str, Optional[np.ndarray]], eps: float) -> bool:
+    """Whether BatchNorm parameters are split's exact-identity placeholder (any float dtype).
+
+    ``mean 0, scale 1, bias 0`` and ``var + eps == 1`` (the placeholder variance is
+    ``1 - eps`` with an ``eps`` chosen per dtype so that both are exact, see
+    :func:`nabn_onnx.passes.split.placeholder_epsilon`).
+    """
     if any(v is None for v in params.values()):
         return False
-    return (
+    return bool(
         np.all(params["scale"] == 1.0)
         and np.all(params["bias"] == 0.0)
         and np.all(params["mean"] == 0.0)
-        and np.all(params["var"] == np.float32(1.0 - PLACEHOLDER_EPSILON))
+        and np.all(params["var"] + np.float64(np.float32(eps)) == 1.0)
     )
 
 
@@ -279,6 +427,7 @@ def measure_inserted(
     providers: Optional[Sequence[str]] = None,
     show_progress: bool = False,
     progress: Optional[Progress] = None,
+    plan: Optional[BatchPlan] = None,
 ) -> Stats:
     """Measure the clean statistics of inserted BatchNorms and write them into ``model``.
 
@@ -286,9 +435,11 @@ def measure_inserted(
     written); each gets ``mean = mu, var = s2, scale = sqrt(s2 + eps), B = mu``, the identity
     on data with those statistics, in ``model`` (and in ``clean`` when it is another model).
     """
+    if plan is None:
+        plan = plan_batch(clean, providers)
     bar = progress or Progress("measuring", _count_batches(data, batch_size, max_batches), enabled=show_progress)
     stats, _, _ = collect_stats(clean, data, tap=names, estimator=estimator, batch_size=batch_size,
-                                max_batches=max_batches, providers=providers, progress=bar)
+                                max_batches=max_batches, providers=providers, progress=bar, plan=plan)
     if progress is None:
         bar.close()
     eps_of = {n.name: bn_epsilon(n) for n in batchnorm_nodes(model)}
@@ -297,6 +448,143 @@ def measure_inserted(
     if clean is not model:
         WriteBatchNormStatsPass(values)(clean)
     return stats
+
+
+# --------------------------------------------------------------------------------------------
+# The calibration job, step by step.
+
+
+@dataclass
+class _Job:
+    """What one calibration works on, decided by :func:`_prepare` before any data is read.
+
+    Attributes:
+        model: the model being calibrated (it becomes the calibrated chip).
+        clean: the clean model with the same BatchNorms (the same object as ``model`` until
+            the noise goes in), or None when no clean model is known.
+        mode: see :attr:`CalibrationReport.mode`.
+        method: the method that runs (``auto`` becomes ``paper`` without a clean model).
+        names: BatchNorms recalibrated.
+        placeholders: inserted BatchNorms whose clean statistics are measured first.
+        inserted: BatchNorms inserted by this run's split.
+        origin: ``"original"`` or ``"inserted"`` per BatchNorm.
+        left: BatchNorms or analog layers left alone, with the reason.
+        note: why the method runs as it does.
+        plan: how sessions take batches.
+    """
+
+    model: ModelProto
+    clean: Optional[ModelProto]
+    mode: str
+    method: str
+    names: List[str]
+    placeholders: List[str]
+    inserted: List[str]
+    origin: Dict[str, str]
+    left: Dict[str, str]
+    note: str
+    plan: BatchPlan
+
+
+_NEEDS_CLEAN = ("the clean model is needed to tell what the noise changed: pass it as --reference (API: reference=), "
+                "or calibrate the clean model with --noise to simulate the chip")
+
+
+def _load(model: ModelLike) -> ModelProto:
+    return load_model(copy.deepcopy(model) if isinstance(model, ModelProto) else model)
+
+
+def _prepare(model: ModelLike, *, noise: Optional[NoiseModel], reference: Optional[ModelLike], method: str,
+             include: Optional[str], exclude: Optional[str], providers: Optional[Sequence[str]]) -> _Job:
+    """Load, decide what the model is, split where a clean model is known, and plan batches."""
+    proto = _load(model)
+    if noise is not None and reference is not None:
+        raise NabnError("give either --noise (the model is clean; a chip is simulated on it) or --reference (the "
+                        "model is the chip; this is the clean one), not both")
+    if noise is not None and read_record(proto, "inject") is not None:
+        raise NabnError("the model already carries injected noise (nabn.inject); calibrate the clean model with "
+                        "--noise, or drop --noise to calibrate this chip as it is")
+    if noise is None and reference is None:
+        return _prepare_chip(proto, method, include, exclude, providers)
+    inserted = list(SplitBatchNormPass(include=include, exclude=exclude)(proto).details.get("inserted", []))
+    name_batchnorms(proto)
+    names = [n.name for n in batchnorm_nodes(proto)]
+    if not names:
+        raise NothingToDoError(_nothing_to_calibrate(proto))
+    clean = proto
+    mode = "simulated"
+    if reference is not None:
+        mode = "reference"
+        clean = _load(reference)
+        SplitBatchNormPass(include=include, exclude=exclude)(clean)
+        name_batchnorms(clean)
+        if [n.name for n in batchnorm_nodes(clean)] != names:
+            raise NabnError("the reference model's BatchNorms do not match the model's: give the same model before noise")
+    recorded = set(read_record(proto, "inserted_bn", []) or [])
+    params = read_bn_params(proto)
+    eps_of = {n.name: bn_epsilon(n) for n in batchnorm_nodes(proto)}
+    placeholders = [n for n in names if n in recorded and is_placeholder(params[n], eps_of[n])]
+    origin = {n: "inserted" if n in recorded else "original" for n in names}
+    return _Job(proto, clean, mode, method, names, placeholders, inserted, origin, {}, "",
+                plan_batch(proto, providers))
+
+
+def _prepare_chip(proto: ModelProto, method: str, include: Optional[str], exclude: Optional[str],
+                  providers: Optional[Sequence[str]]) -> _Job:
+    """The model is the chip and no clean model is known: recalibrate what holds clean statistics."""
+    if method == "delta":
+        raise NabnError(f"method 'delta' needs the clean model: {_NEEDS_CLEAN}")
+    name_batchnorms(proto)
+    recorded = set(read_record(proto, "inserted_bn", []) or [])
+    params = read_bn_params(proto)
+    names, left, origin = [], {}, {}
+    for node in batchnorm_nodes(proto):
+        if node.name in recorded and is_placeholder(params[node.name], bn_epsilon(node)):
+            left[node.name] = "inserted without clean statistics: run 'split --data' on the clean model, or pass --reference"
+        elif any(params[node.name][k] is None for k in ("mean", "var")):
+            left[node.name] = "statistics are computed at run time, not stored"
+        else:
+            names.append(node.name)
+            origin[node.name] = "inserted" if node.name in recorded else "original"
+    layers = find_analog_layers(proto)
+    selected = {id(layer.node) for layer in select_layers(layers, include, exclude)}
+    for layer in layers:
+        if layer.bn is None and id(layer.node) in selected:
+            left[layer.name] = ("no BatchNorm and no clean model to measure one on: run 'split --data' on the clean "
+                                "model before programming the chip, or pass --reference")
+    if not names and not layers:
+        raise NothingToDoError(_nothing_to_calibrate(proto))
+    if not names:
+        raise NothingToDoError(
+            "nothing to recalibrate on this chip without its clean model: it has no BatchNorm holding trained "
+            f"statistics ({len(left)} analog layer(s) or BatchNorm(s) left alone); {_NEEDS_CLEAN}"
+        )
+    note = ""
+    if method == "auto":
+        note = "'auto' needs the clean model to score candidates, so Algorithm 1 ('paper') ran; pass --reference for more"
+    return _Job(proto, None, "chip", "paper", names, [], [], origin, left, note, plan_batch(proto, providers))
+
+
+def _nothing_to_calibrate(proto: ModelProto) -> str:
+    layers = find_analog_layers(proto)
+    why = "; ".join(f"{layer.name}: {layer.skip_reason}" for layer in layers[:3] if layer.skip_reason)
+    return ("the model has no BatchNormalization and no analog layer (Conv, ConvTranspose, Gemm, MatMul with a "
+            "constant weight) to put one after" + (f" ({why})" if why else ""))
+
+
+@dataclass
+class _Runs:
+    """Settings every pass over the data shares."""
+
+    estimator: Estimator
+    batch_size: int
+    max_batches: Optional[int]
+    providers: Optional[Sequence[str]]
+    plan: BatchPlan
+
+    def measure(self, model: ModelProto, data: DataLike, bar: Progress, **kwargs) -> Measured:
+        return measure(model, data, estimator=self.estimator, batch_size=self.batch_size,
+                       max_batches=self.max_batches, providers=self.providers, progress=bar, plan=self.plan, **kwargs)
 
 
 def calibrate(
@@ -318,21 +606,26 @@ def calibrate(
 ) -> CalibrationResult:
     """Re-estimate the BatchNorm statistics of a model on a noisy chip.
 
+    The steps, each a function of this module: :func:`_prepare` (what the model is, what
+    can be recalibrated, split, batch plan), then over the data the clean reference
+    statistics of inserted BatchNorms, the clean train-mode statistics (``delta``/``auto``),
+    the noise, the noisy train-mode statistics (Algorithm 1), ``auto``'s choice, and the
+    write-back with the report.
+
     Args:
         model: path or ``ModelProto`` (not modified; a copy is calibrated).
         data: calibration data: an ``.npz`` path, a dict of arrays, an onnxruntime
             ``CalibrationDataReader`` or an iterable of feed dicts.
-        noise: simulate this chip (the same noise ``inject`` writes with the same
-            settings); None calibrates the model as given (already noisy, or the
-            statistics come from a device).
+        noise: simulate this chip on the clean ``model`` (the same noise ``inject`` writes with
+            the same settings); None: ``model`` is the chip itself.
         method: ``"auto"``, ``"paper"`` or ``"delta"`` (see the module docstring).
         estimator: how batch statistics are combined.
         batch_size: samples per batch for file and dict data.
         max_batches: use at most this many batches.
         include: regular expression of analog layer names to split (all by default).
         exclude: regular expression of analog layer names not to split.
-        reference: the clean model, needed when ``model`` is already noisy and the clean
-            statistics are not yet known (inserted placeholders, or a method other than ``"paper"``).
+        reference: the clean model when ``model`` is the chip (enables ``delta``/``auto`` and
+            BatchNorms inserted where the exporter folded them).
         output: where to save the calibrated model (atomically); None to only return it.
         providers: onnxruntime execution providers.
         show_progress: draw a progress bar on a terminal.
@@ -342,125 +635,122 @@ def calibrate(
         The calibrated model and a :class:`CalibrationReport`.
 
     Raises:
-        NabnError: bad model, data or settings (one-line message).
+        NabnError: bad model, data or settings, or nothing that can be recalibrated (one line).
     """
     started = time.perf_counter()
     if method not in METHODS:
         raise NabnError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if output is not None:
         check_output(model, output)
-    proto = load_model(copy.deepcopy(model) if isinstance(model, ModelProto) else model)
-    if noise is not None and read_record(proto, "inject") is not None:
-        raise NabnError("the model already carries injected noise (nabn.inject); calibrate the clean model with --noise, or drop --noise")
-    split = SplitBatchNormPass(include=include, exclude=exclude)(proto)
-    name_batchnorms(proto)
-    bns = batchnorm_nodes(proto)
-    if not bns:
-        layers = find_analog_layers(proto)
-        why = "; ".join(f"{l.name}: {l.skip_reason}" for l in layers[:3] if l.skip_reason)
-        raise NothingToDoError(
-            "the model has no BatchNormalization and no analog layer (Conv, ConvTranspose, Gemm, MatMul with a "
-            "constant weight) to put one after" + (f" ({why})" if why else "")
-        )
-    data = replayable(data)
-    names = [n.name for n in bns]
-    eps_of = {n.name: bn_epsilon(n) for n in bns}
-    inserted = set(read_record(proto, "inserted_bn", []) or [])
-    before = read_bn_params(proto)
-    placeholders = [name for name in names if name in inserted and _is_placeholder(before[name])]
-    already_noisy = noise is None and read_record(proto, "inject") is not None
-    clean = proto
-    if reference is not None:
-        clean = load_model(copy.deepcopy(reference) if isinstance(reference, ModelProto) else reference)
-        SplitBatchNormPass(include=include, exclude=exclude)(clean)
-        name_batchnorms(clean)
-        if [n.name for n in batchnorm_nodes(clean)] != names:
-            raise NabnError("the reference model's BatchNorms do not match the model's: give the same model before noise")
-    elif (placeholders or method != "paper") and already_noisy:
-        raise NabnError(
-            "the model carries injected noise, so its clean statistics cannot be measured from it: pass the clean "
-            "model as --reference, or calibrate the clean model with --noise"
-        )
-    needs_clean = method in ("delta", "auto")
-    holdout = HOLDOUT_EVERY if method == "auto" else 0
-    passes = (1 if placeholders else 0) + (2 if needs_clean else 1)
-    per_pass = _count_batches(data, batch_size, max_batches)
-    total = None
-    if per_pass is not None:  # auto also scores 3 candidates on the held-out batches
-        total = passes * per_pass + (3 * (per_pass // HOLDOUT_EVERY) if method == "auto" else 0)
-    common = dict(estimator=estimator, batch_size=batch_size, max_batches=max_batches, providers=providers)
-    chosen, scores = method, None
-    with Progress("calibrating", total, enabled=show_progress) as bar:
-        if placeholders:
-            measure_inserted(proto, clean, placeholders, data, progress=bar, **common)
-        reference_params = read_bn_params(proto)
-        clean_run = measure(clean, data, train=names, progress=bar, holdout_every=holdout, **common) if needs_clean else None
-        # The clean reference outputs for ``auto`` come from a session built before the noise goes in
-        # (onnxruntime holds its own copy of the weights, so no second ModelProto is kept).
-        clean_session = make_session(clean, optimization=SERVE, providers=providers) if method == "auto" else None
-        if noise is not None:
-            InjectWeightNoisePass(noise)(proto)
-        noisy_run = measure(proto, data, train=names, progress=bar, holdout_every=holdout, **common)
-        batches, samples = noisy_run.batches, noisy_run.samples
-        if method == "auto":
-            in_sample = noisy_run.fit is None or clean_run.fit is None
-            fit_noisy = noisy_run.stats if in_sample else noisy_run.fit
-            fit_clean = clean_run.stats if in_sample else clean_run.fit
-            candidates = {name: _new_stats(name, names, reference_params, fit_noisy, fit_clean)
-                          for name in ("delta", "blend", "paper")}
-            held = None if in_sample else {i for i in range(batches) if is_holdout(i, HOLDOUT_EVERY)}
-            chosen, scores = choose_candidate(clean_session, proto, candidates, data, batch_indices=held,
-                                              batch_size=batch_size, max_batches=max_batches, providers=providers,
-                                              progress=bar)
-            del clean_session
-            logger.info("auto: scores %s, chose %s", scores, chosen)
-    new = _new_stats(chosen, names, reference_params, noisy_run.stats, clean_run.stats if clean_run else None)
-    layers = [
-        _shift(name, "inserted" if name in inserted else "original", reference_params[name], new[name], eps_of[name])
-        for name in names
-    ]
-    # An inserted BatchNorm that the chosen statistics leave exactly as measured goes back to the
-    # bit-exact identity placeholder (this is what keeps a noise-free delta/auto run bit for bit).
-    for name in placeholders:
-        if chosen == "delta" and _unchanged(noisy_run.stats[name], clean_run.stats[name]):
-            new[name] = _placeholder_values(reference_params[name]["mean"].size)
-    WriteBatchNormStatsPass(new)(proto)
+    check_batching(data, batch_size, max_batches, min_batch=2)
+    with once_per_job():
+        job = _prepare(model, noise=noise, reference=reference, method=method, include=include, exclude=exclude,
+                       providers=providers)
+        data = replayable(data)
+        runs = _Runs(estimator, batch_size, max_batches, providers, job.plan)
+        needs_clean = job.method in ("delta", "auto")
+        per_pass = _count_batches(data, batch_size, max_batches)
+        passes = (1 if job.placeholders else 0) + (2 if needs_clean else 1)
+        total = None if per_pass is None else passes * per_pass + (len(CANDIDATES) * per_pass if job.method == "auto" else 0)
+        chosen, scores, scored_on, in_sample = job.method, None, 0, False
+        with Progress("calibrating", total, enabled=show_progress) as bar:
+            if job.placeholders:
+                measure_inserted(job.model, job.clean, job.placeholders, data, progress=bar, estimator=estimator,
+                                 batch_size=batch_size, max_batches=max_batches, providers=providers, plan=job.plan)
+            reference_params = read_bn_params(job.model)
+            holdout = job.method == "auto"
+            clean_run = runs.measure(job.clean, data, bar, train=job.names, holdout=holdout) if needs_clean else None
+            # auto's clean reference outputs come from a session built before the noise goes in
+            # (onnxruntime holds its own copy of the weights, so no second ModelProto is kept).
+            clean_session = (make_session(job.clean, optimization=SERVE, providers=providers, batch=job.plan)
+                             if job.method == "auto" else None)
+            if noise is not None:
+                InjectWeightNoisePass(noise)(job.model)
+            noisy_run = runs.measure(job.model, data, bar, train=job.names, holdout=holdout)
+            if noisy_run.constant:
+                warn_once(logger, "the calibration data does not vary between samples (constant inputs): statistics "
+                                  "measured on it say nothing about real data; calibrate on real inputs")
+            if job.method == "auto":
+                chosen, scores, scored_on, in_sample = _choose(job, data, runs, clean_session, reference_params,
+                                                               clean_run, noisy_run, bar)
+                del clean_session
+        new = _new_stats(chosen, job.names, reference_params, noisy_run.stats,
+                         clean_run.stats if clean_run else None)
+        eps_of = {n.name: bn_epsilon(n) for n in batchnorm_nodes(job.model)}
+        layers = [_shift(name, job.origin[name], reference_params[name], new[name], eps_of[name]) for name in job.names]
+        # An inserted BatchNorm that the chosen statistics leave exactly as measured goes back to the
+        # bit-exact identity placeholder (this is what keeps a noise-free delta/auto run bit for bit).
+        for name in job.placeholders:
+            if chosen in ("delta", "none") and (chosen == "none" or _unchanged(noisy_run.stats[name],
+                                                                                 clean_run.stats[name])):
+                new[name] = _placeholder_values(reference_params[name]["mean"].size, eps_of[name])
+        WriteBatchNormStatsPass(new)(job.model)
     report = CalibrationReport(
         method=method,
         chosen=chosen,
         scores=scores,
-        estimator=vars(estimator) if not hasattr(estimator, "__dataclass_fields__") else {
-            k: getattr(estimator, k) for k in estimator.__dataclass_fields__},
+        estimator={k: getattr(estimator, k) for k in estimator.__dataclass_fields__},
         noise=noise.describe() if noise is not None else None,
-        batches=batches,
-        samples=samples,
+        batches=noisy_run.batches,
+        samples=noisy_run.samples,
         seconds=time.perf_counter() - started,
-        inserted=list(split.details.get("inserted", [])),
+        inserted=job.inserted,
         layers=layers,
+        mode=job.mode,
+        left=job.left,
+        scored_on=scored_on,
+        in_sample=in_sample,
+        note=job.note,
+        batch=job.plan.describe(),
     )
-    record(proto, "calibrate", {
-        "method": method, "chosen": chosen, "estimator": report.estimator, "batches": batches, "samples": samples,
-        "noise": report.noise,
+    record(job.model, "calibrate", {
+        "method": method, "chosen": chosen, "estimator": report.estimator, "batches": report.batches,
+        "samples": report.samples, "noise": report.noise, "mode": job.mode, "recalibrated": len(job.names),
+        "left": len(job.left),
     })
     if output is not None:
-        save_model(proto, output, external_data=external_data)
+        save_model(job.model, output, external_data=external_data)
     report.seconds = time.perf_counter() - started
-    return CalibrationResult(proto, report)
+    return CalibrationResult(job.model, report)
+
+
+def _choose(job: _Job, data: DataLike, runs: _Runs, clean_session, reference_params, clean_run: Measured,
+            noisy_run: Measured, bar: Progress) -> Tuple[str, Dict[str, float], int, bool]:
+    """``auto``: estimate every candidate on the fit samples and score it on the held-out ones."""
+    in_sample = noisy_run.fit is None or clean_run.fit is None
+    fit_noisy = noisy_run.stats if in_sample else noisy_run.fit
+    fit_clean = clean_run.stats if in_sample else clean_run.fit
+    candidates = {name: _new_stats(name, job.names, reference_params, fit_noisy, fit_clean) for name in CANDIDATES}
+    if in_sample:
+        warn_once(logger, "auto: no calibration batch had the 4 or more samples needed to hold some out; the candidates "
+                          "are scored on the samples they were estimated on")
+    chosen, scores = choose_candidate(clean_session, job.model, candidates, data,
+                                      select=None if in_sample else held_out, batch_size=runs.batch_size,
+                                      max_batches=runs.max_batches, providers=runs.providers, progress=bar,
+                                      plan=job.plan)
+    logger.info("auto: scores %s, chose %s", scores, chosen)
+    return chosen, scores, noisy_run.samples if in_sample else noisy_run.held, in_sample
 
 
 def _new_stats(method: str, names: Sequence[str], reference: Dict[str, Dict[str, np.ndarray]], noisy: Stats,
                clean: Optional[Stats]) -> Dict[str, Dict[str, np.ndarray]]:
-    """The statistics each method writes: ``paper`` the noisy ones, ``delta`` the reference moved
-    by the noise-induced shift, ``blend`` the average of the two (geometric for variances)."""
+    """The statistics each candidate writes: ``paper`` the noisy ones, ``delta`` the reference
+    mapped by the noise's per-channel affine change (module docstring), ``blend`` the average
+    of the two (geometric for variances), ``none`` the reference itself."""
     out = {}
     for name in names:
+        mean_r, var_r = reference[name]["mean"], reference[name]["var"]
+        if method == "none":
+            out[name] = {"mean": mean_r, "var": var_r}
+            continue
         mean_n, var_n = noisy[name]
         if method == "paper":
             out[name] = {"mean": mean_n, "var": var_n}
             continue
         mean_c, var_c = clean[name]
-        mean_d = reference[name]["mean"] + (mean_n - mean_c)
-        var_d = reference[name]["var"] * _safe_ratio(var_n, var_c)
+        ratio = _safe_ratio(var_n, var_c)
+        mean_d = mean_r + (mean_n - mean_c) + (np.sqrt(ratio) - 1.0) * (mean_r - mean_c)
+        var_d = var_r * ratio
         if method == "delta":
             out[name] = {"mean": mean_d, "var": var_d}
         else:
@@ -472,9 +762,10 @@ def _unchanged(noisy: Tuple[np.ndarray, np.ndarray], clean: Tuple[np.ndarray, np
     return bool(np.array_equal(noisy[0], clean[0]) and np.array_equal(noisy[1], clean[1]))
 
 
-def _placeholder_values(channels: int) -> Dict[str, np.ndarray]:
+def _placeholder_values(channels: int, eps: float) -> Dict[str, np.ndarray]:
+    """The exact-identity placeholder of an inserted BatchNorm (``var = 1 - eps``, exact in its dtype)."""
     return {"scale": np.ones(channels), "bias": np.zeros(channels), "mean": np.zeros(channels),
-            "var": np.full(channels, 1.0 - PLACEHOLDER_EPSILON)}
+            "var": np.full(channels, 1.0 - np.float64(np.float32(eps)))}
 
 
 def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -495,23 +786,12 @@ def _shift(name: str, origin: str, before: Dict[str, np.ndarray], after: Dict[st
 
 def _count_batches(data: DataLike, batch_size: int, max_batches: Optional[int]) -> Optional[int]:
     """Number of batches when it can be known without reading the data; None otherwise."""
-    import os
-    import zipfile
-    from pathlib import Path
+    from ..data import count_samples
 
-    total = None
     if batch_size < 1:  # iter_batches reports it
         return None
-    if isinstance(data, (str, os.PathLike)) and Path(data).suffix == ".npz" and Path(data).is_file():
-        try:
-            with zipfile.ZipFile(data) as archive, archive.open(archive.namelist()[0]) as fh:
-                version = np.lib.format.read_magic(fh)
-                shape = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(fh)[0]
-            total = -(-shape[0] // batch_size)
-        except (zipfile.BadZipFile, OSError, ValueError, IndexError):
-            total = None
-    elif isinstance(data, dict) and data:
-        total = -(-len(next(iter(data.values()))) // batch_size)
+    samples = count_samples(data)
+    total = None if samples is None else -(-samples // batch_size)
     if max_batches is not None:
         total = max_batches if total is None else min(total, max_batches)
     return total

@@ -13,17 +13,22 @@ the mean divergence of its outputs from the clean outputs:
 Scores of several outputs add up. The lowest score wins; ties go to the earlier candidate.
 When even the lowest score is above :data:`SEVERE`, the noise is too strong for the score
 to rank candidates, and :data:`FALLBACK` (Algorithm 1) is chosen.
+
+Which samples are scored is the caller's choice (``select``): the calibration engine holds
+out the last quarter of every batch, so that even one calibration batch leaves samples the
+candidates were not estimated on. A score over no sample at all is refused (it would be 0
+for every candidate and choose blindly).
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from onnx import ModelProto
 
-from ..data import DataLike, input_specs, iter_batches
-from ..runtime import SERVE, make_session
+from ..data import Batch, DataLike, input_specs, iter_batches
+from ..runtime import DYNAMIC, SERVE, BatchPlan, make_session, run_chunked
 
 __all__ = ["OutputDivergence", "choose_candidate", "pick_candidate", "SEVERE", "FALLBACK"]
 
@@ -83,11 +88,12 @@ def choose_candidate(
     candidates: Dict[str, Dict[str, Dict[str, np.ndarray]]],
     data: DataLike,
     *,
-    batch_indices: Optional[set],
+    select: Optional[Callable[[Batch], Optional[Batch]]],
     batch_size: int,
     max_batches: Optional[int],
     providers: Optional[Sequence[str]] = None,
     progress=None,
+    plan: BatchPlan = DYNAMIC,
 ) -> Tuple[str, Dict[str, float]]:
     """Score each candidate against the clean model on the chosen batches; return the best and all scores.
 
@@ -101,11 +107,16 @@ def choose_candidate(
         model: the noisy model; left holding the last candidate's statistics.
         candidates: name -> ``{bn name: {"mean": ..., "var": ...}}``, in order of preference on ties.
         data: calibration data.
-        batch_indices: 0-based indices of the batches to score on (None: all).
+        select: the part of each calibration batch to score on (None: whole batches);
+            returning None skips the batch.
         batch_size: samples per batch for file and dict data.
         max_batches: the same limit calibration used.
         providers: onnxruntime execution providers.
         progress: optional progress bar, advanced once per batch scored.
+        plan: how sessions of ``model`` take batches (fixed-batch models).
+
+    Raises:
+        ValueError: no sample was scored (the caller must score in-sample instead).
     """
     from ..passes.write_stats import WriteBatchNormStatsPass
 
@@ -115,26 +126,31 @@ def choose_candidate(
     scores: Dict[str, float] = {}
     for name, values in candidates.items():
         WriteBatchNormStatsPass(values)(model)
-        session = make_session(model, optimization=SERVE, providers=providers)
+        session = make_session(model, optimization=SERVE, providers=providers, batch=plan)
         meter = OutputDivergence()
+        scored = 0
         for index, batch in enumerate(iter_batches(data, specs, batch_size=batch_size, max_batches=max_batches,
                                                    min_batch=2)):
-            if batch_indices is not None and index not in batch_indices:
+            part = batch if select is None else select(batch)
+            if part is None:
                 continue
             if cache is not None and index in cache:
                 reference = cache[index]
             else:
-                reference = clean_session.run(None, batch.feeds)
+                reference = run_chunked(clean_session, None, part.feeds, plan.chunk)
                 if cache is not None:
                     cached_bytes += sum(r.nbytes for r in reference)
                     cache = None if cached_bytes > _CACHE_LIMIT else cache
                     if cache is not None:
                         cache[index] = reference
-            meter.update(reference, session.run(None, batch.feeds))
+            meter.update(reference, run_chunked(session, None, part.feeds, plan.chunk))
+            scored += part.size
             if progress is not None:
                 progress.update()
-        scores[name] = meter.result()
         del session
+        if not scored:
+            raise ValueError("no sample to score the candidates on")
+        scores[name] = meter.result()
     return pick_candidate(scores), scores
 
 

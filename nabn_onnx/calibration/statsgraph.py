@@ -30,7 +30,7 @@ from typing import Dict, Iterable, List
 import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 
-from ..io import _default_opset  # noqa: F401 - re-used opset lookup
+from ..io import default_opset
 from ..passes.base import Pass, PassResult
 
 __all__ = ["ExposeBatchNormStatsPass", "StatOutputs"]
@@ -67,7 +67,8 @@ class ExposeBatchNormStatsPass(Pass):
             whatever only the outputs need, such as a classifier after the last BatchNorm).
         shapes: also expose ``Shape(X)`` of each measured BatchNorm input.
 
-    After the call, :attr:`outputs` maps each measured BatchNorm to its :class:`StatOutputs`.
+    The result's ``details["outputs"]`` maps each measured BatchNorm to its :class:`StatOutputs`
+    (the pass keeps no state between calls).
     """
 
     def __init__(self, train: Iterable[str] = (), tap: Iterable[str] = (), keep_outputs: bool = True,
@@ -81,7 +82,7 @@ class ExposeBatchNormStatsPass(Pass):
             raise ValueError(f"BatchNorms cannot be both trained and tapped: {sorted(overlap)}")
 
     def call(self, model: ModelProto) -> PassResult:
-        opset = _default_opset(model)
+        opset = default_opset(model)
         graph = model.graph
         inits = {t.name: t for t in graph.initializer}
         outputs: Dict[str, StatOutputs] = {}
@@ -118,7 +119,6 @@ class ExposeBatchNormStatsPass(Pass):
         if not self.keep_outputs:
             del graph.output[:]
         graph.output.extend(new_outputs)
-        self.outputs = outputs
         return PassResult(model, bool(outputs), {"outputs": outputs})
 
     @staticmethod

@@ -7,7 +7,6 @@ the package works without it; a missing matplotlib is a one-line :class:`NabnErr
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -38,19 +37,14 @@ def pyplot():
 
 def save_figure(figure, path: Union[str, os.PathLike]) -> Path:
     """Save atomically (temporary file in the same folder, then rename)."""
+    from ..io import atomic_write_bytes
+
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise NabnError(f"output folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=".nabn-", suffix=path.suffix or ".png", dir=folder)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write_bytes(path, lambda tmp: figure.savefig(tmp, dpi=120, bbox_inches="tight",
+                                                               format=(path.suffix or ".png")[1:]))
 
 
 def _draw_sweep(ax, report: SweepReport, title: Optional[str]) -> None:

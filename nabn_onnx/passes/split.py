@@ -10,11 +10,14 @@ The layer's output is renamed ``Y'`` and the new node produces the old name ``Y`
 consumers and graph outputs stay untouched. The algebra of BatchNormalization is
 ``Y = (Y' - mean) / sqrt(var + eps) * scale + B``. Two ways to keep ``Y == Y'``:
 
-* **placeholder** (no data): ``mean = 0, var = 1 - eps, scale = 1, B = 0`` with ``eps =
-  2**-17``. Both ``1 - eps`` and ``var + eps = 1`` are exact in float32, so the node is the
-  identity bit for bit, and so is onnxruntime's Conv+BatchNormalization fusion of it
-  (weights times 1, bias times 1 plus 0). Calibration then measures the clean reference
-  statistics on the same data it calibrates with.
+* **placeholder** (no data): ``mean = 0, var = 1 - eps, scale = 1, B = 0`` with ``eps``
+  a power of two chosen per dtype (:func:`placeholder_epsilon`: ``2**-17`` for float32 and
+  float64, ``2**-11`` for float16, ``2**-8`` for bfloat16) so that both ``1 - eps`` and
+  ``var + eps = 1`` are exact in the layer's dtype: the node is the identity bit for bit,
+  and so is onnxruntime's Conv+BatchNormalization fusion of it (weights times 1, bias
+  times 1 plus 0). (``1 - 2**-17`` rounds to 1.0 in float16, which is why one epsilon
+  does not serve every dtype.) Calibration then measures the clean reference statistics
+  on the same data it calibrates with.
 * **measured** (:meth:`SplitBatchNormPass` with ``stats``): ``mean = mu, var = s2, scale =
   sqrt(s2 + eps), B = mu``, where ``mu``/``s2`` are the per-channel mean and variance of
   ``Y'`` on clean calibration data. Still the identity up to float rounding; it is the
@@ -44,12 +47,26 @@ from ..graph import AnalogLayer, find_analog_layers, GraphIndex
 from ..io import read_record, record
 from .base import Pass, PassResult
 
-__all__ = ["SplitBatchNormPass", "PLACEHOLDER_EPSILON", "select_layers", "bn_param_names"]
+__all__ = ["SplitBatchNormPass", "PLACEHOLDER_EPSILON", "placeholder_epsilon", "select_layers", "bn_param_names"]
 
 logger = logging.getLogger(__name__)
 
 #: A power of two, so that ``1 - eps`` and ``(1 - eps) + eps == 1`` are exact in float32.
 PLACEHOLDER_EPSILON = 2.0**-17
+#: The same per dtype: the largest power of two whose ``1 - eps`` the type still represents
+#: exactly, capped at float32's (a larger epsilon than needed would change tiny variances).
+_EPSILON_BY_DTYPE = {np.dtype(np.float16): 2.0**-11, np.dtype(np.float32): PLACEHOLDER_EPSILON,
+                     np.dtype(np.float64): PLACEHOLDER_EPSILON}
+
+
+def placeholder_epsilon(dtype) -> float:
+    """The placeholder epsilon for a layer of this dtype (see the module docstring)."""
+    dtype = np.dtype(dtype)
+    if dtype in _EPSILON_BY_DTYPE:
+        return _EPSILON_BY_DTYPE[dtype]
+    if dtype.name == "bfloat16":  # ml_dtypes: 8 bits of precision
+        return 2.0**-8
+    return PLACEHOLDER_EPSILON
 
 _INSERTED_SUFFIX = "/nabn_bn"
 
@@ -139,7 +156,7 @@ class SplitBatchNormPass(Pass):
                 [pre, scale_n, bias_n, mean_n, var_n],
                 [out],
                 name=bn_name,
-                epsilon=PLACEHOLDER_EPSILON,
+                epsilon=placeholder_epsilon(dtype),
             )
             new_nodes[position[id(node)]] = bn
             inserted.append(bn_name)
@@ -157,15 +174,16 @@ class SplitBatchNormPass(Pass):
 
     def _parameters(self, layer: AnalogLayer, dtype) -> Tuple[np.ndarray, ...]:
         channels = layer.channels
+        eps = placeholder_epsilon(dtype)
         if layer.name in self.stats:
             mean, var = (np.asarray(a, dtype=np.float64).reshape(-1) for a in self.stats[layer.name])
             if mean.shape != (channels,) or var.shape != (channels,):
                 raise ValueError(f"statistics for {layer.name} have {mean.shape[0]} channels, expected {channels}")
-            scale = np.sqrt(var + PLACEHOLDER_EPSILON)
+            scale = np.sqrt(var + eps)
             return tuple(a.astype(dtype) for a in (scale, mean, mean, var))
         return (
             np.ones(channels, dtype),
             np.zeros(channels, dtype),
             np.zeros(channels, dtype),
-            np.full(channels, 1.0 - PLACEHOLDER_EPSILON, dtype),
+            np.full(channels, 1.0 - eps, dtype),
         )
