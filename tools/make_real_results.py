@@ -272,13 +272,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="chips per eta (default 3)")
     parser.add_argument("--render-only", action="store_true", help="only rewrite the markdown from the JSON")
     args = parser.parse_args(argv)
-    store = args.cache / "results_real.json"
-    results = json.loads(store.read_text()) if store.exists() else {}
+    # One file per task, so tasks can run in separate processes; results_real.json is the
+    # older single-file store, read for tasks that have no file of their own.
+    legacy = args.cache / "results_real.json"
+    results = json.loads(legacy.read_text()) if legacy.exists() else {}
+    for path in sorted(args.cache.glob("results_real.*.json")):
+        results[path.name.split(".")[1]] = json.loads(path.read_text())
     if not args.render_only:
         for name in [s.strip() for s in args.only.split(",") if s.strip()]:
             def save(partial, name=name):
                 results[name] = partial
-                store.write_text(json.dumps(results, indent=1))
+                store = args.cache / f"results_real.{name}.json"
+                tmp = store.with_suffix(".tmp")
+                tmp.write_text(json.dumps(partial, indent=1))
+                tmp.replace(store)
 
             save(run_diagnose(args.cache) if name == "diagnose" else
                  run_task(name, args.cache, args.seeds, previous=results.get(name), save=save))
