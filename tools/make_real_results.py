@@ -154,13 +154,13 @@ def fmt(a: np.ndarray) -> str:
 def table(result: dict, kind: str, key: str, paper: bool = False) -> List[str]:
     """Markdown rows: eta, vanilla, each method (mean ± std over chips, min), and the paper's row."""
     methods = result["methods"]
-    head = ["eta", "vanilla"] + [f"NaBN `{m}`" for m in methods] + ["worst chip: vanilla / " + " / ".join(methods)]
+    head = ["eta", "chips", "vanilla"] + [f"NaBN `{m}`" for m in methods] + ["worst chip: vanilla / " + " / ".join(methods)]
     if paper:
         head += ["paper vanilla (rel.)", "paper NaBN (rel.)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for eta in sorted({r["eta"] for r in result["rows"] if r["noise"] == kind}):
         cols = [stats(result["rows"], kind, eta, c, key) for c in ("vanilla", *methods)]
-        cells = [f"{eta:g}"] + [fmt(c) for c in cols] + [" / ".join(f"{100 * c.min():.1f}" for c in cols)]
+        cells = [f"{eta:g}", str(len(cols[0]))] + [fmt(c) for c in cols] + [" / ".join(f"{100 * c.min():.1f}" for c in cols)]
         if paper:
             p = PAPER[kind].get(eta)
             cells += [f"{p[0]:.2f} ({100 * p[0] / PAPER_CLEAN:.1f})", f"{p[1]:.2f} ({100 * p[1] / PAPER_CLEAN:.1f})"] \
@@ -194,6 +194,8 @@ def plot(result: dict, key: str, path: Path, title: str, paper: bool = False, yl
             ax.plot(pe, [100 * PAPER[kind][e][1] / PAPER_CLEAN for e in pe], "x--", color="tab:blue", alpha=0.6,
                     label="paper NaBN (acc / clean)")
         ax.axhline(100 * result["clean"][key], ls=":", color="gray", label="clean")
+        if etas[-1] > 10 * etas[0]:
+            ax.set_xscale("log")
         ax.set_xlabel(f"{kind.upper()} eta")
         ax.set_ylabel(ylabel or key)
         ax.set_title(f"{title}: {kind.upper()}")
@@ -231,7 +233,7 @@ def render(results: dict) -> str:
     if "mobilenet" in results:
         r = results["mobilenet"]
         lines += ["## MobileNet-v2 (torchvision's ImageNet weights): Tables I and II in kind", "",
-                  f"{r['seeds']} chips per eta, {r['seconds']:.0f} s. Two measures: **agreement** with the clean "
+                  f"Up to {r['seeds']} chips per eta (column `chips`), {r['seconds']:.0f} s. Two measures: **agreement** with the clean "
                   "model's top-1 on 512 random crops of 18 photos (calibration: 256 crops of 18 other photos), "
                   f"and top-1 on the 20 labelled ImageNet photos of foolbox (clean: "
                   f"{100 * r['clean']['top1-20']:.0f}%; half of these photos are calibration sources). The paper's "
@@ -265,7 +267,7 @@ def render(results: dict) -> str:
         if name not in results:
             continue
         r = results[name]
-        lines += [f"## {title}", "", f"{r['seeds']} chips per eta, {r['seconds']:.0f} s; clean: "
+        lines += [f"## {title}", "", f"Up to {r['seeds']} chips per eta, {r['seconds']:.0f} s; clean: "
                   + ", ".join(f"{k.split('/')[-1]} {100 * v:.2f}%" for k, v in r["clean"].items()), ""]
         for key in keys:
             for kind in ("mul", "add"):
