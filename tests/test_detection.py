@@ -127,3 +127,30 @@ def test_decoded_metric_plugin_by_object_and_by_registered_name():
         DECODERS.pop("halves")
     with pytest.raises(NabnError, match="unknown metric"):
         make_metric("nodecoder:map50")
+
+
+def test_evaluator_feeds_every_output_to_a_decoder_that_asks_for_them():
+    import onnx
+    from onnx import TensorProto, helper
+
+    from nabn_onnx.evaluation import Evaluator
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["first"]), helper.make_node("Neg", ["x"], ["second"])], "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("first", TensorProto.FLOAT, ["N", 3]),
+         helper.make_tensor_value_info("second", TensorProto.FLOAT, ["N", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+
+    class Second:
+        name, default_metric, all_outputs = "second", "top1", True
+
+        def __call__(self, outputs):
+            assert len(outputs) == 2
+            return outputs[1]
+
+    x = np.array([[0.0, 1.0, 2.0], [5.0, 1.0, 0.0], [1.0, 0.0, 3.0]], dtype=np.float32)
+    labels = np.array([2, 2, 1])  # argmax of x: 2, 0, 2 (1 of 3); argmax of -x: 0, 2, 1 (2 of 3)
+    result = Evaluator(model).run({"x": x, "labels": labels}, ["top1", DecodedMetric(Second())], batch_size=2).value
+    assert result == pytest.approx({"top1": 1 / 3, "second:top1": 2 / 3})
