@@ -22,7 +22,7 @@ from ..data import DataLike, input_specs, iter_batches
 from ..errors import NabnError
 from ..io import ModelLike, load_model
 from ..progress import Progress
-from ..runtime import SERVE, make_overridable, make_session
+from ..runtime import SERVE, chunks, make_overridable, make_session, plan_batch, run_chunked
 from .metrics import IGNORE_INDEX, MetricLike, make_metrics
 
 __all__ = ["evaluate", "Evaluator", "Evaluation", "OutputLike"]
@@ -88,7 +88,10 @@ class Evaluator:
         self.overridable = tuple(overridable)
         if self.overridable:
             proto = with_overridable(proto, self.overridable)
-        self.session = make_session(proto, optimization=SERVE, providers=providers)
+        # A batch fixed in the file (detectors exported for batch 1) is freed in the session
+        # when that verifies, else runs are cut into chunks of the fixed batch (runtime.plan_batch).
+        self.plan = plan_batch(proto, providers)
+        self.session = make_session(proto, optimization=SERVE, providers=providers, batch=self.plan)
 
     def run(
         self,
@@ -127,7 +130,7 @@ class Evaluator:
         every = any(getattr(m, "all_outputs", False) for m in metrics.values())
         names = self.output_names if every else [self.output_name]
         for batch in iter_batches(data, self.specs, batch_size=batch_size, max_batches=max_batches):
-            results = self.session.run(names, {**batch.feeds, **extra})
+            results = self._run(names, batch.feeds, extra)
             selected = results[names.index(self.output_name)]
             for m in metrics.values():
                 m.update(results if getattr(m, "all_outputs", False) else selected, batch.labels)
@@ -145,6 +148,15 @@ class Evaluator:
         seconds = time.perf_counter() - started
         logger.debug("evaluated %d samples in %d batches in %.2fs", samples, batches, seconds)
         return Evaluation(value, samples, batches, seconds, ",".join(results))
+
+
+    def _run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray]):
+        if self.plan.chunk is None or not extra:
+            return run_chunked(self.session, names, {**feeds, **extra}, self.plan.chunk)
+        # Fed initializers have no batch axis: chunk the data only.
+        pieces = [self.session.run(names, {**part, **extra}) + [real]
+                  for part, real in chunks(feeds, self.plan.chunk, pad=True)]
+        return [np.concatenate([p[i][: p[-1]] for p in pieces]) for i in range(len(names))]
 
 
 def _output_name(model: ModelProto, output: OutputLike) -> str:
