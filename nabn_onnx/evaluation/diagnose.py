@@ -43,7 +43,7 @@ from ..io import ModelLike, atomic_write_text, load_model
 from ..noise import NoiseModel
 from ..passes.inject import InjectWeightNoisePass
 from ..progress import Progress
-from ..runtime import MEASURE, make_session
+from ..runtime import MEASURE, BatchPlan, make_session, plan_batch, run_chunked
 
 __all__ = ["diagnose", "DiagnoseReport", "LayerDivergence", "kl_divergence", "js_divergence", "SMOOTHING",
            "ACTIVATIONS"]
@@ -181,11 +181,11 @@ def _taps(model: ModelProto, at: str) -> Dict[str, str]:
     return taps
 
 
-def _exposed_session(model: ModelProto, tensors: Sequence[str], providers):
+def _exposed_session(model: ModelProto, tensors: Sequence[str], providers, plan: BatchPlan):
     proto = copy.deepcopy(model)
     del proto.graph.output[:]
     proto.graph.output.extend(helper.make_tensor_value_info(t, 1, None) for t in tensors)
-    return make_session(proto, optimization=MEASURE, providers=providers)
+    return make_session(proto, optimization=MEASURE, providers=providers, batch=plan)
 
 
 class _Histogram:
@@ -255,7 +255,9 @@ def diagnose(
     calibrated = calibrate(clean, data, noise=noise, method=method, estimator=estimator, **common).model
     taps = _taps(clean, at)
     tensors = list(dict.fromkeys(taps.values()))
-    sessions = {name: _exposed_session(m, tensors, providers)
+    # A batch fixed in the file is freed or chunked, as in evaluation (runtime.plan_batch).
+    plan = plan_batch(clean, providers)
+    sessions = {name: _exposed_session(m, tensors, providers, plan)
                 for name, m in zip(_MODELS, (clean, noisy, calibrated))}
     specs = input_specs(clean)
 
@@ -263,14 +265,14 @@ def diagnose(
         lo = {t: np.inf for t in tensors}
         hi = {t: -np.inf for t in tensors}
         for batch in iter_batches(data, specs, batch_size=batch_size, max_batches=max_batches):
-            for t, value in zip(tensors, sessions["clean"].run(tensors, batch.feeds)):
+            for t, value in zip(tensors, run_chunked(sessions["clean"], tensors, batch.feeds, plan.chunk)):
                 lo[t], hi[t] = min(lo[t], float(value.min())), max(hi[t], float(value.max()))
             bar.update()
         hists = {m: {t: _Histogram(lo[t], hi[t], bins) for t in tensors} for m in _MODELS}
         samples = 0
         for batch in iter_batches(data, specs, batch_size=batch_size, max_batches=max_batches):
             for m in _MODELS:
-                for t, value in zip(tensors, sessions[m].run(tensors, batch.feeds)):
+                for t, value in zip(tensors, run_chunked(sessions[m], tensors, batch.feeds, plan.chunk)):
                     hists[m][t].add(value)
             samples += batch.size
             bar.update()
