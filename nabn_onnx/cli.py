@@ -348,8 +348,9 @@ def _data_source(path: str, args):
 
 def _metric_args(parser: argparse.ArgumentParser, several: bool) -> None:
     parser.add_argument("--metric", default="top1",
-                        help="top1 (default), top5, miou, pixel-acc"
-                        + (", or several comma-separated" if several else ""))
+                        help="top1 (default), top5, miou, pixel-acc, map50, mar50, or DECODER:METRIC for raw detector "
+                             "outputs (picodet:map50, picodet:mar50, dbnet:miou, dbnet:pixel-acc)"
+                             + (", or several comma-separated" if several else ""))
     parser.add_argument("--output-name", help="model output the metric reads: name or index (default: the first)")
     parser.add_argument("--ignore-index", type=int, default=255, help="segmentation label never counted (default 255)")
     parser.add_argument("--ignore-background", action=argparse.BooleanOptionalAction, default=None,
@@ -740,7 +741,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="the clean model, when MODEL is already noisy")
     p.add_argument("--report", help="write the per-layer report (.json or .md)")
     p.add_argument("--test", help="labelled test .npz: report the metric of the clean, noisy and calibrated model")
-    p.add_argument("--metric", default="top1", help="metric for --test (top1, top5, miou, pixel-acc; default top1)")
+    p.add_argument("--metric", default="top1",
+                   help="metric for --test (top1, top5, miou, pixel-acc, map50, mar50, or DECODER:METRIC such as "
+                        "picodet:map50 or dbnet:miou; default top1)")
     _model_output_args(p, default="MODEL.nabn.onnx")
     _selection_args(p)
     _runtime_args(p)

@@ -258,6 +258,7 @@ def diagnose(
                            max_batches=max_batches, providers=providers).model
     taps = _taps(clean, at)
     tensors = list(dict.fromkeys(taps.values()))
+    # A batch fixed in the file is freed or chunked, as in evaluation (runtime.plan_batch).
     plan = plan_batch(clean, providers)
     sessions = {name: _exposed_session(m, tensors, providers, plan)
                 for name, m in zip(_MODELS, (clean, noisy, calibrated))}

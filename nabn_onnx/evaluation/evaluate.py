@@ -85,6 +85,7 @@ class Evaluator:
         proto = load_model(copy.deepcopy(model) if isinstance(model, ModelProto) else model)
         self.specs = input_specs(proto)
         self.output_name = _output_name(proto, output)
+        self.output_names = [o.name for o in proto.graph.output]
         self.overridable = tuple(overridable)
         self.plan = plan_batch(proto, providers)
         if self.overridable:
@@ -124,10 +125,14 @@ class Evaluator:
             raise NabnError(f"cannot feed {unknown[:3]}: not among the overridable initializers of this evaluator")
         metrics = make_metrics(metric, ignore_index=ignore_index, ignore_background=ignore_background)
         batches = samples = 0
+        # A decoded metric may read every output of the model (a detector's score and box heads).
+        every = any(getattr(m, "all_outputs", False) for m in metrics.values())
+        names = self.output_names if every else [self.output_name]
         for batch in iter_batches(data, self.specs, batch_size=batch_size, max_batches=max_batches):
-            (outputs,) = run_chunked(self.session, [self.output_name], batch.feeds, self.plan.chunk, extra)
+            results = run_chunked(self.session, names, batch.feeds, self.plan.chunk, extra)
+            selected = results[names.index(self.output_name)]
             for m in metrics.values():
-                m.update(outputs, batch.labels)
+                m.update(results if getattr(m, "all_outputs", False) else selected, batch.labels)
             batches += 1
             samples += batch.size
             if progress is not None:

@@ -19,6 +19,14 @@ Both segmentation metrics drop pixels labelled ``ignore_index`` (255 by default,
 PASCAL VOC "void" border) everywhere. A class that never occurs in the labels and is never
 predicted has no IoU and does not enter the mean.
 
+* ``"map50"``, ``"mar50"`` (any ``"map<iou>"``, ``"mar<iou>"``): detection mean average
+  precision / recall at IoU ``iou / 100`` (:mod:`~nabn_onnx.evaluation.detection`), on
+  decoded boxes.
+* ``"<decoder>:<metric>"`` (``"picodet:map50"``, ``"dbnet:miou"``) or a bare decoder name
+  (its default metric): the metric applied to the model's outputs after a registered
+  decoder (:mod:`~nabn_onnx.evaluation.decoders`): detectors and text detectors whose raw
+  outputs are not what the metric reads.
+
 Any other metric is a :class:`Metric`: an object with ``update(outputs, labels)`` and
 ``result()`` (for example a detection mAP accumulating matches per batch). A plain
 callable ``f(outputs, labels) -> float`` is accepted too; it is applied per batch and its
@@ -254,8 +262,11 @@ _SEGMENTATION = {"miou": MeanIoU, "pixel-acc": PixelAccuracy}
 
 
 def metric_names() -> List[str]:
-    """The built-in metric names (``top<k>`` for any k)."""
-    return ["top1", "top5", *_SEGMENTATION]
+    """The built-in metric names (``top<k>`` for any k; ``decoder:metric`` for any registered decoder)."""
+    from .decoders import decoder_names
+
+    return ["top1", "top5", *_SEGMENTATION, "map50", "mar50", *decoder_names(),
+            *(f"{d}:<metric>" for d in decoder_names())]
 
 
 def make_metric(spec: MetricLike, *, ignore_index: Optional[int] = IGNORE_INDEX,
@@ -277,6 +288,17 @@ def make_metric(spec: MetricLike, *, ignore_index: Optional[int] = IGNORE_INDEX,
         match = re.fullmatch(r"top-?(\d+)", name)
         if match:
             return TopK(int(match.group(1)))
+        detection = re.fullmatch(r"(map|mar)@?(\d+)", name)
+        if detection:
+            from .detection import MeanAP, MeanAR
+
+            return (MeanAP if detection.group(1) == "map" else MeanAR)(iou=int(detection.group(2)) / 100)
+        from .decoders import DECODERS, DecodedMetric
+
+        decoder, colon, inner = name.partition(":")
+        if decoder in DECODERS:
+            return DecodedMetric(decoder, inner if colon else None, ignore_index=ignore_index,
+                                 ignore_background=ignore_background)
         if name in _SEGMENTATION:
             cls = _SEGMENTATION[name]
             if ignore_background is None:
