@@ -493,8 +493,9 @@ def _cmd_devices(args, parser) -> int:
     for kind, cls in NOISE_MODELS.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"{kind}: {doc}")
-        if getattr(cls, "source", ""):
-            print(f"  source: {cls.source}")
+        source = getattr(cls, "source", "")
+        if source:
+            print(f"  source: {source}")
         params = device_parameters(kind)
         if issubclass(cls, DeviceNoise):
             params.pop("eta")
@@ -506,7 +507,7 @@ def _cmd_devices(args, parser) -> int:
 
 def _cmd_drift(args, parser) -> int:
     from .evaluation.drift import drift_sweep, parse_times
-    from .noise import DEVICE_MODELS, make_noise
+    from .noise import DEVICE_MODELS, DeviceNoise, make_noise
 
     file_kind, options = _device_options(args)
     kind = args.noise or file_kind or "pcm"
@@ -515,6 +516,7 @@ def _cmd_drift(args, parser) -> int:
     options.pop("t_inference", None)
     options.pop("compensation", None)
     device = make_noise(kind, args.eta, include_bias=args.include_bias, **options)
+    assert isinstance(device, DeviceNoise)  # kind is one of DEVICE_MODELS
     try:
         seed_values = [int(v) for v in args.seeds.split(",") if v.strip()]
     except ValueError:

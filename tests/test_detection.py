@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nabn_onnx.errors import DataError, NabnError
-from nabn_onnx.evaluation.decoders import DBNetDecoder, DecodedMetric, PicoDetDecoder, nms, register_decoder, DECODERS
+from nabn_onnx.evaluation.decoders import DECODERS, DecodedMetric, PicoDetDecoder, nms, register_decoder
 from nabn_onnx.evaluation.detection import DetectionMetrics, average_precision, box_iou, match_image
 from nabn_onnx.evaluation.metrics import make_metric, make_metrics
 
@@ -41,8 +41,7 @@ def test_detection_metrics_stream_over_batches_and_classes():
     labels[0, 0] = (0, 0, 0, 10, 10)
     labels[0, 1] = (1, 20, 20, 40, 40)
     labels[1, 0] = (0, 0, 0, 10, 10)
-    dets = [np.array([[0, 0, 10, 10, 0.9, 0], [20, 20, 40, 40, 0.3, 0], [21, 21, 40, 40, 0.8, 1]]),
-            np.zeros((0, 6))]
+    dets = [np.array([[0, 0, 10, 10, 0.9, 0], [20, 20, 40, 40, 0.3, 0], [21, 21, 40, 40, 0.8, 1]]), np.zeros((0, 6))]
     metric = DetectionMetrics()
     metric.update(dets[:1], labels[:1])
     metric.update(dets[1:], labels[1:])
@@ -136,10 +135,14 @@ def test_evaluator_feeds_every_output_to_a_decoder_that_asks_for_them():
     from nabn_onnx.evaluation import Evaluator
 
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["first"]), helper.make_node("Neg", ["x"], ["second"])], "two",
+        [helper.make_node("Identity", ["x"], ["first"]), helper.make_node("Neg", ["x"], ["second"])],
+        "two",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor_value_info("first", TensorProto.FLOAT, ["N", 3]),
-         helper.make_tensor_value_info("second", TensorProto.FLOAT, ["N", 3])])
+        [
+            helper.make_tensor_value_info("first", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("second", TensorProto.FLOAT, ["N", 3]),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
 

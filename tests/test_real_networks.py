@@ -36,7 +36,7 @@ def _packaged(package: str, member: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         pytest.skip(f"{package} is not installed (pip install -e '.[test]')")
-    path = Path(list(spec.submodule_search_locations)[0]) / member
+    path = Path(next(iter(spec.submodule_search_locations))) / member
     if not path.is_file():
         pytest.skip(f"{path} is missing from the installed {package}")
     return path
@@ -104,7 +104,7 @@ def test_picodet_decoder_matches_rapid_layout_post_processing(layout):
     boxes, scores, names = PPPostProcess(list(make_real_models.LAYOUT_CLASSES), 0.5, 0.5)((800, 608), page, outputs)
     theirs = np.column_stack([np.array(boxes), scores, [make_real_models.LAYOUT_CLASSES.index(n) for n in names]])
     assert len(ours) == len(theirs) > 3
-    order = lambda a: a[np.lexsort((a[:, 0], a[:, 1], a[:, 5]))]  # noqa: E731
+    order = lambda a: a[np.lexsort((a[:, 0], a[:, 1], a[:, 5]))]
     np.testing.assert_allclose(order(ours), order(theirs), atol=BOX_TOL, rtol=BOX_TOL)
 
 

@@ -76,16 +76,32 @@ SIZE = 224
 
 # Source photos of the calibration and the test crops: disjoint sets. Ten labelled ImageNet
 # photos on each side, natural photos of scikit-image / scikit-learn split between them.
-FOOLBOX = [f"foolbox/data/imagenet_{i:02d}_{c}.jpg" for i, c in enumerate(
-    [243, 559, 438, 990, 949, 853, 609, 609, 915, 455, 541, 630, 741, 471, 129, 99, 251, 22, 317, 305])]
-CALIB_SOURCES = FOOLBOX[0::2] + [
-    "skimage/data/astronaut.png", "skimage/data/coffee.png", "skimage/data/rocket.jpg",
-    "skimage/data/motorcycle_left.png", "skimage/data/camera.png", "skimage/data/brick.png",
-    "skimage/data/grass.png", "sklearn/datasets/images/china.jpg",
+FOOLBOX = [
+    f"foolbox/data/imagenet_{i:02d}_{c}.jpg"
+    for i, c in enumerate(
+        [243, 559, 438, 990, 949, 853, 609, 609, 915, 455, 541, 630, 741, 471, 129, 99, 251, 22, 317, 305]
+    )
 ]
-TEST_SOURCES = FOOLBOX[1::2] + [
-    "skimage/data/chelsea.png", "skimage/data/motorcycle_right.png", "skimage/data/hubble_deep_field.jpg",
-    "skimage/data/gravel.png", "skimage/data/coins.png", "skimage/data/page.png", "skimage/data/retina.jpg",
+CALIB_SOURCES = [
+    *FOOLBOX[0::2],
+    "skimage/data/astronaut.png",
+    "skimage/data/coffee.png",
+    "skimage/data/rocket.jpg",
+    "skimage/data/motorcycle_left.png",
+    "skimage/data/camera.png",
+    "skimage/data/brick.png",
+    "skimage/data/grass.png",
+    "sklearn/datasets/images/china.jpg",
+]
+TEST_SOURCES = [
+    *FOOLBOX[1::2],
+    "skimage/data/chelsea.png",
+    "skimage/data/motorcycle_right.png",
+    "skimage/data/hubble_deep_field.jpg",
+    "skimage/data/gravel.png",
+    "skimage/data/coins.png",
+    "skimage/data/page.png",
+    "skimage/data/retina.jpg",
     "sklearn/datasets/images/flower.jpg",
 ]
 CROP_SEED = 20240607
@@ -97,18 +113,82 @@ DBNET_SEEDS = (11, 12)
 LAYOUT_H, LAYOUT_W = 800, 608
 LAYOUT_CALIB, LAYOUT_TEST = 16, 24
 LAYOUT_SEEDS = (21, 22)
-LAYOUT_CLASSES = ("text", "title", "figure", "figure_caption", "table", "table_caption", "header", "footer",
-                  "reference", "equation")
+LAYOUT_CLASSES = (
+    "text",
+    "title",
+    "figure",
+    "figure_caption",
+    "table",
+    "table_caption",
+    "header",
+    "footer",
+    "reference",
+    "equation",
+)
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 FONT_FILES = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansCondensed.ttf", "DejaVuSerifCondensed.ttf")
 BOLD_FONTS = ("DejaVuSans-Bold.ttf", "DejaVuSerif-Bold.ttf")
-WORDS = ("analog memory noise weight layer batch normalization device chip accuracy network model "
-         "calibration variance mean channel signal conductance array crossbar inference training data "
-         "the of and to in is for on with as by that from this are we our results table figure "
-         "section method error robust energy power efficient hardware computing neural deep learning").split()
+WORDS = [
+    "analog",
+    "memory",
+    "noise",
+    "weight",
+    "layer",
+    "batch",
+    "normalization",
+    "device",
+    "chip",
+    "accuracy",
+    "network",
+    "model",
+    "calibration",
+    "variance",
+    "mean",
+    "channel",
+    "signal",
+    "conductance",
+    "array",
+    "crossbar",
+    "inference",
+    "training",
+    "data",
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "for",
+    "on",
+    "with",
+    "as",
+    "by",
+    "that",
+    "from",
+    "this",
+    "are",
+    "we",
+    "our",
+    "results",
+    "table",
+    "figure",
+    "section",
+    "method",
+    "error",
+    "robust",
+    "energy",
+    "power",
+    "efficient",
+    "hardware",
+    "computing",
+    "neural",
+    "deep",
+    "learning",
+]
 
 
 # ---------------------------------------------------------------------------------- fetching
+
 
 def wheel(cache: Path, key: str) -> Path:
     """The wheel of package ``key`` in ``cache/wheels``, downloaded with pip on first use."""
@@ -117,8 +197,10 @@ def wheel(cache: Path, key: str) -> Path:
     name = WHEELS[key].split("==")[0].replace("-", "_").lower()
     found = [p for p in folder.glob("*.whl") if p.name.lower().startswith(name + "-" + WHEELS[key].split("==")[1])]
     if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", WHEELS[key], "--no-deps", "--quiet", "-d",
-                        str(folder)], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", WHEELS[key], "--no-deps", "--quiet", "-d", str(folder)],
+            check=True,
+        )
         found = [p for p in folder.glob("*.whl") if p.name.lower().startswith(name + "-")]
     return sorted(found)[0]
 
@@ -148,13 +230,17 @@ def save_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
 
 # ------------------------------------------------------------------------------- MobileNet-v2
 
+
 def mobilenet_v2():
     """torchvision's MobileNet-v2 (width 1.0), same module names, so its state dict loads strictly."""
     from torch import nn
 
     def conv_bn_relu(inp, out, kernel, stride=1, groups=1):
-        return nn.Sequential(nn.Conv2d(inp, out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-                             nn.BatchNorm2d(out), nn.ReLU6(inplace=True))
+        return nn.Sequential(
+            nn.Conv2d(inp, out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(out),
+            nn.ReLU6(inplace=True),
+        )
 
     class InvertedResidual(nn.Module):
         def __init__(self, inp, out, stride, expand):
@@ -162,8 +248,11 @@ def mobilenet_v2():
             hidden = inp * expand
             self.use_res_connect = stride == 1 and inp == out
             layers = [conv_bn_relu(inp, hidden, 1)] if expand != 1 else []
-            layers += [conv_bn_relu(hidden, hidden, 3, stride, hidden), nn.Conv2d(hidden, out, 1, bias=False),
-                       nn.BatchNorm2d(out)]
+            layers += [
+                conv_bn_relu(hidden, hidden, 3, stride, hidden),
+                nn.Conv2d(hidden, out, 1, bias=False),
+                nn.BatchNorm2d(out),
+            ]
             self.conv = nn.Sequential(*layers)
 
         def forward(self, x):
@@ -172,8 +261,15 @@ def mobilenet_v2():
     class MobileNetV2(nn.Module):
         def __init__(self):
             super().__init__()
-            setting = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                       (6, 320, 1, 1)]
+            setting = [
+                (1, 16, 1, 1),
+                (6, 24, 2, 2),
+                (6, 32, 3, 2),
+                (6, 64, 4, 2),
+                (6, 96, 3, 1),
+                (6, 160, 3, 2),
+                (6, 320, 1, 1),
+            ]
             features = [conv_bn_relu(3, 32, 3, 2)]
             inp = 32
             for t, c, n, s in setting:
@@ -205,9 +301,17 @@ def build_mobilenet(cache: Path) -> Tuple[Path, Path]:
     paths = []
     for name, fold in (("mobilenet_v2_fused.onnx", True), ("mobilenet_v2_bn.onnx", False)):
         path = cache / name
-        torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
-                          do_constant_folding=fold)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            do_constant_folding=fold,
+        )
         paths.append(path)
     check = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32))
     with torch.no_grad():
@@ -249,8 +353,13 @@ def draw_crops(seed: int = CROP_SEED) -> Dict[str, List[dict]]:
             w = min(1.0, math.sqrt(scale * aspect))
             h = min(1.0, math.sqrt(scale / aspect))
             x, y = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
-            rows.append({"source": sources[i % len(sources)], "box": [round(v, 4) for v in (x, y, x + w, y + h)],
-                         "flip": bool(rng.random() < 0.5)})
+            rows.append(
+                {
+                    "source": sources[i % len(sources)],
+                    "box": [round(v, 4) for v in (x, y, x + w, y + h)],
+                    "flip": bool(rng.random() < 0.5),
+                }
+            )
         out[split] = rows
     return out
 
@@ -271,14 +380,14 @@ def build_mobilenet_data(cache: Path, fused: Path) -> None:
     session = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
 
     def top1(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([session.run(None, {"input": x[i:i + 64]})[0].argmax(1) for i in range(0, len(x), 64)])
+        return np.concatenate([session.run(None, {"input": x[i : i + 64]})[0].argmax(1) for i in range(0, len(x), 64)])
 
     labelled = np.stack([preprocess(center(photo(cache, s))) for s in FOOLBOX])
     labels = np.array([int(Path(s).stem.split("_")[-1]) for s in FOOLBOX], dtype=np.int64)
     save_npz(cache / "mobilenet_labelled.npz", {"input": labelled, "labels": labels})
     print(f"mobilenet_labelled.npz: 20 photos, clean top-1 {int((top1(labelled) == labels).sum())}/20")
     crops = json.loads(CROPS_FILE.read_text())
-    assert not set(r["source"] for r in crops["calib"]) & set(r["source"] for r in crops["test"])
+    assert not {r["source"] for r in crops["calib"]} & {r["source"] for r in crops["test"]}
     photos = {s: photo(cache, s) for s in CALIB_SOURCES + TEST_SOURCES}
     for split in ("calib", "test"):
         x = np.stack([preprocess(crop(photos[r["source"]], r)) for r in crops[split]])
@@ -287,6 +396,7 @@ def build_mobilenet_data(cache: Path, fused: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------- rendering
+
 
 def fonts(bold: bool = False) -> List[Path]:
     return [FONT_DIR / f for f in (BOLD_FONTS if bold else FONT_FILES) if (FONT_DIR / f).is_file()]
@@ -316,7 +426,7 @@ def shrink(box: Sequence[float], ratio: float = DB_SHRINK) -> Tuple[float, float
     """DBNet's shrunk text region: the box moved inwards by ``area * (1 - r^2) / perimeter``."""
     x1, y1, x2, y2 = box
     w, h = x2 - x1, y2 - y1
-    d = w * h * (1 - ratio ** 2) / (2 * (w + h))
+    d = w * h * (1 - ratio**2) / (2 * (w + h))
     return x1 + d, y1 + d, x2 - d, y2 - d
 
 
@@ -338,8 +448,8 @@ def render_dbnet_page(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]
             break
         if right < size - 4:
             draw.text((x, y), text, font=f, fill=int(rng.integers(0, 90)))
-            x1, y1, x2, y2 = (int(round(v)) for v in shrink((left, top, right, bottom)))
-            mask[max(y1, 0):y2, max(x1, 0):x2] = 1
+            x1, y1, x2, y2 = (round(v) for v in shrink((left, top, right, bottom)))
+            mask[max(y1, 0) : y2, max(x1, 0) : x2] = 1
         y = bottom + int(rng.integers(6, 40))
     if rng.random() < 0.5:
         image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 0.8))))
@@ -349,8 +459,10 @@ def render_dbnet_page(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]
 
 def build_dbnet(cache: Path) -> None:
     (cache / "dbnet.onnx").write_bytes(member(cache, "rapidocr", DBNET_MEMBER))
-    for name, count, seed in (("dbnet_calib.npz", DBNET_CALIB, DBNET_SEEDS[0]),
-                              ("dbnet_test.npz", DBNET_TEST, DBNET_SEEDS[1])):
+    for name, count, seed in (
+        ("dbnet_calib.npz", DBNET_CALIB, DBNET_SEEDS[0]),
+        ("dbnet_test.npz", DBNET_TEST, DBNET_SEEDS[1]),
+    ):
         rng = np.random.default_rng(seed)
         pages = [render_dbnet_page(rng) for _ in range(count)]
         save_npz(cache / name, {"x": np.stack([p[0] for p in pages]), "labels": np.stack([p[1] for p in pages])})
@@ -473,8 +585,10 @@ def render_layout_page(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray
 
 def build_layout(cache: Path) -> None:
     (cache / "layout_cdla.onnx").write_bytes(member(cache, "layout", LAYOUT_MEMBER))
-    for name, count, seed in (("layout_calib.npz", LAYOUT_CALIB, LAYOUT_SEEDS[0]),
-                              ("layout_test.npz", LAYOUT_TEST, LAYOUT_SEEDS[1])):
+    for name, count, seed in (
+        ("layout_calib.npz", LAYOUT_CALIB, LAYOUT_SEEDS[0]),
+        ("layout_test.npz", LAYOUT_TEST, LAYOUT_SEEDS[1]),
+    ):
         rng = np.random.default_rng(seed)
         pages = [render_layout_page(rng) for _ in range(count)]
         most = max(len(p[1]) for p in pages)

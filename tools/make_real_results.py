@@ -32,11 +32,11 @@ from typing import Dict, List, Optional
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_real_models import DEFAULT_CACHE  # noqa: E402
+from make_real_models import DEFAULT_CACHE
 
-from nabn_onnx import calibrate, diagnose, load_model, make_noise, split  # noqa: E402
-from nabn_onnx.evaluation import Evaluator  # noqa: E402
-from nabn_onnx.passes.inject import InjectWeightNoisePass  # noqa: E402
+from nabn_onnx import calibrate, diagnose, load_model, make_noise, split
+from nabn_onnx.evaluation import Evaluator
+from nabn_onnx.passes.inject import InjectWeightNoisePass
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -46,23 +46,41 @@ MUL_ETAS = (0.02, 0.04, 0.10)
 ADD_ETAS = (0.0002, 0.00035)
 # The paper's MobileNet-v2 rows (ImageNet top-1, %): clean 71.88; eta -> (vanilla, NaBN).
 PAPER_CLEAN = 71.88
-PAPER = {"mul": {0.02: (49.61, 68.76), 0.04: (1.96, 67.97), 0.10: (0.12, 63.41)},
-         "add": {0.0002: (67.23, 68.85), 0.00035: (54.97, 68.66)}}
+PAPER = {
+    "mul": {0.02: (49.61, 68.76), 0.04: (1.96, 67.97), 0.10: (0.12, 63.41)},
+    "add": {0.0002: (67.23, 68.85), 0.00035: (54.97, 68.66)},
+}
 
 TASKS = {
     # MUL noise is the same on folded and unfolded weights (W s (1 + n) = (W (1 + n)) s), ADD is
     # not: the paper adds N_T N_S to the unfolded conv weights, so ADD runs on the BN-kept export.
-    "mobilenet": dict(model="mobilenet_v2_fused.onnx", models={"add": "mobilenet_v2_bn.onnx"}, calib="mobilenet_calib.npz",
-                      tests={"agreement": "mobilenet_test.npz", "top1-20": "mobilenet_labelled.npz"},
-                      metric="top1", batch_size=64, grids={"mul": MUL_ETAS, "add": ADD_ETAS}),
+    "mobilenet": dict(
+        model="mobilenet_v2_fused.onnx",
+        models={"add": "mobilenet_v2_bn.onnx"},
+        calib="mobilenet_calib.npz",
+        tests={"agreement": "mobilenet_test.npz", "top1-20": "mobilenet_labelled.npz"},
+        metric="top1",
+        batch_size=64,
+        grids={"mul": MUL_ETAS, "add": ADD_ETAS},
+    ),
     # One point of the paper's Table III grid per noise (detection: ~7 min per chip here); for DBNet one point of Table IV's grid per noise
     # and one beyond it: PP-OCRv4 det loses < 3 points of mIoU at MUL 0.10 and none at ADD 0.001.
-    "dbnet": dict(model="dbnet.onnx", calib="dbnet_calib.npz", tests={"dbnet": "dbnet_test.npz"},
-                  metric="dbnet:miou,dbnet:pixel-acc", batch_size=16,
-                  grids={"mul": (0.10, 0.20), "add": (0.00025, 0.01)}),
-    "layout": dict(model="layout_cdla.onnx", calib="layout_calib.npz", tests={"layout": "layout_test.npz"},
-                   metric="picodet:map50,picodet:mar50", batch_size=8,
-                   grids={"mul": (0.10,), "add": (0.00045,)}),
+    "dbnet": dict(
+        model="dbnet.onnx",
+        calib="dbnet_calib.npz",
+        tests={"dbnet": "dbnet_test.npz"},
+        metric="dbnet:miou,dbnet:pixel-acc",
+        batch_size=16,
+        grids={"mul": (0.10, 0.20), "add": (0.00025, 0.01)},
+    ),
+    "layout": dict(
+        model="layout_cdla.onnx",
+        calib="layout_calib.npz",
+        tests={"layout": "layout_test.npz"},
+        metric="picodet:map50,picodet:mar50",
+        batch_size=8,
+        grids={"mul": (0.10,), "add": (0.00045,)},
+    ),
 }
 
 
@@ -81,8 +99,15 @@ def evaluate_all(model, task: dict, cache: Path) -> Dict[str, float]:
     return out
 
 
-def run_task(name: str, cache: Path, seeds: int, methods=METHODS, grids: Optional[dict] = None,
-             previous: Optional[dict] = None, save=None) -> dict:
+def run_task(
+    name: str,
+    cache: Path,
+    seeds: int,
+    methods=METHODS,
+    grids: Optional[dict] = None,
+    previous: Optional[dict] = None,
+    save=None,
+) -> dict:
     """Clean, vanilla and calibrated metrics of one task over its grids and ``seeds`` chips.
 
     Rows of ``previous`` (an earlier, interrupted run with the same methods) are kept and
@@ -97,7 +122,7 @@ def run_task(name: str, cache: Path, seeds: int, methods=METHODS, grids: Optiona
     rows = []
     result = {"rows": rows, "seeds": seeds, "methods": list(methods), "models": {}}
     prepared_by_kind = {}
-    for kind in (grids or task["grids"]):
+    for kind in grids or task["grids"]:
         file = task.get("models", {}).get(kind, task["model"])
         proto = load_model(str(cache / file))
         clean = evaluate_all(proto, task, cache)
@@ -118,13 +143,18 @@ def run_task(name: str, cache: Path, seeds: int, methods=METHODS, grids: Optiona
                 noisy = InjectWeightNoisePass(chip)(copy.deepcopy(proto)).model
                 row = {"noise": kind, "eta": eta, "seed": seed, "vanilla": evaluate_all(noisy, task, cache)}
                 for method in methods:
-                    calibrated = calibrate(prepared, calib, noise=chip, method=method,
-                                           batch_size=task["batch_size"]).model
+                    calibrated = calibrate(
+                        prepared, calib, noise=chip, method=method, batch_size=task["batch_size"]
+                    ).model
                     row[method] = evaluate_all(calibrated, task, cache)
                 rows.append(row)
-                print(f"[{name}] {kind} {eta} seed {seed}: " + "; ".join(
-                    f"{k} {' '.join(f'{100 * v:.1f}' for v in row[k].values())}" for k in ("vanilla", *methods)),
-                    flush=True)
+                print(
+                    f"[{name}] {kind} {eta} seed {seed}: "
+                    + "; ".join(
+                        f"{k} {' '.join(f'{100 * v:.1f}' for v in row[k].values())}" for k in ("vanilla", *methods)
+                    ),
+                    flush=True,
+                )
                 result["seconds"] = round(time.perf_counter() - started + (previous or {}).get("seconds", 0), 1)
                 if save:
                     save(result)
@@ -139,8 +169,14 @@ def run_diagnose(cache: Path) -> dict:
     task = TASKS["mobilenet"]
     # 64 calibration crops in 2 batches: diagnose holds every BatchNorm output of a batch at
     # once (about 9 GB for 64 crops of MobileNet-v2 at 224 px), so batches of 32.
-    report = diagnose(str(cache / task["model"]), str(cache / task["calib"]), noise=make_noise("mul", 0.04, seed=0),
-                      method="paper", batch_size=32, max_batches=2)
+    report = diagnose(
+        str(cache / task["model"]),
+        str(cache / task["calib"]),
+        noise=make_noise("mul", 0.04, seed=0),
+        method="paper",
+        batch_size=32,
+        max_batches=2,
+    )
     plot_diagnose(report, DOCS / "results_real_diagnose.png", title="MobileNet-v2, MUL eta 0.04, chip 0 (paper method)")
     return report.to_dict()
 
@@ -156,17 +192,28 @@ def fmt(a: np.ndarray) -> str:
 def table(result: dict, kind: str, key: str, paper: bool = False) -> List[str]:
     """Markdown rows: eta, vanilla, each method (mean ± std over chips, min), and the paper's row."""
     methods = result["methods"]
-    head = ["eta", "chips", "vanilla"] + [f"NaBN `{m}`" for m in methods] + ["worst chip: vanilla / " + " / ".join(methods)]
+    head = (
+        ["eta", "chips", "vanilla"]
+        + [f"NaBN `{m}`" for m in methods]
+        + ["worst chip: vanilla / " + " / ".join(methods)]
+    )
     if paper:
         head += ["paper vanilla (rel.)", "paper NaBN (rel.)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for eta in sorted({r["eta"] for r in result["rows"] if r["noise"] == kind}):
         cols = [stats(result["rows"], kind, eta, c, key) for c in ("vanilla", *methods)]
-        cells = [f"{eta:g}", str(len(cols[0]))] + [fmt(c) for c in cols] + [" / ".join(f"{100 * c.min():.1f}" for c in cols)]
+        cells = (
+            [f"{eta:g}", str(len(cols[0]))]
+            + [fmt(c) for c in cols]
+            + [" / ".join(f"{100 * c.min():.1f}" for c in cols)]
+        )
         if paper:
             p = PAPER[kind].get(eta)
-            cells += [f"{p[0]:.2f} ({100 * p[0] / PAPER_CLEAN:.1f})", f"{p[1]:.2f} ({100 * p[1] / PAPER_CLEAN:.1f})"] \
-                if p else ["", ""]
+            cells += (
+                [f"{p[0]:.2f} ({100 * p[0] / PAPER_CLEAN:.1f})", f"{p[1]:.2f} ({100 * p[1] / PAPER_CLEAN:.1f})"]
+                if p
+                else ["", ""]
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -186,15 +233,30 @@ def plot(result: dict, key: str, path: Path, title: str, paper: bool = False, yl
         for column in ("vanilla", *result["methods"]):
             data = [stats(result["rows"], kind, e, column, key) for e in etas]
             mean = np.array([100 * d.mean() for d in data])
-            ax.plot(etas, mean, "o-", color=colors.get(column), label=column if column == "vanilla" else f"NaBN {column}")
-            ax.fill_between(etas, [100 * d.min() for d in data], [100 * d.max() for d in data], alpha=0.15,
-                            color=colors.get(column))
+            ax.plot(
+                etas, mean, "o-", color=colors.get(column), label=column if column == "vanilla" else f"NaBN {column}"
+            )
+            ax.fill_between(
+                etas, [100 * d.min() for d in data], [100 * d.max() for d in data], alpha=0.15, color=colors.get(column)
+            )
         if paper:
             pe = sorted(PAPER[kind])
-            ax.plot(pe, [100 * PAPER[kind][e][0] / PAPER_CLEAN for e in pe], "x--", color="tab:red", alpha=0.6,
-                    label="paper vanilla (acc / clean)")
-            ax.plot(pe, [100 * PAPER[kind][e][1] / PAPER_CLEAN for e in pe], "x--", color="tab:blue", alpha=0.6,
-                    label="paper NaBN (acc / clean)")
+            ax.plot(
+                pe,
+                [100 * PAPER[kind][e][0] / PAPER_CLEAN for e in pe],
+                "x--",
+                color="tab:red",
+                alpha=0.6,
+                label="paper vanilla (acc / clean)",
+            )
+            ax.plot(
+                pe,
+                [100 * PAPER[kind][e][1] / PAPER_CLEAN for e in pe],
+                "x--",
+                color="tab:blue",
+                alpha=0.6,
+                label="paper NaBN (acc / clean)",
+            )
         ax.axhline(100 * result["clean"][key], ls=":", color="gray", label="clean")
         if etas[-1] > 10 * etas[0]:
             ax.set_xscale("log")
@@ -214,29 +276,40 @@ def check_targets(result: dict) -> List[str]:
         for m in result["methods"]:
             got = stats(rows, "mul", eta, m, "agreement")
             if len(got):
-                out.append(f"- agreement at MUL {eta:g}, `{m}`: mean {100 * got.mean():.2f}% (worst chip "
-                           f"{100 * got.min():.2f}%), target >= {100 * target:.0f}%: "
-                           f"**{'met' if got.mean() >= target else 'not met'}**")
+                out.append(
+                    f"- agreement at MUL {eta:g}, `{m}`: mean {100 * got.mean():.2f}% (worst chip "
+                    f"{100 * got.min():.2f}%), target >= {100 * target:.0f}%: "
+                    f"**{'met' if got.mean() >= target else 'not met'}**"
+                )
     for m in result["methods"]:
-        below = [(r["noise"], r["eta"], r["seed"], k) for r in rows for k in r["vanilla"]
-                 if r[m][k] < r["vanilla"][k]]
-        out.append(f"- `{m}` below vanilla on a chip: " + (", ".join(f"{n} {e:g} seed {s} ({k})"
-                                                                     for n, e, s, k in below) or "never"))
+        below = [(r["noise"], r["eta"], r["seed"], k) for r in rows for k in r["vanilla"] if r[m][k] < r["vanilla"][k]]
+        out.append(
+            f"- `{m}` below vanilla on a chip: "
+            + (", ".join(f"{n} {e:g} seed {s} ({k})" for n, e, s, k in below) or "never")
+        )
     return out
 
 
 def readme_table(results: dict) -> str:
     """The compact table the README quotes: mean over chips, % (paper's accuracy / clean in parentheses)."""
     r = results["mobilenet"]
-    lines = ["| MobileNet-v2, agreement with clean top-1 % | chips | vanilla | NaBN `paper` | NaBN `auto` (default) "
-             "| paper: vanilla / NaBN, % of clean |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        (
+            "| MobileNet-v2, agreement with clean top-1 % | chips | vanilla | NaBN `paper` | NaBN `auto` (default) "
+            "| paper: vanilla / NaBN, % of clean |"
+        ),
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for kind in ("mul", "add"):
         for eta in sorted({row["eta"] for row in r["rows"] if row["noise"] == kind}):
             cols = [stats(r["rows"], kind, eta, c, "agreement") for c in ("vanilla", *r["methods"])]
             p = PAPER[kind].get(eta)
             ref = f"{100 * p[0] / PAPER_CLEAN:.1f} / {100 * p[1] / PAPER_CLEAN:.1f}" if p else ""
-            lines.append(f"| {kind.upper()} eta={eta:g} | {len(cols[0])} | "
-                         + " | ".join(f"{100 * c.mean():.1f}" for c in cols) + f" | {ref} |")
+            lines.append(
+                f"| {kind.upper()} eta={eta:g} | {len(cols[0])} | "
+                + " | ".join(f"{100 * c.mean():.1f}" for c in cols)
+                + f" | {ref} |"
+            )
     for name, keys in (("dbnet", ("dbnet/dbnet:miou",)), ("layout", ("layout/picodet:map50", "layout/picodet:mar50"))):
         if name not in results:
             continue
@@ -245,86 +318,144 @@ def readme_table(results: dict) -> str:
             for kind in ("mul", "add"):
                 for eta in sorted({row["eta"] for row in d["rows"] if row["noise"] == kind}):
                     cols = [stats(d["rows"], kind, eta, c, key) for c in ("vanilla", *d["methods"])]
-                    lines.append(f"| {name} {key.split(':')[-1]} (clean {100 * d['clean'][key]:.1f}), "
-                                 f"{kind.upper()} eta={eta:g} | {len(cols[0])} | "
-                                 + " | ".join(f"{100 * c.mean():.1f}" for c in cols) + " | |")
+                    lines.append(
+                        f"| {name} {key.split(':')[-1]} (clean {100 * d['clean'][key]:.1f}), "
+                        f"{kind.upper()} eta={eta:g} | {len(cols[0])} | "
+                        + " | ".join(f"{100 * c.mean():.1f}" for c in cols)
+                        + " | |"
+                    )
     return "\n".join(lines)
 
 
 def render(results: dict) -> str:
-    lines = ["# Results on real networks", "",
-             "Generated by `python tools/make_real_models.py && python tools/make_real_results.py` "
-             "(models and data: see `tools/make_real_models.py`). Mean ± standard deviation over "
-             "simulated chips (seeds 0..K-1), noise as in `nabn_onnx.noise` (sigma_t = 0.2·eta, sigma_s = 0.1, "
-             "N_T per element, no noise on biases). `paper` is Algorithm 1 as published, `auto` is the "
-             "default method.", ""]
+    lines = [
+        "# Results on real networks",
+        "",
+        (
+            "Generated by `python tools/make_real_models.py && python tools/make_real_results.py` "
+            "(models and data: see `tools/make_real_models.py`). Mean ± standard deviation over "
+            "simulated chips (seeds 0..K-1), noise as in `nabn_onnx.noise` (sigma_t = 0.2·eta, sigma_s = 0.1, "
+            "N_T per element, no noise on biases). `paper` is Algorithm 1 as published, `auto` is the "
+            "default method."
+        ),
+        "",
+    ]
     if "mobilenet" in results:
         r = results["mobilenet"]
-        lines += ["## MobileNet-v2 (torchvision's ImageNet weights): Tables I and II in kind", "",
-                  f"Up to {r['seeds']} chips per eta (column `chips`), {r['seconds']:.0f} s. Two measures: **agreement** with the clean "
-                  "model's top-1 on 512 random crops of 18 photos (calibration: 256 crops of 18 other photos), "
-                  f"and top-1 on the 20 labelled ImageNet photos of foolbox (clean: "
-                  f"{100 * r['clean']['top1-20']:.0f}%; half of these photos are calibration sources). The paper's "
-                  "columns are its ImageNet top-1 (clean 71.88%) and, in parentheses, the same as a fraction of "
-                  "clean, the number comparable to our agreement.", ""]
+        lines += [
+            "## MobileNet-v2 (torchvision's ImageNet weights): Tables I and II in kind",
+            "",
+            (
+                f"Up to {r['seeds']} chips per eta (column `chips`), {r['seconds']:.0f} s. Two measures: **agreement** with the clean "
+                "model's top-1 on 512 random crops of 18 photos (calibration: 256 crops of 18 other photos), "
+                f"and top-1 on the 20 labelled ImageNet photos of foolbox (clean: "
+                f"{100 * r['clean']['top1-20']:.0f}%; half of these photos are calibration sources). The paper's "
+                "columns are its ImageNet top-1 (clean 71.88%) and, in parentheses, the same as a fraction of "
+                "clean, the number comparable to our agreement."
+            ),
+            "",
+        ]
         models = r.get("models", {})
         if models:
-            lines += ["Models: " + "; ".join(
-                f"{k.upper()} rows on `{v['file']}` (clean agreement {100 * v['clean']['agreement']:.2f}%, top-1 "
-                f"{100 * v['clean']['top1-20']:.0f}% on the 20 photos)" for k, v in models.items())
+            lines += [
+                "Models: "
+                + "; ".join(
+                    f"{k.upper()} rows on `{v['file']}` (clean agreement {100 * v['clean']['agreement']:.2f}%, top-1 "
+                    f"{100 * v['clean']['top1-20']:.0f}% on the 20 photos)"
+                    for k, v in models.items()
+                )
                 + ". MUL noise is the same on folded and unfolded weights; ADD noise is not (the paper adds it "
-                "to the unfolded conv weights), so ADD runs on the BatchNorm-kept export.", ""]
+                "to the unfolded conv weights), so ADD runs on the BatchNorm-kept export.",
+                "",
+            ]
         for kind, title in (("mul", "Table I analogue: MUL noise"), ("add", "Table II analogue: ADD noise")):
-            lines += [f"### {title}, agreement with clean top-1 (%)", ""] + table(r, kind, "agreement", paper=True)
-            lines += ["", f"### {title}, top-1 on the 20 labelled photos (%)", ""] + table(r, kind, "top1-20") + [""]
+            lines += [f"### {title}, agreement with clean top-1 (%)", "", *table(r, kind, "agreement", paper=True)]
+            lines += ["", f"### {title}, top-1 on the 20 labelled photos (%)", "", *table(r, kind, "top1-20"), ""]
         lines += ["![MobileNet-v2 agreement](results_real_mobilenet.png)", "", "### Targets", ""]
-        lines += check_targets(r) + [""]
+        lines += [*check_targets(r), ""]
     if "diagnose" in results:
         d = results["diagnose"]
-        lines += ["## Figure 1 analogue: per-layer divergence, MobileNet-v2, MUL eta 0.04", "",
-                  "`diagnose` (KL/JS divergence of each BatchNorm output's histogram from the clean one, "
-                  "without and with `paper` calibration).", "",
-                  "![MobileNet-v2 divergence](results_real_diagnose.png)", ""]
+        lines += [
+            "## Figure 1 analogue: per-layer divergence, MobileNet-v2, MUL eta 0.04",
+            "",
+            (
+                "`diagnose` (KL/JS divergence of each BatchNorm output's histogram from the clean one, "
+                "without and with `paper` calibration)."
+            ),
+            "",
+            "![MobileNet-v2 divergence](results_real_diagnose.png)",
+            "",
+        ]
         layers = d["layers"]
-        mean = {k: float(np.mean([layer[k] for layer in layers])) for k in ("kl_vanilla", "kl_nabn", "js_vanilla",
-                                                                            "js_nabn")}
+        mean = {
+            k: float(np.mean([layer[k] for layer in layers]))
+            for k in ("kl_vanilla", "kl_nabn", "js_vanilla", "js_nabn")
+        }
         worst = max(layers, key=lambda layer: layer["kl_vanilla"])
-        lines += [f"{len(layers)} BatchNorms (inserted after the fused convolutions), {d['samples']} calibration "
-                  f"crops: mean KL {mean['kl_vanilla']:.4f} -> {mean['kl_nabn']:.5f}, mean JS "
-                  f"{mean['js_vanilla']:.4f} -> {mean['js_nabn']:.5f} with calibration; the largest vanilla KL "
-                  f"is {worst['kl_vanilla']:.3f} at `{worst['layer']}` ({worst['kl_nabn']:.5f} calibrated). "
-                  "As in the paper's Figure 1, the divergence rises over the first blocks (0.001 at the stem, 0.03-0.09 from block 7 on) and calibration removes almost all of it.",
-                  ""]
-    for name, title, keys in (("layout", "Table III analogue: PicoDet layout detector (CDLA), mAP / mAR @ IoU 0.5",
-                               ("layout/picodet:map50", "layout/picodet:mar50")),
-                              ("dbnet", "Table IV analogue: DBNet text detector (PP-OCRv4 det), mIoU / pixel accuracy",
-                               ("dbnet/dbnet:miou", "dbnet/dbnet:pixel-acc"))):
+        lines += [
+            (
+                f"{len(layers)} BatchNorms (inserted after the fused convolutions), {d['samples']} calibration "
+                f"crops: mean KL {mean['kl_vanilla']:.4f} -> {mean['kl_nabn']:.5f}, mean JS "
+                f"{mean['js_vanilla']:.4f} -> {mean['js_nabn']:.5f} with calibration; the largest vanilla KL "
+                f"is {worst['kl_vanilla']:.3f} at `{worst['layer']}` ({worst['kl_nabn']:.5f} calibrated). "
+                "As in the paper's Figure 1, the divergence rises over the first blocks (0.001 at the stem, 0.03-0.09 from block 7 on) and calibration removes almost all of it."
+            ),
+            "",
+        ]
+    for name, title, keys in (
+        (
+            "layout",
+            "Table III analogue: PicoDet layout detector (CDLA), mAP / mAR @ IoU 0.5",
+            ("layout/picodet:map50", "layout/picodet:mar50"),
+        ),
+        (
+            "dbnet",
+            "Table IV analogue: DBNet text detector (PP-OCRv4 det), mIoU / pixel accuracy",
+            ("dbnet/dbnet:miou", "dbnet/dbnet:pixel-acc"),
+        ),
+    ):
         if name not in results:
             continue
         r = results[name]
-        lines += [f"## {title}", "", f"Up to {r['seeds']} chips per eta, {r['seconds']:.0f} s; clean: "
-                  + ", ".join(f"{k.split('/')[-1]} {100 * v:.2f}%" for k, v in r["clean"].items()), ""]
+        lines += [
+            f"## {title}",
+            "",
+            f"Up to {r['seeds']} chips per eta, {r['seconds']:.0f} s; clean: "
+            + ", ".join(f"{k.split('/')[-1]} {100 * v:.2f}%" for k, v in r["clean"].items()),
+            "",
+        ]
         for key in keys:
             for kind in ("mul", "add"):
                 if any(row["noise"] == kind for row in r["rows"]):
-                    lines += [f"### {key.split('/')[-1]}, {kind.upper()} (%)", ""] + table(r, kind, key) + [""]
+                    lines += [f"### {key.split('/')[-1]}, {kind.upper()} (%)", "", *table(r, kind, key), ""]
         lines += [f"![{name}](results_real_{name}.png)", ""]
     if "collapse" in results:
-        lines += ["## Where vanilla collapses: our noise against the paper's", "",
-                  "Same weights, same equations (1)-(2), but the paper's vanilla MobileNet-v2 keeps 69% of its "
-                  "accuracy at MUL 0.02 and 2.7% at 0.04, ours about 70% agreement at 0.02 and about 40% at 0.04. "
-                  "`python tools/noise_collapse_check.py` (vanilla agreement on the first 128 test crops, chips "
-                  "0 / 1, BatchNorm-kept export) tries the readings of the definition that could explain it:", ""]
-        lines += results["collapse"] + ["",
-                  "Drawing N_T once per tensor instead of per element, or adding bias noise (torchvision's "
-                  "convolutions have none; only the classifier's), moves little. Putting the same MUL noise on "
-                  "the BatchNorm scale and shift as well reproduces the paper's collapse (about 54% at 0.02, "
-                  "1.6% at 0.04). So the paper's vanilla rows are consistent with noise on every parameter, "
-                  "BatchNorm's included (a loop over `model.parameters()`), although its text puts BatchNorm "
-                  "on the digital side; `nabn_onnx.noise` follows the text (only analog layers' weights), so "
-                  "its vanilla degrades at about twice the paper's eta. NaBN recalibrates the statistics, not "
-                  "a noisy scale/shift, so under the all-parameters reading the calibrated rows would also be "
-                  "somewhat lower than ours.", ""]
+        lines += [
+            "## Where vanilla collapses: our noise against the paper's",
+            "",
+            (
+                "Same weights, same equations (1)-(2), but the paper's vanilla MobileNet-v2 keeps 69% of its "
+                "accuracy at MUL 0.02 and 2.7% at 0.04, ours about 70% agreement at 0.02 and about 40% at 0.04. "
+                "`python tools/noise_collapse_check.py` (vanilla agreement on the first 128 test crops, chips "
+                "0 / 1, BatchNorm-kept export) tries the readings of the definition that could explain it:"
+            ),
+            "",
+        ]
+        lines += results["collapse"] + [
+            "",
+            (
+                "Drawing N_T once per tensor instead of per element, or adding bias noise (torchvision's "
+                "convolutions have none; only the classifier's), moves little. Putting the same MUL noise on "
+                "the BatchNorm scale and shift as well reproduces the paper's collapse (about 54% at 0.02, "
+                "1.6% at 0.04). So the paper's vanilla rows are consistent with noise on every parameter, "
+                "BatchNorm's included (a loop over `model.parameters()`), although its text puts BatchNorm "
+                "on the digital side; `nabn_onnx.noise` follows the text (only analog layers' weights), so "
+                "its vanilla degrades at about twice the paper's eta. NaBN recalibrates the statistics, not "
+                "a noisy scale/shift, so under the all-parameters reading the calibrated rows would also be "
+                "somewhat lower than ours."
+            ),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -343,6 +474,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         results[path.name.split(".")[1]] = json.loads(path.read_text())
     if not args.render_only:
         for name in [s.strip() for s in args.only.split(",") if s.strip()]:
+
             def save(partial, name=name):
                 results[name] = partial
                 store = args.cache / f"results_real.{name}.json"
@@ -359,8 +491,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:
                 save(run_task(name, args.cache, args.seeds, previous=results.get(name), save=save))
     if "mobilenet" in results:
-        plot(results["mobilenet"], "agreement", DOCS / "results_real_mobilenet.png", "MobileNet-v2", paper=True,
-             ylabel="agreement with clean top-1 (%)")
+        plot(
+            results["mobilenet"],
+            "agreement",
+            DOCS / "results_real_mobilenet.png",
+            "MobileNet-v2",
+            paper=True,
+            ylabel="agreement with clean top-1 (%)",
+        )
     for name, key in (("dbnet", "dbnet/dbnet:miou"), ("layout", "layout/picodet:map50")):
         if name in results:
             plot(results[name], key, DOCS / f"results_real_{name}.png", name, ylabel=key.split("/")[-1] + " (%)")

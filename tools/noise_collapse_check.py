@@ -28,16 +28,17 @@ import numpy as np
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_real_models import DEFAULT_CACHE  # noqa: E402
+from make_real_models import DEFAULT_CACHE
 
-from nabn_onnx import evaluate, load_model, make_noise  # noqa: E402
-from nabn_onnx.graph import batchnorm_nodes  # noqa: E402
-from nabn_onnx.passes.inject import InjectWeightNoisePass  # noqa: E402
+from nabn_onnx import evaluate, load_model, make_noise
+from nabn_onnx.graph import batchnorm_nodes
+from nabn_onnx.passes.inject import InjectWeightNoisePass
 
 
 def noisy(model, variant: str, eta: float, seed: int):
-    chip = make_noise("mul", eta, seed=seed, temporal="layer" if variant == "layer" else "element",
-                      include_bias=variant == "+bias")
+    chip = make_noise(
+        "mul", eta, seed=seed, temporal="layer" if variant == "layer" else "element", include_bias=variant == "+bias"
+    )
     out = InjectWeightNoisePass(chip)(copy.deepcopy(model)).model
     if variant == "+bn":
         inits = {i.name: i for i in out.graph.initializer}
@@ -48,8 +49,12 @@ def noisy(model, variant: str, eta: float, seed: int):
     return out
 
 
-VARIANTS = {"element": "element (ours)", "layer": "layer (one N_T per tensor)", "+bias": "+bias",
-            "+bn": "+bn (BatchNorm scale and shift noisy too)"}
+VARIANTS = {
+    "element": "element (ours)",
+    "layer": "layer (one N_T per tensor)",
+    "+bias": "+bias",
+    "+bn": "+bn (BatchNorm scale and shift noisy too)",
+}
 
 
 def table(cache: Path, crops: int = 128, etas=(0.02, 0.04), seeds=(0, 1), variants=tuple(VARIANTS)) -> list:
@@ -59,8 +64,10 @@ def table(cache: Path, crops: int = 128, etas=(0.02, 0.04), seeds=(0, 1), varian
     model = load_model(str(cache / "mobilenet_v2_bn.onnx"))
     lines = ["| variant | " + " | ".join(f"MUL {e:g}" for e in etas) + " |", "|---|" + "---:|" * len(etas)]
     for variant in variants:
-        cells = [" / ".join(f"{100 * evaluate(noisy(model, variant, eta, seed), test, 'top1'):.1f}" for seed in seeds)
-                 for eta in etas]
+        cells = [
+            " / ".join(f"{100 * evaluate(noisy(model, variant, eta, seed), test, 'top1'):.1f}" for seed in seeds)
+            for eta in etas
+        ]
         lines.append(f"| {VARIANTS.get(variant, variant)} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     return lines
@@ -75,8 +82,13 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args(argv)
     print(f"vanilla agreement with clean top-1 (%), {args.crops} crops, MobileNet-v2 with BatchNorm kept")
-    table(args.cache, args.crops, [float(e) for e in args.etas.split(",")], [int(s) for s in args.seeds.split(",")],
-          args.variants.split(","))
+    table(
+        args.cache,
+        args.crops,
+        [float(e) for e in args.etas.split(",")],
+        [int(s) for s in args.seeds.split(",")],
+        args.variants.split(","),
+    )
     return 0
 
 

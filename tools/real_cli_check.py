@@ -22,17 +22,36 @@ from pathlib import Path
 from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_real_models import DEFAULT_CACHE  # noqa: E402
+from make_real_models import DEFAULT_CACHE
 
 MODELS = {
-    "mobilenet": dict(model="mobilenet_v2_fused.onnx", calib="mobilenet_calib.npz", test="mobilenet_test.npz",
-                      metric="top1", batch="64", batches="2"),
-    "mobilenet-bn": dict(model="mobilenet_v2_bn.onnx", calib="mobilenet_calib.npz", test="mobilenet_test.npz",
-                         metric="top1", batch="64", batches="2"),
-    "dbnet": dict(model="dbnet.onnx", calib="dbnet_calib.npz", test="dbnet_test.npz", metric="dbnet:miou",
-                  batch="8", batches="2"),
-    "layout": dict(model="layout_cdla.onnx", calib="layout_calib.npz", test="layout_test.npz",
-                   metric="picodet:map50", batch="4", batches="2"),
+    "mobilenet": dict(
+        model="mobilenet_v2_fused.onnx",
+        calib="mobilenet_calib.npz",
+        test="mobilenet_test.npz",
+        metric="top1",
+        batch="64",
+        batches="2",
+    ),
+    "mobilenet-bn": dict(
+        model="mobilenet_v2_bn.onnx",
+        calib="mobilenet_calib.npz",
+        test="mobilenet_test.npz",
+        metric="top1",
+        batch="64",
+        batches="2",
+    ),
+    "dbnet": dict(
+        model="dbnet.onnx", calib="dbnet_calib.npz", test="dbnet_test.npz", metric="dbnet:miou", batch="8", batches="2"
+    ),
+    "layout": dict(
+        model="layout_cdla.onnx",
+        calib="layout_calib.npz",
+        test="layout_test.npz",
+        metric="picodet:map50",
+        batch="4",
+        batches="2",
+    ),
 }
 
 
@@ -51,7 +70,11 @@ def commands(name: str, cache: Path, out: Path) -> List[List[str]]:
     model = str(cache / m["model"])
     calib = subset(cache / m["calib"], count, out / f"{name}.calib.npz")
     test = subset(cache / m["test"], count, out / f"{name}.test.npz")
-    split, noisy, nabn = str(out / f"{name}.split.onnx"), str(out / f"{name}.noisy.onnx"), str(out / f"{name}.nabn.onnx")
+    split, noisy, nabn = (
+        str(out / f"{name}.split.onnx"),
+        str(out / f"{name}.noisy.onnx"),
+        str(out / f"{name}.nabn.onnx"),
+    )
     size, few = ["--batch-size", m["batch"]], ["--max-batches", m["batches"]]
     noise = ["--noise", "mul", "--eta", "0.04", "--seed", "0"]
     return [
@@ -62,10 +85,39 @@ def commands(name: str, cache: Path, out: Path) -> List[List[str]]:
         ["evaluate", model, "--data", test, "--metric", m["metric"], *size, *few],
         ["evaluate", noisy, "--data", test, "--metric", m["metric"], *size, *few],
         ["evaluate", nabn, "--data", test, "--metric", m["metric"], *size, *few],
-        ["calibrate", noisy, "--reference", model, "--data", calib, "--method", "paper", *size, *few,
-         "-o", str(out / f"{name}.noisy.nabn.onnx")],
-        ["sweep", model, "--calib", calib, "--test", test, "--noise", "add", "--eta", "0.0002", "--seeds", "1",
-         "--metric", m["metric"], *size, "--max-batches", m["batches"]],
+        [
+            "calibrate",
+            noisy,
+            "--reference",
+            model,
+            "--data",
+            calib,
+            "--method",
+            "paper",
+            *size,
+            *few,
+            "-o",
+            str(out / f"{name}.noisy.nabn.onnx"),
+        ],
+        [
+            "sweep",
+            model,
+            "--calib",
+            calib,
+            "--test",
+            test,
+            "--noise",
+            "add",
+            "--eta",
+            "0.0002",
+            "--seeds",
+            "1",
+            "--metric",
+            m["metric"],
+            *size,
+            "--max-batches",
+            m["batches"],
+        ],
         ["diagnose", model, "--data", calib, *noise, *size, *few],
     ]
 
@@ -87,11 +139,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                 last = text[-1] if text else ""
                 shown = " ".join(shlex.quote(a.replace(str(args.cache), "$CACHE").replace(tmp, "$OUT")) for a in argv_)
                 rows.append((name, shown, done.returncode, seconds, last.replace(tmp, "$OUT")))
-                print(f"[{name}] exit {done.returncode} {seconds:6.1f}s  nabn-onnx {shown}\n    -> {rows[-1][4]}",
-                      flush=True)
+                print(
+                    f"[{name}] exit {done.returncode} {seconds:6.1f}s  nabn-onnx {shown}\n    -> {rows[-1][4]}",
+                    flush=True,
+                )
     if args.report:
         lines = ["| model | command | exit | s | last line |", "|---|---|---:|---:|---|"]
-        lines += [f"| {n} | `nabn-onnx {c}` | {rc} | {s:.0f} | {l.replace('|', '/')} |" for n, c, rc, s, l in rows]
+        lines += [
+            f"| {n} | `nabn-onnx {c}` | {rc} | {s:.0f} | {last.replace('|', '/')} |" for n, c, rc, s, last in rows
+        ]
         args.report.write_text("\n".join(lines) + "\n")
     return 1 if any(r[2] for r in rows) else 0
 

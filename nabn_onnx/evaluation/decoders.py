@@ -35,14 +35,20 @@ Built-in decoders:
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import Callable, ClassVar, Dict, List, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 
 from ..errors import DataError, NabnError
 
 __all__ = [
-    "Decoder", "DecodedMetric", "PicoDetDecoder", "DBNetDecoder", "DECODERS", "register_decoder", "make_decoder",
+    "Decoder",
+    "DecodedMetric",
+    "PicoDetDecoder",
+    "DBNetDecoder",
+    "DECODERS",
+    "register_decoder",
+    "make_decoder",
     "decoder_names",
 ]
 
@@ -104,9 +110,15 @@ class PicoDetDecoder:
     default_metric = "map50"
     all_outputs = True
 
-    def __init__(self, strides: Sequence[int] = (8, 16, 32, 64), input_size: Optional[Sequence[int]] = (800, 608),
-                 score_threshold: float = 0.3, nms_iou: float = 0.5,
-                 top_k: int = 1000, max_detections: int = 100):
+    def __init__(
+        self,
+        strides: Sequence[int] = (8, 16, 32, 64),
+        input_size: Optional[Sequence[int]] = (800, 608),
+        score_threshold: float = 0.3,
+        nms_iou: float = 0.5,
+        top_k: int = 1000,
+        max_detections: int = 100,
+    ):
         self.strides = tuple(strides)
         self.input_size = tuple(input_size) if input_size is not None else None
         self.score_threshold = score_threshold
@@ -115,11 +127,14 @@ class PicoDetDecoder:
         self.max_detections = max_detections
 
     def __call__(self, outputs: Outputs) -> List[np.ndarray]:
+        """Decode the model's raw outputs into one detection array per image."""
         if isinstance(outputs, np.ndarray) or len(outputs) != 2 * len(self.strides):
             count = 1 if isinstance(outputs, np.ndarray) else len(outputs)
-            raise DataError(f"picodet decoder needs {2 * len(self.strides)} outputs (scores and boxes per stride "
-                            f"{self.strides}), the model gave {count}")
-        scores, dists = outputs[: len(self.strides)], outputs[len(self.strides):]
+            raise DataError(
+                f"picodet decoder needs {2 * len(self.strides)} outputs (scores and boxes per stride "
+                f"{self.strides}), the model gave {count}"
+            )
+        scores, dists = outputs[: len(self.strides)], outputs[len(self.strides) :]
         batch = scores[0].shape[0]
         return [self._image(i, scores, dists) for i in range(batch)]
 
@@ -134,8 +149,10 @@ class PicoDetDecoder:
             score, dist = score[i], dist[i]
             rows, cols = -(-height // stride), -(-width // stride)
             if rows * cols != len(score):
-                raise DataError(f"picodet decoder: {len(score)} anchors at stride {stride} do not fit a "
-                                f"{height}x{width} input (set PicoDetDecoder(input_size=...))")
+                raise DataError(
+                    f"picodet decoder: {len(score)} anchors at stride {stride} do not fit a "
+                    f"{height}x{width} input (set PicoDetDecoder(input_size=...))"
+                )
             bins = dist.shape[-1] // 4
             distance = (_softmax(dist.reshape(-1, 4, bins).astype(np.float64), axis=2) @ np.arange(bins)) * stride
             cy, cx = np.divmod(np.arange(rows * cols), cols)
@@ -184,12 +201,13 @@ class DBNetDecoder:
     all_outputs = False
     #: Text is one class out of two: mIoU averages background and text IoU (ignoring
     #: background pixels, the VOC convention, would leave text IoU blind to false alarms).
-    metric_options = {"ignore_background": False}
+    metric_options: ClassVar[Dict[str, object]] = {"ignore_background": False}
 
     def __init__(self, threshold: float = 0.3):
         self.threshold = threshold
 
     def __call__(self, outputs: Outputs) -> np.ndarray:
+        """Threshold the text probability map into a 0/1 mask per pixel."""
         prob = np.asarray(outputs if isinstance(outputs, np.ndarray) else outputs[0])
         if prob.ndim == 3:
             prob = prob[:, None]
@@ -208,6 +226,7 @@ def register_decoder(name: str, factory: Callable[[], Decoder]) -> None:
 
 
 def decoder_names() -> List[str]:
+    """The names of the registered decoders."""
     return sorted(DECODERS)
 
 
@@ -241,11 +260,15 @@ class DecodedMetric:
         options = {k: (defaults[k] if v is None and k in defaults else v) for k, v in options.items()}
         self.metric = make_metric(metric if metric is not None else self.decoder.default_metric, **options)
         self.all_outputs = bool(getattr(self.decoder, "all_outputs", False))
-        self.name = f"{getattr(self.decoder, 'name', type(self.decoder).__name__)}:" \
-                    f"{getattr(self.metric, 'name', type(self.metric).__name__)}"
+        self.name = (
+            f"{getattr(self.decoder, 'name', type(self.decoder).__name__)}:"
+            f"{getattr(self.metric, 'name', type(self.metric).__name__)}"
+        )
 
-    def update(self, outputs: Outputs, labels: np.ndarray) -> None:
+    def update(self, outputs: Outputs, labels: Optional[np.ndarray]) -> None:
+        """Decode one batch of outputs and feed the metric."""
         self.metric.update(self.decoder(outputs), labels)
 
     def result(self):
+        """The metric over every batch seen so far."""
         return self.metric.result()

@@ -23,7 +23,7 @@ Only scores, match flags and counts are kept between batches, never the images.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -97,13 +97,16 @@ class DetectionMetrics:
     def _suffix(self) -> str:
         return f"{round(100 * self.iou)}"
 
-    def update(self, outputs: Sequence[np.ndarray], labels: np.ndarray) -> None:
+    def update(self, outputs: Sequence[np.ndarray], labels: Optional[np.ndarray]) -> None:
+        """Add one batch: decoded detections per image and padded ground-truth rows."""
         if labels is None:
             raise DataError(f"{self.name} needs labels: boxes (N, M, 5) rows (class, x1, y1, x2, y2)")
         labels = np.asarray(labels)
         if labels.ndim != 3 or labels.shape[2] != 5 or len(labels) != len(outputs):
-            raise DataError(f"{self.name} needs one (K, 6) detection array per image and labels (N, M, 5); got "
-                            f"{len(outputs)} detection arrays and labels {labels.shape}")
+            raise DataError(
+                f"{self.name} needs one (K, 6) detection array per image and labels (N, M, 5); got "
+                f"{len(outputs)} detection arrays and labels {labels.shape}"
+            )
         for detections, truth in zip(outputs, labels):
             detections = np.asarray(detections, dtype=np.float64).reshape(-1, 6)
             detections = detections[np.argsort(-detections[:, 4], kind="stable")[: self.max_detections]]
@@ -126,16 +129,18 @@ class DetectionMetrics:
                 continue
             scores = np.concatenate(self.scores[cls]) if self.scores[cls] else np.zeros(0)
             hits = np.concatenate(self.hits[cls]) if self.hits[cls] else np.zeros(0, dtype=bool)
-            out[cls] = {"ap": average_precision(scores, hits, count), "ar": float(hits.sum()) / count,
-                        "truth": count}
+            out[cls] = {"ap": average_precision(scores, hits, count), "ar": float(hits.sum()) / count, "truth": count}
         if not out:
             raise DataError(f"{self.name}: the labels hold no ground-truth box")
         return out
 
-    def result(self) -> Dict[str, float]:
+    def result(self) -> Union[float, Dict[str, float]]:
+        """Mean AP and AR at the IoU threshold, over every batch seen so far."""
         classes = self.per_class().values()
-        return {f"map{self._suffix}": float(np.mean([c["ap"] for c in classes])),
-                f"mar{self._suffix}": float(np.mean([c["ar"] for c in classes]))}
+        return {
+            f"map{self._suffix}": float(np.mean([c["ap"] for c in classes])),
+            f"mar{self._suffix}": float(np.mean([c["ar"] for c in classes])),
+        }
 
 
 class MeanAP(DetectionMetrics):
@@ -146,7 +151,10 @@ class MeanAP(DetectionMetrics):
         self.name = f"map{self._suffix}"
 
     def result(self) -> float:
-        return super().result()[self.name]
+        """Mean average precision at the IoU threshold."""
+        both = super().result()
+        assert isinstance(both, dict)  # the base class always gives both numbers
+        return both[self.name]
 
 
 class MeanAR(DetectionMetrics):
@@ -157,4 +165,7 @@ class MeanAR(DetectionMetrics):
         self.name = f"mar{self._suffix}"
 
     def result(self) -> float:
-        return super().result()[self.name]
+        """Mean average recall at the IoU threshold."""
+        both = super().result()
+        assert isinstance(both, dict)  # the base class always gives both numbers
+        return both[self.name]

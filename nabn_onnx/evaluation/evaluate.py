@@ -137,16 +137,16 @@ class Evaluator:
             samples += batch.size
             if progress is not None:
                 progress.update()
-        results = {name: m.result() for name, m in metrics.items()}
-        if len(results) == 1:
-            value = next(iter(results.values()))
+        finals = {name: m.result() for name, m in metrics.items()}
+        if len(finals) == 1:
+            value = next(iter(finals.values()))
         else:
             value = {}
-            for name, result in results.items():
+            for name, result in finals.items():
                 value.update(result if isinstance(result, dict) else {name: result})
         seconds = time.perf_counter() - started
         logger.debug("evaluated %d samples in %d batches in %.2fs", samples, batches, seconds)
-        return Evaluation(value, samples, batches, seconds, ",".join(results))
+        return Evaluation(value, samples, batches, seconds, ",".join(finals))
 
 
 def _output_name(model: ModelProto, output: OutputLike) -> str:

@@ -62,8 +62,9 @@ Result = Union[float, Dict[str, float]]
 class Metric(Protocol):
     """What a metric must offer: ``update`` once per batch, ``result`` at the end."""
 
-    def update(self, outputs: np.ndarray, labels: Optional[np.ndarray]) -> None:
-        """Add one batch: the model's output and the batch's labels (None when the data has none)."""
+    def update(self, outputs: Any, labels: Optional[np.ndarray]) -> None:
+        """Add one batch: the model's output (every output, as a list, for a metric whose
+        ``all_outputs`` is true) and the batch's labels (None when the data has none)."""
 
     def result(self) -> Result:
         """The metric over every batch seen so far."""
