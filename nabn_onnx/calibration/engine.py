@@ -375,6 +375,8 @@ class CalibrationReport:
         """One line with the numbers: what was recalibrated, how, on what, and what was left alone and why."""
         if self.noise:
             noise = f"{self.noise['noise']} eta={self.noise['eta']:g} seed={self.noise['seed']}"
+            if self.noise.get("t_inference") is not None:  # device models: the time since programming matters
+                noise += f" t={self.noise['t_inference']:g}s"
         else:
             noise = "the model as the chip" + (" (clean reference given)" if self.mode == "reference" else "")
         shifts = [layer.mean_shift for layer in self.layers]
