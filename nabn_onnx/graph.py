@@ -256,7 +256,8 @@ def find_analog_layers(model: ModelProto, ranks: Optional[Dict[str, int]] = None
 
 def _through_analog_periphery(out: str, index: GraphIndex) -> str:
     """The tensor the rest of the graph reads when ``out`` feeds the ops of
-    :mod:`nabn_onnx.passes.analog_io` (noise, ADC, digital bias), else ``out`` itself."""
+    :mod:`nabn_onnx.passes.analog_io` (noise, ADC, digital bias), else ``out`` itself.
+    """
     prefix = "nabn_analog/"
     if not (out.startswith(prefix) and out.endswith("/raw")):
         return out

@@ -156,7 +156,8 @@ NOISE_MODELS: Dict[str, Type[NoiseModel]] = {"mul": MulNoise, "add": AddNoise}
 
 def make_noise(kind: str, eta: Optional[float] = None, **kwargs) -> NoiseModel:
     """Build a noise model by name: ``"mul"``, ``"add"`` (``eta`` required) or a device model
-    (``"pcm"``, ``"rram"``, ``"rram-cmo"``, ``"ideal"``; ``eta`` scales its noise, default 1)."""
+    (``"pcm"``, ``"rram"``, ``"rram-cmo"``, ``"ideal"``; ``eta`` scales its noise, default 1).
+    """
     try:
         cls = NOISE_MODELS[kind]
     except KeyError:
@@ -303,9 +304,10 @@ class DeviceNoise(NoiseModel):
     # -- the converter
 
     def to_conductances(self, weight: np.ndarray):
-        """aihwkit's ``SinglePairConductanceConverter`` (converter/conductance.py:54-65):
+        """The ``SinglePairConductanceConverter`` of aihwkit (converter/conductance.py:54-65):
         ``s = (g_max - g_min) / max|W|``, ``G+ = clip(W s, 0, g_max) + g_min``,
-        ``G- = clip(-W s, 0, g_max) + g_min``."""
+        ``G- = clip(-W s, 0, g_max) + g_min``.
+        """
         scale = (self.g_max - self.g_min) / max(float(np.abs(weight).max()), _ZERO_CLIP)
         scaled = weight * scale
         return [np.clip(scaled, 0.0, self.g_max) + self.g_min, np.clip(-scaled, 0.0, self.g_max) + self.g_min], scale
@@ -352,7 +354,8 @@ class DeviceNoise(NoiseModel):
 
     def drifted(self, name: str, w_prog: np.ndarray, params, draw: int = 0) -> np.ndarray:
         """Weights at ``t_inference`` from programmed weights (aihwkit's ``apply_drift_noise``,
-        noise/base.py:117-127: the programmed weights are mapped to conductances again)."""
+        noise/base.py:117-127: the programmed weights are mapped to conductances again).
+        """
         conductances, scale = self.to_conductances(w_prog)
         rng_r = weight_rng(self.seed, name, w_prog.shape, _READ, draw if self.read_per_draw else 0)
         return self.to_weights([self.drift(g, p, rng_r) for g, p in zip(conductances, params)], scale)
@@ -366,7 +369,7 @@ class DeviceNoise(NoiseModel):
         return w_final.astype(weight.dtype, copy=False)
 
     def compensation_factor(self, weight: np.ndarray, w_prog: np.ndarray, w_final: np.ndarray) -> float:
-        """aihwkit's ``GlobalDriftCompensation`` (compensation/drift.py:28-38, base.py:55-61):
+        """The ``GlobalDriftCompensation`` of aihwkit (compensation/drift.py:28-38, base.py:55-61):
         ``alpha = readout(programmed) / readout(now)`` with ``readout = max(mean|W eye|, 1e-4)``.
 
         The read-out is taken on weights normalized by the clean max|W| (aihwkit's tiles hold

@@ -13,13 +13,14 @@ import math
 
 import numpy as np
 import pytest
-from builders import small_cnn
 from onnx import numpy_helper
 
 from nabn_onnx import NoiseConfigError, inject, make_noise
 from nabn_onnx.io import read_record
 from nabn_onnx.noise import PCMNoise, RRAMCMONoise, RRAMNoise, load_device_file
 from nabn_onnx.passes import InjectWeightNoisePass, SplitBatchNormPass
+
+from builders import small_cnn
 
 #: Samples per empirical check, and the relative tolerance that allows (about 6 standard
 #: errors of a standard deviation estimated from N normals: sqrt(1 / (2 N))).

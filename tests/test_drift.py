@@ -7,11 +7,12 @@ import json
 import numpy as np
 import onnx
 import pytest
-from builders import images, run, small_cnn
 
 from nabn_onnx import NabnError, evaluate, inject, make_noise
 from nabn_onnx.cli import main
 from nabn_onnx.evaluation.drift import drift_sweep, parse_times, time_label
+
+from builders import images, run, small_cnn
 
 YEAR = 365 * 86400.0
 

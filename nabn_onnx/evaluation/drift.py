@@ -37,11 +37,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
-from onnx import ModelProto, numpy_helper
+from onnx import ModelProto
 
 from ..api import split
-from ..calibration import NabnSession, TemporalNoise, calibrate
-from ..calibration import DEFAULT_ESTIMATOR, Estimator
+from ..calibration import DEFAULT_ESTIMATOR, Estimator, NabnSession, TemporalNoise, calibrate
 from ..data import DataLike, input_specs, iter_batches, replayable
 from ..errors import NabnError
 from ..io import ModelLike, atomic_write_text, load_model
@@ -117,7 +116,7 @@ class DriftReport:
     seconds: Dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, payload: Dict[str, object]) -> "DriftReport":
+    def from_dict(cls, payload: Dict[str, object]) -> DriftReport:
         """The report back from :meth:`to_dict` (a ``.json`` report)."""
         keys = ("model", "metric", "device", "clean", "program_time", "momentum", "warmup", "rows", "seconds")
         return cls(**{k: payload[k] for k in keys})
@@ -310,7 +309,7 @@ def drift_sweep(
     prepared = split(proto, calib, batch_size=batch_size, max_batches=calib_batches, providers=providers).model
     settings = {k: v for k, v in device.describe().items() if k not in ("seed", "t_inference", "compensation")}
     report = DriftReport(_name(model, proto), metric, settings, clean, times[0], momentum, warmup)
-    timing = {k: 0.0 for k in ("vanilla", "gdc", "calibrate", "nabn", "dynamic")}
+    timing = dict.fromkeys(("vanilla", "gdc", "calibrate", "nabn", "dynamic"), 0.0)
     calib_options = dict(method=method, estimator=estimator, batch_size=batch_size, max_batches=calib_batches,
                          providers=providers)
     with Progress("drift", len(seed_list) * len(times), enabled=show_progress) as bar:
