@@ -34,7 +34,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from onnx import ModelProto
@@ -116,17 +116,17 @@ class DriftReport:
     seconds: Dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, payload: Dict[str, object]) -> DriftReport:
+    def from_dict(cls, payload: Dict[str, Any]) -> DriftReport:
         """The report back from :meth:`to_dict` (a ``.json`` report)."""
         keys = ("model", "metric", "device", "clean", "program_time", "momentum", "warmup", "rows", "seconds")
         return cls(**{k: payload[k] for k in keys})
 
-    def by_time(self) -> List[Dict[str, object]]:
+    def by_time(self) -> List[Dict[str, float]]:
         """Per time: mean and std (over chips) of every method."""
         out = []
         for t in sorted({r["t"] for r in self.rows}):
             rows = [r for r in self.rows if r["t"] == t]
-            entry: Dict[str, object] = {"t": t, "chips": len(rows)}
+            entry: Dict[str, float] = {"t": t, "chips": len(rows)}
             for key in METHODS:
                 values = np.array([r[key] for r in rows], dtype=float)
                 entry[f"{key}_mean"] = float(values.mean())
@@ -241,7 +241,10 @@ def _serve(model: ModelProto, chip: DeviceNoise, calib, test, metric, momentum: 
     for batch in iter_batches(test, specs, batch_size=batch_size, min_batch=2):
         (logits,) = session.run([output], batch.feeds)
         scorer.update(logits, batch.labels)
-    return float(scorer.result())
+    result = scorer.result()
+    if isinstance(result, dict):
+        raise NabnError(f"drift needs a metric that gives one number, got {sorted(result)}")
+    return float(result)
 
 
 def drift_sweep(
@@ -304,41 +307,49 @@ def drift_sweep(
     weights = noisy_tensor_names(proto, include_bias=device.include_bias)
     if not weights:
         raise NabnError("the model has no analog layer with a constant weight: nothing to put noise on")
-    common = dict(batch_size=batch_size, providers=providers)
-    clean = evaluate(proto, test, metric, **common)
+
+    def score(m: ModelProto) -> float:
+        value = evaluate(m, test, metric, batch_size=batch_size, providers=providers)
+        if isinstance(value, dict):
+            raise NabnError(f"drift needs a metric that gives one number, got {sorted(value)}")
+        return value
+
+    clean = score(proto)
     prepared = split(proto, calib, batch_size=batch_size, max_batches=calib_batches, providers=providers).model
     settings = {k: v for k, v in device.describe().items() if k not in ("seed", "t_inference", "compensation")}
     report = DriftReport(_name(model, proto), metric, settings, clean, times[0], momentum, warmup)
     timing = dict.fromkeys(("vanilla", "gdc", "calibrate", "nabn", "dynamic"), 0.0)
-    calib_options = dict(method=method, estimator=estimator, batch_size=batch_size, max_batches=calib_batches,
-                         providers=providers)
+
+    def recalibrate(noise: DeviceNoise) -> ModelProto:
+        return calibrate(prepared, calib, noise=noise, method=method, estimator=estimator, batch_size=batch_size,
+                         max_batches=calib_batches, providers=providers).model
+
     with Progress("drift", len(seed_list) * len(times), enabled=show_progress) as bar:
         for seed in seed_list:
             base = dataclasses.replace(device, seed=seed, compensation="none")
             t0 = time.perf_counter()
-            once = calibrate(prepared, calib, noise=dataclasses.replace(base, t_inference=times[0]),
-                             **calib_options).model
+            once = recalibrate(dataclasses.replace(base, t_inference=times[0]))
             timing["calibrate"] += time.perf_counter() - t0
             # the NaBN-once statistics with the clean weights, for the serving session
             once_clean = _without_inject_record(_with_weights(once, prepared, weights))
             for t in times:
                 chip = dataclasses.replace(base, t_inference=t)
-                row = {"t": t, "seed": seed}
+                row: Dict[str, float] = {"t": t, "seed": seed}
                 t0 = time.perf_counter()
                 noisy = InjectWeightNoisePass(chip)(copy.deepcopy(proto)).model
-                row["vanilla"] = evaluate(noisy, test, metric, **common)
+                row["vanilla"] = score(noisy)
                 t1 = time.perf_counter()
                 gdc = InjectWeightNoisePass(dataclasses.replace(chip, compensation="global"))(copy.deepcopy(proto)).model
-                row["gdc"] = evaluate(gdc, test, metric, **common)
+                row["gdc"] = score(gdc)
                 t2 = time.perf_counter()
-                each = once if t == times[0] else calibrate(prepared, calib, noise=chip, **calib_options).model
+                each = once if t == times[0] else recalibrate(chip)
                 t3 = time.perf_counter()
                 chip_split = InjectWeightNoisePass(chip)(copy.deepcopy(prepared)).model
-                row["nabn_once"] = evaluate(_with_weights(once, chip_split, weights), test, metric, **common)
+                row["nabn_once"] = score(_with_weights(once, chip_split, weights))
                 chip_gdc = InjectWeightNoisePass(dataclasses.replace(chip, compensation="global"))(
                     copy.deepcopy(prepared)).model
-                row["nabn_once_gdc"] = evaluate(_with_weights(once, chip_gdc, weights), test, metric, **common)
-                row["nabn_each"] = evaluate(each, test, metric, **common)
+                row["nabn_once_gdc"] = score(_with_weights(once, chip_gdc, weights))
+                row["nabn_each"] = score(each)
                 t4 = time.perf_counter()
                 row["dynamic"] = _serve(once_clean, chip, calib, test, metric, momentum, warmup, batch_size, providers)
                 t5 = time.perf_counter()
