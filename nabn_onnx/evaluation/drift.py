@@ -144,17 +144,19 @@ class DriftReport:
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
+        """Markdown: the device, the chips and the protocol, then :meth:`table`."""
         d = self.device
         settings = ", ".join(f"{k} = {v}" for k, v in d.items() if k not in ("noise", "seed", "t_inference"))
         chips = len({r["seed"] for r in self.rows})
         return "\n".join([
             f"# Drift: {self.model}", "",
-            f"{self.metric} (%) on a {str(d['noise']).upper()} chip ({settings}), {chips} chip(s), mean ± std over "
-            f"chips. NaBN once: calibrated at {time_label(self.program_time)}; dynamic: NabnSession, momentum "
-            f"{self.momentum}, {self.warmup} warm-up pass(es) over the calibration data. Clean model: "
-            f"{100 * self.clean:.2f}%.", "", self.table(), ""])
+            (f"{self.metric} (%) on a {str(d['noise']).upper()} chip ({settings}), {chips} chip(s), mean ± std over "
+             f"chips. NaBN once: calibrated at {time_label(self.program_time)}; dynamic: NabnSession, momentum "
+             f"{self.momentum}, {self.warmup} warm-up pass(es) over the calibration data. Clean model: "
+             f"{100 * self.clean:.2f}%."), "", self.table(), ""])
 
     def to_dict(self) -> Dict[str, object]:
+        """JSON-ready: the fields, plus :meth:`by_time`."""
         return {"model": self.model, "metric": self.metric, "device": self.device, "clean": self.clean,
                 "program_time": self.program_time, "momentum": self.momentum, "warmup": self.warmup,
                 "rows": self.rows, "by_time": self.by_time(), "seconds": self.seconds}
@@ -176,6 +178,7 @@ class DriftReport:
         return path
 
     def summary(self) -> str:
+        """One line: the clean metric and every method at the last time."""
         last = self.by_time()[-1]
         parts = ", ".join(f"{label} {100 * last[f'{k}_mean']:.2f}%" for k, label in METHODS.items())
         return (f"drift of {self.model} over {len(self.by_time())} time(s) x {last['chips']} chip(s): clean "
@@ -339,7 +342,8 @@ def drift_sweep(
                 noisy = InjectWeightNoisePass(chip)(copy.deepcopy(proto)).model
                 row["vanilla"] = score(noisy)
                 t1 = time.perf_counter()
-                gdc = InjectWeightNoisePass(dataclasses.replace(chip, compensation="global"))(copy.deepcopy(proto)).model
+                gdc_chip = dataclasses.replace(chip, compensation="global")
+                gdc = InjectWeightNoisePass(gdc_chip)(copy.deepcopy(proto)).model
                 row["gdc"] = score(gdc)
                 t2 = time.perf_counter()
                 each = once if t == times[0] else recalibrate(chip)
