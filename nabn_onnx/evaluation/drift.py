@@ -44,7 +44,7 @@ from ..calibration import DEFAULT_ESTIMATOR, Estimator, NabnSession, TemporalNoi
 from ..data import DataLike, input_specs, iter_batches, replayable
 from ..errors import NabnError
 from ..io import ModelLike, atomic_write_text, load_model
-from ..noise import DeviceNoise, PCMNoise
+from ..noise import DeviceNoise, NoiseModel, PCMNoise
 from ..passes import InjectWeightNoisePass
 from ..passes.inject import noisy_tensor_names
 from ..progress import Progress
@@ -255,7 +255,7 @@ def drift_sweep(
     calib: DataLike,
     test: DataLike,
     *,
-    device: Optional[DeviceNoise] = None,
+    device: Optional[NoiseModel] = None,
     times: Sequence[float] = DEFAULT_TIMES,
     seeds: Union[int, Sequence[int]] = 3,
     method: str = "auto",
@@ -274,8 +274,8 @@ def drift_sweep(
         model: path or ``ModelProto`` (BatchNorm kept or fused; not modified).
         calib: calibration data (no labels needed).
         test: labelled test data.
-        device: the device model (its ``t_inference``, ``seed`` and ``compensation`` are
-            set here); PCM with aihwkit's defaults when None.
+        device: the device model, a :class:`~nabn_onnx.noise.DeviceNoise` (its ``t_inference``,
+            ``seed`` and ``compensation`` are set here); PCM with aihwkit's defaults when None.
         times: seconds since programming; the first is when NaBN-once calibrates.
         seeds: number of chips ``K`` (seeds ``0..K-1``) or the seeds.
         method: calibration method (see :func:`~nabn_onnx.calibrate`).
