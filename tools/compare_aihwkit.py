@@ -57,7 +57,7 @@ def _source_root(given: str | None) -> Path:
     if given is None:
         spec = importlib.util.find_spec("aihwkit")
         if spec is not None and spec.submodule_search_locations:
-            return Path(list(spec.submodule_search_locations)[0]).parent
+            return Path(next(iter(spec.submodule_search_locations))).parent
         cache = Path(tempfile.gettempdir()) / "nabn-aihwkit"
         archives = sorted(cache.glob("aihwkit-*.tar.gz"))
         if not archives:
