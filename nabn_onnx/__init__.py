@@ -24,11 +24,29 @@ from .evaluation import (
     run_sweep,
     sweep,
 )
+from .evaluation.drift import drift_sweep
 from .images import ImageFolder
 from .io import load_model, save_model
-from .noise import AddNoise, DeviceNoise, IdealDevice, MulNoise, NoiseModel, PCMNoise, RRAMCMONoise, RRAMNoise, make_noise
-from .passes import AnalogIO, InjectWeightNoisePass, InsertAnalogIOPass, Pass, PassResult, SplitBatchNormPass, StripAnalogIOPass
-from .evaluation.drift import drift_sweep
+from .noise import (
+    AddNoise,
+    DeviceNoise,
+    IdealDevice,
+    MulNoise,
+    NoiseModel,
+    PCMNoise,
+    RRAMCMONoise,
+    RRAMNoise,
+    make_noise,
+)
+from .passes import (
+    AnalogIO,
+    InjectWeightNoisePass,
+    InsertAnalogIOPass,
+    Pass,
+    PassResult,
+    SplitBatchNormPass,
+    StripAnalogIOPass,
+)
 
 __all__ = [
     "__version__",

@@ -769,7 +769,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strip", action="store_true", help="remove the inserted ops: the original graph comes back")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-batches", type=int, default=8, help="batches to measure input ranges on (default 8)")
-    p.add_argument("-o", "--output", help="output model (default MODEL.analog.onnx, or MODEL.digital.onnx with --strip)")
+    p.add_argument("-o", "--output",
+                   help="output model (default MODEL.analog.onnx, or MODEL.digital.onnx with --strip)")
     p.add_argument("--external-data", action="store_const", const=True, default=None,
                    help="store the output's weights in OUTPUT.data beside it (automatic above 2 GB)")
     _selection_args(p)

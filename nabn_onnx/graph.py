@@ -255,15 +255,19 @@ def find_analog_layers(model: ModelProto, ranks: Optional[Dict[str, int]] = None
 
 
 def _through_analog_periphery(out: str, index: GraphIndex) -> str:
-    """The tensor the rest of the graph reads when ``out`` feeds the ops of
-    :mod:`nabn_onnx.passes.analog_io` (noise, ADC, digital bias), else ``out`` itself."""
+    """The tensor the rest of the graph reads after ``out``.
+
+    That is the end of the chain of :mod:`nabn_onnx.passes.analog_io` ops (noise, ADC,
+    digital bias) when ``out`` feeds one, else ``out`` itself.
+    """
     prefix = "nabn_analog/"
     if not (out.startswith(prefix) and out.endswith("/raw")):
         return out
     tag = out[: -len("raw")]
     current = out
     for _ in range(16):  # the chain is at most 8 nodes long
-        users = [u for u in index.consumers.get(current, []) if u.name.startswith(tag) and u.op_type != "RandomNormalLike"]
+        users = [u for u in index.consumers.get(current, [])
+                 if u.name.startswith(tag) and u.op_type != "RandomNormalLike"]
         if len(users) != 1:
             return out
         current = users[0].output[0]

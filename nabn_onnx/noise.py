@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Dict, Mapping, Optional, Tuple, Type
+from typing import ClassVar, Dict, Mapping, Optional, Tuple, Type
 
 import numpy as np
 
@@ -155,8 +156,11 @@ NOISE_MODELS: Dict[str, Type[NoiseModel]] = {"mul": MulNoise, "add": AddNoise}
 
 
 def make_noise(kind: str, eta: Optional[float] = None, **kwargs) -> NoiseModel:
-    """Build a noise model by name: ``"mul"``, ``"add"`` (``eta`` required) or a device model
-    (``"pcm"``, ``"rram"``, ``"rram-cmo"``, ``"ideal"``; ``eta`` scales its noise, default 1)."""
+    """Build a noise model by name.
+
+    ``"mul"``, ``"add"`` (``eta`` required) or a device model (``"pcm"``, ``"rram"``,
+    ``"rram-cmo"``, ``"ideal"``; ``eta`` scales its noise, default 1).
+    """
     try:
         cls = NOISE_MODELS[kind]
     except KeyError:
@@ -192,7 +196,8 @@ def _check(condition: bool, message: str) -> None:
 
 
 def _finite(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _poly(coeffs, x: np.ndarray) -> np.ndarray:
@@ -280,7 +285,8 @@ class DeviceNoise(NoiseModel):
         _check(self.stuck_min + self.stuck_max <= 1,
                f"stuck_min + stuck_max must be at most 1, got {self.stuck_min + self.stuck_max}")
         if self.levels is not None:
-            _check(isinstance(self.levels, (int, np.integer)) and not isinstance(self.levels, bool) and self.levels >= 2,
+            _check(isinstance(self.levels, (int, np.integer)) and not isinstance(self.levels, bool)
+                   and self.levels >= 2,
                    f"levels must be an integer >= 2 (or None for continuous conductances), got {self.levels!r}")
         _check(isinstance(self.read_per_draw, bool), f"read_per_draw must be true or false, got {self.read_per_draw!r}")
         _check(self.compensation in ("none", "global"),
@@ -303,9 +309,11 @@ class DeviceNoise(NoiseModel):
     # -- the converter
 
     def to_conductances(self, weight: np.ndarray):
-        """aihwkit's ``SinglePairConductanceConverter`` (converter/conductance.py:54-65):
+        """The ``SinglePairConductanceConverter`` of aihwkit (converter/conductance.py:54-65).
+
         ``s = (g_max - g_min) / max|W|``, ``G+ = clip(W s, 0, g_max) + g_min``,
-        ``G- = clip(-W s, 0, g_max) + g_min``."""
+        ``G- = clip(-W s, 0, g_max) + g_min``.
+        """
         scale = (self.g_max - self.g_min) / max(float(np.abs(weight).max()), _ZERO_CLIP)
         scaled = weight * scale
         return [np.clip(scaled, 0.0, self.g_max) + self.g_min, np.clip(-scaled, 0.0, self.g_max) + self.g_min], scale
@@ -351,8 +359,11 @@ class DeviceNoise(NoiseModel):
         return self.to_weights(programmed, scale), params
 
     def drifted(self, name: str, w_prog: np.ndarray, params, draw: int = 0) -> np.ndarray:
-        """Weights at ``t_inference`` from programmed weights (aihwkit's ``apply_drift_noise``,
-        noise/base.py:117-127: the programmed weights are mapped to conductances again)."""
+        """Weights at ``t_inference`` from programmed weights.
+
+        As aihwkit's ``apply_drift_noise`` (noise/base.py:117-127): the programmed weights are
+        mapped to conductances again.
+        """
         conductances, scale = self.to_conductances(w_prog)
         rng_r = weight_rng(self.seed, name, w_prog.shape, _READ, draw if self.read_per_draw else 0)
         return self.to_weights([self.drift(g, p, rng_r) for g, p in zip(conductances, params)], scale)
@@ -366,7 +377,8 @@ class DeviceNoise(NoiseModel):
         return w_final.astype(weight.dtype, copy=False)
 
     def compensation_factor(self, weight: np.ndarray, w_prog: np.ndarray, w_final: np.ndarray) -> float:
-        """aihwkit's ``GlobalDriftCompensation`` (compensation/drift.py:28-38, base.py:55-61):
+        """The ``GlobalDriftCompensation`` of aihwkit (compensation/drift.py:28-38, base.py:55-61).
+
         ``alpha = readout(programmed) / readout(now)`` with ``readout = max(mean|W eye|, 1e-4)``.
 
         The read-out is taken on weights normalized by the clean max|W| (aihwkit's tiles hold
@@ -378,7 +390,8 @@ class DeviceNoise(NoiseModel):
         return ref / now
 
     def describe(self) -> Dict[str, object]:
-        out = {"noise": self.kind}
+        """JSON-able settings, for provenance (tuples as lists, no multiplicative-noise fields)."""
+        out: Dict[str, object] = {"noise": self.kind}
         out.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()
                     if k not in ("sigma_t", "sigma_s", "temporal")})
         return out
@@ -450,6 +463,7 @@ class PCMNoise(DeviceNoise):
         return _poly(self.prog_coeff, g_target / self.g_max) * (self.g_max / self.prog_coeff_g_max_reference)
 
     def program(self, g_target, rng):
+        """Programmed conductances: ``max(G_T + eta * prog_noise_scale * sigma_prog N, 0)``."""
         sigma = self.eta * self.prog_noise_scale * self.programming_sigma(g_target)
         return np.maximum(g_target + sigma * rng.standard_normal(g_target.shape), 0.0)
 
@@ -462,6 +476,7 @@ class PCMNoise(DeviceNoise):
         return mu, sigma
 
     def drift_coefficients(self, g_target, rng):
+        """Drift exponents ``nu = |mu + sigma N| * drift_scale`` per device."""
         mu, sigma = self.nu_moments(g_target / self.g_max)
         return np.abs(mu + sigma * rng.standard_normal(g_target.shape)) * self.drift_scale
 
@@ -472,6 +487,7 @@ class PCMNoise(DeviceNoise):
         return q_s * math.sqrt(math.log((t + self.t_read) / (2 * self.t_read)))
 
     def drift(self, g_prog, nu, rng):
+        """Power-law drift ``G_P (t / t_0)^-nu`` plus the accumulated read noise, clipped at 0."""
         t = self.t_inference + self.t_0
         g_drift = g_prog * (t / self.t_0) ** (-nu) if t > self.t_0 else g_prog
         noise = np.abs(g_drift) * (self.eta * self.read_noise_scale) * self.read_sigma(g_prog)
@@ -509,17 +525,17 @@ class RRAMNoise(DeviceNoise):
     source = "aihwkit inference/noise/reram.py (ReRamWan2022NoiseModel)"
 
     def __post_init__(self):
-        coeffs = self.coeff_dic
-        if isinstance(coeffs, Mapping):
-            coeffs = coeffs.items()
+        given = self.coeff_dic
+        items = given.items() if isinstance(given, Mapping) else given
         try:
-            coeffs = tuple(sorted((float(t), tuple(float(c) for c in cs)) for t, cs in coeffs))
+            coeffs = tuple(sorted((float(t), tuple(float(c) for c in cs)) for t, cs in items))
         except (TypeError, ValueError):
             raise NoiseConfigError("coeff_dic must map times in seconds to lists of polynomial coefficients") from None
         object.__setattr__(self, "coeff_dic", coeffs)
         super().__post_init__()
         _check(len(coeffs) > 0 and all(t > 0 and cs for t, cs in coeffs), "coeff_dic needs times > 0 with coefficients")
-        _check(_finite(self.noise_scale) and self.noise_scale >= 0, f"noise_scale must be >= 0, got {self.noise_scale!r}")
+        _check(_finite(self.noise_scale) and self.noise_scale >= 0,
+               f"noise_scale must be >= 0, got {self.noise_scale!r}")
         if self.coeff_g_max_reference is not None:
             _check(_finite(self.coeff_g_max_reference) and self.coeff_g_max_reference > 0,
                    f"coeff_g_max_reference must be > 0, got {self.coeff_g_max_reference!r}")
@@ -538,12 +554,15 @@ class RRAMNoise(DeviceNoise):
         return np.maximum(g_target + sigma * rng.standard_normal(g_target.shape), 0.0)
 
     def program(self, g_target, rng):
+        """Programmed conductances: a draw around the targets at the first time point."""
         return self._draw(self.coeff_dic[0][0], g_target, rng)
 
     def drift_coefficients(self, g_target, rng):
-        return g_target  # reram.py:126-134: the targets are the drift parameters
+        """The targets themselves (reram.py:126-134: the targets are the drift parameters)."""
+        return g_target
 
     def drift(self, g_prog, g_target, rng):
+        """A fresh draw around the targets at ``t_inference`` (the programmed ones at 0)."""
         if self.t_inference == 0:
             return g_prog
         return self._draw(float(self.t_inference), g_target, rng)
@@ -576,7 +595,8 @@ class RRAMCMONoise(DeviceNoise):
     kind = "rram-cmo"
     source = "aihwkit inference/noise/reram.py (ReRamCMONoiseModel)"
     differential = False
-    _COEFFS = {0.2: (0.00081107, 0.00106879), 2.0: (0.0112185391, 0.01129027418)}
+    _COEFFS: ClassVar[Dict[float, Tuple[float, float]]] = {
+        0.2: (0.00081107, 0.00106879), 2.0: (0.0112185391, 0.01129027418)}
     _DECAY_MEAN, _DECAY_STD = -0.08900206, (0.04201137, 0.41183342)
     _READ_K, _READ_T = 0.0277316483, 1e-6
 
@@ -590,20 +610,24 @@ class RRAMCMONoise(DeviceNoise):
                    f"{field} must be a finite number >= 0, got {getattr(self, field)!r}")
 
     def to_conductances(self, weight):
+        """One device per weight: ``G_T = g_min + (W - min W) s``; the scale is ``(s, min W)``."""
         w_min, w_max = float(weight.min()), float(weight.max())
         scale = (self.g_max - self.g_min) / max(w_max - w_min, _ZERO_CLIP)
         return [(weight - w_min) * scale + self.g_min], (scale, w_min)
 
     def to_weights(self, conductances, scale):
+        """Inverse of :meth:`to_conductances`."""
         ratio, w_min = scale
         return w_min + (conductances[0] - self.g_min) / ratio
 
     def program(self, g_target, rng):
+        """Programmed conductances: ``G_T + eta * prog_noise_scale * (a0 + a1 G_T) N``."""
         a0, a1 = self._COEFFS[self.acceptance_range]
         sigma = self.eta * self.prog_noise_scale * (a0 + a1 * g_target)
         return g_target + sigma * rng.standard_normal(g_target.shape)
 
     def drift(self, g_prog, param, rng):
+        """Logarithmic relaxation plus read noise at ``t_inference``, clipped to ``[g_min, g_max]``."""
         t = float(self.t_inference)
         if t == 0:
             return g_prog
@@ -649,14 +673,15 @@ def load_device_file(path) -> Dict[str, object]:
     except OSError as exc:
         raise NoiseConfigError(f"cannot read device file {path}: {exc.strerror or exc}") from None
     if path.suffix.lower() == ".toml":
-        try:
+        if sys.version_info < (3, 11):  # a version check, so that mypy does not look for tomllib below 3.11
+            raise NoiseConfigError(f"{path.name}: TOML device files need Python 3.11 or later; use JSON")
+        else:
             import tomllib
-        except ImportError:  # Python < 3.11
-            raise NoiseConfigError(f"{path.name}: TOML device files need Python 3.11 or later; use JSON") from None
-        try:
-            data = tomllib.loads(text.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise NoiseConfigError(f"{path.name} is not valid TOML: {exc}") from None
+
+            try:
+                data = tomllib.loads(text.decode("utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise NoiseConfigError(f"{path.name} is not valid TOML: {exc}") from None
     else:
         try:
             data = json.loads(text.decode("utf-8"))

@@ -8,13 +8,14 @@ import copy
 import numpy as np
 import onnx
 import pytest
-from builders import images, run, small_cnn
 from onnx import TensorProto, helper, numpy_helper
 
 from nabn_onnx import NoiseConfigError, calibrate
 from nabn_onnx.cli import main
 from nabn_onnx.passes.analog_io import AnalogIO, InsertAnalogIOPass, StripAnalogIOPass, measure_input_ranges
 from nabn_onnx.passes.write_stats import read_bn_params
+
+from builders import images, run, small_cnn
 
 #: Relative tolerance of a standard deviation estimated from ~10^5 normals (about 10 standard errors).
 STD_RTOL = 0.03

@@ -13,13 +13,14 @@ import math
 
 import numpy as np
 import pytest
-from builders import small_cnn
 from onnx import numpy_helper
 
 from nabn_onnx import NoiseConfigError, inject, make_noise
 from nabn_onnx.io import read_record
 from nabn_onnx.noise import PCMNoise, RRAMCMONoise, RRAMNoise, load_device_file
 from nabn_onnx.passes import InjectWeightNoisePass, SplitBatchNormPass
+
+from builders import small_cnn
 
 #: Samples per empirical check, and the relative tolerance that allows (about 6 standard
 #: errors of a standard deviation estimated from N normals: sqrt(1 / (2 N))).
@@ -81,20 +82,20 @@ def test_pcm_programming_draws_have_the_polynomial_spread(x):
 @pytest.mark.parametrize("t", [3600.0, 86400.0 * 365])
 def test_pcm_drift_mean_is_the_lognormal_expectation(x, t):
     """Without programming and read noise, E[G(t)] / G_T = E[(t/t0)^-|nu|] with nu ~ N(mu, sigma^2)
-    (pcm.py:128, 142), L = ln((t + t0) / t0): the folded-normal Laplace transform
+    (pcm.py:128, 142), L = ln((t + t0) / t0) (log_t below): the folded-normal Laplace transform
     exp(-mu L + s^2 L^2 / 2) Phi(mu/s - s L) + exp(mu L + s^2 L^2 / 2) Phi(-mu/s - s L)."""
     pcm = PCMNoise(t_inference=t, prog_noise_scale=0.0, read_noise_scale=0.0)
     g = np.full(N, 25.0 * x)
     nu = pcm.drift_coefficients(g, _rng(2))
     ratio = pcm.drift(g, nu, _rng(3)) / g
     mu, sigma = (float(v[0]) for v in PCMNoise.nu_moments(np.array([x])))
-    L = math.log((t + T0) / T0)
+    log_t = math.log((t + T0) / T0)
 
     def phi(z):
         return 0.5 * (1 + math.erf(z / math.sqrt(2)))
 
-    expected = (math.exp(-mu * L + 0.5 * (sigma * L) ** 2) * phi(mu / sigma - sigma * L)
-                + math.exp(mu * L + 0.5 * (sigma * L) ** 2) * phi(-mu / sigma - sigma * L))
+    expected = (math.exp(-mu * log_t + 0.5 * (sigma * log_t) ** 2) * phi(mu / sigma - sigma * log_t)
+                + math.exp(mu * log_t + 0.5 * (sigma * log_t) ** 2) * phi(-mu / sigma - sigma * log_t))
     assert ratio.mean() == pytest.approx(expected, abs=6 * ratio.std() / math.sqrt(N))
     assert np.abs(mu + sigma * _rng(2).standard_normal(N)).std() == pytest.approx(nu.std(), rel=STD_RTOL)
 
@@ -151,9 +152,9 @@ def test_rram_cmo_programming_and_relaxation():
     programmed = cmo.program(g, _rng(7))
     assert programmed.std() == pytest.approx(0.00081107 + 0.00106879 * 50.0, rel=STD_RTOL)  # reram.py:235
     relaxed = cmo.drift(g, None, _rng(8))  # reram.py:241: mean -0.089 ln t, std 0.042 ln t + 0.412
-    L = math.log(3600.0)
-    assert relaxed.mean() == pytest.approx(50.0 - 0.08900206 * L, abs=1e-2)
-    assert relaxed.std() == pytest.approx(0.04201137 * L + 0.41183342, rel=STD_RTOL)
+    log_t = math.log(3600.0)
+    assert relaxed.mean() == pytest.approx(50.0 - 0.08900206 * log_t, abs=1e-2)
+    assert relaxed.std() == pytest.approx(0.04201137 * log_t + 0.41183342, rel=STD_RTOL)
 
 
 def test_stuck_cells_and_levels():
@@ -161,7 +162,7 @@ def test_stuck_cells_and_levels():
     quantized = make_noise("ideal", levels=5).apply("w", w)
     assert len(np.unique(np.round(quantized / np.abs(w).max(), 9))) <= 2 * 5 - 1
     both = make_noise("ideal", stuck_min=0.1, stuck_max=0.05, seed=1)
-    (g_plus, _), scale = both.to_conductances(w)
+    (g_plus, _), _ = both.to_conductances(w)
     stuck = both._stick(g_plus.copy() * 0 + 7.0, _rng(10))
     assert (stuck == both.g_min).mean() == pytest.approx(0.1, abs=0.005)
     assert (stuck == both.g_max).mean() == pytest.approx(0.05, abs=0.004)

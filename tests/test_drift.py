@@ -7,11 +7,12 @@ import json
 import numpy as np
 import onnx
 import pytest
-from builders import images, run, small_cnn
 
 from nabn_onnx import NabnError, evaluate, inject, make_noise
 from nabn_onnx.cli import main
 from nabn_onnx.evaluation.drift import drift_sweep, parse_times, time_label
+
+from builders import images, run, small_cnn
 
 YEAR = 365 * 86400.0
 
@@ -70,9 +71,9 @@ def test_drift_cli_writes_report(tmp_path, task, capsys):
     onnx.save(model, tmp_path / "m.onnx")
     np.savez(tmp_path / "c.npz", **calib)
     np.savez(tmp_path / "t.npz", **test)
-    code = main(["drift", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npz"), "--test", str(tmp_path / "t.npz"),
-                 "--times", "1s,1d", "--seeds", "1", "--method", "paper", "--batch-size", "32", "--warmup", "1", "--levels", "64",
-                 "--report", str(tmp_path / "r.json"), "-q"])
+    code = main(["drift", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npz"),
+                 "--test", str(tmp_path / "t.npz"), "--times", "1s,1d", "--seeds", "1", "--method", "paper",
+                 "--batch-size", "32", "--warmup", "1", "--levels", "64", "--report", str(tmp_path / "r.json"), "-q"])
     assert code == 0
     payload = json.loads((tmp_path / "r.json").read_text())
     assert payload["device"]["noise"] == "pcm" and payload["device"]["levels"] == 64

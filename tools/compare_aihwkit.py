@@ -43,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nabn_onnx.noise import PCMNoise, RRAMCMONoise, RRAMNoise  # noqa: E402
+from nabn_onnx.noise import PCMNoise, RRAMCMONoise, RRAMNoise
 
 PERCENTILES = (1.0, 50.0, 99.0)
 SE = 6.0  # standard errors allowed
@@ -57,7 +57,7 @@ def _source_root(given: str | None) -> Path:
     if given is None:
         spec = importlib.util.find_spec("aihwkit")
         if spec is not None and spec.submodule_search_locations:
-            return Path(list(spec.submodule_search_locations)[0]).parent
+            return Path(next(iter(spec.submodule_search_locations))).parent
         cache = Path(tempfile.gettempdir()) / "nabn-aihwkit"
         archives = sorted(cache.glob("aihwkit-*.tar.gz"))
         if not archives:
@@ -134,7 +134,7 @@ class Table:
                               abs(a[key] - b[key]) <= tol[key]))
 
     def print(self):
-        print(f"| model | stage | target | stat | nabn-onnx | aihwkit | difference | tolerance | ok |")
+        print("| model | stage | target | stat | nabn-onnx | aihwkit | difference | tolerance | ok |")
         print("|---|---|---|---|---:|---:|---:|---:|---|")
         for m, st, lv, key, a, b, d, tol, ok in self.rows:
             print(f"| {m} | {st} | {lv} | {key} | {a:.5g} | {b:.5g} | {d:+.3g} | {tol:.3g} | {'yes' if ok else 'NO'} |")

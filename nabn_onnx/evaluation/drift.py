@@ -34,18 +34,17 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
-from onnx import ModelProto, numpy_helper
+from onnx import ModelProto
 
 from ..api import split
-from ..calibration import NabnSession, TemporalNoise, calibrate
-from ..calibration import DEFAULT_ESTIMATOR, Estimator
+from ..calibration import DEFAULT_ESTIMATOR, Estimator, NabnSession, TemporalNoise, calibrate
 from ..data import DataLike, input_specs, iter_batches, replayable
 from ..errors import NabnError
 from ..io import ModelLike, atomic_write_text, load_model
-from ..noise import DeviceNoise, PCMNoise
+from ..noise import DeviceNoise, NoiseModel, PCMNoise
 from ..passes import InjectWeightNoisePass
 from ..passes.inject import noisy_tensor_names
 from ..progress import Progress
@@ -117,17 +116,17 @@ class DriftReport:
     seconds: Dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, payload: Dict[str, object]) -> "DriftReport":
+    def from_dict(cls, payload: Dict[str, Any]) -> DriftReport:
         """The report back from :meth:`to_dict` (a ``.json`` report)."""
         keys = ("model", "metric", "device", "clean", "program_time", "momentum", "warmup", "rows", "seconds")
         return cls(**{k: payload[k] for k in keys})
 
-    def by_time(self) -> List[Dict[str, object]]:
+    def by_time(self) -> List[Dict[str, float]]:
         """Per time: mean and std (over chips) of every method."""
         out = []
         for t in sorted({r["t"] for r in self.rows}):
             rows = [r for r in self.rows if r["t"] == t]
-            entry: Dict[str, object] = {"t": t, "chips": len(rows)}
+            entry: Dict[str, float] = {"t": t, "chips": len(rows)}
             for key in METHODS:
                 values = np.array([r[key] for r in rows], dtype=float)
                 entry[f"{key}_mean"] = float(values.mean())
@@ -145,17 +144,19 @@ class DriftReport:
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
+        """Markdown: the device, the chips and the protocol, then :meth:`table`."""
         d = self.device
         settings = ", ".join(f"{k} = {v}" for k, v in d.items() if k not in ("noise", "seed", "t_inference"))
         chips = len({r["seed"] for r in self.rows})
         return "\n".join([
             f"# Drift: {self.model}", "",
-            f"{self.metric} (%) on a {str(d['noise']).upper()} chip ({settings}), {chips} chip(s), mean ± std over "
-            f"chips. NaBN once: calibrated at {time_label(self.program_time)}; dynamic: NabnSession, momentum "
-            f"{self.momentum}, {self.warmup} warm-up pass(es) over the calibration data. Clean model: "
-            f"{100 * self.clean:.2f}%.", "", self.table(), ""])
+            (f"{self.metric} (%) on a {str(d['noise']).upper()} chip ({settings}), {chips} chip(s), mean ± std over "
+             f"chips. NaBN once: calibrated at {time_label(self.program_time)}; dynamic: NabnSession, momentum "
+             f"{self.momentum}, {self.warmup} warm-up pass(es) over the calibration data. Clean model: "
+             f"{100 * self.clean:.2f}%."), "", self.table(), ""])
 
     def to_dict(self) -> Dict[str, object]:
+        """JSON-ready: the fields, plus :meth:`by_time`."""
         return {"model": self.model, "metric": self.metric, "device": self.device, "clean": self.clean,
                 "program_time": self.program_time, "momentum": self.momentum, "warmup": self.warmup,
                 "rows": self.rows, "by_time": self.by_time(), "seconds": self.seconds}
@@ -177,6 +178,7 @@ class DriftReport:
         return path
 
     def summary(self) -> str:
+        """One line: the clean metric and every method at the last time."""
         last = self.by_time()[-1]
         parts = ", ".join(f"{label} {100 * last[f'{k}_mean']:.2f}%" for k, label in METHODS.items())
         return (f"drift of {self.model} over {len(self.by_time())} time(s) x {last['chips']} chip(s): clean "
@@ -242,7 +244,10 @@ def _serve(model: ModelProto, chip: DeviceNoise, calib, test, metric, momentum: 
     for batch in iter_batches(test, specs, batch_size=batch_size, min_batch=2):
         (logits,) = session.run([output], batch.feeds)
         scorer.update(logits, batch.labels)
-    return float(scorer.result())
+    result = scorer.result()
+    if isinstance(result, dict):
+        raise NabnError(f"drift needs a metric that gives one number, got {sorted(result)}")
+    return float(result)
 
 
 def drift_sweep(
@@ -250,7 +255,7 @@ def drift_sweep(
     calib: DataLike,
     test: DataLike,
     *,
-    device: Optional[DeviceNoise] = None,
+    device: Optional[NoiseModel] = None,
     times: Sequence[float] = DEFAULT_TIMES,
     seeds: Union[int, Sequence[int]] = 3,
     method: str = "auto",
@@ -269,8 +274,8 @@ def drift_sweep(
         model: path or ``ModelProto`` (BatchNorm kept or fused; not modified).
         calib: calibration data (no labels needed).
         test: labelled test data.
-        device: the device model (its ``t_inference``, ``seed`` and ``compensation`` are
-            set here); PCM with aihwkit's defaults when None.
+        device: the device model, a :class:`~nabn_onnx.noise.DeviceNoise` (its ``t_inference``,
+            ``seed`` and ``compensation`` are set here); PCM with aihwkit's defaults when None.
         times: seconds since programming; the first is when NaBN-once calibrates.
         seeds: number of chips ``K`` (seeds ``0..K-1``) or the seeds.
         method: calibration method (see :func:`~nabn_onnx.calibrate`).
@@ -305,41 +310,50 @@ def drift_sweep(
     weights = noisy_tensor_names(proto, include_bias=device.include_bias)
     if not weights:
         raise NabnError("the model has no analog layer with a constant weight: nothing to put noise on")
-    common = dict(batch_size=batch_size, providers=providers)
-    clean = evaluate(proto, test, metric, **common)
+
+    def score(m: ModelProto) -> float:
+        value = evaluate(m, test, metric, batch_size=batch_size, providers=providers)
+        if isinstance(value, dict):
+            raise NabnError(f"drift needs a metric that gives one number, got {sorted(value)}")
+        return value
+
+    clean = score(proto)
     prepared = split(proto, calib, batch_size=batch_size, max_batches=calib_batches, providers=providers).model
     settings = {k: v for k, v in device.describe().items() if k not in ("seed", "t_inference", "compensation")}
     report = DriftReport(_name(model, proto), metric, settings, clean, times[0], momentum, warmup)
-    timing = {k: 0.0 for k in ("vanilla", "gdc", "calibrate", "nabn", "dynamic")}
-    calib_options = dict(method=method, estimator=estimator, batch_size=batch_size, max_batches=calib_batches,
-                         providers=providers)
+    timing = dict.fromkeys(("vanilla", "gdc", "calibrate", "nabn", "dynamic"), 0.0)
+
+    def recalibrate(noise: DeviceNoise) -> ModelProto:
+        return calibrate(prepared, calib, noise=noise, method=method, estimator=estimator, batch_size=batch_size,
+                         max_batches=calib_batches, providers=providers).model
+
     with Progress("drift", len(seed_list) * len(times), enabled=show_progress) as bar:
         for seed in seed_list:
             base = dataclasses.replace(device, seed=seed, compensation="none")
             t0 = time.perf_counter()
-            once = calibrate(prepared, calib, noise=dataclasses.replace(base, t_inference=times[0]),
-                             **calib_options).model
+            once = recalibrate(dataclasses.replace(base, t_inference=times[0]))
             timing["calibrate"] += time.perf_counter() - t0
             # the NaBN-once statistics with the clean weights, for the serving session
             once_clean = _without_inject_record(_with_weights(once, prepared, weights))
             for t in times:
                 chip = dataclasses.replace(base, t_inference=t)
-                row = {"t": t, "seed": seed}
+                row: Dict[str, float] = {"t": t, "seed": seed}
                 t0 = time.perf_counter()
                 noisy = InjectWeightNoisePass(chip)(copy.deepcopy(proto)).model
-                row["vanilla"] = evaluate(noisy, test, metric, **common)
+                row["vanilla"] = score(noisy)
                 t1 = time.perf_counter()
-                gdc = InjectWeightNoisePass(dataclasses.replace(chip, compensation="global"))(copy.deepcopy(proto)).model
-                row["gdc"] = evaluate(gdc, test, metric, **common)
+                gdc_chip = dataclasses.replace(chip, compensation="global")
+                gdc = InjectWeightNoisePass(gdc_chip)(copy.deepcopy(proto)).model
+                row["gdc"] = score(gdc)
                 t2 = time.perf_counter()
-                each = once if t == times[0] else calibrate(prepared, calib, noise=chip, **calib_options).model
+                each = once if t == times[0] else recalibrate(chip)
                 t3 = time.perf_counter()
                 chip_split = InjectWeightNoisePass(chip)(copy.deepcopy(prepared)).model
-                row["nabn_once"] = evaluate(_with_weights(once, chip_split, weights), test, metric, **common)
+                row["nabn_once"] = score(_with_weights(once, chip_split, weights))
                 chip_gdc = InjectWeightNoisePass(dataclasses.replace(chip, compensation="global"))(
                     copy.deepcopy(prepared)).model
-                row["nabn_once_gdc"] = evaluate(_with_weights(once, chip_gdc, weights), test, metric, **common)
-                row["nabn_each"] = evaluate(each, test, metric, **common)
+                row["nabn_once_gdc"] = score(_with_weights(once, chip_gdc, weights))
+                row["nabn_each"] = score(each)
                 t4 = time.perf_counter()
                 row["dynamic"] = _serve(once_clean, chip, calib, test, metric, momentum, warmup, batch_size, providers)
                 t5 = time.perf_counter()

@@ -36,6 +36,7 @@ a model pools BatchNorm statistics over as many draws as there are batches.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
@@ -55,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "nabn_analog/"
 _RECORD = "analog"
-_NP = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}
+_NP: Dict[int, type] = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ class AnalogIO:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
                                       or not 2 <= value <= 24):
-                raise NoiseConfigError(f"{name} must be an integer from 2 to 24 (or None for no converter), got {value!r}")
+                raise NoiseConfigError(
+                    f"{name} must be an integer from 2 to 24 (or None for no converter), got {value!r}")
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**31:
             raise NoiseConfigError(f"seed must be an integer in [0, 2**31), got {self.seed!r}")
         if not (self.out_noise or self.adc_bits or self.dac_bits):
@@ -102,6 +104,12 @@ def _opset(model: ModelProto) -> int:
         if entry.domain in ("", "ai.onnx"):
             return entry.version
     return 0
+
+
+def _constant(new_inits: List[TensorProto], tag: str, np_type: type, name: str, value) -> str:
+    """Add ``value`` as the initializer ``tag + name`` (to ``new_inits``); its name."""
+    new_inits.append(numpy_helper.from_array(np.asarray(value, dtype=np_type), tag + name))
+    return tag + name
 
 
 def _elem_type(model: ModelProto, weight: str) -> int:
@@ -119,7 +127,7 @@ def measure_input_ranges(model: ModelProto, data, *, batch_size: int = 64, max_b
     from ..runtime import MEASURE, make_session
 
     probe = copy.deepcopy(model)
-    layers = [l for l in select_layers(find_analog_layers(probe), include, exclude) if l.weight]
+    layers = [layer for layer in select_layers(find_analog_layers(probe), include, exclude) if layer.weight]
     outputs = {}
     for i, layer in enumerate(layers):
         x = layer.node.input[0]
@@ -161,6 +169,7 @@ class InsertAnalogIOPass(Pass):
         self.exclude = exclude
 
     def call(self, model: ModelProto) -> PassResult:
+        """Wrap each selected analog layer in DAC, output noise, ADC and a digital bias, unless already done."""
         if read_record(model, _RECORD) is not None:
             logger.warning("model already carries analog periphery ops; not inserting again")
             return PassResult(model, False, {"layers": []})
@@ -189,12 +198,10 @@ class InsertAnalogIOPass(Pass):
                 skipped[layer.name] = f"zero or non-finite range (max|W| = {w_max}, max|X| = {x_max})"
                 continue
             tag = f"{PREFIX}{index}/"
+            inputs = list(node.input)
             entry: Dict[str, object] = {"layer": layer.name, "op": node.op_type, "tag": tag, "output": node.output[0],
-                                        "inputs": list(node.input), "max_x": x_max, "max_w": w_max}
-
-            def const(name: str, value) -> str:
-                new_inits.append(numpy_helper.from_array(np.asarray(value, dtype=np_type), tag + name))
-                return tag + name
+                                        "inputs": inputs, "max_x": x_max, "max_w": w_max}
+            const = functools.partial(_constant, new_inits, tag, np_type)
 
             before: List = []
             nodes: List = []
@@ -205,7 +212,8 @@ class InsertAnalogIOPass(Pass):
                 before += [
                     helper.make_node("Clip", [x, const("dac_lo", -bound), const("dac_hi", bound)], [tag + "dac_clip"],
                                      name=tag + "dac_clip"),
-                    helper.make_node("Div", [tag + "dac_clip", const("dac_step", step)], [tag + "dac_div"], name=tag + "dac_div"),
+                    helper.make_node("Div", [tag + "dac_clip", const("dac_step", step)], [tag + "dac_div"],
+                                     name=tag + "dac_div"),
                     helper.make_node("Round", [tag + "dac_div"], [tag + "dac_round"], name=tag + "dac_round"),
                     helper.make_node("Mul", [tag + "dac_round", const("dac_step2", step)], [x_out], name=tag + "dac"),
                 ]
@@ -229,9 +237,11 @@ class InsertAnalogIOPass(Pass):
                 nodes += [
                     helper.make_node("Clip", [current, const("adc_lo", -bound), const("adc_hi", bound)],
                                      [tag + "adc_clip"], name=tag + "adc_clip"),
-                    helper.make_node("Div", [tag + "adc_clip", const("adc_step", step)], [tag + "adc_div"], name=tag + "adc_div"),
+                    helper.make_node("Div", [tag + "adc_clip", const("adc_step", step)], [tag + "adc_div"],
+                                     name=tag + "adc_div"),
                     helper.make_node("Round", [tag + "adc_div"], [tag + "adc_round"], name=tag + "adc_round"),
-                    helper.make_node("Mul", [tag + "adc_round", const("adc_step2", step)], [tag + "adc"], name=tag + "adc"),
+                    helper.make_node("Mul", [tag + "adc_round", const("adc_step2", step)], [tag + "adc"],
+                                     name=tag + "adc"),
                 ]
                 current = tag + "adc"
             if bias is not None:
@@ -239,7 +249,7 @@ class InsertAnalogIOPass(Pass):
                 if values is None:
                     skipped[layer.name] = "bias is not a constant"  # undo this layer's rewiring
                     del node.input[:]
-                    node.input.extend(entry["inputs"])
+                    node.input.extend(inputs)
                     node.output[0] = y
                     new_inits = [t for t in new_inits if not t.name.startswith(tag)]
                     continue
@@ -254,7 +264,7 @@ class InsertAnalogIOPass(Pass):
             else:
                 nodes.append(helper.make_node("Identity", [current], [y], name=tag + "out"))
             position = list(model.graph.node).index(node)
-            for offset, new in enumerate(before + [node] + nodes):
+            for offset, new in enumerate([*before, node, *nodes]):
                 if new is not node:
                     model.graph.node.insert(position + offset, new)
             done.append(entry)
@@ -270,11 +280,11 @@ class StripAnalogIOPass(Pass):
     """Remove what :class:`InsertAnalogIOPass` inserted: the original graph comes back."""
 
     def call(self, model: ModelProto) -> PassResult:
+        """Restore the recorded layers' inputs and outputs and drop the inserted ops and initializers."""
         recorded = read_record(model, _RECORD)
         if recorded is None:
             return PassResult(model, False, {"layers": []})
         graph = model.graph
-        entries = {entry["tag"]: entry for entry in recorded["layers"]}
         # The chain starts at "<tag>raw": its producer (the analog node, or a BatchNorm that
         # split put after it since) writes the original output again; the analog node (found by
         # its op and weight) gets its original inputs back, the DAC'd input and the bias.
