@@ -66,16 +66,33 @@ def split(
     if not result.modified and not selected:
         raise NothingToDoError(
             "no analog layer (Conv, ConvTranspose, Gemm, MatMul with a constant weight) "
-            + ("matches --include/--exclude" if include or exclude else "in the model") + ": nothing to split"
+            + ("matches --include/--exclude" if include or exclude else "in the model")
+            + ": nothing to split"
         )
     if not result.modified and not any(layer.bn is not None for layer in selected):
         # every selected layer was skipped: writing the input back unchanged would look like success
         raise NothingToDoError(f"no analog layer can take a BatchNorm: {skip_summary(selected)}")
     if data is not None and result.details["inserted"]:
-        measure_inserted(proto, proto, result.details["inserted"], data, batch_size=batch_size,
-                         max_batches=max_batches, providers=providers, show_progress=show_progress)
-    record(proto, "split", {"inserted": len(result.details["inserted"]), "include": include, "exclude": exclude,
-                            "measured": data is not None})
+        measure_inserted(
+            proto,
+            proto,
+            result.details["inserted"],
+            data,
+            batch_size=batch_size,
+            max_batches=max_batches,
+            providers=providers,
+            show_progress=show_progress,
+        )
+    record(
+        proto,
+        "split",
+        {
+            "inserted": len(result.details["inserted"]),
+            "include": include,
+            "exclude": exclude,
+            "measured": data is not None,
+        },
+    )
     if output is not None:
         save_model(proto, output, external_data=external_data)
     return result
@@ -108,13 +125,15 @@ def inject(
     proto = _load_copy(model)
     result = InjectWeightNoisePass(noise, include=include, exclude=exclude)(proto)
     if "already" in result.details:
-        raise NabnError(f"the model already carries injected noise ({result.details['already']}); "
-                        "inject into the clean model")
+        raise NabnError(
+            f"the model already carries injected noise ({result.details['already']}); inject into the clean model"
+        )
     if not result.modified:
         layers = select_layers(find_analog_layers(proto), include, exclude)
         why = skip_summary(layers, noise=True)
-        raise NothingToDoError("no analog layer with a constant weight matched: nothing to put noise on"
-                               + (f" ({why})" if why else ""))
+        raise NothingToDoError(
+            "no analog layer with a constant weight matched: nothing to put noise on" + (f" ({why})" if why else "")
+        )
     if output is not None:
         save_model(proto, output, external_data=external_data)
     return result
@@ -143,6 +162,8 @@ def inspect_model(model: ModelLike, include: Optional[str] = None, exclude: Opti
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     counts = {k: sum(1 for x in layers if (x.bn_origin or "none") == k) for k in ("original", "inserted", "none")}
-    lines.append(f"{len(layers)} analog layer(s): {counts['original']} with an original BatchNorm, "
-                 f"{counts['inserted']} with an inserted one, {counts['none']} without")
+    lines.append(
+        f"{len(layers)} analog layer(s): {counts['original']} with an original BatchNorm, "
+        f"{counts['inserted']} with an inserted one, {counts['none']} without"
+    )
     return "\n".join(lines)

@@ -31,36 +31,54 @@ def _noise_args(parser: argparse.ArgumentParser, required: bool) -> None:
     group = parser.add_argument_group("noise (the paper's device model, or a device model: see nabn-onnx devices)")
     # required is checked in _make_noise, since a --device file may name the model instead
     parser.set_defaults(noise_required=required)
-    group.add_argument("--noise", choices=_NOISE_CHOICES,
-                       help="MUL: W + W*N_T*N_S; ADD: W + N_T*N_S; pcm, rram, rram-cmo: aihwkit's device models; "
-                            "ideal: only faults and quantization")
-    group.add_argument("--eta", type=float, help="noise scale eta (mean of N_T); for device models a multiplier "
-                                                 "of their noise (default 1)")
+    group.add_argument(
+        "--noise",
+        choices=_NOISE_CHOICES,
+        help="MUL: W + W*N_T*N_S; ADD: W + N_T*N_S; pcm, rram, rram-cmo: aihwkit's device models; "
+        "ideal: only faults and quantization",
+    )
+    group.add_argument(
+        "--eta",
+        type=float,
+        help="noise scale eta (mean of N_T); for device models a multiplier of their noise (default 1)",
+    )
     # Defaults are filled in by _make_noise, so that a setting given without --noise is caught.
     group.add_argument("--sigma-t", type=float, help="temporal spread relative to eta (default 0.2)")
     group.add_argument("--sigma-s", type=float, help="spatial spread of N_S (default 0.1)")
     group.add_argument("--seed", type=int, help="chip instance: the same seed gives the same weights (default 0)")
-    group.add_argument("--temporal", choices=["element", "layer"],
-                       help="draw N_T per weight element (default) or once per layer")
-    group.add_argument("--include-bias", action="store_true", default=None,
-                       help="also put noise on analog layers' biases")
+    group.add_argument(
+        "--temporal", choices=["element", "layer"], help="draw N_T per weight element (default) or once per layer"
+    )
+    group.add_argument(
+        "--include-bias", action="store_true", default=None, help="also put noise on analog layers' biases"
+    )
     _device_args(parser)
 
 
 #: Noise settings and their defaults; each needs --noise.
 _NOISE_DEFAULTS = {"eta": None, "sigma_t": 0.2, "sigma_s": 0.1, "seed": 0, "temporal": "element", "include_bias": False}
+
+
 def _device_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("device models (pcm, rram, rram-cmo, ideal)")
-    group.add_argument("--device", metavar="FILE", help="device parameters (.json, or .toml on Python 3.11+); "
-                                                       "may name the model as \"noise\"; flags override it")
+    group.add_argument(
+        "--device",
+        metavar="FILE",
+        help='device parameters (.json, or .toml on Python 3.11+); may name the model as "noise"; flags override it',
+    )
     group.add_argument("--t-inference", type=float, help="seconds since programming (default 0)")
     group.add_argument("--compensation", choices=["none", "global"], help="global drift compensation (aihwkit's)")
     group.add_argument("--levels", type=int, help="quantize conductances to this many levels")
     group.add_argument("--stuck-min", type=float, help="fraction of devices stuck at g_min")
     group.add_argument("--stuck-max", type=float, help="fraction of devices stuck at g_max")
     group.add_argument("--clip-sigma", type=float, help="clip weights at this many standard deviations per layer")
-    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="any other device parameter (repeatable), e.g. --set drift_scale=0.5")
+    group.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other device parameter (repeatable), e.g. --set drift_scale=0.5",
+    )
 
 
 _DEVICE_FLAGS = ("t_inference", "compensation", "levels", "stuck_min", "stuck_max", "clip_sigma")
@@ -95,14 +113,14 @@ def _make_noise(args, parser):
     file_kind, options = _device_options(args)
     kind = args.noise or file_kind
     if kind is None and getattr(args, "noise_required", False):
-        parser.error(f"{args.command} needs --noise (or a --device file naming the model as \"noise\")")
+        parser.error(f'{args.command} needs --noise (or a --device file naming the model as "noise")')
     if kind is None:
         given = [name for name in _NOISE_DEFAULTS if getattr(args, name) is not None]
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             parser.error(f"{flags} need(s) --noise: without it no chip is simulated and the setting would be ignored")
         if options:
-            parser.error("device parameters need --noise (or \"noise\" in the --device file)")
+            parser.error('device parameters need --noise (or "noise" in the --device file)')
         return None
     for name, default in _NOISE_DEFAULTS.items():
         if getattr(args, name) is None and name != "eta":
@@ -112,12 +130,20 @@ def _make_noise(args, parser):
     if kind in DEVICE_MODELS:
         return make_noise(kind, args.eta, seed=args.seed, include_bias=args.include_bias, **options)
     if options:
-        raise NabnError(f"{', '.join(sorted(options))} apply to device models ({', '.join(DEVICE_MODELS)}), "
-                        f"not to {kind.upper()}")
+        raise NabnError(
+            f"{', '.join(sorted(options))} apply to device models ({', '.join(DEVICE_MODELS)}), not to {kind.upper()}"
+        )
     if args.eta is None:
         parser.error("--noise needs --eta")
-    return make_noise(kind, args.eta, sigma_t=args.sigma_t, sigma_s=args.sigma_s, seed=args.seed,
-                      temporal=args.temporal, include_bias=args.include_bias)
+    return make_noise(
+        kind,
+        args.eta,
+        sigma_t=args.sigma_t,
+        sigma_s=args.sigma_s,
+        seed=args.seed,
+        temporal=args.temporal,
+        include_bias=args.include_bias,
+    )
 
 
 def _noise_suffix(noise) -> str:
@@ -130,19 +156,33 @@ def _model_output_args(parser: argparse.ArgumentParser, default: str) -> None:
     """Where a command writes its model (declared once for split, inject and calibrate)."""
     group = parser.add_argument_group("output model")
     group.add_argument("-o", "--output", help=f"output model (default {default})")
-    group.add_argument("--external-data", action="store_const", const=True, default=None,
-                       help="store the output's weights in OUTPUT.data beside it (automatic above 2 GB)")
+    group.add_argument(
+        "--external-data",
+        action="store_const",
+        const=True,
+        default=None,
+        help="store the output's weights in OUTPUT.data beside it (automatic above 2 GB)",
+    )
 
 
 def _chip_grid_args(parser: argparse.ArgumentParser, default_seeds: int) -> None:
     """The chips a sweep or a gate simulates: a noise model, several etas, several seeds (declared once)."""
     group = parser.add_argument_group("chips (every eta x seed is one simulated chip)")
-    group.add_argument("--noise", choices=_NOISE_CHOICES,
-                       help="MUL: W + W*N_T*N_S; ADD: W + N_T*N_S; pcm, rram, rram-cmo, ideal: device models")
-    group.add_argument("--eta", help="noise scales, comma-separated (e.g. 0.02,0.04,0.06); for device models "
-                                     "multipliers of their noise (default 1)")
-    group.add_argument("--seeds", default=str(default_seeds),
-                       help=f"chips per eta: a count K (seeds 0..K-1) or a list 3,7,11 (default {default_seeds})")
+    group.add_argument(
+        "--noise",
+        choices=_NOISE_CHOICES,
+        help="MUL: W + W*N_T*N_S; ADD: W + N_T*N_S; pcm, rram, rram-cmo, ideal: device models",
+    )
+    group.add_argument(
+        "--eta",
+        help="noise scales, comma-separated (e.g. 0.02,0.04,0.06); for device models "
+        "multipliers of their noise (default 1)",
+    )
+    group.add_argument(
+        "--seeds",
+        default=str(default_seeds),
+        help=f"chips per eta: a count K (seeds 0..K-1) or a list 3,7,11 (default {default_seeds})",
+    )
     group.add_argument("--sigma-t", type=float, default=0.2, help="temporal spread relative to eta (default 0.2)")
     group.add_argument("--sigma-s", type=float, default=0.1, help="spatial spread of N_S (default 0.1)")
     group.add_argument("--temporal", choices=["element", "layer"], default="element")
@@ -158,12 +198,13 @@ def _chip_grid_noise(args, parser):
     file_kind, device = _device_options(args)
     kind = args.noise or file_kind
     if kind is None:
-        parser.error(f"{args.command} needs --noise (or \"noise\" in the --device file)")
+        parser.error(f'{args.command} needs --noise (or "noise" in the --device file)')
     if kind not in _NOISE_CHOICES:
         raise NabnError(f"unknown noise model {kind!r}; choose one of {', '.join(_NOISE_CHOICES)}")
     if kind not in DEVICE_MODELS and device:
-        raise NabnError(f"{', '.join(sorted(device))} apply to device models ({', '.join(DEVICE_MODELS)}), "
-                        f"not to {kind.upper()}")
+        raise NabnError(
+            f"{', '.join(sorted(device))} apply to device models ({', '.join(DEVICE_MODELS)}), not to {kind.upper()}"
+        )
     if args.eta is None and kind not in DEVICE_MODELS:
         parser.error(f"--noise {kind} needs --eta")
     return kind, device, parse_floats(args.eta or "1", "eta")
@@ -172,18 +213,25 @@ def _chip_grid_noise(args, parser):
 def _method_arg(parser: argparse.ArgumentParser) -> None:
     from .calibration.engine import METHODS
 
-    parser.add_argument("--method", choices=list(METHODS), default="auto",
-                        help="calibration method: auto (default) takes whichever of delta, paper or their blend keeps "
-                             "outputs closest to the clean model's on held-out batches; paper: Algorithm 1 (what the "
-                             "paper's tables use); delta: reference statistics plus the noise-induced shift")
+    parser.add_argument(
+        "--method",
+        choices=list(METHODS),
+        default="auto",
+        help="calibration method: auto (default) takes whichever of delta, paper or their blend keeps "
+        "outputs closest to the clean model's on held-out batches; paper: Algorithm 1 (what the "
+        "paper's tables use); delta: reference statistics plus the noise-induced shift",
+    )
 
 
 def _runtime_args(parser: argparse.ArgumentParser) -> None:
     """Where sessions run: one group, on every command that builds onnxruntime sessions."""
     group = parser.add_argument_group("runtime (onnxruntime)")
-    group.add_argument("--providers", metavar="LIST",
-                       help="execution providers in order of preference, comma-separated, e.g. "
-                            "CUDAExecutionProvider,CPUExecutionProvider (default CPUExecutionProvider)")
+    group.add_argument(
+        "--providers",
+        metavar="LIST",
+        help="execution providers in order of preference, comma-separated, e.g. "
+        "CUDAExecutionProvider,CPUExecutionProvider (default CPUExecutionProvider)",
+    )
 
 
 def _providers(args):
@@ -194,18 +242,30 @@ def _providers(args):
 
 def _parallel_args(parser: argparse.ArgumentParser, resumable: bool = True) -> None:
     group = parser.add_argument_group("scale (where chips run" + (", and resuming)" if resumable else ")"))
-    group.add_argument("--jobs", type=int, default=1, metavar="N",
-                       help="run chips in N local processes (default 1: in this process); with --ray, the CPUs "
-                            "of the local Ray runtime")
-    group.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                       help="run chips as Ray tasks: alone, on a local Ray runtime; with ADDRESS (auto, "
-                            "host:6379, ray://host:10001), on that cluster (needs nabn-onnx[ray])")
+    group.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run chips in N local processes (default 1: in this process); with --ray, the CPUs "
+        "of the local Ray runtime",
+    )
+    group.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run chips as Ray tasks: alone, on a local Ray runtime; with ADDRESS (auto, "
+        "host:6379, ray://host:10001), on that cluster (needs nabn-onnx[ray])",
+    )
     if not resumable:
         return
-    group.add_argument("--results", metavar="FILE.jsonl",
-                       help="append each finished chip to this JSON-lines file as it ends")
-    group.add_argument("--resume", action="store_true",
-                       help="continue the sweep in --results: chips already there are not run again")
+    group.add_argument(
+        "--results", metavar="FILE.jsonl", help="append each finished chip to this JSON-lines file as it ends"
+    )
+    group.add_argument(
+        "--resume", action="store_true", help="continue the sweep in --results: chips already there are not run again"
+    )
 
 
 def _selection_args(parser: argparse.ArgumentParser) -> None:
@@ -223,14 +283,25 @@ def _cmd_split(args, parser) -> int:
     output = Path(args.output) if args.output else _default_output(Path(args.model), ".split")
     check_output(args.model, output)
     started = time.perf_counter()
-    result = split(args.model, data=args.data, include=args.include, exclude=args.exclude,
-                   batch_size=args.batch_size, output=output, show_progress=not args.quiet,
-                   external_data=args.external_data, providers=_providers(args))
+    result = split(
+        args.model,
+        data=args.data,
+        include=args.include,
+        exclude=args.exclude,
+        batch_size=args.batch_size,
+        output=output,
+        show_progress=not args.quiet,
+        external_data=args.external_data,
+        providers=_providers(args),
+    )
     inserted = result.details.get("inserted", [])
     skipped = result.details.get("skipped", {})
-    _say(args, f"split {len(inserted)} layer(s), {len(skipped)} skipped, "
-               f"{'measured statistics' if args.data else 'identity placeholders'}, "
-               f"wrote {output} in {time.perf_counter() - started:.2f}s")
+    _say(
+        args,
+        f"split {len(inserted)} layer(s), {len(skipped)} skipped, "
+        f"{'measured statistics' if args.data else 'identity placeholders'}, "
+        f"wrote {output} in {time.perf_counter() - started:.2f}s",
+    )
     return 0
 
 
@@ -241,11 +312,15 @@ def _cmd_inject(args, parser) -> int:
     output = Path(args.output) if args.output else _default_output(Path(args.model), _noise_suffix(noise))
     check_output(args.model, output)
     started = time.perf_counter()
-    result = inject(args.model, noise, include=args.include, exclude=args.exclude, output=output,
-                    external_data=args.external_data)
-    _say(args, f"injected {noise.label()} noise into "
-               f"{len(result.details['tensors'])} weight tensor(s), wrote {output} in "
-               f"{time.perf_counter() - started:.2f}s")
+    result = inject(
+        args.model, noise, include=args.include, exclude=args.exclude, output=output, external_data=args.external_data
+    )
+    _say(
+        args,
+        f"injected {noise.label()} noise into "
+        f"{len(result.details['tensors'])} weight tensor(s), wrote {output} in "
+        f"{time.perf_counter() - started:.2f}s",
+    )
     return 0
 
 
@@ -260,18 +335,40 @@ def _cmd_calibrate(args, parser) -> int:
         check_output_folder(Path(args.report))
     if args.momentum is not None and args.estimator != "ema":
         parser.error("--momentum applies to --estimator ema only; the cumulative estimator has no momentum")
-    estimator = Estimator(kind=args.estimator, variance=args.variance, unbiased=not args.biased,
-                          momentum=0.999 if args.momentum is None else args.momentum)
-    result = calibrate(args.model, args.data, noise=noise, method=args.method, estimator=estimator,
-                       batch_size=args.batch_size, max_batches=args.max_batches, include=args.include,
-                       exclude=args.exclude, reference=args.reference, show_progress=not args.quiet,
-                       providers=_providers(args))
+    estimator = Estimator(
+        kind=args.estimator,
+        variance=args.variance,
+        unbiased=not args.biased,
+        momentum=0.999 if args.momentum is None else args.momentum,
+    )
+    result = calibrate(
+        args.model,
+        args.data,
+        noise=noise,
+        method=args.method,
+        estimator=estimator,
+        batch_size=args.batch_size,
+        max_batches=args.max_batches,
+        include=args.include,
+        exclude=args.exclude,
+        reference=args.reference,
+        show_progress=not args.quiet,
+        providers=_providers(args),
+    )
     gain = None
     if args.test:
         from .evaluation.evaluate import measure_gain
 
-        gain = measure_gain(args.model, result.model, args.test, noise=noise, reference=args.reference,
-                            metric=args.metric, batch_size=args.batch_size, providers=_providers(args))
+        gain = measure_gain(
+            args.model,
+            result.model,
+            args.test,
+            noise=noise,
+            reference=args.reference,
+            metric=args.metric,
+            batch_size=args.batch_size,
+            providers=_providers(args),
+        )
     # saved only once everything that can fail on the user's input has run, so an error leaves no file
     save_model(result.model, output, external_data=args.external_data)
     if args.report:
@@ -279,8 +376,11 @@ def _cmd_calibrate(args, parser) -> int:
     _say(args, result.report.summary() + f"; wrote {output}")
     if gain is not None:
         clean = "n/a" if gain["clean"] is None else f"{100 * gain['clean']:.1f}%"
-        _say(args, f"{gain['metric']} on {Path(args.test).name}: clean {clean}, noisy chip {100 * gain['noisy']:.1f}%, "
-                   f"calibrated {100 * gain['calibrated']:.1f}%")
+        _say(
+            args,
+            f"{gain['metric']} on {Path(args.test).name}: clean {clean}, noisy chip {100 * gain['noisy']:.1f}%, "
+            f"calibrated {100 * gain['calibrated']:.1f}%",
+        )
     return 0
 
 
@@ -290,9 +390,15 @@ def _write_report(path: Path, report, gain=None) -> None:
     if path.suffix == ".md":
         text = report.to_markdown()
         if gain is not None:
-            text += "\n| model | " + gain["metric"] + " |\n|---|---:|\n" + "".join(
-                f"| {k} | {'n/a' if gain[k] is None else f'{100 * gain[k]:.2f}%'} |\n"
-                for k in ("clean", "noisy", "calibrated"))
+            text += (
+                "\n| model | "
+                + gain["metric"]
+                + " |\n|---|---:|\n"
+                + "".join(
+                    f"| {k} | {'n/a' if gain[k] is None else f'{100 * gain[k]:.2f}%'} |\n"
+                    for k in ("clean", "noisy", "calibrated")
+                )
+            )
         atomic_write_text(path, text)
     else:
         payload = report.to_dict()
@@ -347,14 +453,21 @@ def _data_source(path: str, args):
 
 
 def _metric_args(parser: argparse.ArgumentParser, several: bool) -> None:
-    parser.add_argument("--metric", default="top1",
-                        help="top1 (default), top5, miou, pixel-acc, map50, mar50, or DECODER:METRIC for raw detector "
-                             "outputs (picodet:map50, picodet:mar50, dbnet:miou, dbnet:pixel-acc)"
-                             + (", or several comma-separated" if several else ""))
+    parser.add_argument(
+        "--metric",
+        default="top1",
+        help="top1 (default), top5, miou, pixel-acc, map50, mar50, or DECODER:METRIC for raw detector "
+        "outputs (picodet:map50, picodet:mar50, dbnet:miou, dbnet:pixel-acc)"
+        + (", or several comma-separated" if several else ""),
+    )
     parser.add_argument("--output-name", help="model output the metric reads: name or index (default: the first)")
     parser.add_argument("--ignore-index", type=int, default=255, help="segmentation label never counted (default 255)")
-    parser.add_argument("--ignore-background", action=argparse.BooleanOptionalAction, default=None,
-                        help="drop background (class 0) pixels (default: yes for miou, as the paper; no for pixel-acc)")
+    parser.add_argument(
+        "--ignore-background",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="drop background (class 0) pixels (default: yes for miou, as the paper; no for pixel-acc)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
 
 
@@ -378,9 +491,15 @@ def _cmd_evaluate(args, parser) -> int:
 
     evaluator = Evaluator(args.model, output=_output_arg(args), providers=_providers(args))
     with Progress("evaluating", None, enabled=not args.quiet) as bar:
-        result = evaluator.run(_data_source(args.data, args), args.metric, batch_size=args.batch_size,
-                               max_batches=args.max_batches, ignore_index=args.ignore_index,
-                               ignore_background=args.ignore_background, progress=bar)
+        result = evaluator.run(
+            _data_source(args.data, args),
+            args.metric,
+            batch_size=args.batch_size,
+            max_batches=args.max_batches,
+            ignore_index=args.ignore_index,
+            ignore_background=args.ignore_background,
+            progress=bar,
+        )
     if args.json:
         print(json.dumps({"value": result.value, "samples": result.samples, "seconds": round(result.seconds, 3)}))
     else:
@@ -405,16 +524,40 @@ def _cmd_sweep(args, parser) -> int:
         parser.error("--resume needs --results FILE.jsonl")
     if args.results:
         check_output_folder(Path(args.results))
-    plan = SweepPlan.of(kind, etas, seeds, sigma_t=args.sigma_t, sigma_s=args.sigma_s, temporal=args.temporal,
-                        include_bias=args.include_bias, device=device or None)
+    plan = SweepPlan.of(
+        kind,
+        etas,
+        seeds,
+        sigma_t=args.sigma_t,
+        sigma_s=args.sigma_s,
+        temporal=args.temporal,
+        include_bias=args.include_bias,
+        device=device or None,
+    )
     providers = _providers(args)
-    settings = SweepSettings(method=args.method, metric=args.metric, estimator=DEFAULT_ESTIMATOR,
-                             batch_size=args.batch_size, calib_batches=args.max_batches, output=_output_arg(args),
-                             ignore_index=args.ignore_index, ignore_background=args.ignore_background,
-                             reuse_sessions=args.reuse_sessions, providers=tuple(providers) if providers else None)
-    report = run_sweep(args.model, _data_source(args.calib, args), _data_source(args.test, args), plan, settings,
-                       executor=make_executor(args.jobs, args.ray), results=args.results, resume=args.resume,
-                       show_progress=not args.quiet)
+    settings = SweepSettings(
+        method=args.method,
+        metric=args.metric,
+        estimator=DEFAULT_ESTIMATOR,
+        batch_size=args.batch_size,
+        calib_batches=args.max_batches,
+        output=_output_arg(args),
+        ignore_index=args.ignore_index,
+        ignore_background=args.ignore_background,
+        reuse_sessions=args.reuse_sessions,
+        providers=tuple(providers) if providers else None,
+    )
+    report = run_sweep(
+        args.model,
+        _data_source(args.calib, args),
+        _data_source(args.test, args),
+        plan,
+        settings,
+        executor=make_executor(args.jobs, args.ray),
+        results=args.results,
+        resume=args.resume,
+        show_progress=not args.quiet,
+    )
     if report_path:
         report.write(report_path)
     if plot_path:
@@ -433,9 +576,18 @@ def _cmd_diagnose(args, parser) -> int:
     noise = _make_noise(args, parser)
     report_path = _report_suffix(args.report, (".json", ".md"))
     plot_path = _report_suffix(args.plot, (".png", ".svg", ".pdf"))
-    report = diagnose(args.model, _data_source(args.data, args), noise=noise, method=args.method, at=args.at,
-                      bins=args.bins, batch_size=args.batch_size, max_batches=args.max_batches,
-                      show_progress=not args.quiet, providers=_providers(args))
+    report = diagnose(
+        args.model,
+        _data_source(args.data, args),
+        noise=noise,
+        method=args.method,
+        at=args.at,
+        bins=args.bins,
+        batch_size=args.batch_size,
+        max_batches=args.max_batches,
+        show_progress=not args.quiet,
+        providers=_providers(args),
+    )
     if report_path:
         report.write(report_path)
     if plot_path:
@@ -464,26 +616,46 @@ def _cmd_analog(args, parser) -> int:
         if not result.modified:
             raise NabnError(f"{args.model} carries no analog periphery ops (nabn.analog): nothing to strip")
         save_model(model, output, external_data=args.external_data)
-        _say(args, f"stripped the analog periphery of {len(result.details['layers'])} layer(s), wrote {output} in "
-                   f"{time.perf_counter() - started:.2f}s")
+        _say(
+            args,
+            f"stripped the analog periphery of {len(result.details['layers'])} layer(s), wrote {output} in "
+            f"{time.perf_counter() - started:.2f}s",
+        )
         return 0
     if not args.data:
         parser.error("analog needs --data (calibration data, to measure each layer's input range)")
-    settings = AnalogIO(out_noise=args.out_noise or 0.0, adc_bits=args.adc_bits, out_bound=args.out_bound,
-                        dac_bits=args.dac_bits, inp_bound=args.inp_bound, seed=args.seed)
-    ranges = measure_input_ranges(model, _data_source(args.data, args), batch_size=args.batch_size,
-                                  max_batches=args.max_batches, include=args.include, exclude=args.exclude)
+    settings = AnalogIO(
+        out_noise=args.out_noise or 0.0,
+        adc_bits=args.adc_bits,
+        out_bound=args.out_bound,
+        dac_bits=args.dac_bits,
+        inp_bound=args.inp_bound,
+        seed=args.seed,
+    )
+    ranges = measure_input_ranges(
+        model,
+        _data_source(args.data, args),
+        batch_size=args.batch_size,
+        max_batches=args.max_batches,
+        include=args.include,
+        exclude=args.exclude,
+    )
     result = InsertAnalogIOPass(settings, ranges, include=args.include, exclude=args.exclude)(model)
     if not result.modified:
         reasons = "; ".join(f"{k}: {v}" for k, v in list(result.details.get("skipped", {}).items())[:3])
         raise NabnError("no analog layer to put the periphery around" + (f" ({reasons})" if reasons else ""))
     save_model(model, output, external_data=args.external_data)
-    stages = [f"output noise {settings.out_noise:g}u" if settings.out_noise else "",
-              f"{settings.adc_bits}-bit ADC at {settings.out_bound:g}u" if settings.adc_bits else "",
-              f"{settings.dac_bits}-bit DAC at {settings.inp_bound:g} max|x|" if settings.dac_bits else ""]
-    _say(args, f"inserted {', '.join(x for x in stages if x)} around {len(result.details['layers'])} analog layer(s) "
-               f"({len(result.details.get('skipped', {}))} skipped), wrote {output} in "
-               f"{time.perf_counter() - started:.2f}s")
+    stages = [
+        f"output noise {settings.out_noise:g}u" if settings.out_noise else "",
+        f"{settings.adc_bits}-bit ADC at {settings.out_bound:g}u" if settings.adc_bits else "",
+        f"{settings.dac_bits}-bit DAC at {settings.inp_bound:g} max|x|" if settings.dac_bits else "",
+    ]
+    _say(
+        args,
+        f"inserted {', '.join(x for x in stages if x)} around {len(result.details['layers'])} analog layer(s) "
+        f"({len(result.details.get('skipped', {}))} skipped), wrote {output} in "
+        f"{time.perf_counter() - started:.2f}s",
+    )
     return 0
 
 
@@ -524,10 +696,21 @@ def _cmd_drift(args, parser) -> int:
     seeds = seed_values if "," in args.seeds else seed_values[0] if seed_values else 0
     report_path = _report_suffix(args.report, (".json", ".md", ".csv"))
     plot_path = _report_suffix(args.plot, (".png", ".svg", ".pdf"))
-    report = drift_sweep(args.model, _data_source(args.calib, args), _data_source(args.test, args), device=device,
-                         times=parse_times(args.times), seeds=seeds, method=args.method, metric=args.metric,
-                         momentum=args.momentum, warmup=args.warmup, batch_size=args.batch_size,
-                         calib_batches=args.max_batches, show_progress=not args.quiet)
+    report = drift_sweep(
+        args.model,
+        _data_source(args.calib, args),
+        _data_source(args.test, args),
+        device=device,
+        times=parse_times(args.times),
+        seeds=seeds,
+        method=args.method,
+        metric=args.metric,
+        momentum=args.momentum,
+        warmup=args.warmup,
+        batch_size=args.batch_size,
+        calib_batches=args.max_batches,
+        show_progress=not args.quiet,
+    )
     if report_path:
         report.write(report_path)
     if plot_path:
@@ -557,9 +740,12 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     _method_arg(p)
     _metric_args(p, several=False)
     p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
-    p.add_argument("--reuse-sessions", action="store_true",
-                   help="one onnxruntime session for all chips, weights fed per chip (slower per run; "
-                        "pays only for tiny test sets)")
+    p.add_argument(
+        "--reuse-sessions",
+        action="store_true",
+        help="one onnxruntime session for all chips, weights fed per chip (slower per run; "
+        "pays only for tiny test sets)",
+    )
     p.add_argument("--report", help="write the results (.json, .md or .csv)")
     p.add_argument("--plot", help="accuracy against eta (.png, .svg or .pdf; needs matplotlib)")
     _parallel_args(p)
@@ -567,21 +753,31 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     _runtime_args(p)
     p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("drift", parents=[common],
-                       help="accuracy over time since programming: vanilla, drift compensation, NaBN once/each/dynamic")
+    p = sub.add_parser(
+        "drift",
+        parents=[common],
+        help="accuracy over time since programming: vanilla, drift compensation, NaBN once/each/dynamic",
+    )
     p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
     p.add_argument("--calib", required=True, help="calibration data (.npz or image folder)")
     p.add_argument("--test", required=True, help="labelled test data (.npz with 'labels' or image folder)")
     p.add_argument("--noise", choices=["pcm", "rram", "rram-cmo", "ideal"], help="device model (default pcm)")
     p.add_argument("--eta", type=float, help="multiplier of the device's programming and read noise (default 1)")
     p.add_argument("--include-bias", action="store_true", help="also put noise on analog layers' biases")
-    p.add_argument("--times", default="1s,1h,1d,1mo,1y",
-                   help="times since programming, comma-separated, in s or with a unit (min, h, d, w, mo, y); "
-                        "the first is when NaBN-once calibrates (default 1s,1h,1d,1mo,1y)")
+    p.add_argument(
+        "--times",
+        default="1s,1h,1d,1mo,1y",
+        help="times since programming, comma-separated, in s or with a unit (min, h, d, w, mo, y); "
+        "the first is when NaBN-once calibrates (default 1s,1h,1d,1mo,1y)",
+    )
     p.add_argument("--seeds", default="3", help="chips: a count K (seeds 0..K-1) or a list 3,7,11 (default 3)")
     p.add_argument("--momentum", type=float, default=0.9, help="dynamic NabnSession momentum (default 0.9)")
-    p.add_argument("--warmup", type=int, default=2,
-                   help="passes over the calibration data the dynamic session serves before the test (default 2)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="passes over the calibration data the dynamic session serves before the test (default 2)",
+    )
     _device_args(p)
     _method_arg(p)
     p.add_argument("--metric", default="top1", help="top1 (default), top5, ...")
@@ -597,8 +793,12 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="calibration data (.npz or image folder)")
     _noise_args(p, required=True)
     _method_arg(p)
-    p.add_argument("--at", choices=["bn", "activation"], default="bn",
-                   help="measure each BatchNorm's output (default) or the activation after it")
+    p.add_argument(
+        "--at",
+        choices=["bn", "activation"],
+        default="bn",
+        help="measure each BatchNorm's output (default) or the activation after it",
+    )
     p.add_argument("--bins", type=int, default=200, help="histogram bins in the clean range (default 200)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-batches", type=int)
@@ -632,13 +832,31 @@ def _run_check(args, parser) -> int:
     junit_path = _report_suffix(args.junit, (".xml",))
     seeds = _parse_seeds(args.seeds)
     kind, device, etas = _chip_grid_noise(args, parser)
-    report = check(args.model, _data_source(args.data, args), _data_source(args.test, args), thresholds,
-                   calibrated=args.calibrated, noise=kind, etas=etas, seeds=seeds, device=device or None,
-                   method=args.method, sigma_t=args.sigma_t, sigma_s=args.sigma_s, temporal=args.temporal,
-                   include_bias=args.include_bias, batch_size=args.batch_size, calib_batches=args.max_batches,
-                   test_batches=args.test_batches, output=_output_arg(args), ignore_index=args.ignore_index,
-                   ignore_background=args.ignore_background, show_progress=not args.quiet,
-                   providers=_providers(args), executor=make_executor(args.jobs, args.ray))
+    report = check(
+        args.model,
+        _data_source(args.data, args),
+        _data_source(args.test, args),
+        thresholds,
+        calibrated=args.calibrated,
+        noise=kind,
+        etas=etas,
+        seeds=seeds,
+        device=device or None,
+        method=args.method,
+        sigma_t=args.sigma_t,
+        sigma_s=args.sigma_s,
+        temporal=args.temporal,
+        include_bias=args.include_bias,
+        batch_size=args.batch_size,
+        calib_batches=args.max_batches,
+        test_batches=args.test_batches,
+        output=_output_arg(args),
+        ignore_index=args.ignore_index,
+        ignore_background=args.ignore_background,
+        show_progress=not args.quiet,
+        providers=_providers(args),
+        executor=make_executor(args.jobs, args.ray),
+    )
     if report_path:
         report.write(report_path)
     if junit_path:
@@ -661,24 +879,42 @@ def _parse_seeds(text: str):
 
 
 def _add_check_command(sub, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("check", parents=[common],
-                       help="robustness gate: exit 0 when every simulated chip meets every threshold, 1 when not")
+    p = sub.add_parser(
+        "check",
+        parents=[common],
+        help="robustness gate: exit 0 when every simulated chip meets every threshold, 1 when not",
+    )
     p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
     p.add_argument("--data", required=True, help="calibration data (.npz or image folder)")
     p.add_argument("--test", required=True, help="labelled test data (.npz with 'labels' or image folder)")
-    p.add_argument("--min", action="append", metavar="METRIC=VALUE",
-                   help="every chip must reach at least VALUE (a fraction, or a percentage: top1=95%%); repeatable; "
-                        "metrics: top1, top5, top<k>, miou, pixel-acc")
-    p.add_argument("--max", action="append", metavar="METRIC=VALUE",
-                   help="every chip must stay at most VALUE (for metrics where lower is better); repeatable")
-    p.add_argument("--calibrated", action="store_true",
-                   help="judge each chip after NaBN calibration on --data (default: the noisy chip as it is)")
+    p.add_argument(
+        "--min",
+        action="append",
+        metavar="METRIC=VALUE",
+        help="every chip must reach at least VALUE (a fraction, or a percentage: top1=95%%); repeatable; "
+        "metrics: top1, top5, top<k>, miou, pixel-acc",
+    )
+    p.add_argument(
+        "--max",
+        action="append",
+        metavar="METRIC=VALUE",
+        help="every chip must stay at most VALUE (for metrics where lower is better); repeatable",
+    )
+    p.add_argument(
+        "--calibrated",
+        action="store_true",
+        help="judge each chip after NaBN calibration on --data (default: the noisy chip as it is)",
+    )
     _chip_grid_args(p, default_seeds=3)
     _method_arg(p)
     p.add_argument("--output-name", help="model output the metric reads: name or index (default: the first)")
     p.add_argument("--ignore-index", type=int, default=255, help="segmentation label never counted (default 255)")
-    p.add_argument("--ignore-background", action=argparse.BooleanOptionalAction, default=None,
-                   help="drop background (class 0) pixels (default: yes for miou, as the paper; no for pixel-acc)")
+    p.add_argument(
+        "--ignore-background",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="drop background (class 0) pixels (default: yes for miou, as the paper; no for pixel-acc)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
     p.add_argument("--test-batches", type=int, help="evaluate on at most this many batches")
@@ -732,10 +968,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="calibration data (.npz keyed by input name)")
     _noise_args(p, required=False)
     _method_arg(p)
-    p.add_argument("--estimator", choices=["cumulative", "ema"], default="cumulative",
-                   help="combine batch statistics by average (default) or the paper's EMA")
-    p.add_argument("--variance", choices=["total", "mean"], default="total",
-                   help="pool variance as total variance (default) or mean of batch variances")
+    p.add_argument(
+        "--estimator",
+        choices=["cumulative", "ema"],
+        default="cumulative",
+        help="combine batch statistics by average (default) or the paper's EMA",
+    )
+    p.add_argument(
+        "--variance",
+        choices=["total", "mean"],
+        default="total",
+        help="pool variance as total variance (default) or mean of batch variances",
+    )
     p.add_argument("--biased", action="store_true", help="no Bessel correction of batch variances")
     p.add_argument("--momentum", type=float, help="EMA momentum m (default 0.999, the paper's); needs --estimator ema")
     p.add_argument("--batch-size", type=int, default=64)
@@ -743,9 +987,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="the clean model, when MODEL is already noisy")
     p.add_argument("--report", help="write the per-layer report (.json or .md)")
     p.add_argument("--test", help="labelled test .npz: report the metric of the clean, noisy and calibrated model")
-    p.add_argument("--metric", default="top1",
-                   help="metric for --test (top1, top5, miou, pixel-acc, map50, mar50, or DECODER:METRIC such as "
-                        "picodet:map50 or dbnet:miou; default top1)")
+    p.add_argument(
+        "--metric",
+        default="top1",
+        help="metric for --test (top1, top5, miou, pixel-acc, map50, mar50, or DECODER:METRIC such as "
+        "picodet:map50 or dbnet:miou; default top1)",
+    )
     _model_output_args(p, default="MODEL.nabn.onnx")
     _selection_args(p)
     _runtime_args(p)
@@ -756,8 +1003,11 @@ def build_parser() -> argparse.ArgumentParser:
     _selection_args(p)
     p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser("analog", parents=[common],
-                       help="insert (or --strip) the analog periphery: output noise, ADC and DAC as graph ops")
+    p = sub.add_parser(
+        "analog",
+        parents=[common],
+        help="insert (or --strip) the analog periphery: output noise, ADC and DAC as graph ops",
+    )
     p.add_argument("model", help="input .onnx model")
     p.add_argument("--data", help="calibration data, to measure each analog layer's input range")
     p.add_argument("--out-noise", type=float, help="output noise std in units of max|W| max|x| (aihwkit's 0.06)")
@@ -769,10 +1019,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strip", action="store_true", help="remove the inserted ops: the original graph comes back")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-batches", type=int, default=8, help="batches to measure input ranges on (default 8)")
-    p.add_argument("-o", "--output",
-                   help="output model (default MODEL.analog.onnx, or MODEL.digital.onnx with --strip)")
-    p.add_argument("--external-data", action="store_const", const=True, default=None,
-                   help="store the output's weights in OUTPUT.data beside it (automatic above 2 GB)")
+    p.add_argument(
+        "-o", "--output", help="output model (default MODEL.analog.onnx, or MODEL.digital.onnx with --strip)"
+    )
+    p.add_argument(
+        "--external-data",
+        action="store_const",
+        const=True,
+        default=None,
+        help="store the output's weights in OUTPUT.data beside it (automatic above 2 GB)",
+    )
     _selection_args(p)
     _image_args(p)
     p.set_defaults(func=_cmd_analog)

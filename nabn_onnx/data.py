@@ -30,8 +30,18 @@ from .errors import DataError
 from .feeds import Batch, InputSpec, input_specs
 from .logs import warn_once
 
-__all__ = ["InputSpec", "input_specs", "Batch", "iter_batches", "DataLike", "LABELS_KEY", "replayable",
-           "count_samples", "npz_header", "check_batching"]
+__all__ = [
+    "InputSpec",
+    "input_specs",
+    "Batch",
+    "iter_batches",
+    "DataLike",
+    "LABELS_KEY",
+    "replayable",
+    "count_samples",
+    "npz_header",
+    "check_batching",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +102,9 @@ class _NpzMember:
                 yield np.frombuffer(raw, dtype=self.dtype).reshape((count, *self.shape[1:]))
 
 
-def _open_npz(path: Path, specs: Sequence[InputSpec]
-              ) -> Tuple[Dict[str, _NpzMember], Optional[_NpzMember], zipfile.ZipFile]:
+def _open_npz(
+    path: Path, specs: Sequence[InputSpec]
+) -> Tuple[Dict[str, _NpzMember], Optional[_NpzMember], zipfile.ZipFile]:
     if not path.exists():
         raise DataError(f"data file not found: {path}")
     try:
@@ -166,8 +177,14 @@ def _rebatch(batches: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
         feeds = {k: np.concatenate([np.asarray(b.feeds[k]) for b in group]) for k in group[0].feeds}
         labels = None
         if all(b.labels is not None for b in group):
-            labels = np.concatenate([np.asarray(b.labels).reshape((1, *np.asarray(b.labels).shape[1:]))
-                                     if np.asarray(b.labels).ndim == 0 else np.asarray(b.labels) for b in group])
+            labels = np.concatenate(
+                [
+                    np.asarray(b.labels).reshape((1, *np.asarray(b.labels).shape[1:]))
+                    if np.asarray(b.labels).ndim == 0
+                    else np.asarray(b.labels)
+                    for b in group
+                ]
+            )
         return Batch(feeds, labels)
 
     for batch in batches:
@@ -230,9 +247,7 @@ def _check_batch(batch: Batch, specs: Sequence[InputSpec], number: int) -> Batch
     for spec in specs:
         array = np.asarray(batch.feeds[spec.name])
         if array.dtype.kind != spec.dtype.kind and not (array.dtype.kind in "iu" and spec.dtype.kind in "iu"):
-            raise DataError(
-                f"batch {number}: input '{spec.name}' is {array.dtype} but the model expects {spec.dtype}"
-            )
+            raise DataError(f"batch {number}: input '{spec.name}' is {array.dtype} but the model expects {spec.dtype}")
         if array.dtype != spec.dtype:
             array = array.astype(spec.dtype)
         if spec.shape and array.ndim != len(spec.shape):
@@ -367,8 +382,11 @@ class _Spool:
         if self._folder is not None:
             raise DataError("a one-shot data source was read twice while its first pass was unfinished")
         self._folder = tempfile.mkdtemp(prefix="nabn-spool-")
-        source = _reader_batches(self._source) if hasattr(self._source, "get_next") else (
-            _split_labels(b) for b in self._source)
+        source = (
+            _reader_batches(self._source)
+            if hasattr(self._source, "get_next")
+            else (_split_labels(b) for b in self._source)
+        )
         try:
             for batch in source:
                 feeds: Dict[str, Any] = dict(batch.feeds)  # Any: np.savez's stub checks **arrays against allow_pickle

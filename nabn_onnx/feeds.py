@@ -52,5 +52,3 @@ class Batch:
     def size(self) -> int:
         """Number of samples in the batch."""
         return int(next(iter(self.feeds.values())).shape[0])
-
-

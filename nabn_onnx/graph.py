@@ -20,8 +20,17 @@ from onnx import ModelProto, NodeProto, TensorProto
 from .errors import NabnError
 from .io import read_record, weightless_copy
 
-__all__ = ["ANALOG_OPS", "AnalogLayer", "find_analog_layers", "GraphIndex", "layer_name", "infer_ranks",
-           "infer_shapes_light", "skip_summary", "select_layers"]
+__all__ = [
+    "ANALOG_OPS",
+    "AnalogLayer",
+    "find_analog_layers",
+    "GraphIndex",
+    "layer_name",
+    "infer_ranks",
+    "infer_shapes_light",
+    "skip_summary",
+    "select_layers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -212,8 +221,10 @@ def find_analog_layers(model: ModelProto, ranks: Optional[Dict[str, int]] = None
             if node.op_type == "MatMul" and index.is_constant(node.input[0]):
                 reason = "the constant is the left operand (W @ x): its output channels are not on axis 1"
             elif source is not None and source.op_type == "DequantizeLinear":
-                reason = ("the weight is quantized (QDQ: DequantizeLinear of an integer tensor), which nabn-onnx "
-                          "does not handle yet: split, inject and calibrate the float model before quantizing it")
+                reason = (
+                    "the weight is quantized (QDQ: DequantizeLinear of an integer tensor), which nabn-onnx "
+                    "does not handle yet: split, inject and calibrate the float model before quantizing it"
+                )
             else:
                 reason = f"weight '{weight_name}' is not a constant (it is computed or fed at run time)"
             layer.skip_reason = layer.noise_skip_reason = reason
@@ -266,8 +277,9 @@ def _through_analog_periphery(out: str, index: GraphIndex) -> str:
     tag = out[: -len("raw")]
     current = out
     for _ in range(16):  # the chain is at most 8 nodes long
-        users = [u for u in index.consumers.get(current, [])
-                 if u.name.startswith(tag) and u.op_type != "RandomNormalLike"]
+        users = [
+            u for u in index.consumers.get(current, []) if u.name.startswith(tag) and u.op_type != "RandomNormalLike"
+        ]
         if len(users) != 1:
             return out
         current = users[0].output[0]

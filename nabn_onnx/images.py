@@ -108,8 +108,9 @@ class ImageFolder:
                 paths += found
                 labels += [index] * len(found)
             if not paths:
-                raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) "
-                                f"in its {len(classes)} class folder(s)")
+                raise DataError(
+                    f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its {len(classes)} class folder(s)"
+                )
             return paths, labels, classes
         paths = sorted(p for p in root.iterdir() if _is_image(p))
         if not paths:
@@ -182,7 +183,8 @@ class ImageFolder:
             yield Batch(feeds, batch_labels)
 
 
-def image_folder_batches(folder: Union[str, os.PathLike], specs: Sequence[InputSpec], batch_size: int,
-                         **options) -> Iterator[Batch]:
+def image_folder_batches(
+    folder: Union[str, os.PathLike], specs: Sequence[InputSpec], batch_size: int, **options
+) -> Iterator[Batch]:
     """Batches from an image folder; ``options`` are :class:`ImageFolder`'s (resize, crop, mean, std, layout)."""
     return ImageFolder(folder, **options).batches(specs, batch_size)

@@ -114,8 +114,13 @@ def lift_constant_weights(model: ModelProto) -> int:
     keep, lifted = [], []
     for node in graph.node:
         value = None
-        if (node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1
-                and len(node.output) == 1 and node.output[0]):
+        if (
+            node.op_type == "Constant"
+            and node.domain in ("", "ai.onnx")
+            and len(node.attribute) == 1
+            and len(node.output) == 1
+            and node.output[0]
+        ):
             attr = node.attribute[0]
             if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                 value = attr.t
@@ -173,8 +178,13 @@ def bypass_initializer_identities(model: ModelProto) -> int:
     rename: Dict[str, str] = {}
     keep = []
     for node in graph.node:
-        if (node.op_type == "Identity" and node.domain in ("", "ai.onnx") and len(node.input) == 1
-                and len(node.output) == 1 and node.output[0] not in outputs):
+        if (
+            node.op_type == "Identity"
+            and node.domain in ("", "ai.onnx")
+            and len(node.input) == 1
+            and len(node.output) == 1
+            and node.output[0] not in outputs
+        ):
             source = rename.get(node.input[0], node.input[0])
             if source in constants:
                 rename[node.output[0]] = source
@@ -203,8 +213,13 @@ def model_size_bytes(model: ModelProto) -> int:
         if tensor.HasField("raw_data"):
             total += len(tensor.raw_data)
         else:
-            values = (len(tensor.float_data) + len(tensor.int32_data) + len(tensor.int64_data)
-                      + len(tensor.double_data) + len(tensor.uint64_data))
+            values = (
+                len(tensor.float_data)
+                + len(tensor.int32_data)
+                + len(tensor.int64_data)
+                + len(tensor.double_data)
+                + len(tensor.uint64_data)
+            )
             total += values * 8 + sum(len(v) for v in tensor.string_data)
     return total
 
@@ -239,9 +254,7 @@ def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
             raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
         if not proto.HasField("graph"):
             raise ModelError(f"{path} is not an ONNX model: it has no graph")
-        if any(
-            external_data_helper.uses_external_data(t) for t in external_data_helper._get_all_tensors(proto)
-        ):
+        if any(external_data_helper.uses_external_data(t) for t in external_data_helper._get_all_tensors(proto)):
             _check_external_locations(proto, path.parent)
             try:
                 external_data_helper.load_external_data_for_model(proto, str(path.parent))
@@ -266,8 +279,9 @@ def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
 
 
 #: Types whose elements are packed below one byte (raw size is not numel * itemsize).
-_PACKED_TYPES = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
-                 if hasattr(TensorProto, n)}
+_PACKED_TYPES = {
+    getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2") if hasattr(TensorProto, n)
+}
 
 
 def _check_initializer_sizes(model: ModelProto) -> None:
@@ -279,8 +293,9 @@ def _check_initializer_sizes(model: ModelProto) -> None:
     known = set(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
     for tensor in model.graph.initializer:
         if tensor.data_type not in known:
-            raise ModelError(f"initializer '{tensor.name}' has an unknown data type ({tensor.data_type}); "
-                             "the file is corrupt")
+            raise ModelError(
+                f"initializer '{tensor.name}' has an unknown data type ({tensor.data_type}); the file is corrupt"
+            )
         if any(d < 0 for d in tensor.dims):
             raise ModelError(f"initializer '{tensor.name}' has negative dims {list(tensor.dims)}; the file is corrupt")
         if tensor.data_type in _PACKED_TYPES or tensor.data_type == TensorProto.STRING:
@@ -292,8 +307,9 @@ def _check_initializer_sizes(model: ModelProto) -> None:
             numel *= d
         field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
         if tensor.HasField("raw_data") and len(getattr(tensor, field)):
-            raise ModelError(f"initializer '{tensor.name}' stores its values twice (raw_data and {field}); "
-                             "the file is corrupt")
+            raise ModelError(
+                f"initializer '{tensor.name}' stores its values twice (raw_data and {field}); the file is corrupt"
+            )
         if tensor.HasField("raw_data"):
             itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
             stored, wanted, unit = len(tensor.raw_data), numel * itemsize, "bytes"
@@ -323,7 +339,8 @@ def _check_utf8(message, where: str = "model") -> None:
         try:
             value = getattr(message, field.name)
             bad = field.type == FieldDescriptor.TYPE_STRING and any(
-                isinstance(v, bytes) for v in (value if repeated else (value,)))
+                isinstance(v, bytes) for v in (value if repeated else (value,))
+            )
         except UnicodeDecodeError:  # some protobuf back ends fail on read instead of returning bytes
             bad = True
         if bad:
@@ -376,7 +393,8 @@ def weightless_copy(model: ModelProto) -> ModelProto:
             light.graph.initializer.append(tensor)
         elif tensor.name not in listed:
             light.graph.input.append(
-                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+            )
     return light
 
 
@@ -744,16 +762,20 @@ def check_output(model: ModelLike, output: Union[str, os.PathLike]) -> None:
         inputs = _external_files(model)
         for path in existing:
             if path.resolve() in inputs:
-                raise ModelError(f"refusing to overwrite {path}: the input model keeps its weights there; "
-                                 "choose another output")
+                raise ModelError(
+                    f"refusing to overwrite {path}: the input model keeps its weights there; choose another output"
+                )
 
 
 def _external_files(model: Path) -> set:
     """The files the model's external data lives in (empty when it cannot be read: loading will say why)."""
     try:
         proto = onnx.load_model(str(model), load_external_data=False)
-        tensors = [t for t in external_data_helper._get_all_tensors(proto)  # onnx's own walker
-                   if external_data_helper.uses_external_data(t)]
+        tensors = [
+            t
+            for t in external_data_helper._get_all_tensors(proto)  # onnx's own walker
+            if external_data_helper.uses_external_data(t)
+        ]
         return {(model.parent / external_data_helper.ExternalDataInfo(t).location).resolve() for t in tensors}
     except Exception:  # a broken model is reported by load_model, with its own message
         return set()

@@ -32,8 +32,19 @@ import numpy as np
 from .errors import NoiseConfigError
 
 __all__ = [
-    "NoiseModel", "MulNoise", "AddNoise", "NOISE_MODELS", "make_noise", "weight_rng",
-    "DeviceNoise", "PCMNoise", "RRAMNoise", "RRAMCMONoise", "IdealDevice", "DEVICE_MODELS", "device_parameters",
+    "NoiseModel",
+    "MulNoise",
+    "AddNoise",
+    "NOISE_MODELS",
+    "make_noise",
+    "weight_rng",
+    "DeviceNoise",
+    "PCMNoise",
+    "RRAMNoise",
+    "RRAMCMONoise",
+    "IdealDevice",
+    "DEVICE_MODELS",
+    "device_parameters",
     "load_device_file",
 ]
 
@@ -172,8 +183,10 @@ def make_noise(kind: str, eta: Optional[float] = None, **kwargs) -> NoiseModel:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(kwargs) - known)
     if unknown:
-        raise NoiseConfigError(f"unknown parameter(s) {', '.join(unknown)} for the {kind} model; it takes "
-                               f"{', '.join(sorted(device_parameters(kind)))}")
+        raise NoiseConfigError(
+            f"unknown parameter(s) {', '.join(unknown)} for the {kind} model; it takes "
+            f"{', '.join(sorted(device_parameters(kind)))}"
+        )
     return cls(eta=eta, **kwargs)
 
 
@@ -196,8 +209,11 @@ def _check(condition: bool, message: str) -> None:
 
 
 def _finite(value) -> bool:
-    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-            and math.isfinite(value))
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
 
 
 def _poly(coeffs, x: np.ndarray) -> np.ndarray:
@@ -282,15 +298,20 @@ class DeviceNoise(NoiseModel):
         for field in ("stuck_min", "stuck_max"):
             value = getattr(self, field)
             _check(0 <= value <= 1, f"{field} must be a fraction in [0, 1], got {value}")
-        _check(self.stuck_min + self.stuck_max <= 1,
-               f"stuck_min + stuck_max must be at most 1, got {self.stuck_min + self.stuck_max}")
+        _check(
+            self.stuck_min + self.stuck_max <= 1,
+            f"stuck_min + stuck_max must be at most 1, got {self.stuck_min + self.stuck_max}",
+        )
         if self.levels is not None:
-            _check(isinstance(self.levels, (int, np.integer)) and not isinstance(self.levels, bool)
-                   and self.levels >= 2,
-                   f"levels must be an integer >= 2 (or None for continuous conductances), got {self.levels!r}")
+            _check(
+                isinstance(self.levels, (int, np.integer)) and not isinstance(self.levels, bool) and self.levels >= 2,
+                f"levels must be an integer >= 2 (or None for continuous conductances), got {self.levels!r}",
+            )
         _check(isinstance(self.read_per_draw, bool), f"read_per_draw must be true or false, got {self.read_per_draw!r}")
-        _check(self.compensation in ("none", "global"),
-               f"compensation must be 'none' or 'global', got {self.compensation!r}")
+        _check(
+            self.compensation in ("none", "global"),
+            f"compensation must be 'none' or 'global', got {self.compensation!r}",
+        )
 
     # -- the device physics, per subclass (arrays of conductances in uS, float64)
 
@@ -392,14 +413,20 @@ class DeviceNoise(NoiseModel):
     def describe(self) -> Dict[str, object]:
         """JSON-able settings, for provenance (tuples as lists, no multiplicative-noise fields)."""
         out: Dict[str, object] = {"noise": self.kind}
-        out.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()
-                    if k not in ("sigma_t", "sigma_s", "temporal")})
+        out.update(
+            {
+                k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in asdict(self).items()
+                if k not in ("sigma_t", "sigma_s", "temporal")
+            }
+        )
         return out
 
     def label(self) -> str:
         """Short description for summary lines."""
-        extra = "".join(f" {k}={getattr(self, k)}" for k in ("levels", "stuck_min", "stuck_max", "clip_sigma")
-                        if getattr(self, k))
+        extra = "".join(
+            f" {k}={getattr(self, k)}" for k in ("levels", "stuck_min", "stuck_max", "clip_sigma") if getattr(self, k)
+        )
         comp = " +GDC" if self.compensation == "global" else ""
         return f"{self.kind} t={self.t_inference:g}s eta={self.eta:g} seed={self.seed}{extra}{comp}"
 
@@ -448,15 +475,21 @@ class PCMNoise(DeviceNoise):
     def __post_init__(self):
         object.__setattr__(self, "prog_coeff", tuple(self.prog_coeff))
         super().__post_init__()
-        _check(len(self.prog_coeff) >= 1 and all(_finite(c) for c in self.prog_coeff),
-               f"prog_coeff must be a list of finite numbers, got {list(self.prog_coeff)!r}")
+        _check(
+            len(self.prog_coeff) >= 1 and all(_finite(c) for c in self.prog_coeff),
+            f"prog_coeff must be a list of finite numbers, got {list(self.prog_coeff)!r}",
+        )
         for field in ("prog_coeff_g_max_reference", "t_read", "t_0"):
-            _check(_finite(getattr(self, field)) and getattr(self, field) > 0,
-                   f"{field} must be a finite number > 0, got {getattr(self, field)!r}")
+            _check(
+                _finite(getattr(self, field)) and getattr(self, field) > 0,
+                f"{field} must be a finite number > 0, got {getattr(self, field)!r}",
+            )
         for field in ("prog_noise_scale", "read_noise_scale", "drift_scale"):
-            _check(_finite(getattr(self, field)) and getattr(self, field) >= 0,
-                   f"{field} must be a finite number >= 0 (negative {field.replace('_scale', '')} is not a device), "
-                   f"got {getattr(self, field)!r}")
+            _check(
+                _finite(getattr(self, field)) and getattr(self, field) >= 0,
+                f"{field} must be a finite number >= 0 (negative {field.replace('_scale', '')} is not a device), "
+                f"got {getattr(self, field)!r}",
+            )
 
     def programming_sigma(self, g_target: np.ndarray) -> np.ndarray:
         """Standard deviation of the programming noise in uS (pcm.py:109-114)."""
@@ -534,15 +567,20 @@ class RRAMNoise(DeviceNoise):
         object.__setattr__(self, "coeff_dic", coeffs)
         super().__post_init__()
         _check(len(coeffs) > 0 and all(t > 0 and cs for t, cs in coeffs), "coeff_dic needs times > 0 with coefficients")
-        _check(_finite(self.noise_scale) and self.noise_scale >= 0,
-               f"noise_scale must be >= 0, got {self.noise_scale!r}")
+        _check(
+            _finite(self.noise_scale) and self.noise_scale >= 0, f"noise_scale must be >= 0, got {self.noise_scale!r}"
+        )
         if self.coeff_g_max_reference is not None:
-            _check(_finite(self.coeff_g_max_reference) and self.coeff_g_max_reference > 0,
-                   f"coeff_g_max_reference must be > 0, got {self.coeff_g_max_reference!r}")
+            _check(
+                _finite(self.coeff_g_max_reference) and self.coeff_g_max_reference > 0,
+                f"coeff_g_max_reference must be > 0, got {self.coeff_g_max_reference!r}",
+            )
         times = [t for t, _ in coeffs]
-        _check(self.t_inference == 0 or float(self.t_inference) in times,
-               f"the RRAM model is measured at t_inference in {', '.join(f'{t:g}' for t in times)} seconds "
-               f"(or 0, right after programming), got {self.t_inference:g}")
+        _check(
+            self.t_inference == 0 or float(self.t_inference) in times,
+            f"the RRAM model is measured at t_inference in {', '.join(f'{t:g}' for t in times)} seconds "
+            f"(or 0, right after programming), got {self.t_inference:g}",
+        )
 
     def sigma_at(self, t: float, g_target: np.ndarray) -> np.ndarray:
         """Conductance spread (uS) at time ``t`` (a key of ``coeff_dic``)."""
@@ -596,18 +634,24 @@ class RRAMCMONoise(DeviceNoise):
     source = "aihwkit inference/noise/reram.py (ReRamCMONoiseModel)"
     differential = False
     _COEFFS: ClassVar[Dict[float, Tuple[float, float]]] = {
-        0.2: (0.00081107, 0.00106879), 2.0: (0.0112185391, 0.01129027418)}
+        0.2: (0.00081107, 0.00106879),
+        2.0: (0.0112185391, 0.01129027418),
+    }
     _DECAY_MEAN, _DECAY_STD = -0.08900206, (0.04201137, 0.41183342)
     _READ_K, _READ_T = 0.0277316483, 1e-6
 
     def __post_init__(self):
         super().__post_init__()
-        _check(self.acceptance_range in self._COEFFS,
-               f"acceptance_range must be one of {', '.join(f'{k:g}' for k in self._COEFFS)} (percent), "
-               f"got {self.acceptance_range!r}")
+        _check(
+            self.acceptance_range in self._COEFFS,
+            f"acceptance_range must be one of {', '.join(f'{k:g}' for k in self._COEFFS)} (percent), "
+            f"got {self.acceptance_range!r}",
+        )
         for field in ("prog_noise_scale", "read_noise_scale", "drift_scale"):
-            _check(_finite(getattr(self, field)) and getattr(self, field) >= 0,
-                   f"{field} must be a finite number >= 0, got {getattr(self, field)!r}")
+            _check(
+                _finite(getattr(self, field)) and getattr(self, field) >= 0,
+                f"{field} must be a finite number >= 0, got {getattr(self, field)!r}",
+            )
 
     def to_conductances(self, weight):
         """One device per weight: ``G_T = g_min + (W - min W) s``; the scale is ``(s, min W)``."""
@@ -635,14 +679,20 @@ class RRAMCMONoise(DeviceNoise):
         sigma_relax = self._DECAY_STD[0] * math.log(t) + self._DECAY_STD[1]
         g_drift = g_mean + rng.standard_normal(g_prog.shape) * sigma_relax * self.drift_scale
         # log10 of a conductance that relaxed below zero is undefined: clipped at 1e-7 uS
-        sigma_read = self._READ_K * np.log10(np.maximum(g_drift, _ZERO_CLIP)) * math.sqrt(
-            math.log((t + self._READ_T) / (2 * self._READ_T)))
+        sigma_read = (
+            self._READ_K
+            * np.log10(np.maximum(g_drift, _ZERO_CLIP))
+            * math.sqrt(math.log((t + self._READ_T) / (2 * self._READ_T)))
+        )
         g = g_drift + sigma_read * rng.standard_normal(g_prog.shape) * (self.eta * self.read_noise_scale)
         return np.clip(g, self.g_min, self.g_max)
 
 
 DEVICE_MODELS: Dict[str, Type[DeviceNoise]] = {
-    "pcm": PCMNoise, "rram": RRAMNoise, "rram-cmo": RRAMCMONoise, "ideal": IdealDevice,
+    "pcm": PCMNoise,
+    "rram": RRAMNoise,
+    "rram-cmo": RRAMCMONoise,
+    "ideal": IdealDevice,
 }
 NOISE_MODELS.update(DEVICE_MODELS)
 

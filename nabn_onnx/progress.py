@@ -19,8 +19,14 @@ class Progress:
         initial: steps already done before this run (a resumed sweep): counted, not timed.
     """
 
-    def __init__(self, desc: str, total: Optional[int] = None, enabled: bool = True, stream: Optional[TextIO] = None,
-                 initial: int = 0):
+    def __init__(
+        self,
+        desc: str,
+        total: Optional[int] = None,
+        enabled: bool = True,
+        stream: Optional[TextIO] = None,
+        initial: int = 0,
+    ):
         self.stream = stream or sys.stderr
         self.enabled = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.desc, self.total, self.count, self.initial = desc, total, initial, initial

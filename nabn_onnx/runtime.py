@@ -48,8 +48,19 @@ from onnx import ModelProto, TensorProto, helper, numpy_helper
 from .errors import ModelError, NabnError
 from .io import save_model, without_large_initializers
 
-__all__ = ["make_session", "make_overridable", "check_providers", "parse_providers", "MEASURE", "SERVE",
-           "DEFAULT_PROVIDERS", "BatchPlan", "plan_batch", "run_chunked", "DYNAMIC"]
+__all__ = [
+    "make_session",
+    "make_overridable",
+    "check_providers",
+    "parse_providers",
+    "MEASURE",
+    "SERVE",
+    "DEFAULT_PROVIDERS",
+    "BatchPlan",
+    "plan_batch",
+    "run_chunked",
+    "DYNAMIC",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,18 +103,23 @@ def check_providers(providers: Optional[Sequence[str]]) -> List[str]:
     known, available = set(ort.get_all_providers()), ort.get_available_providers()
     unknown = [p for p in asked if p not in known]
     if unknown:
-        raise NabnError(f"unknown execution provider {unknown[0]!r}; this onnxruntime "
-                        f"({ort.__version__}) has {', '.join(available)}")
+        raise NabnError(
+            f"unknown execution provider {unknown[0]!r}; this onnxruntime "
+            f"({ort.__version__}) has {', '.join(available)}"
+        )
     usable = [p for p in asked if p in available]
     missing = [p for p in asked if p not in available]
     if not usable:
-        raise NabnError(f"{', '.join(missing)} not available in this onnxruntime ({ort.__version__}, "
-                        f"{ort.get_device()} build); it has {', '.join(available)}")
+        raise NabnError(
+            f"{', '.join(missing)} not available in this onnxruntime ({ort.__version__}, "
+            f"{ort.get_device()} build); it has {', '.join(available)}"
+        )
     for name in missing:
         if name not in _warned:
             _warned.add(name)
-            logger.warning("%s is not available in this onnxruntime (%s); running on %s", name, ort.__version__,
-                           ", ".join(usable))
+            logger.warning(
+                "%s is not available in this onnxruntime (%s); running on %s", name, ort.__version__, ", ".join(usable)
+            )
     return usable
 
 
@@ -153,10 +169,12 @@ def make_session(
         path = Path(tmp) / "model.onnx"
         save_model(model, path, external_data=True, extra_initializers=extra_initializers)
         return ort.InferenceSession(os.fspath(path), options, providers=providers)
-    except (ort.capi.onnxruntime_pybind11_state.Fail,
-            ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-            ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-            ort.capi.onnxruntime_pybind11_state.NotImplemented) as exc:
+    except (
+        ort.capi.onnxruntime_pybind11_state.Fail,
+        ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+        ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+        ort.capi.onnxruntime_pybind11_state.NotImplemented,
+    ) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelError(f"onnxruntime cannot run the model: {first}") from None
     finally:
@@ -335,14 +353,25 @@ def plan_batch(model: ModelProto, providers: Optional[Sequence[str]] = None, see
         freed = make_session(model, optimization=basic, providers=providers, batch=BatchPlan(fixed, True), quiet=True)
         want = run_chunked(original, None, feeds, fixed)
         got = freed.run(None, feeds)
-    except (ModelError, ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.RuntimeException,
-            ort.capi.onnxruntime_pybind11_state.InvalidArgument) as exc:
+    except (
+        ModelError,
+        ort.capi.onnxruntime_pybind11_state.Fail,
+        ort.capi.onnxruntime_pybind11_state.RuntimeException,
+        ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+    ) as exc:
         logger.debug("a symbolic batch does not run: %s", exc)
         return BatchPlan(fixed, False, "the graph does not run with another batch size")
     for a, b in zip(want, got):
-        if a.shape != b.shape or (a.dtype.kind == "f" and not np.allclose(
-                a, b, rtol=_VERIFY_RTOL, atol=_VERIFY_ATOL * max(1.0, float(np.max(np.abs(a))) if a.size else 1.0))) \
-                or (a.dtype.kind != "f" and not np.array_equal(a, b)):
+        if (
+            a.shape != b.shape
+            or (
+                a.dtype.kind == "f"
+                and not np.allclose(
+                    a, b, rtol=_VERIFY_RTOL, atol=_VERIFY_ATOL * max(1.0, float(np.max(np.abs(a))) if a.size else 1.0)
+                )
+            )
+            or (a.dtype.kind != "f" and not np.array_equal(a, b))
+        ):
             return BatchPlan(fixed, False, "the graph mixes the samples of a batch when the batch is freed")
     logger.info("batch fixed to %d in the file: sessions run it with a symbolic batch (verified)", fixed)
     return BatchPlan(fixed, True)
@@ -364,8 +393,13 @@ def chunks(feeds: Mapping[str, np.ndarray], size: int, pad: bool) -> Iterator[tu
         yield part, real
 
 
-def run_chunked(session: ort.InferenceSession, fetch: Optional[Sequence[str]], feeds: Mapping[str, np.ndarray],
-                chunk: Optional[int], extra: Optional[Mapping[str, np.ndarray]] = None) -> List[np.ndarray]:
+def run_chunked(
+    session: ort.InferenceSession,
+    fetch: Optional[Sequence[str]],
+    feeds: Mapping[str, np.ndarray],
+    chunk: Optional[int],
+    extra: Optional[Mapping[str, np.ndarray]] = None,
+) -> List[np.ndarray]:
     """``session.run(fetch, {**feeds, **extra})``, cut into runs of ``chunk`` samples when the batch is fixed.
 
     Eval-mode outputs only (batch on axis 0): the pieces are concatenated, padding dropped.

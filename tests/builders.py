@@ -15,8 +15,9 @@ def _init(name: str, array: np.ndarray) -> TensorProto:
     return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)
 
 
-def small_cnn(seed: int = 0, channels: int = 8, with_bn: bool = False, opset: int = OPSET, size: int = 8,
-              classes: int = 10) -> onnx.ModelProto:
+def small_cnn(
+    seed: int = 0, channels: int = 8, with_bn: bool = False, opset: int = OPSET, size: int = 8, classes: int = 10
+) -> onnx.ModelProto:
     """Conv-ReLU-Conv-(+skip)-ReLU-GAP-Gemm classifier on (N, 1, size, size) inputs.
 
     With ``with_bn`` each Conv is followed by a BatchNormalization with non-trivial statistics.
@@ -37,12 +38,23 @@ def small_cnn(seed: int = 0, channels: int = 8, with_bn: bool = False, opset: in
     def bn(src: str, tag: str) -> str:
         if not with_bn:
             return src
-        inits.extend([
-            _init(f"{tag}_s", rng.uniform(0.5, 1.5, c)), _init(f"{tag}_b", rng.normal(0, 0.2, c)),
-            _init(f"{tag}_m", rng.normal(0, 0.5, c)), _init(f"{tag}_v", rng.uniform(0.5, 2.0, c)),
-        ])
-        nodes.append(helper.make_node("BatchNormalization", [src, f"{tag}_s", f"{tag}_b", f"{tag}_m", f"{tag}_v"],
-                                      [f"{tag}_out"], name=f"{tag}", epsilon=1e-5))
+        inits.extend(
+            [
+                _init(f"{tag}_s", rng.uniform(0.5, 1.5, c)),
+                _init(f"{tag}_b", rng.normal(0, 0.2, c)),
+                _init(f"{tag}_m", rng.normal(0, 0.5, c)),
+                _init(f"{tag}_v", rng.uniform(0.5, 2.0, c)),
+            ]
+        )
+        nodes.append(
+            helper.make_node(
+                "BatchNormalization",
+                [src, f"{tag}_s", f"{tag}_b", f"{tag}_m", f"{tag}_v"],
+                [f"{tag}_out"],
+                name=f"{tag}",
+                epsilon=1e-5,
+            )
+        )
         return f"{tag}_out"
 
     last = bn(last, "bn1")
@@ -57,7 +69,8 @@ def small_cnn(seed: int = 0, channels: int = 8, with_bn: bool = False, opset: in
     nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"))
     nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1))
     graph = helper.make_graph(
-        nodes, "small_cnn",
+        nodes,
+        "small_cnn",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
         inits,

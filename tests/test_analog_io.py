@@ -28,10 +28,12 @@ def _gemm(seed=0, n_in=16, n_out=12):
     w = rng.normal(0, 0.5, (n_out, n_in)).astype(np.float32)
     b = rng.normal(0, 0.3, n_out).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1, beta=0.5)], "gemm",
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1, beta=0.5)],
+        "gemm",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_in])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n_out])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model, w, b
@@ -54,11 +56,11 @@ def test_dac_and_adc_match_numpy():
     u = float(np.abs(w).max()) * x_max
     x_q = _quantize(x, 0.5 * x_max, 4)
     expected = _quantize(x_q @ w.T, 1.5 * u, 6) + 0.5 * b  # digital bias after the ADC, Gemm's beta folded in
-    step = 1.5 * u / (2 ** 5 - 1)
+    step = 1.5 * u / (2**5 - 1)
     close = np.isclose(got, expected, atol=1e-5)
     assert close.mean() > 0.999  # a float32 sum may fall on the other side of a rounding edge
     assert np.abs(got - expected).max() <= step * 1.001
-    assert len(np.unique(np.round((got - 0.5 * b) / step))) <= 2 ** 6 - 1
+    assert len(np.unique(np.round((got - 0.5 * b) / step))) <= 2**6 - 1
 
 
 def test_output_noise_has_the_stated_spread_fresh_per_run_and_seeded():
@@ -109,18 +111,28 @@ def test_calibration_pools_statistics_over_noise_draws():
     clean_calibrated = calibrate(clean, data, method="paper", batch_size=16).model
     base = read_bn_params(clean_calibrated)["bn1"]
     pooled = read_bn_params(calibrate(noisy, data, method="paper", batch_size=16).model)["bn1"]
-    np.testing.assert_allclose(pooled["var"], base["var"] + sigma ** 2, rtol=VAR_RTOL)
+    np.testing.assert_allclose(pooled["var"], base["var"] + sigma**2, rtol=VAR_RTOL)
     np.testing.assert_allclose(pooled["mean"], base["mean"], atol=6 * sigma / np.sqrt(64 * 64))
     # the calibrated model keeps its periphery and strips back to the clean model's calibrated structure
     calibrated = calibrate(noisy, data, method="paper", batch_size=16).model
     assert sum(n.op_type == "RandomNormalLike" for n in calibrated.graph.node) == 1
     StripAnalogIOPass()(calibrated)
     assert [(n.op_type, list(n.input), list(n.output)) for n in calibrated.graph.node] == [
-        (n.op_type, list(n.input), list(n.output)) for n in clean_calibrated.graph.node]
+        (n.op_type, list(n.input), list(n.output)) for n in clean_calibrated.graph.node
+    ]
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(adc_bits=1), dict(dac_bits=40), dict(out_noise=-1.0),
-                                    dict(out_noise=0.1, out_bound=0.0), dict(out_noise=float("nan"))])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(adc_bits=1),
+        dict(dac_bits=40),
+        dict(out_noise=-1.0),
+        dict(out_noise=0.1, out_bound=0.0),
+        dict(out_noise=float("nan")),
+    ],
+)
 def test_bad_settings(kwargs):
     with pytest.raises(NoiseConfigError):
         AnalogIO(**kwargs)
@@ -129,8 +141,23 @@ def test_bad_settings(kwargs):
 def test_cli_insert_and_strip(tmp_path, capsys):
     onnx.save(small_cnn(with_bn=True), tmp_path / "m.onnx")
     np.savez(tmp_path / "d.npz", input=images(32))
-    assert main(["analog", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "--adc-bits", "8",
-                 "--out-noise", "0.06", "-o", str(tmp_path / "a.onnx")]) == 0
+    assert (
+        main(
+            [
+                "analog",
+                str(tmp_path / "m.onnx"),
+                "--data",
+                str(tmp_path / "d.npz"),
+                "--adc-bits",
+                "8",
+                "--out-noise",
+                "0.06",
+                "-o",
+                str(tmp_path / "a.onnx"),
+            ]
+        )
+        == 0
+    )
     assert "4 analog layer(s)" in capsys.readouterr().out
     assert main(["analog", str(tmp_path / "a.onnx"), "--strip", "-o", str(tmp_path / "s.onnx")]) == 0
     assert onnx.load(tmp_path / "s.onnx").graph.SerializeToString() == small_cnn(with_bn=True).graph.SerializeToString()

@@ -69,14 +69,17 @@ def test_imports_have_no_cycle():
     assert not cycles, f"modules on an import cycle: {cycles}"
 
 
-@pytest.mark.parametrize("module,forbidden", [
-    ("nabn_onnx.api", "nabn_onnx.evaluation"),
-    ("nabn_onnx.api", "nabn_onnx.cli"),
-    ("nabn_onnx.images", "nabn_onnx.data"),
-    ("nabn_onnx.passes.inject", "nabn_onnx.passes.split"),
-    ("nabn_onnx.calibration.statsgraph", "nabn_onnx.calibration.engine"),
-    ("nabn_onnx.runtime", "nabn_onnx.calibration"),
-])
+@pytest.mark.parametrize(
+    "module,forbidden",
+    [
+        ("nabn_onnx.api", "nabn_onnx.evaluation"),
+        ("nabn_onnx.api", "nabn_onnx.cli"),
+        ("nabn_onnx.images", "nabn_onnx.data"),
+        ("nabn_onnx.passes.inject", "nabn_onnx.passes.split"),
+        ("nabn_onnx.calibration.statsgraph", "nabn_onnx.calibration.engine"),
+        ("nabn_onnx.runtime", "nabn_onnx.calibration"),
+    ],
+)
 def test_data_flows_one_way(module: str, forbidden: str):
     """CLI -> library calls -> passes -> onnxruntime: a lower layer never imports a higher one."""
     reached = _reachable(_import_graph(), module)

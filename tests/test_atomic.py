@@ -68,7 +68,6 @@ class _HalfWriter(_WrappedFile):
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
-
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     onnx.save(small_cnn(seed=4, channels=32), tmp_path / "model.onnx")
@@ -141,7 +140,6 @@ class _FailsOnWrite(_WrappedFile):
         if self.calls == self.n:
             raise OSError(errno.ENOSPC, "No space left on device")
         return self.fh.write(data)
-
 
 
 def test_disk_full_halfway_through_external_data(folder: Path, monkeypatch) -> None:

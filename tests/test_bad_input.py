@@ -85,8 +85,18 @@ def _extra_args(command: str, folder: Path) -> List[str]:
     if command == "inject":
         return ["--noise", "mul", "--eta", "0.05", "-o", folder / "out.onnx"]
     if command == "calibrate":
-        return ["--data", folder / "data.npz", "--noise", "mul", "--eta", "0.05", "--batch-size", BATCH,
-                "-o", folder / "out.onnx"]
+        return [
+            "--data",
+            folder / "data.npz",
+            "--noise",
+            "mul",
+            "--eta",
+            "0.05",
+            "--batch-size",
+            BATCH,
+            "-o",
+            folder / "out.onnx",
+        ]
     if command == "split":
         return ["-o", folder / "out.onnx"]
     return []
@@ -120,8 +130,12 @@ def test_good_input_works(ws: Path, capsys, command: str) -> None:
 
 def _checker_failure() -> bytes:
     node = helper.make_node("Relu", ["undefined_tensor"], ["y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
@@ -214,9 +228,11 @@ def test_unreadable_model_mapped_to_model_error(ws: Path, monkeypatch) -> None:
 
 def _relu_only() -> onnx.ModelProto:
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["input"], ["out"])], "relu",
+        [helper.make_node("Relu", ["input"], ["out"])],
+        "relu",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 1, 8, 8])])
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 1, 8, 8])],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -251,8 +267,9 @@ def _training_bn(opset: int) -> onnx.ModelProto:
 @pytest.mark.parametrize("opset", [9, 15])
 def test_batchnorm_in_training_mode_is_refused(ws: Path, capsys, command: str, opset: int) -> None:
     onnx.save(_training_bn(opset), ws / "train.onnx")
-    _expect_error(capsys, ws, [command, ws / "train.onnx", *_extra_args(command, ws)],
-                  words=("training mode", "bn1", "eval"))
+    _expect_error(
+        capsys, ws, [command, ws / "train.onnx", *_extra_args(command, ws)], words=("training mode", "bn1", "eval")
+    )
 
 
 def test_training_mode_zero_is_fine(ws: Path, capsys) -> None:
@@ -270,8 +287,9 @@ def test_training_mode_zero_is_fine(ws: Path, capsys) -> None:
 def test_missing_external_data(ws: Path, capsys, command: str) -> None:
     folder = ws / "ext"
     folder.mkdir()
-    onnx.save(small_cnn(channels=32), folder / "m.onnx", save_as_external_data=True, location="m.data",
-              size_threshold=0)
+    onnx.save(
+        small_cnn(channels=32), folder / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0
+    )
     (folder / "m.data").unlink()
     _expect_error(capsys, ws, [command, folder / "m.onnx", *_extra_args(command, ws)], words=("m.data",))
 
@@ -337,11 +355,14 @@ def test_single_sample_batches(ws: Path, capsys, command: str) -> None:
     _expect_error(capsys, ws, argv, words=("1 sample", "at least 2"))
 
 
-@pytest.mark.parametrize("flag,value,words", [
-    ("--batch-size", 0, ("batch size",)),
-    ("--batch-size", -4, ("batch size",)),
-    ("--max-batches", 0, ("max batches",)),
-])
+@pytest.mark.parametrize(
+    "flag,value,words",
+    [
+        ("--batch-size", 0, ("batch size",)),
+        ("--batch-size", -4, ("batch size",)),
+        ("--max-batches", 0, ("max batches",)),
+    ],
+)
 def test_bad_batching(ws: Path, capsys, flag: str, value: int, words) -> None:
     argv = ["calibrate", ws / "model.onnx", "--data", ws / "data.npz", flag, value, "-o", ws / "out.onnx"]
     _expect_error(capsys, ws, argv, words=words)
@@ -396,7 +417,7 @@ BAD_DEVICE = [
     (["--noise", "pcm", "--t-inference", "nan"], ("t_inference", "finite")),
     (["--noise", "pcm", "--clip-sigma", "-2"], ("clip_sigma",)),
     (["--noise", "pcm", "--set", "t_0=0"], ("t_0", "> 0")),
-    (["--noise", "pcm", "--set", "prog_coeff=[1, \"a\"]"], ("prog_coeff",)),
+    (["--noise", "pcm", "--set", 'prog_coeff=[1, "a"]'], ("prog_coeff",)),
     (["--noise", "pcm", "--set", "colour=3"], ("unknown", "colour")),
     (["--noise", "pcm", "--set", "novalue"], ("KEY=VALUE",)),
     (["--noise", "rram", "--t-inference", "3600"], ("t_inference", "86400")),
@@ -415,33 +436,44 @@ def test_bad_device_parameters(ws: Path, capsys, command: str, device_args, word
     _expect_error(capsys, ws, argv, words=words)
 
 
-@pytest.mark.parametrize("content,words", [
-    ('{"noise": "pcm", "g_min": 40}', ("g_min",)),
-    ('{"noise": "pcm", "stuck_max": 2}', ("stuck_max", "[0, 1]")),
-    ('{"noise": "pcm", "drift_scale": -1}', ("drift_scale",)),
-    ('{"noise": "pcm", "levels": 0}', ("levels",)),
-    ('{"noise": "pcm", "t_inference": 3600', ("not valid json",)),
-    ('[1, 2]', ("table",)),
-    ('{"noise": "flash"}', ("unknown noise model",)),
-])
+@pytest.mark.parametrize(
+    "content,words",
+    [
+        ('{"noise": "pcm", "g_min": 40}', ("g_min",)),
+        ('{"noise": "pcm", "stuck_max": 2}', ("stuck_max", "[0, 1]")),
+        ('{"noise": "pcm", "drift_scale": -1}', ("drift_scale",)),
+        ('{"noise": "pcm", "levels": 0}', ("levels",)),
+        ('{"noise": "pcm", "t_inference": 3600', ("not valid json",)),
+        ("[1, 2]", ("table",)),
+        ('{"noise": "flash"}', ("unknown noise model",)),
+    ],
+)
 def test_bad_device_file(ws: Path, capsys, content: str, words) -> None:
     (ws / "device.json").write_text(content)
-    _expect_error(capsys, ws, ["inject", ws / "model.onnx", "--device", ws / "device.json", "-o", ws / "out.onnx"],
-                  words=words)
+    _expect_error(
+        capsys, ws, ["inject", ws / "model.onnx", "--device", ws / "device.json", "-o", ws / "out.onnx"], words=words
+    )
 
 
 def test_missing_device_file(ws: Path, capsys) -> None:
-    _expect_error(capsys, ws, ["inject", ws / "model.onnx", "--noise", "pcm", "--device", ws / "nope.json",
-                               "-o", ws / "out.onnx"], words=("cannot read device file",))
+    _expect_error(
+        capsys,
+        ws,
+        ["inject", ws / "model.onnx", "--noise", "pcm", "--device", ws / "nope.json", "-o", ws / "out.onnx"],
+        words=("cannot read device file",),
+    )
 
 
-@pytest.mark.parametrize("argv_tail", [
-    ["--noise", "mul"],  # no --eta
-    ["--noise", "gauss", "--eta", "0.1"],
-    ["--noise", "mul", "--eta", "abc"],
-    ["--noise", "mul", "--eta", "0.1", "--seed", "1.5"],
-    ["--eta", "0.1"],  # no --noise (inject requires it)
-])
+@pytest.mark.parametrize(
+    "argv_tail",
+    [
+        ["--noise", "mul"],  # no --eta
+        ["--noise", "gauss", "--eta", "0.1"],
+        ["--noise", "mul", "--eta", "abc"],
+        ["--noise", "mul", "--eta", "0.1", "--seed", "1.5"],
+        ["--eta", "0.1"],  # no --noise (inject requires it)
+    ],
+)
 def test_noise_usage_errors_exit_2(ws: Path, capsys, argv_tail) -> None:
     _expect_error(capsys, ws, ["inject", ws / "model.onnx", *argv_tail, "-o", ws / "out.onnx"], code=2)
 
@@ -454,8 +486,12 @@ def test_calibrate_eta_without_noise_exit_2(ws: Path, capsys) -> None:
 def test_inject_twice_is_refused(ws: Path, capsys) -> None:
     rc, _, err = _cli(capsys, ["inject", ws / "model.onnx", "--noise", "mul", "--eta", "0.05", "-o", ws / "noisy.onnx"])
     assert rc == 0, err
-    _expect_error(capsys, ws, ["inject", ws / "noisy.onnx", "--noise", "add", "--eta", "0.001", "-o", ws / "out.onnx"],
-                  words=("already",))
+    _expect_error(
+        capsys,
+        ws,
+        ["inject", ws / "noisy.onnx", "--noise", "add", "--eta", "0.001", "-o", ws / "out.onnx"],
+        words=("already",),
+    )
 
 
 # --------------------------------------------------------------------------- bad output paths and options
@@ -494,8 +530,13 @@ def test_output_would_overwrite_input_external_data(ws: Path, capsys, command: s
     folder = ws / "ext"
     folder.mkdir()
     location = "out.onnx.data" if target.startswith("out.onnx") else "weights.bin"
-    onnx.save(small_cnn(seed=3, channels=32), folder / "m.onnx", save_as_external_data=True, location=location,
-              size_threshold=0)
+    onnx.save(
+        small_cnn(seed=3, channels=32),
+        folder / "m.onnx",
+        save_as_external_data=True,
+        location=location,
+        size_threshold=0,
+    )
     name, *flags = target.split()
     argv = [command, folder / "m.onnx", *_extra_args(command, ws)[:-2], "-o", folder / name, *flags]
     _expect_error(capsys, ws, argv, words=("overwrite", "weights"))
@@ -510,13 +551,21 @@ def test_report_folder_missing(ws: Path, capsys) -> None:
 
 @pytest.mark.parametrize("command", ["split", "inject", "calibrate", "inspect"])
 def test_bad_regex(ws: Path, capsys, command: str) -> None:
-    _expect_error(capsys, ws, [command, ws / "model.onnx", *_extra_args(command, ws), "--include", "conv[1"],
-                  words=("include", "regular expression"))
+    _expect_error(
+        capsys,
+        ws,
+        [command, ws / "model.onnx", *_extra_args(command, ws), "--include", "conv[1"],
+        words=("include", "regular expression"),
+    )
 
 
 def test_include_matches_nothing(ws: Path, capsys) -> None:
-    _expect_error(capsys, ws, ["split", ws / "model.onnx", "--include", "^nothing_like_this$", "-o", ws / "out.onnx"],
-                  words=("nothing",))
+    _expect_error(
+        capsys,
+        ws,
+        ["split", ws / "model.onnx", "--include", "^nothing_like_this$", "-o", ws / "out.onnx"],
+        words=("nothing",),
+    )
 
 
 def test_bad_momentum(ws: Path, capsys) -> None:

@@ -35,28 +35,38 @@ def _two_layer(with_bn: bool, seed: int = 0):
     p = {
         "w1": rng.normal(0, 1, (5, 3, 1, 1)).astype(np.float32),
         "w2": rng.normal(0, 1, (4, 5, 1, 1)).astype(np.float32),
-        "g1": rng.uniform(0.5, 1.5, 5).astype(np.float32), "b1": rng.normal(0, 0.3, 5).astype(np.float32),
-        "m1": rng.normal(0, 1, 5).astype(np.float32), "v1": rng.uniform(0.5, 2, 5).astype(np.float32),
-        "g2": rng.uniform(0.5, 1.5, 4).astype(np.float32), "b2": rng.normal(0, 0.3, 4).astype(np.float32),
-        "m2": rng.normal(0, 1, 4).astype(np.float32), "v2": rng.uniform(0.5, 2, 4).astype(np.float32),
+        "g1": rng.uniform(0.5, 1.5, 5).astype(np.float32),
+        "b1": rng.normal(0, 0.3, 5).astype(np.float32),
+        "m1": rng.normal(0, 1, 5).astype(np.float32),
+        "v1": rng.uniform(0.5, 2, 5).astype(np.float32),
+        "g2": rng.uniform(0.5, 1.5, 4).astype(np.float32),
+        "b2": rng.normal(0, 0.3, 4).astype(np.float32),
+        "m2": rng.normal(0, 1, 4).astype(np.float32),
+        "v2": rng.uniform(0.5, 2, 4).astype(np.float32),
     }
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1")]
     src = "c1"
     if with_bn:
-        nodes.append(helper.make_node("BatchNormalization", ["c1", "g1", "b1", "m1", "v1"], ["n1"], name="bn1",
-                                      epsilon=EPS))
+        nodes.append(
+            helper.make_node("BatchNormalization", ["c1", "g1", "b1", "m1", "v1"], ["n1"], name="bn1", epsilon=EPS)
+        )
         src = "n1"
     nodes += [helper.make_node("Relu", [src], ["r1"]), helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2")]
     src = "c2"
     if with_bn:
-        nodes.append(helper.make_node("BatchNormalization", ["c2", "g2", "b2", "m2", "v2"], ["out"], name="bn2",
-                                      epsilon=EPS))
+        nodes.append(
+            helper.make_node("BatchNormalization", ["c2", "g2", "b2", "m2", "v2"], ["out"], name="bn2", epsilon=EPS)
+        )
     else:
         nodes.append(helper.make_node("Identity", ["c2"], ["out"]))
     names = ["w1", "w2"] + (["g1", "b1", "m1", "v1", "g2", "b2", "m2", "v2"] if with_bn else [])
-    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4, 4, 4])],
-                              [numpy_helper.from_array(p[n], n) for n in names])
+    graph = helper.make_graph(
+        nodes,
+        "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4, 4, 4])],
+        [numpy_helper.from_array(p[n], n) for n in names],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8
     return model, p
@@ -83,10 +93,16 @@ def _bn_values(model, name):
     return inits[node.input[3]], inits[node.input[4]]
 
 
-@pytest.mark.parametrize("estimator", [
-    Estimator(), Estimator(variance="mean"), Estimator(unbiased=False), Estimator(kind="ema", momentum=0.9),
-    Estimator(kind="ema", variance="mean"),
-])
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        Estimator(),
+        Estimator(variance="mean"),
+        Estimator(unbiased=False),
+        Estimator(kind="ema", momentum=0.9),
+        Estimator(kind="ema", variance="mean"),
+    ],
+)
 @pytest.mark.parametrize("noisy", [False, True])
 def test_train_mode_statistics_match_numpy(estimator, noisy):
     model, p = _two_layer(with_bn=True)
@@ -95,7 +111,7 @@ def test_train_mode_statistics_match_numpy(estimator, noisy):
     result = calibrate(model, {"x": x}, noise=noise, estimator=estimator, batch_size=32, method="paper")
     w1 = noise.apply("w1", p["w1"]) if noisy else None
     w2 = noise.apply("w2", p["w2"]) if noisy else None
-    expected = _reference(p, [x[i:i + 32] for i in range(0, 96, 32)], estimator, w1, w2)
+    expected = _reference(p, [x[i : i + 32] for i in range(0, 96, 32)], estimator, w1, w2)
     for bn in ("bn1", "bn2"):
         mean, var = _bn_values(result.model, bn)
         np.testing.assert_allclose(mean, expected[bn][0], rtol=STATS_RTOL, atol=STATS_RTOL)
@@ -185,9 +201,12 @@ def test_data_errors_are_one_line():
 
 
 def test_model_without_anything_to_calibrate():
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(NothingToDoError, match="no BatchNormalization"):
         calibrate(model, {"x": np.ones((2, 3), np.float32)})
@@ -204,10 +223,11 @@ def test_calibration_data_reader_is_accepted():
     model = small_cnn()
     x = images(128)
     chip = make_noise("mul", 0.2, seed=0)
-    from_reader = calibrate(model, Reader([{"input": x[i:i + 32]} for i in range(0, 128, 32)]), noise=chip).model
+    from_reader = calibrate(model, Reader([{"input": x[i : i + 32]} for i in range(0, 128, 32)]), noise=chip).model
     from_dict = calibrate(model, {"input": x}, batch_size=32, noise=chip).model
-    np.testing.assert_array_equal(_bn_values(from_reader, "conv2/nabn_bn")[0],
-                                  _bn_values(from_dict, "conv2/nabn_bn")[0])
+    np.testing.assert_array_equal(
+        _bn_values(from_reader, "conv2/nabn_bn")[0], _bn_values(from_dict, "conv2/nabn_bn")[0]
+    )
 
 
 def test_dynamic_session_serves_like_the_static_model_then_tracks():

@@ -318,9 +318,33 @@ def test_segmentation_metric_against_a_hand_computed_miou():
 def test_the_gate_runs_its_chips_in_local_processes_with_the_same_numbers(uncalibrated, capsys, tmp_path):
     """``--jobs 2`` runs the same chips on the process executor: the same values, the same verdict."""
     report = tmp_path / "jobs.json"
-    code = main(["check", str(MODEL), "--data", str(CALIB), "--test", str(TEST), "--noise", "mul", "--eta", str(ETA),
-                 "--seeds", ",".join(map(str, SEEDS)) + ",", "--method", "paper", "--max-batches", str(CALIB_BATCHES),
-                 "--min", "top1>=0.95", "--jobs", "2", "--report", str(report), "-q"])
+    code = main(
+        [
+            "check",
+            str(MODEL),
+            "--data",
+            str(CALIB),
+            "--test",
+            str(TEST),
+            "--noise",
+            "mul",
+            "--eta",
+            str(ETA),
+            "--seeds",
+            ",".join(map(str, SEEDS)) + ",",
+            "--method",
+            "paper",
+            "--max-batches",
+            str(CALIB_BATCHES),
+            "--min",
+            "top1>=0.95",
+            "--jobs",
+            "2",
+            "--report",
+            str(report),
+            "-q",
+        ]
+    )
     capsys.readouterr()
     serial = {(r["seed"], r["bound"]): r["value"] for r in uncalibrated.to_dict()["results"] if r["metric"] == "top1"}
     parallel = {(r["seed"], r["bound"]): r["value"] for r in json.loads(report.read_text())["results"]}

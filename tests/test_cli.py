@@ -36,8 +36,24 @@ def test_split_inject_calibrate_inspect(files, capsys):
     assert read_record(noisy, "inject")["seed"] == 3
 
     report = model.parent / "report.json"
-    code = main(["calibrate", str(model), "--data", str(data), "--noise", "mul", "--eta", "0.1", "--seed", "3",
-                 "--batch-size", "50", "--report", str(report)])
+    code = main(
+        [
+            "calibrate",
+            str(model),
+            "--data",
+            str(data),
+            "--noise",
+            "mul",
+            "--eta",
+            "0.1",
+            "--seed",
+            "3",
+            "--batch-size",
+            "50",
+            "--report",
+            str(report),
+        ]
+    )
     assert code == 0
     line = capsys.readouterr().out
     assert "calibrated 4 BatchNorm layer(s) (4 inserted)" in line and "4 batch(es) / 200 samples" in line
@@ -58,8 +74,25 @@ def test_calibrate_reports_what_it_bought(files, capsys, tmp_path):
     # labels = the clean model's own predictions, so it scores 100% and the noise is what costs
     np.savez(test, input=x, labels=run(small_cnn(channels=16), {"input": x})[0].argmax(1))
     report = tmp_path / "gain.json"
-    assert main(["calibrate", str(model), "--data", str(data), "--test", str(test), "--noise", "mul", "--eta", "0.3",
-                 "--report", str(report)]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                str(model),
+                "--data",
+                str(data),
+                "--test",
+                str(test),
+                "--noise",
+                "mul",
+                "--eta",
+                "0.3",
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("top1 on test.npz: clean 100.0%, noisy chip ") and "calibrated" in line
     gain = json.loads(report.read_text())["test"]
@@ -69,8 +102,24 @@ def test_calibrate_reports_what_it_bought(files, capsys, tmp_path):
 
 def test_quiet_prints_nothing(files, capsys):
     model, data = files
-    assert main(["calibrate", str(model), "--data", str(data), "--noise", "mul", "--eta", "0.1", "-q",
-                 "-o", str(model.parent / "q.onnx")]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                str(model),
+                "--data",
+                str(data),
+                "--noise",
+                "mul",
+                "--eta",
+                "0.1",
+                "-q",
+                "-o",
+                str(model.parent / "q.onnx"),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out == ""
 
 
@@ -103,8 +152,11 @@ def test_library_calls_refuse_to_overwrite_their_input(files):
 
     model, data = files
     before = model.read_bytes()
-    for call in (lambda: split(model, output=model), lambda: inject(model, make_noise("mul", 0.1), output=model),
-                 lambda: calibrate(model, data, output=model)):
+    for call in (
+        lambda: split(model, output=model),
+        lambda: inject(model, make_noise("mul", 0.1), output=model),
+        lambda: calibrate(model, data, output=model),
+    ):
         with pytest.raises(ModelError, match="refusing to overwrite the input model"):
             call()
     assert model.read_bytes() == before

@@ -146,8 +146,12 @@ def test_stats_graph_reproduces_training_mode_case(name: str, opset: int, level:
     result = expose(model)
     assert result.modified  # (an internal graph, never written: its stat outputs carry no shape for the checker)
     stat = result.details["outputs"]["bn"]
-    session = _session(model, ort.GraphOptimizationLevel.ORT_DISABLE_ALL if level == "disabled"
-                       else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    session = _session(
+        model,
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if level == "disabled"
+        else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    )
     names = [o.name for o in model.graph.output]
     got = dict(zip(names, session.run(None, _feeds(model, twin.inputs))))
     y, batch_mean, batch_var = got[model.graph.node[0].output[0]], got[stat.mean], got[stat.var]
@@ -187,12 +191,16 @@ def test_tap_keeps_eval_output_and_measures_batch_stats(name: str, opset: int) -
 def test_stats_graph_matches_numpy_on_a_larger_batch() -> None:
     """Beyond onnx's 2x3x4x5 case: 3-D input, larger values, a mean far from zero."""
     rng = np.random.default_rng(11)
-    x = (rng.normal(50.0, 3.0, (16, 5, 7)) ).astype(np.float32)
+    x = (rng.normal(50.0, 3.0, (16, 5, 7))).astype(np.float32)
     params = [np.ones(5, np.float32), np.zeros(5, np.float32), np.zeros(5, np.float32), np.ones(5, np.float32)]
     node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [16, 5, 7])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [16, 5, 7])],
-                              [numpy_helper.from_array(p, n) for p, n in zip(params, "sbmv")])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [16, 5, 7])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [16, 5, 7])],
+        [numpy_helper.from_array(p, n) for p, n in zip(params, "sbmv")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     expose = ExposeBatchNormStatsPass(train=["bn"])
     stat = expose(model).details["outputs"]["bn"]
@@ -249,8 +257,10 @@ def _sample_models() -> List[str]:
     return sorted(os.path.basename(p) for p in glob.glob(str(SAMPLES / "*.onnx")))
 
 
-@pytest.mark.skipif(not _sample_models() or not (SAMPLES / "digits_calib.npz").exists(),
-                    reason="sample_models/ not built (python tools/make_sample_models.py)")
+@pytest.mark.skipif(
+    not _sample_models() or not (SAMPLES / "digits_calib.npz").exists(),
+    reason="sample_models/ not built (python tools/make_sample_models.py)",
+)
 @pytest.mark.parametrize("sample", _sample_models() or ["none"])
 def test_cli_outputs_on_sample_models_pass_the_full_checker(tmp_path: Path, capsys, sample: str) -> None:
     model = SAMPLES / sample
@@ -258,8 +268,21 @@ def test_cli_outputs_on_sample_models_pass_the_full_checker(tmp_path: Path, caps
     runs = {
         "split": ["split", model, "-q"],
         "inject": ["inject", model, "--noise", "mul", "--eta", "0.05", "-q"],
-        "calibrate": ["calibrate", model, "--data", data, "--noise", "mul", "--eta", "0.05", "--max-batches", "2",
-                      "--batch-size", "32", "-q"],
+        "calibrate": [
+            "calibrate",
+            model,
+            "--data",
+            data,
+            "--noise",
+            "mul",
+            "--eta",
+            "0.05",
+            "--max-batches",
+            "2",
+            "--batch-size",
+            "32",
+            "-q",
+        ],
     }
     for what, argv in runs.items():
         out = tmp_path / f"{what}.onnx"

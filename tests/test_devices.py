@@ -46,13 +46,16 @@ def test_pcm_programming_sigma_is_aihwkits_polynomial(x, g_max):
     assert got == pytest.approx(expected, rel=CONST_RTOL)
 
 
-@pytest.mark.parametrize("x,mu,sigma", [
-    (1.0, 0.049, 0.008),  # both clipped at their lower bounds
-    (0.5, max(0.049, -0.0155 * math.log(0.5) + 0.0244), max(0.008, -0.0125 * math.log(0.5) - 0.0059)),
-    (0.1, -0.0155 * math.log(0.1) + 0.0244, -0.0125 * math.log(0.1) - 0.0059),
-    (0.01, -0.0155 * math.log(0.01) + 0.0244, 0.045),
-    (0.0, 0.1, 0.045),  # x clipped at 1e-7: both at their upper bounds
-])
+@pytest.mark.parametrize(
+    "x,mu,sigma",
+    [
+        (1.0, 0.049, 0.008),  # both clipped at their lower bounds
+        (0.5, max(0.049, -0.0155 * math.log(0.5) + 0.0244), max(0.008, -0.0125 * math.log(0.5) - 0.0059)),
+        (0.1, -0.0155 * math.log(0.1) + 0.0244, -0.0125 * math.log(0.1) - 0.0059),
+        (0.01, -0.0155 * math.log(0.01) + 0.0244, 0.045),
+        (0.0, 0.1, 0.045),  # x clipped at 1e-7: both at their upper bounds
+    ],
+)
 def test_pcm_drift_coefficient_moments(x, mu, sigma):
     got_mu, got_sigma = PCMNoise.nu_moments(np.array([x]))
     assert got_mu[0] == pytest.approx(mu, rel=CONST_RTOL)
@@ -62,7 +65,7 @@ def test_pcm_drift_coefficient_moments(x, mu, sigma):
 @pytest.mark.parametrize("x", [1.0, 0.3, 0.001])
 @pytest.mark.parametrize("t", [0.0, 3600.0, 3.15e7])
 def test_pcm_read_noise_sigma(x, t):
-    q_s = min(0.0088 / max(x ** 0.65, 1e-3), 0.2)
+    q_s = min(0.0088 / max(x**0.65, 1e-3), 0.2)
     expected = q_s * math.sqrt(math.log((t + T0 + TREAD) / (2 * TREAD)))
     got = PCMNoise(t_inference=t).read_sigma(np.array([x * 25.0]))[0]
     assert got == pytest.approx(expected, rel=1e-9)
@@ -94,8 +97,9 @@ def test_pcm_drift_mean_is_the_lognormal_expectation(x, t):
     def phi(z):
         return 0.5 * (1 + math.erf(z / math.sqrt(2)))
 
-    expected = (math.exp(-mu * log_t + 0.5 * (sigma * log_t) ** 2) * phi(mu / sigma - sigma * log_t)
-                + math.exp(mu * log_t + 0.5 * (sigma * log_t) ** 2) * phi(-mu / sigma - sigma * log_t))
+    expected = math.exp(-mu * log_t + 0.5 * (sigma * log_t) ** 2) * phi(mu / sigma - sigma * log_t) + math.exp(
+        mu * log_t + 0.5 * (sigma * log_t) ** 2
+    ) * phi(-mu / sigma - sigma * log_t)
     assert ratio.mean() == pytest.approx(expected, abs=6 * ratio.std() / math.sqrt(N))
     assert np.abs(mu + sigma * _rng(2).standard_normal(N)).std() == pytest.approx(nu.std(), rel=STD_RTOL)
 
@@ -131,15 +135,18 @@ def test_pair_mapping_is_aihwkits_single_pair_converter():
     np.testing.assert_allclose(pcm.to_weights([g_plus, g_minus], scale), w)
 
 
-@pytest.mark.parametrize("t,coeffs", [
-    (1.0, [-16.815, 45.393, -43.853, 16.030, 0.348][::-1]),  # reram.py:90
-    (86400.0, [-16.458, 47.095, -50.773, 22.086, 0.701][::-1]),  # reram.py:91
-    (172800.0, [-11.934, 37.062, -43.507, 20.274, 0.782][::-1]),  # reram.py:92
-])
+@pytest.mark.parametrize(
+    "t,coeffs",
+    [
+        (1.0, [-16.815, 45.393, -43.853, 16.030, 0.348][::-1]),  # reram.py:90
+        (86400.0, [-16.458, 47.095, -50.773, 22.086, 0.701][::-1]),  # reram.py:91
+        (172800.0, [-11.934, 37.062, -43.507, 20.274, 0.782][::-1]),  # reram.py:92
+    ],
+)
 def test_rram_wan2022_polynomials(t, coeffs):
     rram = RRAMNoise(t_inference=t)
     for x in (0.0, 0.3, 1.0):
-        expected = sum(c * x ** i for i, c in enumerate(coeffs))
+        expected = sum(c * x**i for i, c in enumerate(coeffs))
         assert rram.sigma_at(t, np.array([25.0 * x]))[0] == pytest.approx(expected, rel=1e-12, abs=1e-12)
     g = np.full(N, 10.0)
     drawn = rram.drift(g, g, _rng(6))
@@ -210,10 +217,21 @@ def test_device_file_json(tmp_path):
     assert isinstance(noise, PCMNoise) and noise.prog_coeff == (0.1, 0.2) and noise.drift_scale == 0.5
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(drift_scale=-0.1), dict(g_min=30.0), dict(stuck_min=-0.1), dict(stuck_max=1.1), dict(levels=0),
-    dict(levels=1), dict(t_inference=-1.0), dict(compensation="local"), dict(t_read=0.0), dict(bogus=1),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(drift_scale=-0.1),
+        dict(g_min=30.0),
+        dict(stuck_min=-0.1),
+        dict(stuck_max=1.1),
+        dict(levels=0),
+        dict(levels=1),
+        dict(t_inference=-1.0),
+        dict(compensation="local"),
+        dict(t_read=0.0),
+        dict(bogus=1),
+    ],
+)
 def test_bad_device_parameters_raise(kwargs):
     with pytest.raises(NoiseConfigError):
         make_noise("pcm", **kwargs)

@@ -31,8 +31,9 @@ def test_divergences_by_hand():
     # P = (3/4, 1/4), Q = (1/2, 1/2), up to the smoothing.
     kl = 0.75 * np.log(1.5) + 0.25 * np.log(0.5)
     m = np.array([0.625, 0.375])
-    js = 0.5 * (0.75 * np.log(0.75 / m[0]) + 0.25 * np.log(0.25 / m[1])) + \
-        0.5 * (0.5 * np.log(0.5 / m[0]) + 0.5 * np.log(0.5 / m[1]))
+    js = 0.5 * (0.75 * np.log(0.75 / m[0]) + 0.25 * np.log(0.25 / m[1])) + 0.5 * (
+        0.5 * np.log(0.5 / m[0]) + 0.5 * np.log(0.5 / m[1])
+    )
     assert kl_divergence(p, q) == pytest.approx(kl, abs=1e-8)
     assert js_divergence(p, q) == pytest.approx(js, abs=1e-8)
     assert kl_divergence(p, p) == 0.0 and js_divergence(q, q) == 0.0
@@ -76,8 +77,18 @@ def test_cli_diagnose(classifier, tmp_path, capsys):
     model, calib = classifier
     onnx.save(model, tmp_path / "m.onnx")
     np.savez(tmp_path / "calib.npz", **calib)
-    args = ["diagnose", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "calib.npz"), "--noise", "mul",
-            "--eta", "0.5", "--bins", "30"]
+    args = [
+        "diagnose",
+        str(tmp_path / "m.onnx"),
+        "--data",
+        str(tmp_path / "calib.npz"),
+        "--noise",
+        "mul",
+        "--eta",
+        "0.5",
+        "--bins",
+        "30",
+    ]
     assert main([*args, "--report", str(tmp_path / "d.json"), "--plot", str(tmp_path / "d.png")]) == 0
     out = capsys.readouterr().out
     assert "| bn1 |" in out and "mean KL" in out

@@ -30,8 +30,14 @@ def task():
 def test_parse_times():
     assert parse_times("1s,1h,1d,1mo,1y") == [1.0, 3600.0, 86400.0, 30 * 86400.0, YEAR]
     assert parse_times("20, 2.5min") == [20.0, 150.0]
-    assert [time_label(t) for t in (1.0, 3600.0, 86400.0, 30 * 86400.0, YEAR, 90.0)] == \
-        ["1s", "1h", "1d", "1mo", "1y", "90s"]
+    assert [time_label(t) for t in (1.0, 3600.0, 86400.0, 30 * 86400.0, YEAR, 90.0)] == [
+        "1s",
+        "1h",
+        "1d",
+        "1mo",
+        "1y",
+        "90s",
+    ]
     for bad in ("", "1x", "-5", "abc,1h"):
         with pytest.raises(NabnError):
             parse_times(bad)
@@ -40,8 +46,18 @@ def test_parse_times():
 def test_drift_columns(task):
     model, calib, test = task
     device = make_noise("pcm", eta=2.0)
-    report = drift_sweep(model, calib, test, device=device, times=[1.0, YEAR], seeds=[4], batch_size=16,
-                         warmup=2, momentum=0.8, method="paper")
+    report = drift_sweep(
+        model,
+        calib,
+        test,
+        device=device,
+        times=[1.0, YEAR],
+        seeds=[4],
+        batch_size=16,
+        warmup=2,
+        momentum=0.8,
+        method="paper",
+    )
     assert report.clean == 1.0
     first, last = report.rows
     # calibrated once at the first time: the same model as calibrated each time, there
@@ -71,9 +87,31 @@ def test_drift_cli_writes_report(tmp_path, task, capsys):
     onnx.save(model, tmp_path / "m.onnx")
     np.savez(tmp_path / "c.npz", **calib)
     np.savez(tmp_path / "t.npz", **test)
-    code = main(["drift", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npz"),
-                 "--test", str(tmp_path / "t.npz"), "--times", "1s,1d", "--seeds", "1", "--method", "paper",
-                 "--batch-size", "32", "--warmup", "1", "--levels", "64", "--report", str(tmp_path / "r.json"), "-q"])
+    code = main(
+        [
+            "drift",
+            str(tmp_path / "m.onnx"),
+            "--calib",
+            str(tmp_path / "c.npz"),
+            "--test",
+            str(tmp_path / "t.npz"),
+            "--times",
+            "1s,1d",
+            "--seeds",
+            "1",
+            "--method",
+            "paper",
+            "--batch-size",
+            "32",
+            "--warmup",
+            "1",
+            "--levels",
+            "64",
+            "--report",
+            str(tmp_path / "r.json"),
+            "-q",
+        ]
+    )
     assert code == 0
     payload = json.loads((tmp_path / "r.json").read_text())
     assert payload["device"]["noise"] == "pcm" and payload["device"]["levels"] == 64

@@ -35,8 +35,9 @@ FUZZ_EXAMPLES = 1500
 def _save_external(model: onnx.ModelProto, folder: Path, location: str = "weights.bin") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
-    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location,
-              size_threshold=0)
+    onnx.save(
+        model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0
+    )
     return path
 
 
@@ -121,8 +122,9 @@ def test_external_data_truncated_file(external) -> None:
         load_model(path)
 
 
-@pytest.mark.parametrize("key,value", [("offset", "abc"), ("length", "-1"), ("offset", "-8"), ("length", str(2**62)),
-                                       ("offset", str(2**62))])
+@pytest.mark.parametrize(
+    "key,value", [("offset", "abc"), ("length", "-1"), ("offset", "-8"), ("length", str(2**62)), ("offset", str(2**62))]
+)
 def test_external_data_bad_offset_or_length(external, key: str, value: str) -> None:
     path, _ = external
     model = onnx.load(path, load_external_data=False)
@@ -162,8 +164,7 @@ def test_empty_weight_with_huge_dim(tmp_path: Path) -> None:
     tensor.dims.extend([0, 2**40])
     path = tmp_path / "empty.onnx"
     path.write_bytes(model.SerializeToString())
-    for call in (lambda: inspect_model(path), lambda: split(path),
-                 lambda: inject(path, make_noise("mul", 0.1))):
+    for call in (lambda: inspect_model(path), lambda: split(path), lambda: inject(path, make_noise("mul", 0.1))):
         with contextlib.suppress(NabnError):
             call()
 
@@ -220,8 +221,13 @@ _outcomes = {}
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # inject on fuzzed NaN/Inf weights
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(data=mutated_models())
 def _fuzz_one(data: bytes) -> None:
     outcome = fuzz_loader.try_model(data, _fuzz_one.folder)

@@ -111,8 +111,24 @@ def test_evaluate_on_an_image_folder_from_python_and_cli(tmp_path, capsys):
     value = evaluate(model, source, "top5")
     assert 0.0 <= value <= 1.0
     onnx.save(model, tmp_path / "m.onnx")
-    assert main(["evaluate", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "data"), "--resize", "9",
-                 "--crop", "8", "--metric", "top5", "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "m.onnx"),
+                "--data",
+                str(tmp_path / "data"),
+                "--resize",
+                "9",
+                "--crop",
+                "8",
+                "--metric",
+                "top5",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert f'"value": {value}' in capsys.readouterr().out
     assert labels.tolist() == [0, 0, 0, 1, 1, 1]
 

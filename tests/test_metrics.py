@@ -18,12 +18,14 @@ from builders import images, small_cnn
 
 EXACT = 1e-12
 
-LOGITS = np.array([
-    [0.1, 0.5, 0.2, 0.9],   # ranking 3, 1, 2, 0
-    [0.8, 0.1, 0.3, 0.0],   # ranking 0, 2, 1, 3
-    [0.2, 0.3, 0.4, 0.1],   # ranking 2, 1, 0, 3
-    [0.0, 0.0, 1.0, 2.0],   # ranking 3, 2, ...
-])
+LOGITS = np.array(
+    [
+        [0.1, 0.5, 0.2, 0.9],  # ranking 3, 1, 2, 0
+        [0.8, 0.1, 0.3, 0.0],  # ranking 0, 2, 1, 3
+        [0.2, 0.3, 0.4, 0.1],  # ranking 2, 1, 0, 3
+        [0.0, 0.0, 1.0, 2.0],  # ranking 3, 2, ...
+    ]
+)
 LABELS = np.array([3, 2, 0, 2])
 
 
@@ -157,8 +159,9 @@ def test_cli_evaluate(tmp_path, capsys):
 
     onnx.save(model, tmp_path / "m.onnx")
     np.savez(tmp_path / "test.npz", input=x, labels=logits.argmax(1))
-    assert main(["evaluate", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "test.npz"),
-                 "--metric", "top1,top5"]) == 0
+    assert (
+        main(["evaluate", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "test.npz"), "--metric", "top1,top5"]) == 0
+    )
     assert "top1 100.00%, top5 100.00% on 40 samples" in capsys.readouterr().out
     np.savez(tmp_path / "nolabels.npz", input=x)
     assert main(["evaluate", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "nolabels.npz")]) == 1
@@ -175,9 +178,12 @@ def _segmenter():
     weight = numpy_helper.from_array(np.array([1.0, 0.0, -1.0], np.float32).reshape(3, 1, 1, 1), "w")
     bias = numpy_helper.from_array(np.array([0.0, 0.5, 1.0], np.float32), "b")
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["input", "w", "b"], ["maps"], name="head")], "segmenter",
+        [helper.make_node("Conv", ["input", "w", "b"], ["maps"], name="head")],
+        "segmenter",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 4, 4])],
-        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, ["N", 3, 4, 4])], [weight, bias])
+        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [weight, bias],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

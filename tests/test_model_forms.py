@@ -103,8 +103,10 @@ def test_a_chip_with_its_reference_gets_delta_and_auto(chip_bn: Path):
 
 def test_a_fused_chip_without_clean_statistics_is_refused_not_copied(tmp_path: Path, capsys):
     chip = tmp_path / "fused_chip.onnx"
-    assert main(["inject", str(SAMPLES / "resnet_fused.onnx"), "--noise", "mul", "--eta", "0.3", "-o", str(chip),
-                 "-q"]) == 0
+    assert (
+        main(["inject", str(SAMPLES / "resnet_fused.onnx"), "--noise", "mul", "--eta", "0.3", "-o", str(chip), "-q"])
+        == 0
+    )
     out = tmp_path / "out.onnx"
     assert main(["calibrate", str(chip), "--data", str(CALIB), "-o", str(out)]) == 1
     err = capsys.readouterr().err
@@ -132,12 +134,18 @@ def test_auto_with_few_batches_scores_held_out_samples(max_batches: int):
     assert auto.report.scored_on == 16 * max_batches and not auto.report.in_sample
     assert all(v > 0 for v in auto.report.scores.values())
     # the candidate auto writes is the method's own result, measured on whole batches
-    chosen = calibrate(SAMPLES / "resnet_bn.onnx", CALIB, noise=noise, max_batches=max_batches,
-                       method=auto.report.chosen if auto.report.chosen in ("paper", "delta") else "paper")
+    chosen = calibrate(
+        SAMPLES / "resnet_bn.onnx",
+        CALIB,
+        noise=noise,
+        max_batches=max_batches,
+        method=auto.report.chosen if auto.report.chosen in ("paper", "delta") else "paper",
+    )
     if auto.report.chosen in ("paper", "delta"):
         assert _top1(auto.model) == _top1(chosen.model)
-    paper = _top1(calibrate(SAMPLES / "resnet_bn.onnx", CALIB, noise=noise, max_batches=max_batches,
-                            method="paper").model)
+    paper = _top1(
+        calibrate(SAMPLES / "resnet_bn.onnx", CALIB, noise=noise, max_batches=max_batches, method="paper").model
+    )
     assert _top1(auto.model) >= paper - 0.002
 
 
@@ -206,8 +214,10 @@ def test_fixed_batch_exports_calibrate_evaluate_and_keep_their_shape(tmp_path: P
     path = VARIANTS / f"{name}.onnx"
     assert _top1(path) == pytest.approx(CLEAN_TOP1)  # 500 samples: not a multiple of 8, the padding is dropped
     out = tmp_path / "cal.onnx"
-    assert main(["calibrate", str(path), "--data", str(CALIB), "--noise", "mul", "--eta", "0.3", "-o", str(out),
-                 "-q"]) == 0
+    assert (
+        main(["calibrate", str(path), "--data", str(CALIB), "--noise", "mul", "--eta", "0.3", "-o", str(out), "-q"])
+        == 0
+    )
     written = onnx.load(out)
     assert written.graph.input[0].type.tensor_type.shape.dim[0].dim_value == fixed
     assert _top1(out) >= CLEAN_TOP1 - RECOVERED
@@ -222,11 +232,18 @@ def _batch_mixing_model(fixed: int):
     w = numpy_helper.from_array(rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32), "w")
     out_shape = [1, fixed * 4] if fixed > 1 else [4]
     shape = numpy_helper.from_array(np.array(out_shape, np.int64), "shape")
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("GlobalAveragePool", ["c"], ["g"]),
-             helper.make_node("Reshape", ["g", "shape"], ["y"])]
-    graph = helper.make_graph(nodes, "mix", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [fixed, 1, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], [w, shape])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+        helper.make_node("Reshape", ["g", "shape"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mix",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [fixed, 1, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        [w, shape],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -286,10 +303,18 @@ def _identity_read_in_branch():
     """Conv whose weight also reaches an If branch through a main-graph Identity (valid ONNX)."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32), "w")
-    then_graph = helper.make_graph([helper.make_node("ReduceSum", ["w_id"], ["s_then"], keepdims=0)], "then", [],
-                                   [helper.make_tensor_value_info("s_then", TensorProto.FLOAT, [])])
-    else_graph = helper.make_graph([helper.make_node("ReduceMax", ["w_id"], ["s_else"], keepdims=0)], "else", [],
-                                   [helper.make_tensor_value_info("s_else", TensorProto.FLOAT, [])])
+    then_graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["w_id"], ["s_then"], keepdims=0)],
+        "then",
+        [],
+        [helper.make_tensor_value_info("s_then", TensorProto.FLOAT, [])],
+    )
+    else_graph = helper.make_graph(
+        [helper.make_node("ReduceMax", ["w_id"], ["s_else"], keepdims=0)],
+        "else",
+        [],
+        [helper.make_tensor_value_info("s_else", TensorProto.FLOAT, [])],
+    )
     nodes = [
         helper.make_node("Identity", ["w"], ["w_id"], name="id"),
         helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
@@ -299,8 +324,13 @@ def _identity_read_in_branch():
         helper.make_node("Mul", ["c", "s"], ["y"]),
     ]
     zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
-    graph = helper.make_graph(nodes, "branch", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])], [w, zero])
+    graph = helper.make_graph(
+        nodes,
+        "branch",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])],
+        [w, zero],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -324,7 +354,7 @@ class _Reader:
     """onnxruntime's CalibrationDataReader protocol, one sample per get_next() by default."""
 
     def __init__(self, x, per_call=1):
-        self.items = iter([{"input": x[i:i + per_call]} for i in range(0, len(x), per_call)])
+        self.items = iter([{"input": x[i : i + per_call]} for i in range(0, len(x), per_call)])
 
     def get_next(self):
         return next(self.items, None)
@@ -332,20 +362,24 @@ class _Reader:
 
 def test_one_shot_reader_with_max_batches_and_two_passes():
     x = np.load(CALIB)["input"]
-    result = calibrate(SAMPLES / "resnet_fused.onnx", _Reader(x, per_call=32), noise=make_noise("mul", 0.3, seed=0),
-                       max_batches=4)
+    result = calibrate(
+        SAMPLES / "resnet_fused.onnx", _Reader(x, per_call=32), noise=make_noise("mul", 0.3, seed=0), max_batches=4
+    )
     assert result.report.batches == 4 and result.report.samples == 128
 
 
 def test_single_sample_readers_are_batched():
     x = np.load(CALIB)["input"][:256]
-    from_reader = calibrate(SAMPLES / "resnet_fused.onnx", _Reader(x), noise=make_noise("mul", 0.3, seed=0),
-                            method="paper", batch_size=64)
-    from_array = calibrate(SAMPLES / "resnet_fused.onnx", {"input": x}, noise=make_noise("mul", 0.3, seed=0),
-                           method="paper", batch_size=64)
+    from_reader = calibrate(
+        SAMPLES / "resnet_fused.onnx", _Reader(x), noise=make_noise("mul", 0.3, seed=0), method="paper", batch_size=64
+    )
+    from_array = calibrate(
+        SAMPLES / "resnet_fused.onnx", {"input": x}, noise=make_noise("mul", 0.3, seed=0), method="paper", batch_size=64
+    )
     assert from_reader.report.batches == 4
-    np.testing.assert_array_equal(run(from_reader.model, {"input": x[:8]})[0],
-                                  run(from_array.model, {"input": x[:8]})[0])
+    np.testing.assert_array_equal(
+        run(from_reader.model, {"input": x[:8]})[0], run(from_array.model, {"input": x[:8]})[0]
+    )
 
 
 def test_nabn_session_refuses_single_sample_updates_and_writes_no_stale_initializers():
@@ -366,8 +400,11 @@ def test_nabn_session_refuses_single_sample_updates_and_writes_no_stale_initiali
 @pytest.mark.parametrize("command", ["split", "inject", "calibrate"])
 def test_qdq_models_are_refused_with_the_same_reason_everywhere(tmp_path: Path, capsys, command: str):
     argv = [command, str(VARIANTS / "resnet_fused_qdq.onnx"), "-o", str(tmp_path / "out.onnx")]
-    argv += {"split": [], "inject": ["--noise", "mul", "--eta", "0.1"],
-             "calibrate": ["--data", str(CALIB), "--noise", "mul", "--eta", "0.1"]}[command]
+    argv += {
+        "split": [],
+        "inject": ["--noise", "mul", "--eta", "0.1"],
+        "calibrate": ["--data", str(CALIB), "--noise", "mul", "--eta", "0.1"],
+    }[command]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "quantized (QDQ" in err[0] and not (tmp_path / "out.onnx").exists()
@@ -394,8 +431,26 @@ def test_one_hot_labels_are_named(tmp_path: Path):
 
 def test_reports_follow_the_umask(tmp_path: Path):
     report = tmp_path / "r.json"
-    assert main(["calibrate", str(SAMPLES / "resnet_bn.onnx"), "--data", str(CALIB), "--noise", "mul", "--eta", "0.1",
-                 "-o", str(tmp_path / "o.onnx"), "--report", str(report), "-q"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                str(SAMPLES / "resnet_bn.onnx"),
+                "--data",
+                str(CALIB),
+                "--noise",
+                "mul",
+                "--eta",
+                "0.1",
+                "-o",
+                str(tmp_path / "o.onnx"),
+                "--report",
+                str(report),
+                "-q",
+            ]
+        )
+        == 0
+    )
     import os
 
     mask = os.umask(0)
@@ -405,8 +460,11 @@ def test_reports_follow_the_umask(tmp_path: Path):
 
 def test_constant_data_is_warned_about_once(caplog):
     caplog.set_level("WARNING")
-    calibrate(SAMPLES / "resnet_fused.onnx", {"input": np.zeros((128, 1, 16, 16), np.float32)},
-              noise=make_noise("mul", 0.1, seed=0))
+    calibrate(
+        SAMPLES / "resnet_fused.onnx",
+        {"input": np.zeros((128, 1, 16, 16), np.float32)},
+        noise=make_noise("mul", 0.1, seed=0),
+    )
     warnings = [r for r in caplog.records if "does not vary" in r.getMessage()]
     assert len(warnings) == 1
 

@@ -91,11 +91,18 @@ def test_provenance_and_second_injection_is_refused():
     assert not again.modified
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(kind="mul", eta=-0.1), dict(kind="mul", eta=float("nan")), dict(kind="add", eta=1e6),
-    dict(kind="mul", eta=0.1, sigma_t=-1), dict(kind="mul", eta=0.1, seed=-3), dict(kind="mul", eta=0.1, temporal="x"),
-    dict(kind="salt", eta=0.1),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kind="mul", eta=-0.1),
+        dict(kind="mul", eta=float("nan")),
+        dict(kind="add", eta=1e6),
+        dict(kind="mul", eta=0.1, sigma_t=-1),
+        dict(kind="mul", eta=0.1, seed=-3),
+        dict(kind="mul", eta=0.1, temporal="x"),
+        dict(kind="salt", eta=0.1),
+    ],
+)
 def test_bad_noise_parameters_raise_one_line_errors(kwargs):
     kind = kwargs.pop("kind")
     with pytest.raises(NoiseConfigError) as info:

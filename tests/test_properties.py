@@ -82,8 +82,21 @@ def conv_layers(draw, op: str) -> Layer:
         else:  # s * (size - 1) + o + reach - p0 - p1 >= 1
             low = max(1, 1 + -(-(p0 + p1 + 1 - reach - o) // s))
         size.append(draw(st.integers(low, low + (2 if small else 4))))
-    return Layer(op, rank, c_in, c_out, group, kernel, stride, pads, dilation, output_padding,
-                 draw(st.booleans()), tuple(size), batch=draw(st.integers(1, 3)))
+    return Layer(
+        op,
+        rank,
+        c_in,
+        c_out,
+        group,
+        kernel,
+        stride,
+        pads,
+        dilation,
+        output_padding,
+        draw(st.booleans()),
+        tuple(size),
+        batch=draw(st.integers(1, 3)),
+    )
 
 
 @st.composite
@@ -91,13 +104,20 @@ def dense_layers(draw, op: str) -> Layer:
     c_in, c_out = draw(st.integers(1, 6)), draw(st.integers(1, 6))
     if op == "MatMul":
         return Layer(op, c_in=c_in, c_out=c_out, bias=False, batch=draw(st.integers(1, 4)))
-    return Layer(op, c_in=c_in, c_out=c_out, bias=draw(st.booleans()), trans_a=draw(st.integers(0, 1)),
-                 trans_b=draw(st.integers(0, 1)), alpha=draw(st.sampled_from([1.0, 0.5, -2.0])),
-                 beta=draw(st.sampled_from([1.0, 0.25])), batch=draw(st.integers(1, 4)))
+    return Layer(
+        op,
+        c_in=c_in,
+        c_out=c_out,
+        bias=draw(st.booleans()),
+        trans_a=draw(st.integers(0, 1)),
+        trans_b=draw(st.integers(0, 1)),
+        alpha=draw(st.sampled_from([1.0, 0.5, -2.0])),
+        beta=draw(st.sampled_from([1.0, 0.25])),
+        batch=draw(st.integers(1, 4)),
+    )
 
 
-layers = st.one_of(conv_layers("Conv"), conv_layers("ConvTranspose"), dense_layers("Gemm"),
-                   dense_layers("MatMul"))
+layers = st.one_of(conv_layers("Conv"), conv_layers("ConvTranspose"), dense_layers("Gemm"), dense_layers("MatMul"))
 
 
 def _input_shape(layer: Layer) -> List[int]:
@@ -131,8 +151,13 @@ def build(layer: Layer, copies: int, activation: str, seed: int) -> onnx.ModelPr
             inputs.append(b)
         attrs = {}
         if layer.op in ("Conv", "ConvTranspose"):
-            attrs = dict(kernel_shape=list(layer.kernel), strides=list(layer.stride), pads=list(layer.pads),
-                         dilations=list(layer.dilation), group=layer.group)
+            attrs = dict(
+                kernel_shape=list(layer.kernel),
+                strides=list(layer.stride),
+                pads=list(layer.pads),
+                dilations=list(layer.dilation),
+                group=layer.group,
+            )
             if layer.output_padding is not None:
                 attrs["output_padding"] = list(layer.output_padding)
         elif layer.op == "Gemm":
@@ -146,8 +171,12 @@ def build(layer: Layer, copies: int, activation: str, seed: int) -> onnx.ModelPr
         total = f"sum{i}"
     rank = 2 + (layer.rank if layer.op in ("Conv", "ConvTranspose") else 0)
     graph = helper.make_graph(
-        nodes, "prop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, _input_shape(layer))],
-        [helper.make_tensor_value_info(total, TensorProto.FLOAT, [f"d{i}" for i in range(rank)])], inits)
+        nodes,
+        "prop",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, _input_shape(layer))],
+        [helper.make_tensor_value_info(total, TensorProto.FLOAT, [f"d{i}" for i in range(rank)])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
@@ -156,16 +185,26 @@ def build(layer: Layer, copies: int, activation: str, seed: int) -> onnx.ModelPr
 
 def _run(model: onnx.ModelProto, x: np.ndarray, optimize: bool) -> np.ndarray:
     options = ort.SessionOptions()
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})[0]
 
 
-@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(layer=layers, copies=st.integers(1, 3), activation=st.sampled_from(["Relu", "Tanh", "Sigmoid"]),
-       seed=st.integers(0, 2**16))
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    layer=layers,
+    copies=st.integers(1, 3),
+    activation=st.sampled_from(["Relu", "Tanh", "Sigmoid"]),
+    seed=st.integers(0, 2**16),
+)
 def test_split_is_exact_and_idempotent(layer: Layer, copies: int, activation: str, seed: int) -> None:
     model = build(layer, copies, activation, seed)
     x = np.random.default_rng(seed + 1).normal(0, 1, _input_shape(layer)).astype(np.float32)
@@ -205,6 +244,15 @@ def test_builder_covers_each_family() -> None:
             seen.add(("ConvTranspose", "output_padding"))
 
     collect()
-    want = {("Conv", 1), ("Conv", 2), ("Conv", 3), ("ConvTranspose", 1), ("ConvTranspose", 2), ("ConvTranspose", 3),
-            ("Gemm", 0), ("MatMul", 0), ("Conv", "depthwise")}
+    want = {
+        ("Conv", 1),
+        ("Conv", 2),
+        ("Conv", 3),
+        ("ConvTranspose", 1),
+        ("ConvTranspose", 2),
+        ("ConvTranspose", 3),
+        ("Gemm", 0),
+        ("MatMul", 0),
+        ("Conv", "depthwise"),
+    }
     assert want <= seen, want - seen

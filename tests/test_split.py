@@ -24,8 +24,18 @@ def _bn_count(model) -> int:
     return sum(n.op_type == "BatchNormalization" for n in model.graph.node)
 
 
-def _single_layer(op: str, rank: int = 2, group: int = 1, bias: bool = True, stride: int = 1, dilation: int = 1,
-                  channels_in: int = 4, channels_out: int = 6, trans_b: int = 0, seed: int = 0):
+def _single_layer(
+    op: str,
+    rank: int = 2,
+    group: int = 1,
+    bias: bool = True,
+    stride: int = 1,
+    dilation: int = 1,
+    channels_in: int = 4,
+    channels_out: int = 6,
+    trans_b: int = 0,
+    seed: int = 0,
+):
     """A model with one analog layer followed by a ReLU, and its input array."""
     rng = np.random.default_rng(seed)
     size = 7
@@ -52,8 +62,13 @@ def _single_layer(op: str, rank: int = 2, group: int = 1, bias: bool = True, str
     if "b" in inputs:
         inits.append(numpy_helper.from_array(rng.normal(size=channels_out).astype(np.float32), "b"))
     nodes = [helper.make_node(op, inputs, ["y"], name="layer", **attrs), helper.make_node("Relu", ["y"], ["out"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None] * x.ndim)], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None] * x.ndim)],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -63,15 +78,18 @@ def _single_layer(op: str, rank: int = 2, group: int = 1, bias: bool = True, str
 CONV_GRID = [
     dict(op=op, rank=rank, group=group, bias=bias, stride=stride, dilation=dilation)
     for op, rank, group, bias, stride, dilation in itertools.product(
-        ["Conv", "ConvTranspose"], [1, 2, 3], [1, 2], [True, False], [1, 2], [1, 2])
+        ["Conv", "ConvTranspose"], [1, 2, 3], [1, 2], [True, False], [1, 2], [1, 2]
+    )
 ]
 DEPTHWISE = [dict(op="Conv", rank=2, group=4, channels_in=4, channels_out=4, bias=b) for b in (True, False)] + [
-    dict(op="Conv", rank=2, group=4, channels_in=4, channels_out=8, stride=2)]
+    dict(op="Conv", rank=2, group=4, channels_in=4, channels_out=8, stride=2)
+]
 DENSE = [dict(op="Gemm", trans_b=t, bias=b) for t in (0, 1) for b in (True, False)] + [dict(op="MatMul")]
 
 
-@pytest.mark.parametrize("config", CONV_GRID + DEPTHWISE + DENSE,
-                         ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize(
+    "config", CONV_GRID + DEPTHWISE + DENSE, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items())
+)
 def test_split_inserts_one_exact_identity_batchnorm(config):
     model, x = _single_layer(**config)
     before = run(model, {"x": x})[0]
@@ -137,10 +155,12 @@ def test_shared_and_non_constant_weights_are_skipped_with_reasons():
 def test_matmul_with_channels_on_last_axis_is_skipped():
     rng = np.random.default_rng(0)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")], "g",
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 3)],
-        [numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")])
+        [numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     result = SplitBatchNormPass()(model)
     assert not result.modified

@@ -123,8 +123,20 @@ def test_cli_sweep_writes_report_and_plot(classifier, tmp_path, capsys):
     onnx.save(model, tmp_path / "m.onnx")
     np.savez(tmp_path / "calib.npz", **calib)
     np.savez(tmp_path / "test.npz", **test)
-    args = ["sweep", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib.npz"), "--test",
-            str(tmp_path / "test.npz"), "--noise", "mul", "--eta", "0.1,0.5", "--seeds", "2"]
+    args = [
+        "sweep",
+        str(tmp_path / "m.onnx"),
+        "--calib",
+        str(tmp_path / "calib.npz"),
+        "--test",
+        str(tmp_path / "test.npz"),
+        "--noise",
+        "mul",
+        "--eta",
+        "0.1,0.5",
+        "--seeds",
+        "2",
+    ]
     assert main([*args, "--report", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]) == 0
     assert len(json.loads((tmp_path / "r.json").read_text())["rows"]) == 4
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"

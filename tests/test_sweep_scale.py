@@ -66,12 +66,12 @@ def serial(classifier):
     return rows
 
 
-def test_two_local_processes_give_the_serial_rows_and_survive_a_killed_worker(classifier, serial, tmp_path,
-                                                                             monkeypatch):
+def test_two_local_processes_give_the_serial_rows_and_survive_a_killed_worker(
+    classifier, serial, tmp_path, monkeypatch
+):
     model, calib, test = classifier
     monkeypatch.setenv(CRASH_HOOK_ENV, f"1:{tmp_path / 'crashed'}")
-    report = run_sweep(model, calib, test, PLAN, SETTINGS, executor=ProcessExecutor(2),
-                       results=tmp_path / "r.jsonl")
+    report = run_sweep(model, calib, test, PLAN, SETTINGS, executor=ProcessExecutor(2), results=tmp_path / "r.jsonl")
     assert (tmp_path / "crashed").exists()  # a worker did die, running seed 1
     assert _rows(report.rows) == serial
     assert _file_rows(tmp_path / "r.jsonl") == serial
@@ -100,10 +100,33 @@ def test_killed_cli_sweep_resumes_and_extends(files, serial, tmp_path):
     """The whole sweep process is killed (os._exit) mid-sweep; --resume finishes it; more seeds extend it."""
     model, calib, test = files
     results = tmp_path / "r.jsonl"
-    args = [sys.executable, "-m", "nabn_onnx.cli", "sweep", str(model), "--calib", str(calib), "--test", str(test),
-            "--noise", "mul", "--eta", "0.5,0.8", "--seeds", "2", "--method", "paper", "--results", str(results), "-q"]
-    env = {**os.environ, CRASH_HOOK_ENV: f"1:{tmp_path / 'crashed'}",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    args = [
+        sys.executable,
+        "-m",
+        "nabn_onnx.cli",
+        "sweep",
+        str(model),
+        "--calib",
+        str(calib),
+        "--test",
+        str(test),
+        "--noise",
+        "mul",
+        "--eta",
+        "0.5,0.8",
+        "--seeds",
+        "2",
+        "--method",
+        "paper",
+        "--results",
+        str(results),
+        "-q",
+    ]
+    env = {
+        **os.environ,
+        CRASH_HOOK_ENV: f"1:{tmp_path / 'crashed'}",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     killed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert killed.returncode == 70, killed.stderr
     assert [(r["eta"], r["seed"]) for r in _file_rows(results)] == [(0.5, 0)]
@@ -124,8 +147,9 @@ def test_results_file_refuses_another_sweep(classifier, tmp_path):
     with pytest.raises(NabnError, match="--resume"):
         run_sweep(model, calib, test, plan, SETTINGS, results=results)
     with pytest.raises(NabnError, match="noise settings"):
-        run_sweep(model, calib, test, SweepPlan.of("mul", [0.5], [0], sigma_s=0.2), SETTINGS, results=results,
-                  resume=True)
+        run_sweep(
+            model, calib, test, SweepPlan.of("mul", [0.5], [0], sigma_s=0.2), SETTINGS, results=results, resume=True
+        )
     with pytest.raises(NabnError, match="another method"):
         run_sweep(model, calib, test, plan, SweepSettings(method="delta"), results=results, resume=True)
     with pytest.raises(NabnError, match="calibration or evaluation settings"):
@@ -168,9 +192,13 @@ def test_progress_shows_chips_done_and_eta():
 
 def test_every_session_command_takes_providers():
     parser = build_parser()
-    for argv in (["split", "m.onnx"], ["calibrate", "m.onnx", "--data", "d.npz"], ["evaluate", "m.onnx", "--data", "t"],
-                 ["sweep", "m.onnx", "--calib", "c", "--test", "t", "--noise", "mul", "--eta", "0.1"],
-                 ["diagnose", "m.onnx", "--data", "d", "--noise", "mul", "--eta", "0.1"]):
+    for argv in (
+        ["split", "m.onnx"],
+        ["calibrate", "m.onnx", "--data", "d.npz"],
+        ["evaluate", "m.onnx", "--data", "t"],
+        ["sweep", "m.onnx", "--calib", "c", "--test", "t", "--noise", "mul", "--eta", "0.1"],
+        ["diagnose", "m.onnx", "--data", "d", "--noise", "mul", "--eta", "0.1"],
+    ):
         assert parser.parse_args([*argv, "--providers", "CPUExecutionProvider"]).providers == "CPUExecutionProvider"
     with pytest.raises(SystemExit):
         parser.parse_args(["inject", "m.onnx", "--noise", "mul", "--eta", "0.1", "--providers", "X"])
@@ -187,8 +215,20 @@ def test_unknown_or_missing_provider_is_one_line_and_fallback_warns(files, capsy
         pytest.skip("this onnxruntime has CUDA: nothing is missing")
     assert main(["evaluate", str(model), "--data", str(test), "--providers", "CUDAExecutionProvider"]) == 1
     assert "not available" in capsys.readouterr().err
-    assert main(["evaluate", str(model), "--data", str(test), "--json",
-                 "--providers", "CUDAExecutionProvider,CPUExecutionProvider"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(model),
+                "--data",
+                str(test),
+                "--json",
+                "--providers",
+                "CUDAExecutionProvider,CPUExecutionProvider",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["value"] > 0.7
     assert "CUDAExecutionProvider is not available" in caplog.text
 
@@ -204,8 +244,7 @@ def ray_runtime():
     ray.shutdown()
 
 
-def test_ray_gives_the_serial_rows_and_survives_a_killed_worker(ray_runtime, classifier, serial, tmp_path,
-                                                               monkeypatch):
+def test_ray_gives_the_serial_rows_and_survives_a_killed_worker(ray_runtime, classifier, serial, tmp_path, monkeypatch):
     model, calib, test = classifier
     monkeypatch.setenv(CRASH_HOOK_ENV, f"2:{tmp_path / 'crashed'}")
     report = run_sweep(model, calib, test, PLAN, SETTINGS, executor=RayExecutor(), results=tmp_path / "r.jsonl")
@@ -218,9 +257,30 @@ def test_ray_gives_the_serial_rows_and_survives_a_killed_worker(ray_runtime, cla
 def test_cli_joins_a_running_ray_cluster(ray_runtime, files, serial, tmp_path):
     model, calib, test = files
     address = ray_runtime.get_runtime_context().gcs_address
-    args = [sys.executable, "-m", "nabn_onnx.cli", "sweep", str(model), "--calib", str(calib), "--test", str(test),
-            "--noise", "mul", "--eta", "0.5,0.8", "--seeds", "3", "--method", "paper", "--ray", address,
-            "--report", str(tmp_path / "r.json"), "-q"]
+    args = [
+        sys.executable,
+        "-m",
+        "nabn_onnx.cli",
+        "sweep",
+        str(model),
+        "--calib",
+        str(calib),
+        "--test",
+        str(test),
+        "--noise",
+        "mul",
+        "--eta",
+        "0.5,0.8",
+        "--seeds",
+        "3",
+        "--method",
+        "paper",
+        "--ray",
+        address,
+        "--report",
+        str(tmp_path / "r.json"),
+        "-q",
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -231,8 +291,20 @@ def test_cli_joins_a_running_ray_cluster(ray_runtime, files, serial, tmp_path):
 
 def test_scale_options_fail_in_one_line(files, tmp_path, capsys, monkeypatch):
     model, calib, test = files
-    args = ["sweep", str(model), "--calib", str(calib), "--test", str(test), "--noise", "mul", "--eta", "0.5",
-            "--seeds", "1"]
+    args = [
+        "sweep",
+        str(model),
+        "--calib",
+        str(calib),
+        "--test",
+        str(test),
+        "--noise",
+        "mul",
+        "--eta",
+        "0.5",
+        "--seeds",
+        "1",
+    ]
     assert main([*args, "--jobs", "0"]) == 1
     assert "--jobs must be at least 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a usage error: --resume without a file to resume

@@ -36,8 +36,10 @@ BATCH_SIZE = 64
 #: Calibration batches the tests use (128 lines).
 MAX_BATCHES = 2
 
-pytestmark = pytest.mark.skipif(not (MODEL.exists() and CALIB.exists() and TEST.exists()),
-                                reason="sample_models/third_party/ not built (python tools/make_ocr_sample.py)")
+pytestmark = pytest.mark.skipif(
+    not (MODEL.exists() and CALIB.exists() and TEST.exists()),
+    reason="sample_models/third_party/ not built (python tools/make_ocr_sample.py)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +75,18 @@ def test_clean_accuracy(model, test_set) -> None:
 def test_delta_without_noise_leaves_outputs_unchanged(model, test_set) -> None:
     feeds = {"x": test_set["x"][:BATCH_SIZE]}
     before = make_session(model).run(None, feeds)[0]
-    calibrated = calibrate(model, CALIB, noise=make_noise("mul", 0.0), method="delta", batch_size=BATCH_SIZE,
-                           max_batches=MAX_BATCHES).model
+    calibrated = calibrate(
+        model, CALIB, noise=make_noise("mul", 0.0), method="delta", batch_size=BATCH_SIZE, max_batches=MAX_BATCHES
+    ).model
     after = make_session(calibrated).run(None, feeds)[0]
     assert np.max(np.abs(after - before)) <= IDENTITY_RTOL * np.max(np.abs(before))
 
 
 @pytest.mark.parametrize("method", [m for m in ("paper", "auto") if m in METHODS])
 def test_calibration_recovers_a_collapsed_chip(model, test_set, severe_vanilla, method: str) -> None:
-    calibrated = calibrate(model, CALIB, noise=SEVERE, method=method, batch_size=BATCH_SIZE,
-                           max_batches=MAX_BATCHES).model
+    calibrated = calibrate(
+        model, CALIB, noise=SEVERE, method=method, batch_size=BATCH_SIZE, max_batches=MAX_BATCHES
+    ).model
     assert evaluate(calibrated, test_set, batch_size=BATCH_SIZE) >= severe_vanilla + MIN_GAIN
 
 
@@ -90,7 +94,6 @@ def test_auto_falls_back_to_the_paper_where_no_candidate_stays_close(model) -> N
     """ADD eta = 0.04 is severe for this model: every candidate's outputs are far from the clean ones."""
     from nabn_onnx.calibration.select import SEVERE as SEVERE_SCORE
 
-    report = calibrate(model, CALIB, noise=make_noise("add", 0.04, seed=0), method="auto",
-                       batch_size=BATCH_SIZE).report
+    report = calibrate(model, CALIB, noise=make_noise("add", 0.04, seed=0), method="auto", batch_size=BATCH_SIZE).report
     assert min(report.scores.values()) > SEVERE_SCORE
     assert report.chosen == "paper"

@@ -68,8 +68,17 @@ def make_wide(folder: Path, batches: int):
     net = TinyResNet(widths=(64, 128, 256), blocks_per_stage=2).eval()
     path = folder / "wide_bn.onnx"
     example = torch.zeros(1, 1, 32, 32)
-    torch.onnx.export(net, example, str(path), dynamo=False, input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}}, do_constant_folding=False, opset_version=17)
+    torch.onnx.export(
+        net,
+        example,
+        str(path),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}},
+        do_constant_folding=False,
+        opset_version=17,
+    )
     x = np.random.default_rng(0).uniform(0, 1, (batches * BATCH, 1, 32, 32)).astype(np.float32)
     data = folder / "wide.npz"
     np.savez(data, input=x)
@@ -126,65 +135,131 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = make_data(tmp, args.batches)
-        print(f"model: sample ResNet, {args.batches} batches of {BATCH}, MUL eta=0.1, onnxruntime {ort.__version__}, "
-              f"{os.cpu_count()} cores")
+        print(
+            f"model: sample ResNet, {args.batches} batches of {BATCH}, MUL eta=0.1, onnxruntime {ort.__version__}, "
+            f"{os.cpu_count()} cores"
+        )
 
         # 1. calibrate / plain inference, in-process
-        t_cal, t_inf = median_pair(lambda: ours(bn_model, data, tmp / "o.onnx", exclude=".*"),
-                                   lambda: plain_inference(bn_model, data), args.repeats)
-        print(f"[1a] BatchNorm kept (1 pass):     calibrate {t_cal:.3f}s / inference {t_inf:.3f}s = "
-              f"{t_cal / t_inf:.2f} (target <= 1.15)")
-        t_cal_f, t_inf_f = median_pair(lambda: ours(fused_model, data, tmp / "o.onnx"),
-                                       lambda: plain_inference(fused_model, data), args.repeats)
-        print(f"[1b] BatchNorm fused (2 passes):  calibrate {t_cal_f:.3f}s / inference {t_inf_f:.3f}s = "
-              f"{t_cal_f / t_inf_f:.2f}")
-        t_auto, t_inf_a = median_pair(lambda: ours(fused_model, data, tmp / "o.onnx", method="auto"),
-                                      lambda: plain_inference(fused_model, data), args.repeats)
-        print(f"[1e] BatchNorm fused, method auto (default): calibrate {t_auto:.3f}s / inference {t_inf_a:.3f}s = "
-              f"{t_auto / t_inf_a:.2f}")
+        t_cal, t_inf = median_pair(
+            lambda: ours(bn_model, data, tmp / "o.onnx", exclude=".*"),
+            lambda: plain_inference(bn_model, data),
+            args.repeats,
+        )
+        print(
+            f"[1a] BatchNorm kept (1 pass):     calibrate {t_cal:.3f}s / inference {t_inf:.3f}s = "
+            f"{t_cal / t_inf:.2f} (target <= 1.15)"
+        )
+        t_cal_f, t_inf_f = median_pair(
+            lambda: ours(fused_model, data, tmp / "o.onnx"), lambda: plain_inference(fused_model, data), args.repeats
+        )
+        print(
+            f"[1b] BatchNorm fused (2 passes):  calibrate {t_cal_f:.3f}s / inference {t_inf_f:.3f}s = "
+            f"{t_cal_f / t_inf_f:.2f}"
+        )
+        t_auto, t_inf_a = median_pair(
+            lambda: ours(fused_model, data, tmp / "o.onnx", method="auto"),
+            lambda: plain_inference(fused_model, data),
+            args.repeats,
+        )
+        print(
+            f"[1e] BatchNorm fused, method auto (default): calibrate {t_auto:.3f}s / inference {t_inf_a:.3f}s = "
+            f"{t_auto / t_inf_a:.2f}"
+        )
         script = tmp / "plain.py"
         script.write_text(PLAIN_SCRIPT.format(batch=BATCH))
-        cli = [sys.executable, "-m", "nabn_onnx.cli", "calibrate", str(bn_model), "--data", str(data), "--noise",
-               "mul", "--eta", "0.1", "--exclude", ".*", "--method", "paper", "-q", "-o", str(tmp / "c.onnx")]
-        t_cmd, t_plain = median_pair(lambda: command_time(cli),
-                                     lambda: command_time([sys.executable, str(script), str(bn_model), str(data)]),
-                                     args.repeats)
-        print(f"[1c] whole commands (BN kept):    nabn-onnx calibrate {t_cmd:.3f}s / python+onnxruntime inference "
-              f"{t_plain:.3f}s = {t_cmd / t_plain:.2f}")
+        cli = [
+            sys.executable,
+            "-m",
+            "nabn_onnx.cli",
+            "calibrate",
+            str(bn_model),
+            "--data",
+            str(data),
+            "--noise",
+            "mul",
+            "--eta",
+            "0.1",
+            "--exclude",
+            ".*",
+            "--method",
+            "paper",
+            "-q",
+            "-o",
+            str(tmp / "c.onnx"),
+        ]
+        t_cmd, t_plain = median_pair(
+            lambda: command_time(cli),
+            lambda: command_time([sys.executable, str(script), str(bn_model), str(data)]),
+            args.repeats,
+        )
+        print(
+            f"[1c] whole commands (BN kept):    nabn-onnx calibrate {t_cmd:.3f}s / python+onnxruntime inference "
+            f"{t_plain:.3f}s = {t_cmd / t_plain:.2f}"
+        )
 
         # 1d. the same on a wider network (ResNet-18-like widths at 32x32), random weights
         wide_model, wide_data, wide_net, wide_x = make_wide(tmp, args.batches)
-        t_cal_w, t_inf_w = median_pair(lambda: ours(wide_model, wide_data, tmp / "w.onnx", exclude=".*"),
-                                       lambda: plain_inference(wide_model, wide_data), args.repeats)
-        print(f"[1d] wider ResNet (64/128/256 ch, 32x32, BN kept): calibrate {t_cal_w:.3f}s / inference "
-              f"{t_inf_w:.3f}s = {t_cal_w / t_inf_w:.2f} (target <= 1.15)")
+        t_cal_w, t_inf_w = median_pair(
+            lambda: ours(wide_model, wide_data, tmp / "w.onnx", exclude=".*"),
+            lambda: plain_inference(wide_model, wide_data),
+            args.repeats,
+        )
+        print(
+            f"[1d] wider ResNet (64/128/256 ch, 32x32, BN kept): calibrate {t_cal_w:.3f}s / inference "
+            f"{t_inf_w:.3f}s = {t_cal_w / t_inf_w:.2f} (target <= 1.15)"
+        )
 
         # 2. PyTorch train-mode recalibration / ours, same network, weights and batches
         from torch_reference import noisy_torch_model, torch_recalibrate
 
         noisy = nb.inject(bn_model, NOISE).model
         x = np.load(data)["input"]
-        batches = [x[i:i + BATCH] for i in range(0, len(x), BATCH)]
+        batches = [x[i : i + BATCH] for i in range(0, len(x), BATCH)]
         torch_model = noisy_torch_model("resnet", noisy)
-        t_torch, t_ours = median_pair(lambda: torch_recalibrate(torch_model, batches),
-                                      lambda: ours(bn_model, data, tmp / "o.onnx", exclude=".*"), args.repeats)
-        print(f"[2a] PyTorch train-mode recalibration {t_torch:.3f}s / ours {t_ours:.3f}s = {t_torch / t_ours:.2f} "
-              f"(target >= 1.3)")
-        wide_batches = [wide_x[i:i + BATCH] for i in range(0, len(wide_x), BATCH)]
-        t_torch_w, t_ours_w = median_pair(lambda: torch_recalibrate(wide_net, wide_batches),
-                                          lambda: ours(wide_model, wide_data, tmp / "w.onnx", exclude=".*"),
-                                          args.repeats)
-        print(f"[2b] wider ResNet: PyTorch {t_torch_w:.3f}s / ours {t_ours_w:.3f}s = {t_torch_w / t_ours_w:.2f} "
-              f"(target >= 1.3)")
+        t_torch, t_ours = median_pair(
+            lambda: torch_recalibrate(torch_model, batches),
+            lambda: ours(bn_model, data, tmp / "o.onnx", exclude=".*"),
+            args.repeats,
+        )
+        print(
+            f"[2a] PyTorch train-mode recalibration {t_torch:.3f}s / ours {t_ours:.3f}s = {t_torch / t_ours:.2f} "
+            f"(target >= 1.3)"
+        )
+        wide_batches = [wide_x[i : i + BATCH] for i in range(0, len(wide_x), BATCH)]
+        t_torch_w, t_ours_w = median_pair(
+            lambda: torch_recalibrate(wide_net, wide_batches),
+            lambda: ours(wide_model, wide_data, tmp / "w.onnx", exclude=".*"),
+            args.repeats,
+        )
+        print(
+            f"[2b] wider ResNet: PyTorch {t_torch_w:.3f}s / ours {t_ours_w:.3f}s = {t_torch_w / t_ours_w:.2f} "
+            f"(target >= 1.3)"
+        )
 
         # 3. peak memory, N against 10N batches
         big = make_data(tmp, 10 * args.batches)
-        base = [sys.executable, "-m", "nabn_onnx.cli", "calibrate", str(fused_model), "--noise", "mul", "--eta", "0.1",
-                "-q", "-o", str(tmp / "m.onnx"), "--data"]
+        base = [
+            sys.executable,
+            "-m",
+            "nabn_onnx.cli",
+            "calibrate",
+            str(fused_model),
+            "--noise",
+            "mul",
+            "--eta",
+            "0.1",
+            "-q",
+            "-o",
+            str(tmp / "m.onnx"),
+            "--data",
+        ]
         small_rss, big_rss = peak_rss_mb([*base, str(data)]), peak_rss_mb([*base, str(big)])
-        print(f"[3]  peak RSS: {args.batches} batches {small_rss:.1f} MB, {10 * args.batches} batches {big_rss:.1f} MB"
-              f" (data file {big.stat().st_size / 1e6:.1f} MB): growth {100 * (big_rss / small_rss - 1):+.1f}% "
-              f"(target < 10%)")
+        print(
+            f"[3]  peak RSS: {args.batches} batches {small_rss:.1f} MB, {10 * args.batches} batches {big_rss:.1f} MB"
+            f" (data file {big.stat().st_size / 1e6:.1f} MB): growth {100 * (big_rss / small_rss - 1):+.1f}% "
+            f"(target < 10%)"
+        )
     return 0
 
 

@@ -65,12 +65,21 @@ def build_resnet50(seed: int = 0, classes: int = 1000, width: float = 1.0):
 
     def conv(x: str, c_in: int, c_out: int, k: int, stride: int, name: str, relu: bool = True) -> str:
         fan_in = c_in * k * k
-        w = (rng.standard_normal((c_out, c_in, k, k), dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in)))
-        b = (rng.standard_normal(c_out, dtype=np.float32) * np.float32(0.01))
+        w = rng.standard_normal((c_out, c_in, k, k), dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
+        b = rng.standard_normal(c_out, dtype=np.float32) * np.float32(0.01)
         inits.extend([numpy_helper.from_array(w, f"{name}.weight"), numpy_helper.from_array(b, f"{name}.bias")])
         pad = k // 2
-        nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [f"{name}.out"], name=name,
-                                      kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4))
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, f"{name}.weight", f"{name}.bias"],
+                [f"{name}.out"],
+                name=name,
+                kernel_shape=[k, k],
+                strides=[stride, stride],
+                pads=[pad] * 4,
+            )
+        )
         if not relu:
             return f"{name}.out"
         nodes.append(helper.make_node("Relu", [f"{name}.out"], [f"{name}.relu"], name=f"{name}.relu"))
@@ -78,8 +87,11 @@ def build_resnet50(seed: int = 0, classes: int = 1000, width: float = 1.0):
 
     ch = lambda c: max(4, round(c * width))
     x = conv("input", 3, ch(64), 7, 2, "stem")
-    nodes.append(helper.make_node("MaxPool", [x], ["pool"], name="maxpool", kernel_shape=[3, 3], strides=[2, 2],
-                                  pads=[1, 1, 1, 1]))
+    nodes.append(
+        helper.make_node(
+            "MaxPool", [x], ["pool"], name="maxpool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]
+        )
+    )
     x, c_in = "pool", ch(64)
     for stage, (blocks, w) in enumerate(STAGES):
         for block in range(blocks):
@@ -95,13 +107,17 @@ def build_resnet50(seed: int = 0, classes: int = 1000, width: float = 1.0):
     nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
     nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"))
     fc_w = rng.standard_normal((classes, c_in), dtype=np.float32) * np.float32(np.sqrt(1.0 / c_in))
-    inits.extend([numpy_helper.from_array(fc_w, "fc.weight"),
-                  numpy_helper.from_array(np.zeros(classes, np.float32), "fc.bias")])
+    inits.extend(
+        [numpy_helper.from_array(fc_w, "fc.weight"), numpy_helper.from_array(np.zeros(classes, np.float32), "fc.bias")]
+    )
     nodes.append(helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1))
     graph = helper.make_graph(
-        nodes, "resnet50_folded",
+        nodes,
+        "resnet50_folded",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="bench_large")
     model.ir_version = 8
     return model
@@ -123,8 +139,14 @@ def write_models(folder: Path, seed: int = 0, width: float = 1.0) -> Tuple[Dict[
         if fmt == "inline":
             onnx.save_model(model, str(path))
         else:
-            onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location="resnet50.onnx.data", size_threshold=1024)
+            onnx.save_model(
+                model,
+                str(path),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location="resnet50.onnx.data",
+                size_threshold=1024,
+            )
             # onnx.save_model moved the tensors out of `model`; it is not used again.
     data = folder / "calib.npz"
     rng = np.random.default_rng(seed + 1)
@@ -156,8 +178,14 @@ def _child(step: str, model: str, out: str, data: str, fmt: str) -> None:
     if step == "baseline":
         proto = onnx.load_model(model)
         if fmt == "external":
-            onnx.save_model(proto, out, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=Path(out).name + ".data", size_threshold=1024)
+            onnx.save_model(
+                proto,
+                out,
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=Path(out).name + ".data",
+                size_threshold=1024,
+            )
         else:
             onnx.save_model(proto, out)
     elif step == "split":
@@ -165,8 +193,25 @@ def _child(step: str, model: str, out: str, data: str, fmt: str) -> None:
     elif step == "inject":
         code = main(["inject", model, "--noise", "mul", "--eta", "0.05", "--seed", "1", "-o", out, "-q"])
     elif step == "calibrate":
-        code = main(["calibrate", model, "--data", data, "--noise", "mul", "--eta", "0.05", "--seed", "1",
-                     "--batch-size", str(CALIB_BATCH), "-o", out, "-q"])
+        code = main(
+            [
+                "calibrate",
+                model,
+                "--data",
+                data,
+                "--noise",
+                "mul",
+                "--eta",
+                "0.05",
+                "--seed",
+                "1",
+                "--batch-size",
+                str(CALIB_BATCH),
+                "-o",
+                out,
+                "-q",
+            ]
+        )
     if step in ("split", "inject", "calibrate") and code != 0:
         raise SystemExit(f"{step} failed with exit code {code}")
     seconds = time.perf_counter() - started
@@ -196,8 +241,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     parser.add_argument("--formats", default=",".join(FORMATS), help="inline,external")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="runs per step; the fastest time and lowest peak are kept")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per step; the fastest time and lowest peak are kept"
+    )
     parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = ResNet-50)")
     parser.add_argument("--keep", metavar="DIR", help="build in DIR and keep it (default: a temporary folder)")
     parser.add_argument("--child", nargs=5, metavar=("STEP", "MODEL", "OUT", "DATA", "FORMAT"), help=argparse.SUPPRESS)
@@ -217,8 +263,10 @@ def main(argv=None) -> int:
     try:
         started = time.perf_counter()
         paths, weights, data = write_models(folder, width=args.width)
-        print(f"model: ResNet-50 (width {args.width}), {weights / 2**20:.1f} MiB of float32 weights "
-              f"({weights // 4 / 1e6:.1f} M parameters), built and saved in {time.perf_counter() - started:.1f}s")
+        print(
+            f"model: ResNet-50 (width {args.width}), {weights / 2**20:.1f} MiB of float32 weights "
+            f"({weights // 4 / 1e6:.1f} M parameters), built and saved in {time.perf_counter() - started:.1f}s"
+        )
         print(f"calibration data: {CALIB_BATCHES} batches of {CALIB_BATCH} at {IMAGE}x{IMAGE}")
         out_dir = folder / "out"
         out_dir.mkdir(exist_ok=True)
@@ -235,8 +283,17 @@ def main(argv=None) -> int:
                     continue
                 r = results[step]
                 peak_mb = r["peak_kb"] / 1024
-                rows.append((fmt, step, r["seconds"], r["seconds"] / base_s, peak_mb,
-                             peak_mb * 2**20 / weights, (peak_mb - idle_mb) * 2**20 / weights))
+                rows.append(
+                    (
+                        fmt,
+                        step,
+                        r["seconds"],
+                        r["seconds"] / base_s,
+                        peak_mb,
+                        peak_mb * 2**20 / weights,
+                        (peak_mb - idle_mb) * 2**20 / weights,
+                    )
+                )
             rows.append((fmt, "idle", 0.0, 0.0, idle_mb, idle_mb * 2**20 / weights, 0.0))
         print()
         print(f"{'format':9} {'step':10} {'time s':>8} {'t/base':>7} {'peak MiB':>9} {'peak/W':>7} {'net/W':>7}")
@@ -246,8 +303,10 @@ def main(argv=None) -> int:
                 flag = "  <-- misses a target"
             print(f"{fmt:9} {step:10} {sec:8.2f} {ratio:7.2f} {peak:9.0f} {pw:7.2f} {net:7.2f}{flag}")
         print("\nt/base: time / (onnx.load + onnx.save) of the same file; peak/W: RSS high-water / weight bytes;")
-        print("net/W: (peak - idle interpreter footprint) / weight bytes. Targets for split and inject: "
-              "t/base <= 2, peak/W <= 3.")
+        print(
+            "net/W: (peak - idle interpreter footprint) / weight bytes. Targets for split and inject: "
+            "t/base <= 2, peak/W <= 3."
+        )
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

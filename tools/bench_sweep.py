@@ -66,11 +66,15 @@ def _per_batch(model_path: Path, test: Path, batch: int) -> None:
         for _ in range(REPEATS):
             session.run(None, feeds)
         timings[label] = (time.perf_counter() - started) / REPEATS
-    print(f"session build {1e3 * build:.1f} ms; one batch of {batch}: "
-          f"constant weights {1e3 * timings['constant']:.1f} ms, "
-          f"fed weights {1e3 * timings['fed']:.1f} ms ({timings['fed'] / timings['constant']:.2f}x)")
-    print(f"break-even: reuse pays when a chip's test set is under "
-          f"{build / max(timings['fed'] - timings['constant'], 1e-9):.1f} batches")
+    print(
+        f"session build {1e3 * build:.1f} ms; one batch of {batch}: "
+        f"constant weights {1e3 * timings['constant']:.1f} ms, "
+        f"fed weights {1e3 * timings['fed']:.1f} ms ({timings['fed'] / timings['constant']:.2f}x)"
+    )
+    print(
+        f"break-even: reuse pays when a chip's test set is under "
+        f"{build / max(timings['fed'] - timings['constant'], 1e-9):.1f} batches"
+    )
 
 
 def _chips_per_minute(args) -> None:
@@ -103,12 +107,16 @@ def _chips_per_minute(args) -> None:
             ray.shutdown()
     for label in rows:
         assert rows[label] == rows["serial"], f"{label} rows differ from the serial rows"
-    print(f"\nchips per minute, one sweep of {chips} chips ({Path(args.model).name}, {len(ETAS)} etas x "
-          f"{args.scale_chips} seeds, method auto), {os.cpu_count()} cores:")
+    print(
+        f"\nchips per minute, one sweep of {chips} chips ({Path(args.model).name}, {len(ETAS)} etas x "
+        f"{args.scale_chips} seeds, method auto), {os.cpu_count()} cores:"
+    )
     print(f"{'executor':18}{'seconds':>9}{'chips/min':>11}{'vs serial':>11}{'vs 1 thread':>13}")
     for label, wall in seconds.items():
-        print(f"{label:18}{wall:9.1f}{60 * chips / wall:11.1f}{seconds['serial'] / wall:11.2f}"
-              f"{seconds['serial, 1 thread'] / wall:13.2f}")
+        print(
+            f"{label:18}{wall:9.1f}{60 * chips / wall:11.1f}{seconds['serial'] / wall:11.2f}"
+            f"{seconds['serial, 1 thread'] / wall:13.2f}"
+        )
     if ray_start is not None:
         print(f"(Ray runtime start, not included above: {ray_start:.1f}s); rows identical on all executors")
     else:
@@ -133,8 +141,16 @@ def main() -> None:
     _per_batch(Path(args.model), Path(args.test), args.batch_size)
     reports = {}
     for reuse in (False, True):
-        reports[reuse] = sweep(args.model, args.calib, args.test, noise="mul", etas=ETAS, seeds=args.chips,
-                               batch_size=args.batch_size, reuse_sessions=reuse)
+        reports[reuse] = sweep(
+            args.model,
+            args.calib,
+            args.test,
+            noise="mul",
+            etas=ETAS,
+            seeds=args.chips,
+            batch_size=args.batch_size,
+            reuse_sessions=reuse,
+        )
     for a, b in zip(reports[False].rows, reports[True].rows):
         assert abs(a["vanilla"] - b["vanilla"]) <= AGREEMENT and abs(a["nabn"] - b["nabn"]) <= AGREEMENT, (a, b)
     chips = len(reports[True].rows)
@@ -144,9 +160,11 @@ def main() -> None:
         per_chip, reuse = reports[False].seconds[part], reports[True].seconds[part]
         print(f"{part:24}{per_chip:10.2f}{reuse:10.2f}{per_chip / max(reuse, 1e-9):8.2f}")
     evaluation = {r: reports[r].seconds["vanilla"] + reports[r].seconds["nabn"] for r in (False, True)}
-    print(f"evaluation (vanilla + NaBN): per-chip {evaluation[False]:.2f}s, reuse {evaluation[True]:.2f}s, "
-          f"ratio per-chip/reuse {evaluation[False] / evaluation[True]:.2f} "
-          f"({'reuse' if evaluation[True] < evaluation[False] else 'per-chip sessions'} is faster)")
+    print(
+        f"evaluation (vanilla + NaBN): per-chip {evaluation[False]:.2f}s, reuse {evaluation[True]:.2f}s, "
+        f"ratio per-chip/reuse {evaluation[False] / evaluation[True]:.2f} "
+        f"({'reuse' if evaluation[True] < evaluation[False] else 'per-chip sessions'} is faster)"
+    )
     _chips_per_minute(args)
 
 

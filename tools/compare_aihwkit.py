@@ -62,8 +62,21 @@ def _source_root(given: str | None) -> Path:
         archives = sorted(cache.glob("aihwkit-*.tar.gz"))
         if not archives:
             cache.mkdir(exist_ok=True)
-            subprocess.run([sys.executable, "-m", "pip", "download", "aihwkit==1.2.0", "--no-deps", "--no-binary",
-                            ":all:", "-d", str(cache)], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "aihwkit==1.2.0",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    "-d",
+                    str(cache),
+                ],
+                check=True,
+            )
             archives = sorted(cache.glob("aihwkit-*.tar.gz"))
         given = str(archives[-1])
     path = Path(given)
@@ -82,15 +95,22 @@ def _source_root(given: str | None) -> Path:
 def load_aihwkit(given: str | None):
     """aihwkit's inference noise modules, without its compiled simulator."""
     root = _source_root(given)
-    for name in ("aihwkit", "aihwkit.inference", "aihwkit.inference.noise", "aihwkit.inference.converter",
-                 "aihwkit.inference.compensation"):
+    for name in (
+        "aihwkit",
+        "aihwkit.inference",
+        "aihwkit.inference.noise",
+        "aihwkit.inference.converter",
+        "aihwkit.inference.compensation",
+    ):
         package = types.ModuleType(name)
         package.__path__ = [str(root / Path(*name.split(".")))]
         sys.modules[name] = package
     import importlib
 
-    modules = {name: importlib.import_module(f"aihwkit.inference.{name}")
-               for name in ("noise.pcm", "noise.reram", "compensation.drift", "converter.conductance")}
+    modules = {
+        name: importlib.import_module(f"aihwkit.inference.{name}")
+        for name in ("noise.pcm", "noise.reram", "compensation.drift", "converter.conductance")
+    }
     version = (root / "aihwkit" / "VERSION.txt").read_text().strip()
     return modules, version, root
 
@@ -103,9 +123,11 @@ def _tolerances(ours: np.ndarray, theirs: np.ndarray):
     both = np.concatenate([ours, theirs])
     s = both.std()
     centered = both - both.mean()
-    kurt = float((centered ** 4).mean() / max(s ** 4, 1e-300))
-    tol = {"mean": SE * math.sqrt(2) * s / math.sqrt(n) + 1e-12,
-           "std": SE * math.sqrt(2) * s * math.sqrt(max(kurt - 1, 0.0) / (4 * n)) + 1e-12}
+    kurt = float((centered**4).mean() / max(s**4, 1e-300))
+    tol = {
+        "mean": SE * math.sqrt(2) * s / math.sqrt(n) + 1e-12,
+        "std": SE * math.sqrt(2) * s * math.sqrt(max(kurt - 1, 0.0) / (4 * n)) + 1e-12,
+    }
     for p in PERCENTILES:
         q = p / 100
         delta = 0.005
@@ -130,8 +152,9 @@ class Table:
     def compare(self, model: str, stage: str, level: str, ours: np.ndarray, theirs: np.ndarray):
         a, b, tol = _stats(ours), _stats(theirs), _tolerances(ours, theirs)
         for key in a:
-            self.rows.append((model, stage, level, key, a[key], b[key], a[key] - b[key], tol[key],
-                              abs(a[key] - b[key]) <= tol[key]))
+            self.rows.append(
+                (model, stage, level, key, a[key], b[key], a[key] - b[key], tol[key], abs(a[key] - b[key]) <= tol[key])
+            )
 
     def print(self):
         print("| model | stage | target | stat | nabn-onnx | aihwkit | difference | tolerance | ok |")
@@ -257,9 +280,11 @@ def main(argv=None) -> int:
     compare_cmo(table, aih, torch, args.per_level, args.seed, times)
     table.print()
     bad = table.failures()
-    print(f"\naihwkit {version} from {root}; {args.per_level} devices per target conductance, "
-          f"{args.tile_weights} weights per tile; {len(table.rows) - len(bad)}/{len(table.rows)} statistics within "
-          f"{SE:g} standard errors, in {time.perf_counter() - started:.1f}s")
+    print(
+        f"\naihwkit {version} from {root}; {args.per_level} devices per target conductance, "
+        f"{args.tile_weights} weights per tile; {len(table.rows) - len(bad)}/{len(table.rows)} statistics within "
+        f"{SE:g} standard errors, in {time.perf_counter() - started:.1f}s"
+    )
     for row in bad:
         print("outside tolerance:", row)
     return 1 if bad else 0

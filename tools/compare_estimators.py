@@ -48,8 +48,13 @@ def main() -> int:
             for estimator in ESTIMATORS.values():
                 accs = []
                 for seed in range(args.seeds):
-                    model = nb.calibrate(path, SAMPLES / "digits_calib.npz", noise=nb.make_noise(kind, eta, seed=seed),
-                                         method="paper", estimator=estimator).model
+                    model = nb.calibrate(
+                        path,
+                        SAMPLES / "digits_calib.npz",
+                        noise=nb.make_noise(kind, eta, seed=seed),
+                        method="paper",
+                        estimator=estimator,
+                    ).model
                     accs.append(100 * float((make_session(model).run(None, {"input": x})[0].argmax(1) == y).mean()))
                 cells.append(f"{np.mean(accs):.1f}")
             print(f"| {name} | {kind} | {eta:g} | " + " | ".join(cells) + " |", flush=True)

@@ -41,11 +41,15 @@ def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--models", default="resnet_fused,mobilenet_fused,resnet_bn,mobilenet_bn,"
-                        "variants/resnet_fused_b8,variants/resnet_bn_b1,variants/resnet_fused_fp16,"
-                        "variants/resnet_bn_initializers_as_inputs")
-    parser.add_argument("--max-batches", default="3", help="comma-separated calibration batch limits for extra rows "
-                        "(empty: none)")
+    parser.add_argument(
+        "--models",
+        default="resnet_fused,mobilenet_fused,resnet_bn,mobilenet_bn,"
+        "variants/resnet_fused_b8,variants/resnet_bn_b1,variants/resnet_fused_fp16,"
+        "variants/resnet_bn_initializers_as_inputs",
+    )
+    parser.add_argument(
+        "--max-batches", default="3", help="comma-separated calibration batch limits for extra rows (empty: none)"
+    )
     parser.add_argument("--calib", default=str(SAMPLES / "digits_calib.npz"))
     parser.add_argument("--test", default=str(SAMPLES / "digits_test.npz"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "results_methods.md"))
@@ -53,8 +57,10 @@ def main() -> int:
     with np.load(args.test) as test:
         x, y = test["input"], test["labels"]
     lines = [
-        ("| model | noise | eta | batches | clean | vanilla | paper | delta | auto | auto chose "
-         "| auto - max(vanilla, paper) |"),
+        (
+            "| model | noise | eta | batches | clean | vanilla | paper | delta | auto | auto chose "
+            "| auto - max(vanilla, paper) |"
+        ),
         "|---|---|---:|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     worst = np.inf
@@ -80,16 +86,23 @@ def main() -> int:
                 worst = min(worst, margin)
                 picks = ", ".join(f"{c} x{chose.count(c)}" for c in sorted(set(chose)))
                 batches = "all 8" if limit is None else limit
-                lines.append(f"| {name} | {kind} | {eta:g} | {batches} | {clean:.1f} | {mean['vanilla']:.1f} "
-                             f"| {mean['paper']:.1f} | {mean['delta']:.1f} | {mean['auto']:.1f} | {picks} "
-                             f"| {margin:+.1f} |")
+                lines.append(
+                    f"| {name} | {kind} | {eta:g} | {batches} | {clean:.1f} | {mean['vanilla']:.1f} "
+                    f"| {mean['paper']:.1f} | {mean['delta']:.1f} | {mean['auto']:.1f} | {picks} "
+                    f"| {margin:+.1f} |"
+                )
                 print(lines[-1], flush=True)
     table = "\n".join(lines)
-    command = "python tools/compare_methods.py --seeds " + str(args.seeds) + (
-        f" --max-batches {args.max_batches}" if args.max_batches else "")
-    text = (f"# Calibration methods compared\n\nMade by `{command}` ({time.perf_counter() - started:.0f} s). "
-            f"Test accuracy (%) on `{Path(args.test).name}`, mean over chip seeds 0..{args.seeds - 1}; calibration on "
-            f"`{Path(args.calib).name}`. Worst `auto - max(vanilla, paper)`: {worst:+.1f} points.\n\n{table}\n")
+    command = (
+        "python tools/compare_methods.py --seeds "
+        + str(args.seeds)
+        + (f" --max-batches {args.max_batches}" if args.max_batches else "")
+    )
+    text = (
+        f"# Calibration methods compared\n\nMade by `{command}` ({time.perf_counter() - started:.0f} s). "
+        f"Test accuracy (%) on `{Path(args.test).name}`, mean over chip seeds 0..{args.seeds - 1}; calibration on "
+        f"`{Path(args.calib).name}`. Worst `auto - max(vanilla, paper)`: {worst:+.1f} points.\n\n{table}\n"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

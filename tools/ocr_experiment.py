@@ -62,8 +62,9 @@ def outputs(model: ModelProto, feeds: Dict[str, np.ndarray]) -> np.ndarray:
     return make_session(model).run(None, feeds)[0]
 
 
-def identity_check(model: ModelProto, calib: Path, test: Dict[str, np.ndarray], methods: Sequence[str],
-                   batch_size: int) -> Dict[str, Tuple[float, float]]:
+def identity_check(
+    model: ModelProto, calib: Path, test: Dict[str, np.ndarray], methods: Sequence[str], batch_size: int
+) -> Dict[str, Tuple[float, float]]:
     """Per method, after calibrating at eta = 0: the largest absolute output difference from the
     original model over the test set, and the accuracy."""
     feeds = {k: v for k, v in test.items() if k != "labels"}
@@ -72,13 +73,22 @@ def identity_check(model: ModelProto, calib: Path, test: Dict[str, np.ndarray], 
     out = {}
     for method in methods:
         calibrated = calibrate(model, calib, noise=zero, method=method, batch_size=batch_size).model
-        out[method] = (float(np.max(np.abs(outputs(calibrated, feeds) - reference))),
-                       evaluate(calibrated, test, batch_size=batch_size))
+        out[method] = (
+            float(np.max(np.abs(outputs(calibrated, feeds) - reference))),
+            evaluate(calibrated, test, batch_size=batch_size),
+        )
     return out
 
 
-def run_grid(model: ModelProto, calib: Path, test: Dict[str, np.ndarray], grid: Sequence[Tuple[str, float]],
-             seeds: Sequence[int], methods: Sequence[str], batch_size: int) -> Dict[Tuple[str, float], Dict[str, list]]:
+def run_grid(
+    model: ModelProto,
+    calib: Path,
+    test: Dict[str, np.ndarray],
+    grid: Sequence[Tuple[str, float]],
+    seeds: Sequence[int],
+    methods: Sequence[str],
+    batch_size: int,
+) -> Dict[Tuple[str, float], Dict[str, list]]:
     """Accuracy of vanilla and of each method for every (noise, eta) and seed; also auto's choices."""
     results: Dict[Tuple[str, float], Dict[str, list]] = {}
     for kind, eta in grid:
@@ -92,16 +102,20 @@ def run_grid(model: ModelProto, calib: Path, test: Dict[str, np.ndarray], grid: 
                 row[method].append(evaluate(result.model, test, batch_size=batch_size))
                 if method == "auto":
                     row["chosen"].append(result.report.chosen)
-            print(f"{kind} eta={eta:g} seed={seed}: "
-                  + ", ".join(f"{name} {100 * row[name][-1]:.2f}" for name in ("vanilla", *methods))
-                  + (f" (auto chose {row['chosen'][-1]})" if row["chosen"] else "")
-                  + f" [{time.perf_counter() - started:.0f}s]", flush=True)
+            print(
+                f"{kind} eta={eta:g} seed={seed}: "
+                + ", ".join(f"{name} {100 * row[name][-1]:.2f}" for name in ("vanilla", *methods))
+                + (f" (auto chose {row['chosen'][-1]})" if row["chosen"] else "")
+                + f" [{time.perf_counter() - started:.0f}s]",
+                flush=True,
+            )
         results[(kind, eta)] = row
     return results
 
 
-def markdown_table(results: Dict[Tuple[str, float], Dict[str, list]], methods: Sequence[str], clean: float,
-                   at_zero: Dict[str, float]) -> str:
+def markdown_table(
+    results: Dict[Tuple[str, float], Dict[str, list]], methods: Sequence[str], clean: float, at_zero: Dict[str, float]
+) -> str:
     """Mean accuracy (%) over seeds per row, ``auto - max(vanilla, paper)`` and auto's choices.
 
     The first row is the model without noise: vanilla is the original model, each method
@@ -135,8 +149,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--add-etas", type=float, nargs="*", default=list(ADD_ETAS))
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results_ocr.md",
-                        help="Markdown file for the table ('-' to only print it)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "docs" / "results_ocr.md",
+        help="Markdown file for the table ('-' to only print it)",
+    )
     args = parser.parse_args(argv)
     methods = [m for m in PREFERRED_ORDER if m in METHODS]
     started = time.perf_counter()
@@ -158,65 +176,90 @@ def main(argv: Optional[List[str]] = None) -> int:
         with np.load(args.calib) as archive:
             calib_size = len(archive["labels"])
         words = findings(results, methods, clean, {m: acc for m, (_, acc) in identity.items()})
-        atomic_write_text(args.out, report_text(command, table, identity_text, clean, calib_size,
-                                                len(test["labels"]), args.seeds, words))
+        atomic_write_text(
+            args.out,
+            report_text(command, table, identity_text, clean, calib_size, len(test["labels"]), args.seeds, words),
+        )
         print(f"wrote {args.out}")
     return 0
 
 
-def report_text(command: str, table: str, identity: str, clean: float, calib_size: int, test_size: int,
-                seeds: Sequence[int], words: str) -> str:
+def report_text(
+    command: str,
+    table: str,
+    identity: str,
+    clean: float,
+    calib_size: int,
+    test_size: int,
+    seeds: Sequence[int],
+    words: str,
+) -> str:
     """The Markdown document: what was run, the table, and what it shows (:func:`findings`)."""
-    return "\n".join([
-        "# Calibration methods on a real third-party model (PP-OCR text-direction classifier)",
-        "",
-        ("Model: `sample_models/third_party/ppocr_cls.onnx` (PaddleOCR `ch_ppocr_mobile_v2.0_cls`, 35 "
-         "BatchNorms kept, Apache-2.0). Data: rendered text lines (`tools/make_ocr_sample.py`), "
-         f"{calib_size} for calibration, {test_size} for the test; labels 0 (upright) / 1 (turned 180 degrees). "
-         f"Accuracy in percent, mean over chip seeds {', '.join(map(str, seeds))}; clean accuracy "
-         f"{100 * clean:.2f}%. The first row is without noise (the methods calibrated at eta = 0)."),
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        table,
-        "",
-        f"At eta = 0, largest absolute difference of the output probabilities from the original model's: {identity}.",
-        "",
-        words,
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Calibration methods on a real third-party model (PP-OCR text-direction classifier)",
+            "",
+            (
+                "Model: `sample_models/third_party/ppocr_cls.onnx` (PaddleOCR `ch_ppocr_mobile_v2.0_cls`, 35 "
+                "BatchNorms kept, Apache-2.0). Data: rendered text lines (`tools/make_ocr_sample.py`), "
+                f"{calib_size} for calibration, {test_size} for the test; labels 0 (upright) / 1 (turned 180 degrees). "
+                f"Accuracy in percent, mean over chip seeds {', '.join(map(str, seeds))}; clean accuracy "
+                f"{100 * clean:.2f}%. The first row is without noise (the methods calibrated at eta = 0)."
+            ),
+            "",
+            "```",
+            command,
+            "```",
+            "",
+            table,
+            "",
+            (
+                "At eta = 0, largest absolute difference of the output probabilities from the original model's: "
+                f"{identity}."
+            ),
+            "",
+            words,
+            "",
+        ]
+    )
 
 
-def findings(results: Dict[Tuple[str, float], Dict[str, list]], methods: Sequence[str], clean: float,
-             at_zero: Dict[str, float]) -> str:
+def findings(
+    results: Dict[Tuple[str, float], Dict[str, list]], methods: Sequence[str], clean: float, at_zero: Dict[str, float]
+) -> str:
     """What the table shows, in words, computed from the numbers (nothing here is typed in by hand)."""
     if "auto" not in methods or "paper" not in methods:
         return ""
     mean = {key: {m: 100 * float(np.mean(row[m])) for m in ("vanilla", *methods)} for key, row in results.items()}
     margins = {key: m["auto"] - max(m["vanilla"], m["paper"]) for key, m in mean.items()}
     worst_key = min(margins, key=margins.get)
-    chip_margins = [100 * (a - max(v, p)) for row in results.values()
-                    for a, v, p in zip(row["auto"], row["vanilla"], row["paper"])]
+    chip_margins = [
+        100 * (a - max(v, p)) for row in results.values() for a, v, p in zip(row["auto"], row["vanilla"], row["paper"])
+    ]
     paper_cost = 100 * (clean - at_zero["paper"])
     low = [key for key, m in mean.items() if m["vanilla"] >= 100 * clean - 1.0]
     paper_below = [key for key in low if mean[key]["paper"] < mean[key]["vanilla"]]
     collapsed = max(mean, key=lambda key: mean[key]["auto"] - mean[key]["vanilla"])
     fallback = sum(str(c) == "paper" for row in results.values() for c in row["chosen"])
     text = [
-        ("What it shows (computed from the table by the script). The calibration lines are rendered, not "
-        "PaddleOCR's training data, so `paper`, which replaces every running statistic by one measured on "
-        f"them, costs {paper_cost:.2f} points without any noise, and is below doing nothing on "
-        f"{len(paper_below)} of the {len(low)} low-noise rows (vanilla within 1 point of clean)."),
-        (f"`auto` changes no output at eta = 0 ({100 * (at_zero['auto'] - clean):+.2f} points) and recovers "
-        f"collapsed chips (largest gain at {collapsed[0].upper()} {collapsed[1]:g}: vanilla "
-        f"{mean[collapsed]['vanilla']:.1f}%, paper {mean[collapsed]['paper']:.1f}%, auto "
-        f"{mean[collapsed]['auto']:.1f}%)."),
-        (f"`auto - max(vanilla, paper)` is at worst {margins[worst_key]:+.2f} points on average "
-        f"({worst_key[0].upper()} {worst_key[1]:g}) and {min(chip_margins):+.2f} on a single chip, over "
-        f"{len(chip_margins)} chips; auto fell back to `paper` on {fallback} chip(s) whose noise was too severe "
-        "for its held-out score to rank the candidates."),
+        (
+            "What it shows (computed from the table by the script). The calibration lines are rendered, not "
+            "PaddleOCR's training data, so `paper`, which replaces every running statistic by one measured on "
+            f"them, costs {paper_cost:.2f} points without any noise, and is below doing nothing on "
+            f"{len(paper_below)} of the {len(low)} low-noise rows (vanilla within 1 point of clean)."
+        ),
+        (
+            f"`auto` changes no output at eta = 0 ({100 * (at_zero['auto'] - clean):+.2f} points) and recovers "
+            f"collapsed chips (largest gain at {collapsed[0].upper()} {collapsed[1]:g}: vanilla "
+            f"{mean[collapsed]['vanilla']:.1f}%, paper {mean[collapsed]['paper']:.1f}%, auto "
+            f"{mean[collapsed]['auto']:.1f}%)."
+        ),
+        (
+            f"`auto - max(vanilla, paper)` is at worst {margins[worst_key]:+.2f} points on average "
+            f"({worst_key[0].upper()} {worst_key[1]:g}) and {min(chip_margins):+.2f} on a single chip, over "
+            f"{len(chip_margins)} chips; auto fell back to `paper` on {fallback} chip(s) whose noise was too severe "
+            "for its held-out score to rank the candidates."
+        ),
     ]
     return " ".join(text)
 

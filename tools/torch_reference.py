@@ -65,12 +65,11 @@ def compare(name: str, noise: nb.NoiseModel, batch_size: int = 64) -> float:
     onnx_path = SAMPLE_MODELS_DIR / f"{name}_bn.onnx"
     calib = SAMPLE_MODELS_DIR / "digits_calib.npz"
     # exclude=".*": calibrate the model's own BatchNorms only, as PyTorch does (no split after the classifier)
-    ours = nb.calibrate(onnx_path, calib, noise=noise, estimator=TORCH_ESTIMATOR, batch_size=batch_size,
-                        exclude=".*")
+    ours = nb.calibrate(onnx_path, calib, noise=noise, estimator=TORCH_ESTIMATOR, batch_size=batch_size, exclude=".*")
     noisy = nb.inject(onnx_path, noise).model
     model = noisy_torch_model(name, noisy)
     x = np.load(calib)["input"]
-    batches = [x[i:i + batch_size] for i in range(0, len(x), batch_size) if len(x[i:i + batch_size]) > 1]
+    batches = [x[i : i + batch_size] for i in range(0, len(x), batch_size) if len(x[i : i + batch_size]) > 1]
     torch_recalibrate(model, batches)
     state = model.state_dict()
     inits = {t.name: numpy_helper.to_array(t) for t in ours.model.graph.initializer}
@@ -85,8 +84,10 @@ def compare(name: str, noise: nb.NoiseModel, batch_size: int = 64) -> float:
             worst = max(worst, float(np.max(np.abs(got - ref) / np.maximum(1.0, np.abs(ref)))))
         count += 1
     verdict = "OK" if worst <= TOLERANCE else "FAIL"
-    print(f"{name}: {count} BatchNorms, {noise.kind} eta={noise.eta:g} seed={noise.seed}: max |ours - PyTorch| / "
-          f"max(1, |PyTorch|) = {worst:.2e} (bound {TOLERANCE:g}) {verdict}")
+    print(
+        f"{name}: {count} BatchNorms, {noise.kind} eta={noise.eta:g} seed={noise.seed}: max |ours - PyTorch| / "
+        f"max(1, |PyTorch|) = {worst:.2e} (bound {TOLERANCE:g}) {verdict}"
+    )
     return worst
 
 

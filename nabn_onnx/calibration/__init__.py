@@ -6,7 +6,16 @@ from .stats import DEFAULT_ESTIMATOR, Estimator, RunningStats
 from .statsgraph import ExposeBatchNormStatsPass
 
 __all__ = [
-    "calibrate", "collect_stats", "CalibrationReport", "CalibrationResult", "LayerShift", "METHODS",
-    "Estimator", "RunningStats", "DEFAULT_ESTIMATOR", "ExposeBatchNormStatsPass",
-    "NabnSession", "TemporalNoise",
+    "calibrate",
+    "collect_stats",
+    "CalibrationReport",
+    "CalibrationResult",
+    "LayerShift",
+    "METHODS",
+    "Estimator",
+    "RunningStats",
+    "DEFAULT_ESTIMATOR",
+    "ExposeBatchNormStatsPass",
+    "NabnSession",
+    "TemporalNoise",
 ]

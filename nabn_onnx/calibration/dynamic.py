@@ -106,8 +106,9 @@ class NabnSession:
             del proto.graph.initializer[:]
             proto.graph.initializer.extend(keep)
         self._stat_names = {n.name: (n.input[BN_MEAN], n.input[BN_VAR]) for n in bns}
-        self._state = {n.name: (own[n.name]["mean"].astype(np.float64), own[n.name]["var"].astype(np.float64))
-                       for n in bns}
+        self._state = {
+            n.name: (own[n.name]["mean"].astype(np.float64), own[n.name]["var"].astype(np.float64)) for n in bns
+        }
         self._dtype = {n.name: own[n.name]["mean"].dtype for n in bns}
         self._clean_weights: Dict[str, np.ndarray] = {}
         if noise is not None:
@@ -124,8 +125,11 @@ class NabnSession:
         self._user_outputs = [o.name for o in proto.graph.output]
         self._taps = ExposeBatchNormStatsPass(tap=[n.name for n in bns])(proto).details["outputs"]
         self._session = make_session(proto, optimization=SERVE, providers=providers)
-        self._inputs = [i for i in self._session.get_inputs() if i.name not in set(
-            list(self._clean_weights) + [n for pair in self._stat_names.values() for n in pair])]
+        self._inputs = [
+            i
+            for i in self._session.get_inputs()
+            if i.name not in set(list(self._clean_weights) + [n for pair in self._stat_names.values() for n in pair])
+        ]
 
     def get_inputs(self):
         """The model's own inputs (as onnxruntime's NodeArg)."""
@@ -149,8 +153,11 @@ class NabnSession:
         wanted = list(output_names) if output_names else list(self._user_outputs)
         feeds = dict(input_feed)
         if self.update:
-            sizes = {np.asarray(feeds[i.name]).shape[0] for i in self._inputs if i.name in feeds
-                     and np.asarray(feeds[i.name]).ndim}
+            sizes = {
+                np.asarray(feeds[i.name]).shape[0]
+                for i in self._inputs
+                if i.name in feeds and np.asarray(feeds[i.name]).ndim
+            }
             if sizes and min(sizes) < 2:
                 raise DataError(
                     "NabnSession got a batch of 1 sample: dynamic calibration needs at least 2 samples per batch to "

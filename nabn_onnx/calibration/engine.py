@@ -83,8 +83,20 @@ from .select import choose_candidate
 from .stats import DEFAULT_ESTIMATOR, Estimator
 from .statsgraph import ExposeBatchNormStatsPass
 
-__all__ = ["calibrate", "collect_stats", "CalibrationResult", "CalibrationReport", "LayerShift", "METHODS",
-           "name_batchnorms", "measure_inserted", "is_placeholder", "HOLDOUT_EVERY", "holdout_split", "is_holdout"]
+__all__ = [
+    "calibrate",
+    "collect_stats",
+    "CalibrationResult",
+    "CalibrationReport",
+    "LayerShift",
+    "METHODS",
+    "name_batchnorms",
+    "measure_inserted",
+    "is_placeholder",
+    "HOLDOUT_EVERY",
+    "holdout_split",
+    "is_holdout",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -203,8 +215,9 @@ def measure(
     stats_model, weights = without_large_initializers(model)
     expose = ExposeBatchNormStatsPass(train=train, tap=tap, keep_outputs=False, shapes=per_sample is None)
     outputs = expose(stats_model).details["outputs"]
-    session = make_session(stats_model, optimization=MEASURE, providers=providers, extra_initializers=weights,
-                           batch=plan)
+    session = make_session(
+        stats_model, optimization=MEASURE, providers=providers, extra_initializers=weights, batch=plan
+    )
     del stats_model, weights
     fetch: List[str] = []
     for stat in outputs.values():
@@ -214,8 +227,13 @@ def measure(
     batches = samples = held_samples = 0
     varied = False
     min_batch = 2 if plan.chunk is None else max(2, plan.chunk)
-    for batch in iter_batches(data, input_specs(model), batch_size=max(batch_size, plan.chunk or 1),
-                              max_batches=max_batches, min_batch=min_batch):
+    for batch in iter_batches(
+        data,
+        input_specs(model),
+        batch_size=max(batch_size, plan.chunk or 1),
+        max_batches=max_batches,
+        min_batch=min_batch,
+    ):
         varied = varied or _varies(batch)
         # (part, counts for all samples, counts for the fit estimate)
         parts = [(batch, True, holdout is not None)]
@@ -230,8 +248,13 @@ def measure(
         for part, for_all, for_fit in parts:
             runs = [(part.feeds, part.size)] if plan.chunk is None else list(chunks(part.feeds, plan.chunk, pad=False))
             if plan.chunk is not None and sum(n for _, n in runs) < part.size:
-                warn_once(logger, "the model fixes its batch to %d: samples beyond a multiple of %d per batch are "
-                                  "not used for statistics", plan.chunk, plan.chunk)
+                warn_once(
+                    logger,
+                    "the model fixes its batch to %d: samples beyond a multiple of %d per batch are "
+                    "not used for statistics",
+                    plan.chunk,
+                    plan.chunk,
+                )
             for feeds, size in runs:
                 values = dict(zip(fetch, session.run(fetch, feeds)))
                 for name, stat in outputs.items():
@@ -258,8 +281,14 @@ def measure(
     fit_stats = None
     if fit is not None and held_samples and all(acc.batches for acc in fit.values()):
         fit_stats = {name: acc.result() for name, acc in fit.items()}
-    return Measured({name: acc.result() for name, acc in everything.items()}, fit_stats, batches, samples,
-                    held_samples if fit_stats is not None else 0, not varied)
+    return Measured(
+        {name: acc.result() for name, acc in everything.items()},
+        fit_stats,
+        batches,
+        samples,
+        held_samples if fit_stats is not None else 0,
+        not varied,
+    )
 
 
 def _varies(batch: Batch) -> bool:
@@ -405,17 +434,24 @@ class CalibrationReport:
                 reasons.setdefault(why, []).append(name)
             line += "; left alone: " + "; ".join(
                 f"{len(names)} ({', '.join(names[:2])}{', ...' if len(names) > 2 else ''}): {why}"
-                for why, names in reasons.items())
+                for why, names in reasons.items()
+            )
         return line
 
     def to_markdown(self) -> str:
         """The report as a Markdown table, one row per BatchNorm."""
-        lines = ["# Calibration report", "", self.summary(), "",
-                 "| BatchNorm | origin | channels | mean shift (std) | variance ratio |",
-                 "|---|---|---:|---:|---:|"]
+        lines = [
+            "# Calibration report",
+            "",
+            self.summary(),
+            "",
+            "| BatchNorm | origin | channels | mean shift (std) | variance ratio |",
+            "|---|---|---:|---:|---:|",
+        ]
         for layer in self.layers:
-            lines.append(f"| {layer.bn} | {layer.origin} | {layer.channels} | {layer.mean_shift:.4f} | "
-                         f"{layer.var_ratio:.4f} |")
+            lines.append(
+                f"| {layer.bn} | {layer.origin} | {layer.channels} | {layer.mean_shift:.4f} | {layer.var_ratio:.4f} |"
+            )
         if self.left:
             lines += ["", "| left alone | why |", "|---|---|"]
             lines += [f"| {name} | {why} |" for name, why in self.left.items()]
@@ -478,8 +514,17 @@ def measure_inserted(
     if plan is None:
         plan = plan_batch(clean, providers)
     bar = progress or Progress("measuring", _count_batches(data, batch_size, max_batches), enabled=show_progress)
-    stats, _, _ = collect_stats(clean, data, tap=names, estimator=estimator, batch_size=batch_size,
-                                max_batches=max_batches, providers=providers, progress=bar, plan=plan)
+    stats, _, _ = collect_stats(
+        clean,
+        data,
+        tap=names,
+        estimator=estimator,
+        batch_size=batch_size,
+        max_batches=max_batches,
+        providers=providers,
+        progress=bar,
+        plan=plan,
+    )
     if progress is None:
         bar.close()
     eps_of = {n.name: bn_epsilon(n) for n in batchnorm_nodes(model)}
@@ -526,24 +571,38 @@ class _Job:
     plan: BatchPlan
 
 
-_NEEDS_CLEAN = ("the clean model is needed to tell what the noise changed: pass it as --reference (API: reference=), "
-                "or calibrate the clean model with --noise to simulate the chip")
+_NEEDS_CLEAN = (
+    "the clean model is needed to tell what the noise changed: pass it as --reference (API: reference=), "
+    "or calibrate the clean model with --noise to simulate the chip"
+)
 
 
 def _load(model: ModelLike) -> ModelProto:
     return load_model(copy.deepcopy(model) if isinstance(model, ModelProto) else model)
 
 
-def _prepare(model: ModelLike, *, noise: Optional[NoiseModel], reference: Optional[ModelLike], method: str,
-             include: Optional[str], exclude: Optional[str], providers: Optional[Sequence[str]]) -> _Job:
+def _prepare(
+    model: ModelLike,
+    *,
+    noise: Optional[NoiseModel],
+    reference: Optional[ModelLike],
+    method: str,
+    include: Optional[str],
+    exclude: Optional[str],
+    providers: Optional[Sequence[str]],
+) -> _Job:
     """Load, decide what the model is, split where a clean model is known, and plan batches."""
     proto = _load(model)
     if noise is not None and reference is not None:
-        raise NabnError("give either --noise (the model is clean; a chip is simulated on it) or --reference (the "
-                        "model is the chip; this is the clean one), not both")
+        raise NabnError(
+            "give either --noise (the model is clean; a chip is simulated on it) or --reference (the "
+            "model is the chip; this is the clean one), not both"
+        )
     if noise is not None and read_record(proto, "inject") is not None:
-        raise NabnError("the model already carries injected noise (nabn.inject); calibrate the clean model with "
-                        "--noise, or drop --noise to calibrate this chip as it is")
+        raise NabnError(
+            "the model already carries injected noise (nabn.inject); calibrate the clean model with "
+            "--noise, or drop --noise to calibrate this chip as it is"
+        )
     if noise is None and reference is None:
         return _prepare_chip(proto, method, include, exclude, providers)
     inserted = list(SplitBatchNormPass(include=include, exclude=exclude)(proto).details.get("inserted", []))
@@ -559,19 +618,20 @@ def _prepare(model: ModelLike, *, noise: Optional[NoiseModel], reference: Option
         SplitBatchNormPass(include=include, exclude=exclude)(clean)
         name_batchnorms(clean)
         if [n.name for n in batchnorm_nodes(clean)] != names:
-            raise NabnError("the reference model's BatchNorms do not match the model's: "
-                            "give the same model before noise")
+            raise NabnError(
+                "the reference model's BatchNorms do not match the model's: give the same model before noise"
+            )
     recorded = set(read_record(proto, "inserted_bn", []) or [])
     params = read_bn_params(proto)
     eps_of = {n.name: bn_epsilon(n) for n in batchnorm_nodes(proto)}
     placeholders = [n for n in names if n in recorded and is_placeholder(params[n], eps_of[n])]
     origin = {n: "inserted" if n in recorded else "original" for n in names}
-    return _Job(proto, clean, mode, method, names, placeholders, inserted, origin, {}, "",
-                plan_batch(proto, providers))
+    return _Job(proto, clean, mode, method, names, placeholders, inserted, origin, {}, "", plan_batch(proto, providers))
 
 
-def _prepare_chip(proto: ModelProto, method: str, include: Optional[str], exclude: Optional[str],
-                  providers: Optional[Sequence[str]]) -> _Job:
+def _prepare_chip(
+    proto: ModelProto, method: str, include: Optional[str], exclude: Optional[str], providers: Optional[Sequence[str]]
+) -> _Job:
     """The model is the chip and no clean model is known: recalibrate what holds clean statistics."""
     if method == "delta":
         raise NabnError(f"method 'delta' needs the clean model: {_NEEDS_CLEAN}")
@@ -581,8 +641,9 @@ def _prepare_chip(proto: ModelProto, method: str, include: Optional[str], exclud
     names, left, origin = [], {}, {}
     for node in batchnorm_nodes(proto):
         if node.name in recorded and is_placeholder(params[node.name], bn_epsilon(node)):
-            left[node.name] = ("inserted without clean statistics: run 'split --data' on the clean model, "
-                               "or pass --reference")
+            left[node.name] = (
+                "inserted without clean statistics: run 'split --data' on the clean model, or pass --reference"
+            )
         elif any(params[node.name][k] is None for k in ("mean", "var")):
             left[node.name] = "statistics are computed at run time, not stored"
         else:
@@ -592,8 +653,10 @@ def _prepare_chip(proto: ModelProto, method: str, include: Optional[str], exclud
     selected = {id(layer.node) for layer in select_layers(layers, include, exclude)}
     for layer in layers:
         if layer.bn is None and id(layer.node) in selected:
-            left[layer.name] = ("no BatchNorm and no clean model to measure one on: run 'split --data' on the clean "
-                                "model before programming the chip, or pass --reference")
+            left[layer.name] = (
+                "no BatchNorm and no clean model to measure one on: run 'split --data' on the clean "
+                "model before programming the chip, or pass --reference"
+            )
     if not names and (not layers or all(layer.skip_reason and layer.bn is None for layer in layers)):
         raise NothingToDoError(_nothing_to_calibrate(proto))
     if not names:
@@ -606,8 +669,10 @@ def _prepare_chip(proto: ModelProto, method: str, include: Optional[str], exclud
 
 def _nothing_to_calibrate(proto: ModelProto) -> str:
     why = skip_summary(find_analog_layers(proto))
-    return ("the model has no BatchNormalization and no analog layer (Conv, ConvTranspose, Gemm, MatMul with a "
-            "constant weight) to put one after" + (f" ({why})" if why else ""))
+    return (
+        "the model has no BatchNormalization and no analog layer (Conv, ConvTranspose, Gemm, MatMul with a "
+        "constant weight) to put one after" + (f" ({why})" if why else "")
+    )
 
 
 @dataclass
@@ -621,8 +686,17 @@ class _Runs:
     plan: BatchPlan
 
     def measure(self, model: ModelProto, data: DataLike, bar: Progress, **kwargs) -> Measured:
-        return measure(model, data, estimator=self.estimator, batch_size=self.batch_size,
-                       max_batches=self.max_batches, providers=self.providers, progress=bar, plan=self.plan, **kwargs)
+        return measure(
+            model,
+            data,
+            estimator=self.estimator,
+            batch_size=self.batch_size,
+            max_batches=self.max_batches,
+            providers=self.providers,
+            progress=bar,
+            plan=self.plan,
+            **kwargs,
+        )
 
 
 def calibrate(
@@ -682,8 +756,15 @@ def calibrate(
         check_output(model, output)
     check_batching(data, batch_size, max_batches, min_batch=2)
     with once_per_job():
-        job = _prepare(model, noise=noise, reference=reference, method=method, include=include, exclude=exclude,
-                       providers=providers)
+        job = _prepare(
+            model,
+            noise=noise,
+            reference=reference,
+            method=method,
+            include=include,
+            exclude=exclude,
+            providers=providers,
+        )
         data = replayable(data)
         runs = _Runs(estimator, batch_size, max_batches, providers, job.plan)
         needs_clean = job.method in ("delta", "auto")
@@ -695,8 +776,18 @@ def calibrate(
         with Progress("calibrating", total, enabled=show_progress) as bar:
             if job.placeholders:
                 assert job.clean is not None, "_prepare inserts placeholders only with a clean model"
-                measure_inserted(job.model, job.clean, job.placeholders, data, progress=bar, estimator=estimator,
-                                 batch_size=batch_size, max_batches=max_batches, providers=providers, plan=job.plan)
+                measure_inserted(
+                    job.model,
+                    job.clean,
+                    job.placeholders,
+                    data,
+                    progress=bar,
+                    estimator=estimator,
+                    batch_size=batch_size,
+                    max_batches=max_batches,
+                    providers=providers,
+                    plan=job.plan,
+                )
             reference_params = _running_stats(read_bn_params(job.model), job.names)
             # on a chip without its clean model, 'auto' checks Algorithm 1 against leaving it as it is
             chip_guard = job.mode == "chip" and method == "auto"
@@ -714,26 +805,31 @@ def calibrate(
                 InjectWeightNoisePass(noise)(job.model)
             noisy_run = runs.measure(job.model, data, bar, train=job.names, holdout=holdout)
             if noisy_run.constant:
-                warn_once(logger, "the calibration data does not vary between samples (constant inputs): statistics "
-                                  "measured on it say nothing about real data; calibrate on real inputs")
+                warn_once(
+                    logger,
+                    "the calibration data does not vary between samples (constant inputs): statistics "
+                    "measured on it say nothing about real data; calibrate on real inputs",
+                )
             if job.method == "auto":
                 assert clean_run is not None and holdout is not None  # auto needs the clean model and holds out
-                chosen, scores, scored_on, in_sample = _choose(job, data, runs, clean_session, reference_params,
-                                                               clean_run, noisy_run, bar, holdout)
+                chosen, scores, scored_on, in_sample = _choose(
+                    job, data, runs, clean_session, reference_params, clean_run, noisy_run, bar, holdout
+                )
                 del clean_session
             elif chip_guard:
                 assert holdout is not None  # set for chip_guard above
-                chosen, scores, scored_on, in_sample, job.note = _guard_chip(job, data, runs, reference_params,
-                                                                             noisy_run, holdout)
-        new = _new_stats(chosen, job.names, reference_params, noisy_run.stats,
-                         clean_run.stats if clean_run else None)
+                chosen, scores, scored_on, in_sample, job.note = _guard_chip(
+                    job, data, runs, reference_params, noisy_run, holdout
+                )
+        new = _new_stats(chosen, job.names, reference_params, noisy_run.stats, clean_run.stats if clean_run else None)
         eps_of = {n.name: bn_epsilon(n) for n in batchnorm_nodes(job.model)}
         layers = [_shift(name, job.origin[name], reference_params[name], new[name], eps_of[name]) for name in job.names]
         # An inserted BatchNorm that the chosen statistics leave exactly as measured goes back to the
         # bit-exact identity placeholder (this is what keeps a noise-free delta/auto run bit for bit).
         for name in job.placeholders:
-            if chosen in ("delta", "none") and (chosen == "none" or (
-                    clean_run is not None and _unchanged(noisy_run.stats[name], clean_run.stats[name]))):
+            if chosen in ("delta", "none") and (
+                chosen == "none" or (clean_run is not None and _unchanged(noisy_run.stats[name], clean_run.stats[name]))
+            ):
                 new[name] = _placeholder_values(reference_params[name]["mean"].size, eps_of[name])
         WriteBatchNormStatsPass(new)(job.model)
     report = CalibrationReport(
@@ -754,19 +850,38 @@ def calibrate(
         note=job.note,
         batch=job.plan.describe(),
     )
-    record(job.model, "calibrate", {
-        "method": method, "chosen": chosen, "estimator": report.estimator, "batches": report.batches,
-        "samples": report.samples, "noise": report.noise, "mode": job.mode, "recalibrated": len(job.names),
-        "left": len(job.left),
-    })
+    record(
+        job.model,
+        "calibrate",
+        {
+            "method": method,
+            "chosen": chosen,
+            "estimator": report.estimator,
+            "batches": report.batches,
+            "samples": report.samples,
+            "noise": report.noise,
+            "mode": job.mode,
+            "recalibrated": len(job.names),
+            "left": len(job.left),
+        },
+    )
     if output is not None:
         save_model(job.model, output, external_data=external_data)
     report.seconds = time.perf_counter() - started
     return CalibrationResult(job.model, report)
 
 
-def _choose(job: _Job, data: DataLike, runs: _Runs, clean_session, reference_params, clean_run: Measured,
-            noisy_run: Measured, bar: Progress, holdout: str) -> Tuple[str, Dict[str, float], int, bool]:
+def _choose(
+    job: _Job,
+    data: DataLike,
+    runs: _Runs,
+    clean_session,
+    reference_params,
+    clean_run: Measured,
+    noisy_run: Measured,
+    bar: Progress,
+    holdout: str,
+) -> Tuple[str, Dict[str, float], int, bool]:
     """``auto``: estimate every candidate on the fit samples and score it on the held-out ones."""
     fit_noisy, fit_clean = noisy_run.fit, clean_run.fit
     in_sample = fit_noisy is None or fit_clean is None
@@ -774,18 +889,30 @@ def _choose(job: _Job, data: DataLike, runs: _Runs, clean_session, reference_par
         fit_noisy, fit_clean = noisy_run.stats, clean_run.stats
     candidates = {name: _new_stats(name, job.names, reference_params, fit_noisy, fit_clean) for name in CANDIDATES}
     if in_sample:
-        warn_once(logger, "auto: no calibration batch had the 4 or more samples needed to hold some out; "
-                          "the candidates are scored on the samples they were estimated on")
-    chosen, scores = choose_candidate(clean_session, job.model, candidates, data,
-                                      select=None if in_sample else held_out(holdout), batch_size=runs.batch_size,
-                                      max_batches=runs.max_batches, providers=runs.providers, progress=bar,
-                                      plan=job.plan)
+        warn_once(
+            logger,
+            "auto: no calibration batch had the 4 or more samples needed to hold some out; "
+            "the candidates are scored on the samples they were estimated on",
+        )
+    chosen, scores = choose_candidate(
+        clean_session,
+        job.model,
+        candidates,
+        data,
+        select=None if in_sample else held_out(holdout),
+        batch_size=runs.batch_size,
+        max_batches=runs.max_batches,
+        providers=runs.providers,
+        progress=bar,
+        plan=job.plan,
+    )
     logger.info("auto: scores %s, chose %s", scores, chosen)
     return chosen, scores, noisy_run.samples if in_sample else noisy_run.held, in_sample
 
 
-def _guard_chip(job: _Job, data: DataLike, runs: _Runs, reference_params, noisy_run: Measured,
-                holdout: str) -> Tuple[str, Optional[Dict[str, float]], int, bool, str]:
+def _guard_chip(
+    job: _Job, data: DataLike, runs: _Runs, reference_params, noisy_run: Measured, holdout: str
+) -> Tuple[str, Optional[Dict[str, float]], int, bool, str]:
     """``auto`` on a chip without its clean model: Algorithm 1 against the statistics as they are.
 
     Without a clean model there are no clean outputs to compare with; when the calibration
@@ -800,20 +927,26 @@ def _guard_chip(job: _Job, data: DataLike, runs: _Runs, reference_params, noisy_
     in_sample = fit is None
     if fit is None:
         fit = noisy_run.stats
-    candidates = {"paper": {n: {"mean": fit[n][0], "var": fit[n][1]} for n in job.names},
-                  "none": {n: {"mean": reference_params[n]["mean"], "var": reference_params[n]["var"]}
-                           for n in job.names}}
+    candidates = {
+        "paper": {n: {"mean": fit[n][0], "var": fit[n][1]} for n in job.names},
+        "none": {n: {"mean": reference_params[n]["mean"], "var": reference_params[n]["var"]} for n in job.names},
+    }
     select = None if in_sample else held_out(holdout)
     output = job.model.graph.output[0].name
     scores: Dict[str, float] = {}
-    unchecked = ("Algorithm 1 ('paper') ran and could not be checked: without the clean model (--reference) "
-                 "or labels in the calibration data nothing tells whether it helped; measure it with --test")
+    unchecked = (
+        "Algorithm 1 ('paper') ran and could not be checked: without the clean model (--reference) "
+        "or labels in the calibration data nothing tells whether it helped; measure it with --test"
+    )
     for name, values in candidates.items():
         WriteBatchNormStatsPass(values)(job.model)
         session = make_session(job.model, optimization=SERVE, providers=runs.providers, batch=job.plan)
         hits = total = 0
-        for index, batch in enumerate(iter_batches(data, input_specs(job.model), batch_size=runs.batch_size,
-                                                   max_batches=runs.max_batches, min_batch=2)):
+        for index, batch in enumerate(
+            iter_batches(
+                data, input_specs(job.model), batch_size=runs.batch_size, max_batches=runs.max_batches, min_batch=2
+            )
+        ):
             part = batch if select is None else select(index, batch)
             if part is None:
                 continue
@@ -831,14 +964,17 @@ def _guard_chip(job: _Job, data: DataLike, runs: _Runs, reference_params, noisy_
         scores[name] = hits / total
     chosen = "paper" if scores["paper"] >= scores["none"] else "none"
     where = "calibration (in-sample)" if in_sample else "held-out"
-    note = (f"no clean model: 'auto' compared Algorithm 1 with the statistics as they were by top-1 on {total} {where} "
-            f"labelled samples ({100 * scores['paper']:.1f}% against {100 * scores['none']:.1f}%) and kept "
-            + ("Algorithm 1" if chosen == "paper" else "the statistics as they were"))
+    note = (
+        f"no clean model: 'auto' compared Algorithm 1 with the statistics as they were by top-1 on {total} {where} "
+        f"labelled samples ({100 * scores['paper']:.1f}% against {100 * scores['none']:.1f}%) and kept "
+        + ("Algorithm 1" if chosen == "paper" else "the statistics as they were")
+    )
     return chosen, scores, total, in_sample, note
 
 
-def _new_stats(method: str, names: Sequence[str], reference: Dict[str, Dict[str, np.ndarray]], noisy: Stats,
-               clean: Optional[Stats]) -> Dict[str, Dict[str, np.ndarray]]:
+def _new_stats(
+    method: str, names: Sequence[str], reference: Dict[str, Dict[str, np.ndarray]], noisy: Stats, clean: Optional[Stats]
+) -> Dict[str, Dict[str, np.ndarray]]:
     """The statistics each candidate writes.
 
     ``paper`` the noisy ones, ``delta`` the reference mapped by the noise's per-channel affine
@@ -871,23 +1007,30 @@ def _unchanged(noisy: Tuple[np.ndarray, np.ndarray], clean: Tuple[np.ndarray, np
     return bool(np.array_equal(noisy[0], clean[0]) and np.array_equal(noisy[1], clean[1]))
 
 
-def _running_stats(params: Dict[str, Dict[str, Optional[np.ndarray]]],
-                   names: Sequence[str]) -> Dict[str, Dict[str, np.ndarray]]:
+def _running_stats(
+    params: Dict[str, Dict[str, Optional[np.ndarray]]], names: Sequence[str]
+) -> Dict[str, Dict[str, np.ndarray]]:
     """``{name: {"mean", "var"}}`` of the BatchNorms recalibrated, from :func:`read_bn_params`."""
     out = {}
     for name in names:
         mean, var = params[name]["mean"], params[name]["var"]
         if mean is None or var is None:
-            raise NabnError(f"BatchNormalization '{name}' reads its running statistics from a computed tensor, "
-                            "not an initializer: it cannot be recalibrated")
+            raise NabnError(
+                f"BatchNormalization '{name}' reads its running statistics from a computed tensor, "
+                "not an initializer: it cannot be recalibrated"
+            )
         out[name] = {"mean": mean, "var": var}
     return out
 
 
 def _placeholder_values(channels: int, eps: float) -> Dict[str, np.ndarray]:
     """The exact-identity placeholder of an inserted BatchNorm (``var = 1 - eps``, exact in its dtype)."""
-    return {"scale": np.ones(channels), "bias": np.zeros(channels), "mean": np.zeros(channels),
-            "var": np.full(channels, 1.0 - np.float64(np.float32(eps)))}
+    return {
+        "scale": np.ones(channels),
+        "bias": np.zeros(channels),
+        "mean": np.zeros(channels),
+        "var": np.full(channels, 1.0 - np.float64(np.float32(eps))),
+    }
 
 
 def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -898,8 +1041,9 @@ def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def _shift(name: str, origin: str, before: Dict[str, np.ndarray], after: Dict[str, np.ndarray],
-           eps: float) -> LayerShift:
+def _shift(
+    name: str, origin: str, before: Dict[str, np.ndarray], after: Dict[str, np.ndarray], eps: float
+) -> LayerShift:
     mean0, var0 = before["mean"], before["var"]
     mean1, var1 = np.asarray(after["mean"], np.float64), np.asarray(after["var"], np.float64)
     shift = float(np.mean(np.abs(mean1 - mean0) / np.sqrt(var0 + eps)))

@@ -131,8 +131,9 @@ def choose_candidate(
         session = make_session(model, optimization=SERVE, providers=providers, batch=plan)
         meter = OutputDivergence()
         scored = 0
-        for index, batch in enumerate(iter_batches(data, specs, batch_size=batch_size, max_batches=max_batches,
-                                                   min_batch=2)):
+        for index, batch in enumerate(
+            iter_batches(data, specs, batch_size=batch_size, max_batches=max_batches, min_batch=2)
+        ):
             part = batch if select is None else select(index, batch)
             if part is None:
                 continue

@@ -71,8 +71,9 @@ class ExposeBatchNormStatsPass(Pass):
     (the pass keeps no state between calls).
     """
 
-    def __init__(self, train: Iterable[str] = (), tap: Iterable[str] = (), keep_outputs: bool = True,
-                 shapes: bool = True):
+    def __init__(
+        self, train: Iterable[str] = (), tap: Iterable[str] = (), keep_outputs: bool = True, shapes: bool = True
+    ):
         self.shapes = shapes
         self.train = set(train)
         self.tap = set(tap)
@@ -110,8 +111,11 @@ class ExposeBatchNormStatsPass(Pass):
                 before, after = self._widen(node, elem_type, inits, graph)
                 new_nodes.setdefault(position, []).extend(after)
                 elem_type = TensorProto.FLOAT
-            extra = [helper.make_node("Shape", [node.input[0]], [stat.shape], name=f"{base}/nabn_shape_op")] \
-                if self.shapes else []
+            extra = (
+                [helper.make_node("Shape", [node.input[0]], [stat.shape], name=f"{base}/nabn_shape_op")]
+                if self.shapes
+                else []
+            )
             if node.name in self.train:
                 self._to_training(node, stat, opset)
             else:
@@ -154,8 +158,9 @@ class ExposeBatchNormStatsPass(Pass):
             name = node.input[slot]
             if name in inits:
                 wide = f"{base}/nabn_param{slot}_32"
-                graph.initializer.append(numpy_helper.from_array(
-                    numpy_helper.to_array(inits[name]).astype(np.float32), wide))
+                graph.initializer.append(
+                    numpy_helper.from_array(numpy_helper.to_array(inits[name]).astype(np.float32), wide)
+                )
                 inits[wide] = graph.initializer[-1]
                 node.input[slot] = wide
         node.input[0] = wide_x
@@ -178,10 +183,12 @@ class ExposeBatchNormStatsPass(Pass):
         channels = int(scale.dims[0])
         dtype = helper.tensor_dtype_to_np_dtype(scale.data_type)
         names = [f"{node.name}/nabn_tap_{p}" for p in ("one", "zero")]
-        graph.initializer.extend([
-            numpy_helper.from_array(np.ones(channels, dtype), names[0]),
-            numpy_helper.from_array(np.zeros(channels, dtype), names[1]),
-        ])
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.ones(channels, dtype), names[0]),
+                numpy_helper.from_array(np.zeros(channels, dtype), names[1]),
+            ]
+        )
         outputs = [f"{node.name}/nabn_tap_y", stat.mean, stat.var]
         attrs: Dict[str, Any] = {"momentum": 0.0, "epsilon": 1e-5}  # ONNX attributes: any type
         if opset >= 14:

@@ -45,16 +45,36 @@ from ..passes.inject import InjectWeightNoisePass
 from ..progress import Progress
 from ..runtime import MEASURE, BatchPlan, make_session, plan_batch, run_chunked
 
-__all__ = ["diagnose", "DiagnoseReport", "LayerDivergence", "kl_divergence", "js_divergence", "SMOOTHING",
-           "ACTIVATIONS"]
+__all__ = [
+    "diagnose",
+    "DiagnoseReport",
+    "LayerDivergence",
+    "kl_divergence",
+    "js_divergence",
+    "SMOOTHING",
+    "ACTIVATIONS",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Added to every bin's probability before normalizing, so empty bins do not give log 0.
 SMOOTHING = 1e-10
 #: Ops taken as "the activation after a BatchNorm" with ``at="activation"``.
-ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish",
-               "Tanh", "Softplus", "Gelu", "Mish")
+ACTIVATIONS = (
+    "Relu",
+    "Clip",
+    "LeakyRelu",
+    "PRelu",
+    "Elu",
+    "Selu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Softplus",
+    "Gelu",
+    "Mish",
+)
 _MODELS = ("clean", "vanilla", "nabn")
 
 
@@ -131,20 +151,30 @@ class DiagnoseReport:
     def to_dict(self) -> Dict[str, object]:
         """JSON-able form of the report, ratios included."""
         return {
-            "noise": self.noise, "method": self.method, "at": self.at, "bins": self.bins, "samples": self.samples,
+            "noise": self.noise,
+            "method": self.method,
+            "at": self.at,
+            "bins": self.bins,
+            "samples": self.samples,
             "seconds": round(self.seconds, 3),
             "layers": [dict(vars(d), kl_ratio=d.kl_ratio, js_ratio=d.js_ratio) for d in self.layers],
         }
 
     def to_markdown(self) -> str:
         """The report as a Markdown table, one row per layer and a mean row."""
-        lines = ["| layer | KL vanilla | KL NaBN | KL ratio | JS vanilla | JS NaBN | JS ratio |",
-                 "|---|---:|---:|---:|---:|---:|---:|"]
+        lines = [
+            "| layer | KL vanilla | KL NaBN | KL ratio | JS vanilla | JS NaBN | JS ratio |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for entry in self.layers:
-            lines.append(f"| {entry.layer} | {entry.kl_vanilla:.4f} | {entry.kl_nabn:.4f} | {entry.kl_ratio:.1f} | "
-                         f"{entry.js_vanilla:.4f} | {entry.js_nabn:.4f} | {entry.js_ratio:.1f} |")
-        lines.append(f"| **mean** | {self.mean('kl_vanilla'):.4f} | {self.mean('kl_nabn'):.4f} | | "
-                     f"{self.mean('js_vanilla'):.4f} | {self.mean('js_nabn'):.4f} | |")
+            lines.append(
+                f"| {entry.layer} | {entry.kl_vanilla:.4f} | {entry.kl_nabn:.4f} | {entry.kl_ratio:.1f} | "
+                f"{entry.js_vanilla:.4f} | {entry.js_nabn:.4f} | {entry.js_ratio:.1f} |"
+            )
+        lines.append(
+            f"| **mean** | {self.mean('kl_vanilla'):.4f} | {self.mean('kl_nabn'):.4f} | | "
+            f"{self.mean('js_vanilla'):.4f} | {self.mean('js_nabn'):.4f} | |"
+        )
         return "\n".join(lines) + "\n"
 
     def summary(self) -> str:
@@ -177,8 +207,11 @@ def _taps(model: ModelProto, at: str) -> Dict[str, str]:
             if len(consumers) == 1 and consumers[0].op_type in ACTIVATIONS:
                 tensor = consumers[0].output[0]
             else:
-                logger.debug("%s: no single activation after it (%s); measuring its output", layer_name(node),
-                             [c.op_type for c in consumers])
+                logger.debug(
+                    "%s: no single activation after it (%s); measuring its output",
+                    layer_name(node),
+                    [c.op_type for c in consumers],
+                )
         taps[layer_name(node)] = tensor
     return taps
 
@@ -254,14 +287,23 @@ def diagnose(
     if not batchnorm_nodes(clean):
         raise NothingToDoError("the model has no BatchNormalization and no analog layer to put one after")
     noisy = InjectWeightNoisePass(noise)(copy.deepcopy(clean)).model
-    calibrated = calibrate(clean, data, noise=noise, method=method, estimator=estimator, batch_size=batch_size,
-                           max_batches=max_batches, providers=providers).model
+    calibrated = calibrate(
+        clean,
+        data,
+        noise=noise,
+        method=method,
+        estimator=estimator,
+        batch_size=batch_size,
+        max_batches=max_batches,
+        providers=providers,
+    ).model
     taps = _taps(clean, at)
     tensors = list(dict.fromkeys(taps.values()))
     # A batch fixed in the file is freed or chunked, as in evaluation (runtime.plan_batch).
     plan = plan_batch(clean, providers)
-    sessions = {name: _exposed_session(m, tensors, providers, plan)
-                for name, m in zip(_MODELS, (clean, noisy, calibrated))}
+    sessions = {
+        name: _exposed_session(m, tensors, providers, plan) for name, m in zip(_MODELS, (clean, noisy, calibrated))
+    }
     specs = input_specs(clean)
 
     with Progress("diagnosing", None, enabled=show_progress) as bar:
@@ -284,8 +326,11 @@ def diagnose(
     for layer, t in taps.items():
         p = hists["clean"][t].counts
         v, n = hists["vanilla"][t].counts, hists["nabn"][t].counts
-        layers.append(LayerDivergence(layer, t, kl_divergence(p, v), kl_divergence(p, n),
-                                      js_divergence(p, v), js_divergence(p, n)))
+        layers.append(
+            LayerDivergence(
+                layer, t, kl_divergence(p, v), kl_divergence(p, n), js_divergence(p, v), js_divergence(p, n)
+            )
+        )
     report = DiagnoseReport(noise.describe(), method, at, bins, samples, time.perf_counter() - started, layers)
     logger.info("%s", report.summary())
     return report

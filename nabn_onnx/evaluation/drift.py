@@ -56,12 +56,17 @@ __all__ = ["drift_sweep", "DriftReport", "parse_times", "METHODS", "DEFAULT_TIME
 logger = logging.getLogger(__name__)
 
 #: Column keys and their labels, in table order.
-METHODS = {"vanilla": "vanilla", "gdc": "GDC", "nabn_once": "NaBN once", "nabn_once_gdc": "NaBN once + GDC",
-           "nabn_each": "NaBN each", "dynamic": "dynamic NaBN"}
+METHODS = {
+    "vanilla": "vanilla",
+    "gdc": "GDC",
+    "nabn_once": "NaBN once",
+    "nabn_once_gdc": "NaBN once + GDC",
+    "nabn_each": "NaBN each",
+    "dynamic": "dynamic NaBN",
+}
 #: 1 s, 1 h, 1 day, 1 month (30 days), 1 year (365 days).
 DEFAULT_TIMES = (1.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0)
-_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0, "mo": 30 * 86400.0,
-          "y": 365 * 86400.0}
+_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0, "mo": 30 * 86400.0, "y": 365 * 86400.0}
 
 
 def parse_times(text: str) -> List[float]:
@@ -136,8 +141,7 @@ class DriftReport:
 
     def table(self) -> str:
         """Markdown: one row per time, one column per method (percent, mean ± std over chips)."""
-        lines = ["| time since programming | " + " | ".join(METHODS.values()) + " |",
-                 "|---|" + "---:|" * len(METHODS)]
+        lines = ["| time since programming | " + " | ".join(METHODS.values()) + " |", "|---|" + "---:|" * len(METHODS)]
         for s in self.by_time():
             cells = [f"{100 * s[f'{k}_mean']:.2f} ± {100 * s[f'{k}_std']:.2f}" for k in METHODS]
             lines.append(f"| {time_label(s['t'])} | " + " | ".join(cells) + " |")
@@ -148,18 +152,37 @@ class DriftReport:
         d = self.device
         settings = ", ".join(f"{k} = {v}" for k, v in d.items() if k not in ("noise", "seed", "t_inference"))
         chips = len({r["seed"] for r in self.rows})
-        return "\n".join([
-            f"# Drift: {self.model}", "",
-            (f"{self.metric} (%) on a {str(d['noise']).upper()} chip ({settings}), {chips} chip(s), mean ± std over "
-             f"chips. NaBN once: calibrated at {time_label(self.program_time)}; dynamic: NabnSession, momentum "
-             f"{self.momentum}, {self.warmup} warm-up pass(es) over the calibration data. Clean model: "
-             f"{100 * self.clean:.2f}%."), "", self.table(), ""])
+        return "\n".join(
+            [
+                f"# Drift: {self.model}",
+                "",
+                (
+                    f"{self.metric} (%) on a {str(d['noise']).upper()} chip ({settings}), {chips} chip(s), "
+                    "mean ± std over "
+                    f"chips. NaBN once: calibrated at {time_label(self.program_time)}; dynamic: NabnSession, momentum "
+                    f"{self.momentum}, {self.warmup} warm-up pass(es) over the calibration data. Clean model: "
+                    f"{100 * self.clean:.2f}%."
+                ),
+                "",
+                self.table(),
+                "",
+            ]
+        )
 
     def to_dict(self) -> Dict[str, object]:
         """JSON-ready: the fields, plus :meth:`by_time`."""
-        return {"model": self.model, "metric": self.metric, "device": self.device, "clean": self.clean,
-                "program_time": self.program_time, "momentum": self.momentum, "warmup": self.warmup,
-                "rows": self.rows, "by_time": self.by_time(), "seconds": self.seconds}
+        return {
+            "model": self.model,
+            "metric": self.metric,
+            "device": self.device,
+            "clean": self.clean,
+            "program_time": self.program_time,
+            "momentum": self.momentum,
+            "warmup": self.warmup,
+            "rows": self.rows,
+            "by_time": self.by_time(),
+            "seconds": self.seconds,
+        }
 
     def write(self, path: Union[str, Path]) -> Path:
         """``.json``, ``.md`` or ``.csv`` (one line per chip and time), written atomically."""
@@ -181,9 +204,11 @@ class DriftReport:
         """One line: the clean metric and every method at the last time."""
         last = self.by_time()[-1]
         parts = ", ".join(f"{label} {100 * last[f'{k}_mean']:.2f}%" for k, label in METHODS.items())
-        return (f"drift of {self.model} over {len(self.by_time())} time(s) x {last['chips']} chip(s): clean "
-                f"{100 * self.clean:.2f}%; at {time_label(last['t'])}: {parts} ({self.metric}), in "
-                f"{self.seconds.get('total', 0.0):.1f}s")
+        return (
+            f"drift of {self.model} over {len(self.by_time())} time(s) x {last['chips']} chip(s): clean "
+            f"{100 * self.clean:.2f}%; at {time_label(last['t'])}: {parts} ({self.metric}), in "
+            f"{self.seconds.get('total', 0.0):.1f}s"
+        )
 
     def plot(self, path: Union[str, Path], title: Optional[str] = None) -> Path:
         """Metric against time since programming (log axis), one line per method, chips as a band."""
@@ -197,7 +222,7 @@ class DriftReport:
         for (key, label), style in zip(METHODS.items(), styles):
             mean = 100 * np.array([s[f"{key}_mean"] for s in stats])
             std = 100 * np.array([s[f"{key}_std"] for s in stats])
-            line, = ax.plot(t, mean, style, label=label, markersize=5, alpha=0.85)
+            (line,) = ax.plot(t, mean, style, label=label, markersize=5, alpha=0.85)
             ax.fill_between(t, mean - std, mean + std, color=line.get_color(), alpha=0.15)
         ax.axhline(100 * self.clean, color="black", linestyle="--", linewidth=1, label="clean")
         ax.set_xscale("log")
@@ -231,8 +256,9 @@ def _without_inject_record(model: ModelProto) -> ModelProto:
     return model
 
 
-def _serve(model: ModelProto, chip: DeviceNoise, calib, test, metric, momentum: float, warmup: int,
-           batch_size: int, providers) -> float:
+def _serve(
+    model: ModelProto, chip: DeviceNoise, calib, test, metric, momentum: float, warmup: int, batch_size: int, providers
+) -> float:
     """Dynamic calibration while serving: warm-up traffic, then the test set, scored as served."""
     session = NabnSession(model, momentum=momentum, noise=TemporalNoise(chip), providers=providers)
     specs = input_specs(model)
@@ -324,8 +350,16 @@ def drift_sweep(
     timing = dict.fromkeys(("vanilla", "gdc", "calibrate", "nabn", "dynamic"), 0.0)
 
     def recalibrate(noise: DeviceNoise) -> ModelProto:
-        return calibrate(prepared, calib, noise=noise, method=method, estimator=estimator, batch_size=batch_size,
-                         max_batches=calib_batches, providers=providers).model
+        return calibrate(
+            prepared,
+            calib,
+            noise=noise,
+            method=method,
+            estimator=estimator,
+            batch_size=batch_size,
+            max_batches=calib_batches,
+            providers=providers,
+        ).model
 
     with Progress("drift", len(seed_list) * len(times), enabled=show_progress) as bar:
         for seed in seed_list:
@@ -351,7 +385,8 @@ def drift_sweep(
                 chip_split = InjectWeightNoisePass(chip)(copy.deepcopy(prepared)).model
                 row["nabn_once"] = score(_with_weights(once, chip_split, weights))
                 chip_gdc = InjectWeightNoisePass(dataclasses.replace(chip, compensation="global"))(
-                    copy.deepcopy(prepared)).model
+                    copy.deepcopy(prepared)
+                ).model
                 row["nabn_once_gdc"] = score(_with_weights(once, chip_gdc, weights))
                 row["nabn_each"] = score(each)
                 t4 = time.perf_counter()

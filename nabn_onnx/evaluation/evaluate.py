@@ -80,8 +80,14 @@ class Evaluator:
         NabnError: the output does not exist, or an overridable name is no initializer.
     """
 
-    def __init__(self, model: ModelLike, *, output: OutputLike = None, overridable: Sequence[str] = (),
-                 providers: Optional[Sequence[str]] = None):
+    def __init__(
+        self,
+        model: ModelLike,
+        *,
+        output: OutputLike = None,
+        overridable: Sequence[str] = (),
+        providers: Optional[Sequence[str]] = None,
+    ):
         proto = load_model(copy.deepcopy(model) if isinstance(model, ModelProto) else model)
         self.specs = input_specs(proto)
         self.output_name = _output_name(proto, output)
@@ -200,8 +206,15 @@ def evaluate(
     """
     evaluator = Evaluator(model, output=output, providers=providers)
     with Progress("evaluating", None, enabled=show_progress) as bar:
-        return evaluator.run(data, metric, batch_size=batch_size, max_batches=max_batches, ignore_index=ignore_index,
-                             ignore_background=ignore_background, progress=bar).value
+        return evaluator.run(
+            data,
+            metric,
+            batch_size=batch_size,
+            max_batches=max_batches,
+            ignore_index=ignore_index,
+            ignore_background=ignore_background,
+            progress=bar,
+        ).value
 
 
 def measure_gain(

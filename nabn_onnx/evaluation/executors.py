@@ -45,8 +45,15 @@ from onnx import ModelProto
 from ..errors import NabnError
 from ..io import load_model, save_model
 
-__all__ = ["Executor", "SerialExecutor", "ProcessExecutor", "RayExecutor", "make_executor", "CRASH_HOOK_ENV",
-           "DEFAULT_MAX_RETRIES"]
+__all__ = [
+    "Executor",
+    "SerialExecutor",
+    "ProcessExecutor",
+    "RayExecutor",
+    "make_executor",
+    "CRASH_HOOK_ENV",
+    "DEFAULT_MAX_RETRIES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -268,8 +275,9 @@ class ProcessExecutor(Executor):
         context = multiprocessing.get_context("spawn")
         while queue:
             threads = max(1, (os.cpu_count() or 1) // self.jobs)
-            pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=context, initializer=_init_worker,
-                                       initargs=(threads,))
+            pool = ProcessPoolExecutor(
+                max_workers=self.jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)
+            )
             running: Dict[Future, int] = {}
             broken = finished = False
             try:
@@ -308,10 +316,12 @@ class ProcessExecutor(Executor):
                         continue
                     deaths[index] = deaths.get(index, 0) + 1
                     if deaths[index] > self.max_retries:
-                        raise NabnError(f"a worker process died while running chip {tasks[index]!r} "
-                                        f"{deaths[index]} times (a script that starts a parallel sweep needs "
-                                        "an `if __name__ == '__main__':` guard); finished chips are in the "
-                                        "results file, if one was given")
+                        raise NabnError(
+                            f"a worker process died while running chip {tasks[index]!r} "
+                            f"{deaths[index]} times (a script that starts a parallel sweep needs "
+                            "an `if __name__ == '__main__':` guard); finished chips are in the "
+                            "results file, if one was given"
+                        )
                     lost.append(index)
                 logger.warning("a worker process died; running its %d chip(s) again", len(lost))
                 queue = sorted(lost) + queue
@@ -340,8 +350,9 @@ class RayExecutor(Executor):
 
     name = "ray"
 
-    def __init__(self, address: Optional[str] = None, num_cpus: Optional[int] = None,
-                 max_retries: int = DEFAULT_MAX_RETRIES):
+    def __init__(
+        self, address: Optional[str] = None, num_cpus: Optional[int] = None, max_retries: int = DEFAULT_MAX_RETRIES
+    ):
         self.address, self.num_cpus, self.max_retries = address, num_cpus, max_retries
 
     def describe(self) -> str:
@@ -354,8 +365,12 @@ class RayExecutor(Executor):
         started = False
         if not ray.is_initialized():
             try:
-                ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
-                         include_dashboard=False, logging_level=logging.WARNING)
+                ray.init(
+                    address=self.address,
+                    num_cpus=None if self.address else self.num_cpus,
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                )
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise NabnError(f"cannot start or join Ray at {self.address or 'a local runtime'}: {first}") from None
@@ -370,8 +385,9 @@ class RayExecutor(Executor):
         def share(value):
             if isinstance(value, ModelProto):
                 if value.ByteSize() >= 2**31:
-                    raise NabnError("the model is over protobuf's 2 GB limit: run the sweep with --jobs, "
-                                    "which hands workers a file")
+                    raise NabnError(
+                        "the model is over protobuf's 2 GB limit: run the sweep with --jobs, which hands workers a file"
+                    )
                 return ray.put(value.SerializeToString())
             if value is None or _is_path_like_data(value):
                 return None if value is None else _absolute(value)
@@ -401,9 +417,11 @@ class RayExecutor(Executor):
                             raise cause from None
                         raise
                     except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
-                        raise NabnError(f"Ray workers died running chip {task!r} {self.max_retries + 1} times "
-                                        f"({type(exc).__name__}); finished chips are in the results file, "
-                                        "if one was given") from None
+                        raise NabnError(
+                            f"Ray workers died running chip {task!r} {self.max_retries + 1} times "
+                            f"({type(exc).__name__}); finished chips are in the results file, "
+                            "if one was given"
+                        ) from None
                     yield task, row
         finally:
             for ref in pending:
@@ -447,8 +465,9 @@ def _import_ray():
     return ray
 
 
-def make_executor(jobs: int = 1, ray: Union[bool, str, None] = None,
-                  max_retries: int = DEFAULT_MAX_RETRIES) -> Executor:
+def make_executor(
+    jobs: int = 1, ray: Union[bool, str, None] = None, max_retries: int = DEFAULT_MAX_RETRIES
+) -> Executor:
     """The executor for ``--jobs`` and ``--ray``.
 
     Ray when ``ray`` is given (True or "local": a local runtime with ``jobs`` CPUs when

@@ -46,8 +46,18 @@ import numpy as np
 from ..errors import DataError, NabnError
 
 __all__ = [
-    "Metric", "TopK", "ConfusionMatrix", "MeanIoU", "PixelAccuracy", "CallableMetric",
-    "MetricLike", "make_metric", "make_metrics", "metric_names", "BACKGROUND", "IGNORE_INDEX",
+    "Metric",
+    "TopK",
+    "ConfusionMatrix",
+    "MeanIoU",
+    "PixelAccuracy",
+    "CallableMetric",
+    "MetricLike",
+    "make_metric",
+    "make_metrics",
+    "metric_names",
+    "BACKGROUND",
+    "IGNORE_INDEX",
 ]
 
 #: Label of the background class in segmentation maps.
@@ -63,8 +73,11 @@ class Metric(Protocol):
     """What a metric must offer: ``update`` once per batch, ``result`` at the end."""
 
     def update(self, outputs: Any, labels: Optional[np.ndarray]) -> None:
-        """Add one batch: the model's output (every output, as a list, for a metric whose
-        ``all_outputs`` is true) and the batch's labels (None when the data has none)."""
+        """Add one batch of outputs and labels.
+
+        ``outputs`` is the model's output (every output, as a list, for a metric whose
+        ``all_outputs`` is true); ``labels`` are the batch's labels (None when the data has none).
+        """
 
     def result(self) -> Result:
         """The metric over every batch seen so far."""
@@ -101,8 +114,10 @@ class TopK:
         if logits.ndim > 2 and all(d == 1 for d in logits.shape[2:]):
             logits = logits.reshape(logits.shape[:2])  # (N, C, 1, 1) heads
         if given.ndim == 2 and logits.ndim == 2 and given.shape == logits.shape:
-            raise DataError(f"{self.name} needs class indices (N,) as labels; got one-hot labels {given.shape}: "
-                            "store labels.argmax(axis=1)")
+            raise DataError(
+                f"{self.name} needs class indices (N,) as labels; got one-hot labels {given.shape}: "
+                "store labels.argmax(axis=1)"
+            )
         labels = given.reshape(-1)
         if logits.ndim != 2 or len(logits) != len(labels) or given.size != len(given):
             raise DataError(
@@ -148,8 +163,9 @@ class ConfusionMatrix:
 
     name = "confusion"
 
-    def __init__(self, ignore_index: Optional[int] = IGNORE_INDEX, ignore_background: bool = False,
-                 background: int = BACKGROUND):
+    def __init__(
+        self, ignore_index: Optional[int] = IGNORE_INDEX, ignore_background: bool = False, background: int = BACKGROUND
+    ):
         self.ignore_index = ignore_index
         self.ignore_background = ignore_background
         self.background = background
@@ -217,8 +233,9 @@ class MeanIoU(ConfusionMatrix):
 
     name = "miou"
 
-    def __init__(self, ignore_index: Optional[int] = IGNORE_INDEX, ignore_background: bool = True,
-                 background: int = BACKGROUND):
+    def __init__(
+        self, ignore_index: Optional[int] = IGNORE_INDEX, ignore_background: bool = True, background: int = BACKGROUND
+    ):
         super().__init__(ignore_index, ignore_background, background)
 
     def result(self) -> float:
@@ -266,12 +283,20 @@ def metric_names() -> List[str]:
     """The built-in metric names (``top<k>`` for any k; ``decoder:metric`` for any registered decoder)."""
     from .decoders import decoder_names
 
-    return ["top1", "top5", *_SEGMENTATION, "map50", "mar50", *decoder_names(),
-            *(f"{d}:<metric>" for d in decoder_names())]
+    return [
+        "top1",
+        "top5",
+        *_SEGMENTATION,
+        "map50",
+        "mar50",
+        *decoder_names(),
+        *(f"{d}:<metric>" for d in decoder_names()),
+    ]
 
 
-def make_metric(spec: MetricLike, *, ignore_index: Optional[int] = IGNORE_INDEX,
-                ignore_background: Optional[bool] = None) -> Metric:
+def make_metric(
+    spec: MetricLike, *, ignore_index: Optional[int] = IGNORE_INDEX, ignore_background: Optional[bool] = None
+) -> Metric:
     """A fresh metric from a name, a :class:`Metric` (copied, so it starts empty) or a callable.
 
     Args:
@@ -298,8 +323,9 @@ def make_metric(spec: MetricLike, *, ignore_index: Optional[int] = IGNORE_INDEX,
 
         decoder, colon, inner = name.partition(":")
         if decoder in DECODERS:
-            return DecodedMetric(decoder, inner if colon else None, ignore_index=ignore_index,
-                                 ignore_background=ignore_background)
+            return DecodedMetric(
+                decoder, inner if colon else None, ignore_index=ignore_index, ignore_background=ignore_background
+            )
         if name in _SEGMENTATION:
             cls = _SEGMENTATION[name]
             if ignore_background is None:
@@ -313,8 +339,9 @@ def make_metric(spec: MetricLike, *, ignore_index: Optional[int] = IGNORE_INDEX,
         return copy.deepcopy(spec)
     elif callable(spec):
         return CallableMetric(spec)
-    raise NabnError("a metric must be a name, an object with update()/result() or a callable, "
-                    f"got {type(spec).__name__}")
+    raise NabnError(
+        f"a metric must be a name, an object with update()/result() or a callable, got {type(spec).__name__}"
+    )
 
 
 def make_metrics(spec: Union[MetricLike, Sequence[MetricLike]], **options) -> Dict[str, Metric]:

@@ -43,8 +43,9 @@ def save_figure(figure, path: Union[str, os.PathLike]) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise NabnError(f"output folder does not exist: {folder}")
-    return atomic_write_bytes(path, lambda tmp: figure.savefig(tmp, dpi=120, bbox_inches="tight",
-                                                               format=(path.suffix or ".png")[1:]))
+    return atomic_write_bytes(
+        path, lambda tmp: figure.savefig(tmp, dpi=120, bbox_inches="tight", format=(path.suffix or ".png")[1:])
+    )
 
 
 def _draw_sweep(ax, report: SweepReport, title: Optional[str]) -> None:
@@ -66,8 +67,11 @@ def _draw_sweep(ax, report: SweepReport, title: Optional[str]) -> None:
     ax.legend(fontsize="small", loc="best")
 
 
-def plot_sweep(reports: Union[SweepReport, Sequence[SweepReport]], path: Union[str, os.PathLike],
-               titles: Optional[Sequence[str]] = None) -> Path:
+def plot_sweep(
+    reports: Union[SweepReport, Sequence[SweepReport]],
+    path: Union[str, os.PathLike],
+    titles: Optional[Sequence[str]] = None,
+) -> Path:
     """Accuracy against eta: vanilla and NaBN means, min-max bands over chips, clean as a dashed line.
 
     Args:
@@ -117,8 +121,9 @@ def plot_diagnose(report: DiagnoseReport, path: Union[str, os.PathLike], title: 
     axes[1].set_xticks(x)
     axes[1].set_xticklabels(layers, rotation=60, ha="right", fontsize="small")
     n = report.noise
-    axes[0].set_title(title or f"activation divergence per layer, {str(n['noise']).upper()} η={n['eta']:g} "
-                               f"seed={n['seed']}")
+    axes[0].set_title(
+        title or f"activation divergence per layer, {str(n['noise']).upper()} η={n['eta']:g} seed={n['seed']}"
+    )
     figure.tight_layout()
     try:
         return save_figure(figure, path)

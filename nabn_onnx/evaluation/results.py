@@ -2,10 +2,28 @@
 
 Format (one JSON object per line, UTF-8)::
 
-    {"kind": "header", "format": "nabn-onnx-sweep", "version": 1, "model": ..., "fingerprint": ...,
-     "metric": ..., "method": ..., "settings": {...}, "measure": {...}, "clean": 0.93}
-    {"kind": "chip", "noise": "mul", "eta": 0.1, "seed": 0, "vanilla": 0.41, "nabn": 0.88,
-     "seconds": {"vanilla": ..., "calibrate": ..., "nabn": ..., "sessions": ...}, "worker": "host:pid"}
+    {
+        "kind": "header",
+        "format": "nabn-onnx-sweep",
+        "version": 1,
+        "model": ...,
+        "fingerprint": ...,
+        "metric": ...,
+        "method": ...,
+        "settings": {...},
+        "measure": {...},
+        "clean": 0.93,
+    }
+    {
+        "kind": "chip",
+        "noise": "mul",
+        "eta": 0.1,
+        "seed": 0,
+        "vanilla": 0.41,
+        "nabn": 0.88,
+        "seconds": {"vanilla": ..., "calibrate": ..., "nabn": ..., "sessions": ...},
+        "worker": "host:pid",
+    }
     ...
 
 The header says what was swept (the model's fingerprint, the noise settings shared by all
@@ -74,8 +92,10 @@ class ResultsFile:
         header = _normalize({"kind": "header", "format": FORMAT, "version": VERSION, **header})
         if path.exists() and path.stat().st_size > 0:
             if not resume:
-                raise NabnError(f"{path} already holds sweep results: pass --resume to continue that sweep, "
-                                "or choose another results file")
+                raise NabnError(
+                    f"{path} already holds sweep results: pass --resume to continue that sweep, "
+                    "or choose another results file"
+                )
             found, rows, good_bytes = _read(path)
             _check_header(path, found, header)
             _check_clean(path, found, header)
@@ -136,8 +156,10 @@ def _read(path: Path) -> Tuple[Dict[str, object], Dict[ChipKey, Dict[str, object
         if not isinstance(obj, dict):
             if last:
                 break  # torn by a kill while writing: everything before it is intact
-            raise NabnError(f"{path} line {number} is not a JSON object: not a sweep results file, "
-                            "or damaged other than by an interrupted write")
+            raise NabnError(
+                f"{path} line {number} is not a JSON object: not a sweep results file, "
+                "or damaged other than by an interrupted write"
+            )
         if last:
             break  # a complete object without its newline was torn before the newline: rerun that chip
         objects.append(obj)
@@ -157,18 +179,27 @@ def _read(path: Path) -> Tuple[Dict[str, object], Dict[ChipKey, Dict[str, object
 def _check_header(path: Path, found: Mapping[str, object], wanted: Mapping[str, object]) -> None:
     for key in _MATCHED:
         if found.get(key) != wanted.get(key):
-            raise NabnError(f"cannot resume {path}: it was made with another {_what(key)} "
-                            f"({key} {found.get(key)!r}, now {wanted.get(key)!r}); use a new results file")
+            raise NabnError(
+                f"cannot resume {path}: it was made with another {_what(key)} "
+                f"({key} {found.get(key)!r}, now {wanted.get(key)!r}); use a new results file"
+            )
 
 
 def _what(key: str) -> str:
-    return {"fingerprint": "model", "settings": "noise settings", "measure": "calibration or evaluation settings",
-            "version": "file format version", "format": "file format"}.get(key, key)
+    return {
+        "fingerprint": "model",
+        "settings": "noise settings",
+        "measure": "calibration or evaluation settings",
+        "version": "file format version",
+        "format": "file format",
+    }.get(key, key)
 
 
 def _check_clean(path: Path, found: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
     """Refuse to resume when the clean metric moved: the test data (or how it is read) changed."""
     before, clean = found.get("clean"), wanted.get("clean")
     if before is not None and clean is not None and float(before) != float(clean):
-        raise NabnError(f"cannot resume {path}: the clean model now scores {clean!r} on the test data, "
-                        f"{before!r} when the file was started (other test data?); use a new results file")
+        raise NabnError(
+            f"cannot resume {path}: the clean model now scores {clean!r} on the test data, "
+            f"{before!r} when the file was started (other test data?); use a new results file"
+        )

@@ -66,8 +66,17 @@ from .executors import Executor, SerialExecutor, crash_hook
 from .metrics import IGNORE_INDEX, MetricLike
 from .results import ResultsFile
 
-__all__ = ["sweep", "run_sweep", "run_chip", "SweepPlan", "SweepSettings", "ChipTask", "SweepInputs", "SweepReport",
-           "parse_floats"]
+__all__ = [
+    "sweep",
+    "run_sweep",
+    "run_chip",
+    "SweepPlan",
+    "SweepSettings",
+    "ChipTask",
+    "SweepInputs",
+    "SweepReport",
+    "parse_floats",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -181,14 +190,19 @@ class SweepReport:
         chips = sorted({r["seed"] for r in self.rows})
         s = self.settings
         if "sigma_t" in s:
-            how = (f"(sigma_t = {s['sigma_t']}·eta, sigma_s = {s['sigma_s']}, temporal draw per {s['temporal']})")
+            how = f"(sigma_t = {s['sigma_t']}·eta, sigma_s = {s['sigma_s']}, temporal draw per {s['temporal']})"
         else:  # a device model: its own parameters
             how = "(" + ", ".join(f"{k} = {v}" for k, v in s.items() if k not in ("noise", "eta", "seed")) + ")"
         lines = [
-            f"# Robustness sweep: {self.model}", "",
-            (f"{self.metric} (%) under {str(s['noise']).upper()} noise {how}, {len(chips)} chip(s) per eta, "
-             f"mean ± std over chips; NaBN method '{self.method}'. Clean model: {100 * self.clean:.2f}%."), "",
-            self.table(), "",
+            f"# Robustness sweep: {self.model}",
+            "",
+            (
+                f"{self.metric} (%) under {str(s['noise']).upper()} noise {how}, {len(chips)} chip(s) per eta, "
+                f"mean ± std over chips; NaBN method '{self.method}'. Clean model: {100 * self.clean:.2f}%."
+            ),
+            "",
+            self.table(),
+            "",
         ]
         return "\n".join(lines)
 
@@ -234,8 +248,9 @@ def _initializer_values(model: ModelProto, names: Iterable[str]) -> Dict[str, np
 class _ChipRunner:
     """Evaluates chip variants of one graph: one session fed per chip, or a session per chip."""
 
-    def __init__(self, reuse: bool, names: Callable[[ModelProto], List[str]], output: OutputLike, providers,
-                 eval_options):
+    def __init__(
+        self, reuse: bool, names: Callable[[ModelProto], List[str]], output: OutputLike, providers, eval_options
+    ):
         self.reuse, self.names_of, self.output, self.providers = reuse, names, output, providers
         self.names: List[str] = []
         self.eval_options = eval_options
@@ -306,8 +321,16 @@ class ChipTask:
 
     def noise_model(self) -> NoiseModel:
         """The chip's noise model, seeded by the task's seed."""
-        return make_noise(self.noise, float(self.eta), sigma_t=self.sigma_t, sigma_s=self.sigma_s, seed=int(self.seed),
-                          temporal=self.temporal, include_bias=self.include_bias, **dict(self.device))
+        return make_noise(
+            self.noise,
+            float(self.eta),
+            sigma_t=self.sigma_t,
+            sigma_s=self.sigma_s,
+            seed=int(self.seed),
+            temporal=self.temporal,
+            include_bias=self.include_bias,
+            **dict(self.device),
+        )
 
     def __repr__(self) -> str:
         return f"{self.noise} eta={self.eta:g} seed={self.seed}"
@@ -338,15 +361,26 @@ class SweepPlan:
     device: Tuple[Tuple[str, object], ...] = ()
 
     @classmethod
-    def of(cls, noise: str, etas: Sequence[float], seeds: Union[int, Sequence[int]] = 5,
-           device: Optional[Mapping[str, object]] = None, **settings) -> SweepPlan:
+    def of(
+        cls,
+        noise: str,
+        etas: Sequence[float],
+        seeds: Union[int, Sequence[int]] = 5,
+        device: Optional[Mapping[str, object]] = None,
+        **settings,
+    ) -> SweepPlan:
         """A plan with ``seeds`` given as a count ``K`` (seeds ``0..K-1``) or as the seeds themselves.
 
         ``device`` parameters are given as a mapping.
         """
         seed_list = range(int(seeds)) if isinstance(seeds, (int, np.integer)) else seeds
-        return cls(noise, tuple(float(e) for e in etas), tuple(int(s) for s in seed_list),
-                   device=tuple(sorted((device or {}).items())), **settings)
+        return cls(
+            noise,
+            tuple(float(e) for e in etas),
+            tuple(int(s) for s in seed_list),
+            device=tuple(sorted((device or {}).items())),
+            **settings,
+        )
 
     def tasks(self) -> List[ChipTask]:
         """One task per chip, eta-major (the order of the report's rows).
@@ -358,16 +392,24 @@ class SweepPlan:
             raise NabnError("a sweep needs at least one seed")
         if not self.etas:
             raise NabnError("a sweep needs at least one eta")
-        tasks = [ChipTask(self.noise, eta, seed, self.sigma_t, self.sigma_s, self.temporal, self.include_bias,
-                          self.device) for eta in self.etas for seed in self.seeds]
+        tasks = [
+            ChipTask(self.noise, eta, seed, self.sigma_t, self.sigma_s, self.temporal, self.include_bias, self.device)
+            for eta in self.etas
+            for seed in self.seeds
+        ]
         for task in tasks:
             task.noise_model()  # validates here, before any work, rather than in a worker
         return tasks
 
     def shared_settings(self) -> Dict[str, object]:
         """The noise settings every chip shares (not eta, not seed)."""
-        shared: Dict[str, object] = {"noise": self.noise, "sigma_t": self.sigma_t, "sigma_s": self.sigma_s,
-                                     "temporal": self.temporal, "include_bias": self.include_bias}
+        shared: Dict[str, object] = {
+            "noise": self.noise,
+            "sigma_t": self.sigma_t,
+            "sigma_s": self.sigma_s,
+            "temporal": self.temporal,
+            "include_bias": self.include_bias,
+        }
         if self.device:
             shared["device"] = dict(self.device)
         return shared
@@ -407,16 +449,29 @@ class SweepSettings:
 
     def eval_options(self) -> Dict[str, object]:
         """Keyword arguments for the evaluation of each chip."""
-        return dict(metric=self.metric, batch_size=self.batch_size, max_batches=self.test_batches,
-                    ignore_index=self.ignore_index, ignore_background=self.ignore_background)
+        return dict(
+            metric=self.metric,
+            batch_size=self.batch_size,
+            max_batches=self.test_batches,
+            ignore_index=self.ignore_index,
+            ignore_background=self.ignore_background,
+        )
 
     def describe(self) -> Dict[str, object]:
         """JSON-able, for the results file's header (a resumed sweep must match it)."""
-        return {"method": self.method, "metric": _metric_name(self.metric), "estimator": asdict(self.estimator),
-                "batch_size": self.batch_size, "calib_batches": self.calib_batches,
-                "test_batches": self.test_batches, "output": self.output, "ignore_index": self.ignore_index,
-                "ignore_background": self.ignore_background, "reuse_sessions": self.reuse_sessions,
-                "providers": list(self.providers) if self.providers else None}
+        return {
+            "method": self.method,
+            "metric": _metric_name(self.metric),
+            "estimator": asdict(self.estimator),
+            "batch_size": self.batch_size,
+            "calib_batches": self.calib_batches,
+            "test_batches": self.test_batches,
+            "output": self.output,
+            "ignore_index": self.ignore_index,
+            "ignore_background": self.ignore_background,
+            "reuse_sessions": self.reuse_sessions,
+            "providers": list(self.providers) if self.providers else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -456,10 +511,16 @@ class _ChipState:
         self.clean, self.prepared = inputs.clean, inputs.prepared
         settings, weights = inputs.settings, list(inputs.weights)
         options = settings.eval_options()
-        self.vanilla = _ChipRunner(settings.reuse_sessions, lambda _: weights, settings.output, settings.providers,
-                                   options)
-        self.nabn = _ChipRunner(settings.reuse_sessions, lambda first: weights + _bn_param_names(first),
-                                settings.output, settings.providers, options)
+        self.vanilla = _ChipRunner(
+            settings.reuse_sessions, lambda _: weights, settings.output, settings.providers, options
+        )
+        self.nabn = _ChipRunner(
+            settings.reuse_sessions,
+            lambda first: weights + _bn_param_names(first),
+            settings.output,
+            settings.providers,
+            options,
+        )
 
 
 #: Per-process cache: the state of the sweep this process last worked for.
@@ -486,16 +547,29 @@ def run_chip(task: ChipTask, inputs: SweepInputs) -> Dict[str, object]:
     noisy = InjectWeightNoisePass(noise)(copy.deepcopy(state.clean)).model
     vanilla = state.vanilla.run(noisy, inputs.test)
     t1 = time.perf_counter()
-    calibrated = calibrate(state.prepared, inputs.calib, noise=noise, method=settings.method,
-                           estimator=settings.estimator, batch_size=settings.batch_size,
-                           max_batches=settings.calib_batches, providers=settings.providers).model
+    calibrated = calibrate(
+        state.prepared,
+        inputs.calib,
+        noise=noise,
+        method=settings.method,
+        estimator=settings.estimator,
+        batch_size=settings.batch_size,
+        max_batches=settings.calib_batches,
+        providers=settings.providers,
+    ).model
     t2 = time.perf_counter()
     nabn = state.nabn.run(calibrated, inputs.test)
     t3 = time.perf_counter()
     sessions = state.vanilla.session_seconds + state.nabn.session_seconds - sessions_before
-    return {"noise": noise.kind, "eta": noise.eta, "seed": noise.seed, "vanilla": vanilla, "nabn": nabn,
-            "seconds": {"vanilla": t1 - t0, "calibrate": t2 - t1, "nabn": t3 - t2, "sessions": sessions},
-            "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    return {
+        "noise": noise.kind,
+        "eta": noise.eta,
+        "seed": noise.seed,
+        "vanilla": vanilla,
+        "nabn": nabn,
+        "seconds": {"vanilla": t1 - t0, "calibrate": t2 - t1, "nabn": t3 - t2, "sessions": sessions},
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
 
 
 def _fingerprint(model: ModelProto) -> str:
@@ -514,8 +588,10 @@ def _check_picklable(settings: SweepSettings) -> None:
     try:
         pickle.dumps(settings)
     except Exception as exc:  # what pickle raises depends on the object
-        raise NabnError(f"a parallel sweep sends its settings to other processes, and they do not pickle ({exc}); "
-                        "give the metric by name") from None
+        raise NabnError(
+            f"a parallel sweep sends its settings to other processes, and they do not pickle ({exc}); "
+            "give the metric by name"
+        ) from None
 
 
 def run_sweep(
@@ -569,13 +645,20 @@ def run_sweep(
     weights = noisy_tensor_names(proto, include_bias=plan.include_bias)
     if not weights:
         raise NabnError("the model has no analog layer with a constant weight: nothing to put noise on")
-    clean = _ChipRunner(False, lambda _: weights, settings.output, settings.providers,
-                        settings.eval_options()).run(proto, test)
+    clean = _ChipRunner(False, lambda _: weights, settings.output, settings.providers, settings.eval_options()).run(
+        proto, test
+    )
     store = None
     if results is not None:
-        header = {"model": _model_name(model, proto), "fingerprint": _fingerprint(proto),
-                  "metric": _metric_name(settings.metric), "method": settings.method,
-                  "settings": plan.shared_settings(), "measure": settings.describe(), "clean": clean}
+        header = {
+            "model": _model_name(model, proto),
+            "fingerprint": _fingerprint(proto),
+            "metric": _metric_name(settings.metric),
+            "method": settings.method,
+            "settings": plan.shared_settings(),
+            "measure": settings.describe(),
+            "clean": clean,
+        }
         store = ResultsFile.open(results, header, resume=resume)
     try:
         done = {} if store is None else {k: _report_row(r) for k, r in store.rows.items()}
@@ -584,8 +667,13 @@ def run_sweep(
         timing = {"calibrate": 0.0, "vanilla": 0.0, "nabn": 0.0, "sessions": 0.0}
         if todo:
             t0 = time.perf_counter()
-            prepared = split(proto, calib, batch_size=settings.batch_size, max_batches=settings.calib_batches,
-                             providers=settings.providers).model
+            prepared = split(
+                proto,
+                calib,
+                batch_size=settings.batch_size,
+                max_batches=settings.calib_batches,
+                providers=settings.providers,
+            ).model
             timing["split"] = time.perf_counter() - t0
             inputs = SweepInputs(uuid.uuid4().hex, proto, prepared, calib, test, tuple(weights), settings)
             with Progress(f"sweep {plan.noise}", len(tasks), enabled=show_progress, initial=resumed) as bar:
@@ -604,12 +692,22 @@ def run_sweep(
     finally:
         if store is not None:
             store.close()
-    report = SweepReport(_model_name(model, proto), _metric_name(settings.metric), settings.method,
-                         make_noise(plan.noise, plan.etas[0], **dict(plan.device),
-                                    **{k: v for k, v in plan.shared_settings().items()
-                                       if k not in ("noise", "device")}).describe(),
-                         clean, rows=[done[t.key] for t in tasks], reuse_sessions=settings.reuse_sessions,
-                         executor=executor.describe(), resumed=resumed)
+    report = SweepReport(
+        _model_name(model, proto),
+        _metric_name(settings.metric),
+        settings.method,
+        make_noise(
+            plan.noise,
+            plan.etas[0],
+            **dict(plan.device),
+            **{k: v for k, v in plan.shared_settings().items() if k not in ("noise", "device")},
+        ).describe(),
+        clean,
+        rows=[done[t.key] for t in tasks],
+        reuse_sessions=settings.reuse_sessions,
+        executor=executor.describe(),
+        resumed=resumed,
+    )
     timing["total"] = time.perf_counter() - started
     report.seconds = timing
     logger.info("%s", report.summary())
@@ -617,8 +715,13 @@ def run_sweep(
 
 
 def _report_row(row: Mapping[str, Any]) -> Dict[str, Any]:
-    return {"noise": row["noise"], "eta": float(row["eta"]), "seed": int(row["seed"]),
-            "vanilla": row["vanilla"], "nabn": row["nabn"]}
+    return {
+        "noise": row["noise"],
+        "eta": float(row["eta"]),
+        "seed": int(row["seed"]),
+        "vanilla": row["vanilla"],
+        "nabn": row["nabn"],
+    }
 
 
 def sweep(
@@ -688,12 +791,29 @@ def sweep(
     Raises:
         NabnError: bad model, data or settings (one-line message).
     """
-    plan = SweepPlan.of(noise, etas, seeds, sigma_t=sigma_t, sigma_s=sigma_s, temporal=temporal,
-                        include_bias=include_bias, device=device)
-    settings = SweepSettings(method=method, metric=metric, estimator=estimator, batch_size=batch_size,
-                             calib_batches=calib_batches, test_batches=test_batches, output=output,
-                             ignore_index=ignore_index, ignore_background=ignore_background,
-                             reuse_sessions=reuse_sessions, providers=tuple(providers) if providers else None)
+    plan = SweepPlan.of(
+        noise,
+        etas,
+        seeds,
+        sigma_t=sigma_t,
+        sigma_s=sigma_s,
+        temporal=temporal,
+        include_bias=include_bias,
+        device=device,
+    )
+    settings = SweepSettings(
+        method=method,
+        metric=metric,
+        estimator=estimator,
+        batch_size=batch_size,
+        calib_batches=calib_batches,
+        test_batches=test_batches,
+        output=output,
+        ignore_index=ignore_index,
+        ignore_background=ignore_background,
+        reuse_sessions=reuse_sessions,
+        providers=tuple(providers) if providers else None,
+    )
     return run_sweep(model, calib, test, plan, settings, show_progress=show_progress, executor=executor)
 
 
@@ -701,4 +821,3 @@ def _metric_name(metric: MetricLike) -> str:
     if isinstance(metric, str):
         return metric
     return getattr(metric, "name", None) or getattr(metric, "__name__", None) or type(metric).__name__
-

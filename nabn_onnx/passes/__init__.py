@@ -5,5 +5,12 @@ from .base import Pass, PassResult
 from .inject import InjectWeightNoisePass
 from .split import SplitBatchNormPass
 
-__all__ = ["Pass", "PassResult", "SplitBatchNormPass", "InjectWeightNoisePass", "AnalogIO", "InsertAnalogIOPass",
-           "StripAnalogIOPass"]
+__all__ = [
+    "Pass",
+    "PassResult",
+    "SplitBatchNormPass",
+    "InjectWeightNoisePass",
+    "AnalogIO",
+    "InsertAnalogIOPass",
+    "StripAnalogIOPass",
+]

@@ -89,10 +89,12 @@ class AnalogIO:
                 raise NoiseConfigError(f"{name} must be > 0")
         for name in ("adc_bits", "dac_bits"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
-                                      or not 2 <= value <= 24):
+            if value is not None and (
+                not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 2 <= value <= 24
+            ):
                 raise NoiseConfigError(
-                    f"{name} must be an integer from 2 to 24 (or None for no converter), got {value!r}")
+                    f"{name} must be an integer from 2 to 24 (or None for no converter), got {value!r}"
+                )
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**31:
             raise NoiseConfigError(f"seed must be an integer in [0, 2**31), got {self.seed!r}")
         if not (self.out_noise or self.adc_bits or self.dac_bits):
@@ -119,9 +121,16 @@ def _elem_type(model: ModelProto, weight: str) -> int:
     return TensorProto.FLOAT
 
 
-def measure_input_ranges(model: ModelProto, data, *, batch_size: int = 64, max_batches: Optional[int] = 8,
-                         include: Optional[str] = None, exclude: Optional[str] = None,
-                         providers: Optional[Sequence[str]] = None) -> Dict[str, float]:
+def measure_input_ranges(
+    model: ModelProto,
+    data,
+    *,
+    batch_size: int = 64,
+    max_batches: Optional[int] = 8,
+    include: Optional[str] = None,
+    exclude: Optional[str] = None,
+    providers: Optional[Sequence[str]] = None,
+) -> Dict[str, float]:
     """``{layer name: max|X|}`` of each analog layer's input over the data (reduced in the graph)."""
     from ..data import input_specs, iter_batches
     from ..runtime import MEASURE, make_session
@@ -132,11 +141,13 @@ def measure_input_ranges(model: ModelProto, data, *, batch_size: int = 64, max_b
     for i, layer in enumerate(layers):
         x = layer.node.input[0]
         name = f"{PREFIX}probe/{i}"
-        probe.graph.node.extend([
-            helper.make_node("Abs", [x], [name + "/abs"]),
-            helper.make_node("ReduceMax", [name + "/abs"], [name + "/max"], keepdims=0),
-            helper.make_node("Cast", [name + "/max"], [name], to=TensorProto.FLOAT),
-        ])
+        probe.graph.node.extend(
+            [
+                helper.make_node("Abs", [x], [name + "/abs"]),
+                helper.make_node("ReduceMax", [name + "/abs"], [name + "/max"], keepdims=0),
+                helper.make_node("Cast", [name + "/max"], [name], to=TensorProto.FLOAT),
+            ]
+        )
         probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, []))
         outputs[layer.name] = name
     if not outputs:
@@ -161,8 +172,13 @@ class InsertAnalogIOPass(Pass):
         exclude: regular expression on layer names; matching layers are left alone.
     """
 
-    def __init__(self, settings: AnalogIO, input_ranges: Dict[str, float], include: Optional[str] = None,
-                 exclude: Optional[str] = None):
+    def __init__(
+        self,
+        settings: AnalogIO,
+        input_ranges: Dict[str, float],
+        include: Optional[str] = None,
+        exclude: Optional[str] = None,
+    ):
         self.settings = settings
         self.input_ranges = dict(input_ranges)
         self.include = include
@@ -174,8 +190,9 @@ class InsertAnalogIOPass(Pass):
             logger.warning("model already carries analog periphery ops; not inserting again")
             return PassResult(model, False, {"layers": []})
         if _opset(model) < 11:
-            raise NabnError(f"the analog periphery needs opset 11 or later (Round, Clip with inputs); the model has "
-                            f"{_opset(model)}")
+            raise NabnError(
+                f"the analog periphery needs opset 11 or later (Round, Clip with inputs); the model has {_opset(model)}"
+            )
         s = self.settings
         inits = {t.name: t for t in model.graph.initializer}
         done: List[Dict[str, object]] = []
@@ -199,8 +216,15 @@ class InsertAnalogIOPass(Pass):
                 continue
             tag = f"{PREFIX}{index}/"
             inputs = list(node.input)
-            entry: Dict[str, object] = {"layer": layer.name, "op": node.op_type, "tag": tag, "output": node.output[0],
-                                        "inputs": inputs, "max_x": x_max, "max_w": w_max}
+            entry: Dict[str, object] = {
+                "layer": layer.name,
+                "op": node.op_type,
+                "tag": tag,
+                "output": node.output[0],
+                "inputs": inputs,
+                "max_x": x_max,
+                "max_w": w_max,
+            }
             const = functools.partial(_constant, new_inits, tag, np_type)
 
             before: List = []
@@ -210,10 +234,15 @@ class InsertAnalogIOPass(Pass):
                 step = bound / (2 ** (s.dac_bits - 1) - 1)
                 x, x_out = node.input[0], tag + "dac"
                 before += [
-                    helper.make_node("Clip", [x, const("dac_lo", -bound), const("dac_hi", bound)], [tag + "dac_clip"],
-                                     name=tag + "dac_clip"),
-                    helper.make_node("Div", [tag + "dac_clip", const("dac_step", step)], [tag + "dac_div"],
-                                     name=tag + "dac_div"),
+                    helper.make_node(
+                        "Clip",
+                        [x, const("dac_lo", -bound), const("dac_hi", bound)],
+                        [tag + "dac_clip"],
+                        name=tag + "dac_clip",
+                    ),
+                    helper.make_node(
+                        "Div", [tag + "dac_clip", const("dac_step", step)], [tag + "dac_div"], name=tag + "dac_div"
+                    ),
                     helper.make_node("Round", [tag + "dac_div"], [tag + "dac_round"], name=tag + "dac_round"),
                     helper.make_node("Mul", [tag + "dac_round", const("dac_step2", step)], [x_out], name=tag + "dac"),
                 ]
@@ -226,8 +255,15 @@ class InsertAnalogIOPass(Pass):
             node.output[0] = current
             if s.out_noise:
                 nodes += [
-                    helper.make_node("RandomNormalLike", [current], [tag + "noise"], name=tag + "noise",
-                                     mean=0.0, scale=float(s.out_noise * unit), seed=float(s.seed + index)),
+                    helper.make_node(
+                        "RandomNormalLike",
+                        [current],
+                        [tag + "noise"],
+                        name=tag + "noise",
+                        mean=0.0,
+                        scale=float(s.out_noise * unit),
+                        seed=float(s.seed + index),
+                    ),
                     helper.make_node("Add", [current, tag + "noise"], [tag + "noisy"], name=tag + "noisy"),
                 ]
                 current = tag + "noisy"
@@ -235,13 +271,19 @@ class InsertAnalogIOPass(Pass):
                 bound = s.out_bound * unit
                 step = bound / (2 ** (s.adc_bits - 1) - 1)
                 nodes += [
-                    helper.make_node("Clip", [current, const("adc_lo", -bound), const("adc_hi", bound)],
-                                     [tag + "adc_clip"], name=tag + "adc_clip"),
-                    helper.make_node("Div", [tag + "adc_clip", const("adc_step", step)], [tag + "adc_div"],
-                                     name=tag + "adc_div"),
+                    helper.make_node(
+                        "Clip",
+                        [current, const("adc_lo", -bound), const("adc_hi", bound)],
+                        [tag + "adc_clip"],
+                        name=tag + "adc_clip",
+                    ),
+                    helper.make_node(
+                        "Div", [tag + "adc_clip", const("adc_step", step)], [tag + "adc_div"], name=tag + "adc_div"
+                    ),
                     helper.make_node("Round", [tag + "adc_div"], [tag + "adc_round"], name=tag + "adc_round"),
-                    helper.make_node("Mul", [tag + "adc_round", const("adc_step2", step)], [tag + "adc"],
-                                     name=tag + "adc"),
+                    helper.make_node(
+                        "Mul", [tag + "adc_round", const("adc_step2", step)], [tag + "adc"], name=tag + "adc"
+                    ),
                 ]
                 current = tag + "adc"
             if bias is not None:
@@ -291,8 +333,14 @@ class StripAnalogIOPass(Pass):
         for entry in recorded["layers"]:
             raw = entry["tag"] + "raw"
             producers = [n for n in graph.node if not n.name.startswith(PREFIX) and raw in n.output]
-            analog = [n for n in graph.node if not n.name.startswith(PREFIX) and len(n.input) > 1
-                      and n.input[1] == entry["inputs"][1] and n.op_type == entry["op"]]
+            analog = [
+                n
+                for n in graph.node
+                if not n.name.startswith(PREFIX)
+                and len(n.input) > 1
+                and n.input[1] == entry["inputs"][1]
+                and n.op_type == entry["op"]
+            ]
             if len(producers) != 1 or len(analog) != 1:
                 raise NabnError(f"cannot find layer {entry['layer']} of nabn.analog in the graph: was it edited since?")
             outputs = list(producers[0].output)

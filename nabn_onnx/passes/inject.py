@@ -78,6 +78,11 @@ class InjectWeightNoisePass(Pass):
         if self.exclude:
             settings["exclude"] = self.exclude
         record(model, "inject", settings)
-        logger.info("injected %s noise (eta=%g, seed=%d) into %d tensor(s)", self.noise.kind, self.noise.eta,
-                    self.noise.seed, len(names))
+        logger.info(
+            "injected %s noise (eta=%g, seed=%d) into %d tensor(s)",
+            self.noise.kind,
+            self.noise.eta,
+            self.noise.seed,
+            len(names),
+        )
         return PassResult(model, True, {"tensors": names, "settings": settings})

@@ -53,8 +53,11 @@ logger = logging.getLogger(__name__)
 PLACEHOLDER_EPSILON = 2.0**-17
 #: The same per dtype: the largest power of two whose ``1 - eps`` the type still represents
 #: exactly, capped at float32's (a larger epsilon than needed would change tiny variances).
-_EPSILON_BY_DTYPE = {np.dtype(np.float16): 2.0**-11, np.dtype(np.float32): PLACEHOLDER_EPSILON,
-                     np.dtype(np.float64): PLACEHOLDER_EPSILON}
+_EPSILON_BY_DTYPE = {
+    np.dtype(np.float16): 2.0**-11,
+    np.dtype(np.float32): PLACEHOLDER_EPSILON,
+    np.dtype(np.float64): PLACEHOLDER_EPSILON,
+}
 
 
 def placeholder_epsilon(dtype) -> float:
@@ -65,6 +68,7 @@ def placeholder_epsilon(dtype) -> float:
     if dtype.name == "bfloat16":  # ml_dtypes: 8 bits of precision
         return 2.0**-8
     return PLACEHOLDER_EPSILON
+
 
 _INSERTED_SUFFIX = "/nabn_bn"
 
