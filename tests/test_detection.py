@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from nabn_onnx.errors import DataError, NabnError
-from nabn_onnx.evaluation.decoders import DECODERS, DecodedMetric, PicoDetDecoder, nms, register_decoder
+from nabn_onnx.evaluation.decoders import DECODERS, PicoDetDecoder, nms, register_decoder
 from nabn_onnx.evaluation.detection import DetectionMetrics, average_precision, box_iou, match_image
-from nabn_onnx.evaluation.metrics import make_metric, make_metrics
+from nabn_onnx.evaluation.metrics import DecodedMetric, make_metric, make_metrics
 
 TOL = 1e-9
 

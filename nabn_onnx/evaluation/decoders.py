@@ -12,8 +12,9 @@ probability map to a mask). A decoder is that step, as a small plug-in:
   :func:`~nabn_onnx.evaluation.metrics.make_metric` find it.
 
 A metric spec ``"<decoder>:<metric>"`` (``"picodet:map50"``, ``"dbnet:miou"``) or a bare
-decoder name (its default metric) builds a :class:`DecodedMetric`; Python callers may also
-pass ``DecodedMetric(MyDecoder(), "map50")`` directly. :class:`~nabn_onnx.evaluation.Evaluator`
+decoder name (its default metric) builds a
+:class:`~nabn_onnx.evaluation.metrics.DecodedMetric`; Python callers may also pass
+``DecodedMetric(MyDecoder(), "map50")`` directly. :class:`~nabn_onnx.evaluation.Evaluator`
 runs every output of the model when a metric asks for it (``all_outputs``).
 
 Built-in decoders:
@@ -43,7 +44,6 @@ from ..errors import DataError, NabnError
 
 __all__ = [
     "Decoder",
-    "DecodedMetric",
     "PicoDetDecoder",
     "DBNetDecoder",
     "DECODERS",
@@ -240,35 +240,3 @@ def make_decoder(spec: Union[str, Decoder]) -> Decoder:
     if not callable(spec):
         raise NabnError(f"a decoder must be a name or a callable object, got {type(spec).__name__}")
     return spec
-
-
-class DecodedMetric:
-    """A metric fed with decoded outputs: ``metric.update(decoder(outputs), labels)``.
-
-    Args:
-        decoder: a :class:`Decoder` or a registered name.
-        metric: the metric reading the decoded predictions: a name or a metric object
-            (None: the decoder's ``default_metric``).
-        **options: passed to :func:`~nabn_onnx.evaluation.metrics.make_metric` for a named metric.
-    """
-
-    def __init__(self, decoder: Union[str, Decoder], metric=None, **options):
-        from .metrics import make_metric
-
-        self.decoder = make_decoder(decoder)
-        defaults = getattr(self.decoder, "metric_options", {})
-        options = {k: (defaults[k] if v is None and k in defaults else v) for k, v in options.items()}
-        self.metric = make_metric(metric if metric is not None else self.decoder.default_metric, **options)
-        self.all_outputs = bool(getattr(self.decoder, "all_outputs", False))
-        self.name = (
-            f"{getattr(self.decoder, 'name', type(self.decoder).__name__)}:"
-            f"{getattr(self.metric, 'name', type(self.metric).__name__)}"
-        )
-
-    def update(self, outputs: Outputs, labels: Optional[np.ndarray]) -> None:
-        """Decode one batch of outputs and feed the metric."""
-        self.metric.update(self.decoder(outputs), labels)
-
-    def result(self):
-        """The metric over every batch seen so far."""
-        return self.metric.result()

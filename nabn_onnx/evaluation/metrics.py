@@ -39,13 +39,17 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 
 from ..errors import DataError, NabnError
 
+if TYPE_CHECKING:  # for annotations only: decoders is imported where a decoder is built
+    from .decoders import Decoder
+
 __all__ = [
+    "DecodedMetric",
     "Metric",
     "TopK",
     "ConfusionMatrix",
@@ -319,7 +323,7 @@ def make_metric(
             from .detection import MeanAP, MeanAR
 
             return (MeanAP if detection.group(1) == "map" else MeanAR)(iou=int(detection.group(2)) / 100)
-        from .decoders import DECODERS, DecodedMetric
+        from .decoders import DECODERS
 
         decoder, colon, inner = name.partition(":")
         if decoder in DECODERS:
@@ -360,3 +364,35 @@ def make_metrics(spec: Union[MetricLike, Sequence[MetricLike]], **options) -> Di
         name = getattr(metric, "name", type(metric).__name__)
         metrics[name if name not in metrics else f"{name}_{len(metrics)}"] = metric
     return metrics
+
+
+class DecodedMetric:
+    """A metric fed with decoded outputs: ``metric.update(decoder(outputs), labels)``.
+
+    Args:
+        decoder: a :class:`~nabn_onnx.evaluation.decoders.Decoder` or a registered name.
+        metric: the metric reading the decoded predictions: a name or a metric object
+            (None: the decoder's ``default_metric``).
+        **options: passed to :func:`make_metric` for a named metric.
+    """
+
+    def __init__(self, decoder: Union[str, Decoder], metric=None, **options):
+        from .decoders import make_decoder
+
+        self.decoder = make_decoder(decoder)
+        defaults = getattr(self.decoder, "metric_options", {})
+        options = {k: (defaults[k] if v is None and k in defaults else v) for k, v in options.items()}
+        self.metric = make_metric(metric if metric is not None else self.decoder.default_metric, **options)
+        self.all_outputs = bool(getattr(self.decoder, "all_outputs", False))
+        self.name = (
+            f"{getattr(self.decoder, 'name', type(self.decoder).__name__)}:"
+            f"{getattr(self.metric, 'name', type(self.metric).__name__)}"
+        )
+
+    def update(self, outputs: Any, labels: Optional[np.ndarray]) -> None:
+        """Decode one batch of outputs and feed the metric."""
+        self.metric.update(self.decoder(outputs), labels)
+
+    def result(self):
+        """The metric over every batch seen so far."""
+        return self.metric.result()
