@@ -460,6 +460,11 @@ def _metric_args(parser: argparse.ArgumentParser, several: bool) -> None:
         "outputs (picodet:map50, picodet:mar50, dbnet:miou, dbnet:pixel-acc)"
         + (", or several comma-separated" if several else ""),
     )
+    _metric_reading_args(parser)
+
+
+def _metric_reading_args(parser: argparse.ArgumentParser) -> None:
+    """How a metric reads the model's outputs and the labels (declared once for evaluate, sweep and check)."""
     parser.add_argument("--output-name", help="model output the metric reads: name or index (default: the first)")
     parser.add_argument("--ignore-index", type=int, default=255, help="segmentation label never counted (default 255)")
     parser.add_argument(
@@ -907,15 +912,7 @@ def _add_check_command(sub, common: argparse.ArgumentParser) -> None:
     )
     _chip_grid_args(p, default_seeds=3)
     _method_arg(p)
-    p.add_argument("--output-name", help="model output the metric reads: name or index (default: the first)")
-    p.add_argument("--ignore-index", type=int, default=255, help="segmentation label never counted (default 255)")
-    p.add_argument(
-        "--ignore-background",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="drop background (class 0) pixels (default: yes for miou, as the paper; no for pixel-acc)",
-    )
-    p.add_argument("--batch-size", type=int, default=64)
+    _metric_reading_args(p)
     p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
     p.add_argument("--test-batches", type=int, help="evaluate on at most this many batches")
     p.add_argument("--report", help="write the verdict and every chip's numbers as JSON")
