@@ -210,7 +210,7 @@ def measure(
             "batch of several samples, which this graph cannot run; export it with a dynamic batch axis "
             "(PyTorch: torch.onnx.export(..., dynamic_axes={'input': {0: 'N'}}))"
         )
-    per_sample = _elements_per_sample(model, train + tap, plan)
+    per_sample = _elements_per_sample(model, train + tap)
     # the statistics graph rewrites nodes and BatchNorm parameters only: the weights stay in `model`
     stats_model, weights = without_large_initializers(model)
     expose = ExposeBatchNormStatsPass(train=train, tap=tap, keep_outputs=False, shapes=per_sample is None)
@@ -305,7 +305,7 @@ def collect_stats(model: ModelProto, data: DataLike, **kwargs) -> Tuple[Stats, i
     return measured.stats, measured.batches, measured.samples
 
 
-def _elements_per_sample(model: ModelProto, bn_names: Sequence[str], plan: BatchPlan) -> Optional[Dict[str, int]]:
+def _elements_per_sample(model: ModelProto, bn_names: Sequence[str]) -> Optional[Dict[str, int]]:
     """Elements per channel per sample at each BatchNorm input, when shape inference knows them all."""
     shapes = infer_shapes_light(model, batch_size=1)
     inputs = {n.name: n.input[0] for n in batchnorm_nodes(model)}
