@@ -518,11 +518,7 @@ def _cmd_sweep(args, parser) -> int:
     from .evaluation.sweep import SweepPlan, SweepSettings, run_sweep
 
     kind, device, etas = _chip_grid_noise(args, parser)
-    try:
-        seed_values = [int(v) for v in args.seeds.split(",") if v.strip()]
-    except ValueError:
-        raise NabnError(f"--seeds must be a count or comma-separated integers, got {args.seeds!r}") from None
-    seeds = seed_values if "," in args.seeds else seed_values[0] if seed_values else 0
+    seeds = _parse_seeds(args.seeds)
     report_path = _report_suffix(args.report, (".json", ".md", ".csv"))
     plot_path = _report_suffix(args.plot, (".png", ".svg", ".pdf"))
     if args.resume and not args.results:
@@ -694,11 +690,7 @@ def _cmd_drift(args, parser) -> int:
     options.pop("compensation", None)
     device = make_noise(kind, args.eta, include_bias=args.include_bias, **options)
     assert isinstance(device, DeviceNoise)  # kind is one of DEVICE_MODELS
-    try:
-        seed_values = [int(v) for v in args.seeds.split(",") if v.strip()]
-    except ValueError:
-        raise NabnError(f"--seeds must be a count or comma-separated integers, got {args.seeds!r}") from None
-    seeds = seed_values if "," in args.seeds else seed_values[0] if seed_values else 0
+    seeds = _parse_seeds(args.seeds)
     report_path = _report_suffix(args.report, (".json", ".md", ".csv"))
     plot_path = _report_suffix(args.plot, (".png", ".svg", ".pdf"))
     report = drift_sweep(
@@ -874,6 +866,7 @@ def _run_check(args, parser) -> int:
 
 
 def _parse_seeds(text: str):
+    """``--seeds``: a count K (seeds 0..K-1) or a comma-separated list (sweep, drift and check)."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
