@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional
 
 from onnx import ModelProto
 
+from .calibration.config import SplitConfig, SplitOptions
 from .data import DataLike, check_batching
 from .errors import NabnError, NothingToDoError
 from .graph import find_analog_layers, select_layers, skip_summary
@@ -15,6 +16,10 @@ from .noise import NoiseModel
 from .passes.base import PassResult
 from .passes.inject import InjectWeightNoisePass
 from .passes.split import SplitBatchNormPass
+from .progress import Progress
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["split", "inject", "inspect_model"]
 
@@ -26,15 +31,11 @@ def _load_copy(model: ModelLike) -> ModelProto:
 def split(
     model: ModelLike,
     data: Optional[DataLike] = None,
+    config: Optional[SplitConfig] = None,
     *,
-    include: Optional[str] = None,
-    exclude: Optional[str] = None,
-    batch_size: int = 64,
-    max_batches: Optional[int] = None,
     output=None,
     external_data: Optional[bool] = None,
-    providers: Optional[Sequence[str]] = None,
-    show_progress: bool = False,
+    **options: Unpack[SplitOptions],
 ) -> PassResult:
     """Insert a BatchNormalization after every selected analog layer that lacks one.
 
@@ -42,24 +43,24 @@ def split(
         model: path or ``ModelProto`` (not modified).
         data: optional calibration data; with it the inserted BatchNorms get the clean
             statistics measured on it, without it the exact-identity placeholder.
-        include: regular expression of layer names to split (all by default).
-        exclude: regular expression of layer names to leave alone.
-        batch_size: samples per batch when measuring.
-        max_batches: use at most this many batches when measuring.
+        config: which layers (``layers``), and how the data is measured; or give them as flat
+            keywords: ``include=``/``exclude=`` (regular expressions of layer names),
+            ``batch_size=``, ``max_batches=``, ``estimator=``, ``providers=``, ``show_progress=``.
         output: save the result here (atomically).
         external_data: store the output's tensors in ``<output>.data`` (None: only above 2 GB).
-        providers: onnxruntime execution providers.
-        show_progress: draw a progress bar on a terminal.
+        **options: flat settings keywords (:class:`~nabn_onnx.calibration.config.SplitOptions`).
 
     Returns:
         The pass result: ``model``, ``modified`` and ``details`` (inserted, skipped).
     """
-    from .calibration.engine import measure_inserted
+    from .calibration.engine import _count_batches, measure_inserted
 
+    config = SplitConfig.build(config, options)
+    include, exclude = config.layers.include, config.layers.exclude
     if output is not None:
         check_output(model, output)
     if data is not None:
-        check_batching(data, batch_size, max_batches, min_batch=2)
+        check_batching(data, config.data.batch_size, config.data.max_batches, min_batch=2)
     proto = _load_copy(model)
     result = SplitBatchNormPass(include=include, exclude=exclude)(proto)
     selected = select_layers(find_analog_layers(proto), include, exclude)
@@ -73,16 +74,9 @@ def split(
         # every selected layer was skipped: writing the input back unchanged would look like success
         raise NothingToDoError(f"no analog layer can take a BatchNorm: {skip_summary(selected)}")
     if data is not None and result.details["inserted"]:
-        measure_inserted(
-            proto,
-            proto,
-            result.details["inserted"],
-            data,
-            batch_size=batch_size,
-            max_batches=max_batches,
-            providers=providers,
-            show_progress=show_progress,
-        )
+        total = _count_batches(data, config.data.batch_size, config.data.max_batches)
+        with Progress("measuring", total, enabled=config.runtime.show_progress) as bar:
+            measure_inserted(proto, proto, result.details["inserted"], data, config.reading(), progress=bar)
     record(
         proto,
         "split",

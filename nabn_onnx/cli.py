@@ -324,6 +324,21 @@ def _cmd_inject(args, parser) -> int:
     return 0
 
 
+def _calibration_config(args, noise, **fields):
+    """The :class:`CalibrationConfig` of the calibrate and diagnose commands' argument groups."""
+    from .calibration.config import CalibrationConfig
+    from .settings import DataSettings, LayerSelection, RuntimeSettings
+
+    return CalibrationConfig(
+        method=args.method,
+        noise=noise,
+        data=DataSettings(args.batch_size, args.max_batches),
+        layers=LayerSelection(getattr(args, "include", None), getattr(args, "exclude", None)),
+        runtime=RuntimeSettings(_providers(args), show_progress=not args.quiet),
+        **fields,
+    )
+
+
 def _cmd_calibrate(args, parser) -> int:
     from .calibration import Estimator, calibrate
     from .io import save_model
@@ -341,20 +356,8 @@ def _cmd_calibrate(args, parser) -> int:
         unbiased=not args.biased,
         momentum=0.999 if args.momentum is None else args.momentum,
     )
-    result = calibrate(
-        args.model,
-        args.data,
-        noise=noise,
-        method=args.method,
-        estimator=estimator,
-        batch_size=args.batch_size,
-        max_batches=args.max_batches,
-        include=args.include,
-        exclude=args.exclude,
-        reference=args.reference,
-        show_progress=not args.quiet,
-        providers=_providers(args),
-    )
+    config = _calibration_config(args, noise, estimator=estimator)
+    result = calibrate(args.model, args.data, config, reference=args.reference)
     gain = None
     if args.test:
         from .evaluation.evaluate import measure_gain
@@ -580,14 +583,9 @@ def _cmd_diagnose(args, parser) -> int:
     report = diagnose(
         args.model,
         _data_source(args.data, args),
-        noise=noise,
-        method=args.method,
+        _calibration_config(args, noise),
         at=args.at,
         bins=args.bins,
-        batch_size=args.batch_size,
-        max_batches=args.max_batches,
-        show_progress=not args.quiet,
-        providers=_providers(args),
     )
     if report_path:
         report.write(report_path)

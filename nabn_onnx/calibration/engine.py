@@ -60,10 +60,11 @@ Methods:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from onnx import ModelProto
@@ -73,18 +74,23 @@ from ..errors import NabnError, NothingToDoError
 from ..graph import batchnorm_nodes, find_analog_layers, infer_shapes_light, select_layers, skip_summary
 from ..io import ModelLike, check_output, load_model, read_record, record, save_model, without_large_initializers
 from ..logs import once_per_job, warn_once
-from ..noise import NoiseModel
 from ..passes.inject import InjectWeightNoisePass
 from ..passes.split import SplitBatchNormPass
 from ..passes.write_stats import WriteBatchNormStatsPass, bn_epsilon, read_bn_params
 from ..progress import Progress
 from ..runtime import DYNAMIC, MEASURE, SERVE, BatchPlan, chunks, make_session, plan_batch, run_chunked
+from .config import METHODS, CalibrationConfig, CalibrationOptions, Reading
 from .select import choose_candidate
-from .stats import DEFAULT_ESTIMATOR, Estimator
 from .statsgraph import ExposeBatchNormStatsPass
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "calibrate",
+    "Calibrator",
+    "CalibrationConfig",
+    "measure",
     "collect_stats",
     "CalibrationResult",
     "CalibrationReport",
@@ -100,7 +106,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("auto", "paper", "delta")
 #: ``auto`` holds out the last 1/k of every calibration batch to score the candidates on.
 HOLDOUT_EVERY = 4
 #: Candidates ``auto`` scores, in order of preference on ties.
@@ -181,16 +186,12 @@ class Measured:
 def measure(
     model: ModelProto,
     data: DataLike,
+    reading: Optional[Reading] = None,
     *,
     train: Iterable[str] = (),
     tap: Iterable[str] = (),
-    estimator: Estimator = DEFAULT_ESTIMATOR,
-    batch_size: int = 64,
-    max_batches: Optional[int] = None,
-    providers: Optional[Sequence[str]] = None,
     progress: Optional[Progress] = None,
     holdout: Optional[str] = None,
-    plan: BatchPlan = DYNAMIC,
 ) -> Measured:
     """Stream ``data`` through ``model`` and estimate per-channel statistics of BatchNorm inputs.
 
@@ -199,10 +200,19 @@ def measure(
     ``holdout`` a second estimate leaves out the held-out samples: ``"batches"`` every
     :data:`HOLDOUT_EVERY`-th batch, ``"samples"`` the last quarter of every batch (each batch
     then also runs its fit part alone, see :func:`holdout_split`). The estimate over all
-    samples always comes from whole batches. A model
-    whose batch is fixed and cannot be freed (``plan``) runs in chunks of its fixed batch,
-    each chunk one batch of Algorithm 1.
+    samples always comes from whole batches. ``reading`` holds the estimator, batching and
+    providers (defaults if None). A model whose batch is fixed and cannot be freed
+    (``reading.plan``, planned here when None) runs in chunks of its fixed batch, each chunk
+    one batch of Algorithm 1.
     """
+    reading = reading if reading is not None else Reading()
+    estimator, batch_size, max_batches, providers = (
+        reading.estimator,
+        reading.batch_size,
+        reading.max_batches,
+        reading.providers,
+    )
+    plan = reading.plan if reading.plan is not None else plan_batch(model, providers)
     train, tap = list(train), list(tap)
     if train and plan.chunk == 1:
         raise NabnError(
@@ -299,9 +309,11 @@ def _varies(batch: Batch) -> bool:
     return False
 
 
-def collect_stats(model: ModelProto, data: DataLike, **kwargs) -> Tuple[Stats, int, int]:
-    """:func:`measure` returning ``({bn name: (mean, var)}, batches, samples)``."""
-    measured = measure(model, data, **kwargs)
+def collect_stats(
+    model: ModelProto, data: DataLike, reading: Optional[Reading] = None, **kwargs
+) -> Tuple[Stats, int, int]:
+    """``(stats, batches, samples)`` of :func:`measure` (keywords ``train``, ``tap``, ``progress``)."""
+    measured = measure(model, data, reading, **kwargs)
     return measured.stats, measured.batches, measured.samples
 
 
@@ -496,37 +508,21 @@ def measure_inserted(
     clean: ModelProto,
     names: Sequence[str],
     data: DataLike,
+    reading: Optional[Reading] = None,
     *,
-    estimator: Estimator = DEFAULT_ESTIMATOR,
-    batch_size: int = 64,
-    max_batches: Optional[int] = None,
-    providers: Optional[Sequence[str]] = None,
-    show_progress: bool = False,
     progress: Optional[Progress] = None,
-    plan: Optional[BatchPlan] = None,
 ) -> Stats:
     """Measure the clean statistics of inserted BatchNorms and write them into ``model``.
 
     The BatchNorms ``names`` of ``clean`` are tapped in eval mode (the clean network runs as
     written); each gets ``mean = mu, var = s2, scale = sqrt(s2 + eps), B = mu``, the identity
     on data with those statistics, in ``model`` (and in ``clean`` when it is another model).
+    ``progress`` advances once per batch.
     """
-    if plan is None:
-        plan = plan_batch(clean, providers)
-    bar = progress or Progress("measuring", _count_batches(data, batch_size, max_batches), enabled=show_progress)
-    stats, _, _ = collect_stats(
-        clean,
-        data,
-        tap=names,
-        estimator=estimator,
-        batch_size=batch_size,
-        max_batches=max_batches,
-        providers=providers,
-        progress=bar,
-        plan=plan,
-    )
-    if progress is None:
-        bar.close()
+    reading = reading if reading is not None else Reading()
+    if reading.plan is None:
+        reading = dataclasses.replace(reading, plan=plan_batch(clean, reading.providers))
+    stats, _, _ = collect_stats(clean, data, reading, tap=names, progress=progress)
     eps_of = {n.name: bn_epsilon(n) for n in batchnorm_nodes(model)}
     values = _measured_bn_values(stats, eps_of)
     WriteBatchNormStatsPass(values)(model)
@@ -541,7 +537,10 @@ def measure_inserted(
 
 @dataclass
 class _Job:
-    """What one calibration works on, decided by :func:`_prepare` before any data is read.
+    """One calibration's state, extended by each step.
+
+    :meth:`Calibrator.prepare` decides the first fields before any data is read; the steps
+    after it add the statistics measured and the choice.
 
     Attributes:
         model: the model being calibrated (it becomes the calibrated chip).
@@ -556,6 +555,14 @@ class _Job:
         left: BatchNorms or analog layers left alone, with the reason.
         note: why the method runs as it does.
         plan: how sessions take batches.
+        reference: each recalibrated BatchNorm's statistics before calibration.
+        holdout: how ``auto`` (or the chip guard) holds samples out, None when nothing is scored.
+        clean_run: the clean model's train-mode statistics (``delta``/``auto``).
+        noisy_run: the chip's train-mode statistics (Algorithm 1).
+        chosen: the statistics written (a method or ``auto``'s candidate).
+        scores: ``auto``'s (or the guard's) score per candidate.
+        scored_on: samples the scores were computed on.
+        in_sample: the scores were computed on the samples the candidates were estimated on.
     """
 
     model: ModelProto
@@ -569,6 +576,14 @@ class _Job:
     left: Dict[str, str]
     note: str
     plan: BatchPlan
+    reference: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
+    holdout: Optional[str] = None
+    clean_run: Optional[Measured] = None
+    noisy_run: Optional[Measured] = None
+    chosen: str = ""
+    scores: Optional[Dict[str, float]] = None
+    scored_on: int = 0
+    in_sample: bool = False
 
 
 _NEEDS_CLEAN = (
@@ -581,92 +596,6 @@ def _load(model: ModelLike) -> ModelProto:
     return load_model(copy.deepcopy(model) if isinstance(model, ModelProto) else model)
 
 
-def _prepare(
-    model: ModelLike,
-    *,
-    noise: Optional[NoiseModel],
-    reference: Optional[ModelLike],
-    method: str,
-    include: Optional[str],
-    exclude: Optional[str],
-    providers: Optional[Sequence[str]],
-) -> _Job:
-    """Load, decide what the model is, split where a clean model is known, and plan batches."""
-    proto = _load(model)
-    if noise is not None and reference is not None:
-        raise NabnError(
-            "give either --noise (the model is clean; a chip is simulated on it) or --reference (the "
-            "model is the chip; this is the clean one), not both"
-        )
-    if noise is not None and read_record(proto, "inject") is not None:
-        raise NabnError(
-            "the model already carries injected noise (nabn.inject); calibrate the clean model with "
-            "--noise, or drop --noise to calibrate this chip as it is"
-        )
-    if noise is None and reference is None:
-        return _prepare_chip(proto, method, include, exclude, providers)
-    inserted = list(SplitBatchNormPass(include=include, exclude=exclude)(proto).details.get("inserted", []))
-    name_batchnorms(proto)
-    names = [n.name for n in batchnorm_nodes(proto)]
-    if not names:
-        raise NothingToDoError(_nothing_to_calibrate(proto))
-    clean = proto
-    mode = "simulated"
-    if reference is not None:
-        mode = "reference"
-        clean = _load(reference)
-        SplitBatchNormPass(include=include, exclude=exclude)(clean)
-        name_batchnorms(clean)
-        if [n.name for n in batchnorm_nodes(clean)] != names:
-            raise NabnError(
-                "the reference model's BatchNorms do not match the model's: give the same model before noise"
-            )
-    recorded = set(read_record(proto, "inserted_bn", []) or [])
-    params = read_bn_params(proto)
-    eps_of = {n.name: bn_epsilon(n) for n in batchnorm_nodes(proto)}
-    placeholders = [n for n in names if n in recorded and is_placeholder(params[n], eps_of[n])]
-    origin = {n: "inserted" if n in recorded else "original" for n in names}
-    return _Job(proto, clean, mode, method, names, placeholders, inserted, origin, {}, "", plan_batch(proto, providers))
-
-
-def _prepare_chip(
-    proto: ModelProto, method: str, include: Optional[str], exclude: Optional[str], providers: Optional[Sequence[str]]
-) -> _Job:
-    """The model is the chip and no clean model is known: recalibrate what holds clean statistics."""
-    if method == "delta":
-        raise NabnError(f"method 'delta' needs the clean model: {_NEEDS_CLEAN}")
-    name_batchnorms(proto)
-    recorded = set(read_record(proto, "inserted_bn", []) or [])
-    params = read_bn_params(proto)
-    names, left, origin = [], {}, {}
-    for node in batchnorm_nodes(proto):
-        if node.name in recorded and is_placeholder(params[node.name], bn_epsilon(node)):
-            left[node.name] = (
-                "inserted without clean statistics: run 'split --data' on the clean model, or pass --reference"
-            )
-        elif any(params[node.name][k] is None for k in ("mean", "var")):
-            left[node.name] = "statistics are computed at run time, not stored"
-        else:
-            names.append(node.name)
-            origin[node.name] = "inserted" if node.name in recorded else "original"
-    layers = find_analog_layers(proto)
-    selected = {id(layer.node) for layer in select_layers(layers, include, exclude)}
-    for layer in layers:
-        if layer.bn is None and id(layer.node) in selected:
-            left[layer.name] = (
-                "no BatchNorm and no clean model to measure one on: run 'split --data' on the clean "
-                "model before programming the chip, or pass --reference"
-            )
-    if not names and (not layers or all(layer.skip_reason and layer.bn is None for layer in layers)):
-        raise NothingToDoError(_nothing_to_calibrate(proto))
-    if not names:
-        raise NothingToDoError(
-            "nothing to recalibrate on this chip without its clean model: it has no BatchNorm holding trained "
-            f"statistics ({len(left)} analog layer(s) or BatchNorm(s) left alone); {_NEEDS_CLEAN}"
-        )
-    return _Job(proto, None, "chip", "paper", names, [], [], origin, left, "", plan_batch(proto, providers))
-
-
 def _nothing_to_calibrate(proto: ModelProto) -> str:
     why = skip_summary(find_analog_layers(proto))
     return (
@@ -675,73 +604,33 @@ def _nothing_to_calibrate(proto: ModelProto) -> str:
     )
 
 
-@dataclass
-class _Runs:
-    """Settings every pass over the data shares."""
-
-    estimator: Estimator
-    batch_size: int
-    max_batches: Optional[int]
-    providers: Optional[Sequence[str]]
-    plan: BatchPlan
-
-    def measure(self, model: ModelProto, data: DataLike, bar: Progress, **kwargs) -> Measured:
-        return measure(
-            model,
-            data,
-            estimator=self.estimator,
-            batch_size=self.batch_size,
-            max_batches=self.max_batches,
-            providers=self.providers,
-            progress=bar,
-            plan=self.plan,
-            **kwargs,
-        )
-
-
 def calibrate(
     model: ModelLike,
     data: DataLike,
+    config: Optional[CalibrationConfig] = None,
     *,
-    noise: Optional[NoiseModel] = None,
-    method: str = "auto",
-    estimator: Estimator = DEFAULT_ESTIMATOR,
-    batch_size: int = 64,
-    max_batches: Optional[int] = None,
-    include: Optional[str] = None,
-    exclude: Optional[str] = None,
     reference: Optional[ModelLike] = None,
     output=None,
-    providers: Optional[Sequence[str]] = None,
-    show_progress: bool = False,
     external_data: Optional[bool] = None,
+    **options: Unpack[CalibrationOptions],
 ) -> CalibrationResult:
     """Re-estimate the BatchNorm statistics of a model on a noisy chip.
 
-    The steps, each a function of this module: :func:`_prepare` (what the model is, what
-    can be recalibrated, split, batch plan), then over the data the clean reference
-    statistics of inserted BatchNorms, the clean train-mode statistics (``delta``/``auto``),
-    the noise, the noisy train-mode statistics (Algorithm 1), ``auto``'s choice, and the
-    write-back with the report.
+    ``calibrate(model, data, config)`` is ``Calibrator(config)(model, data)``; the settings
+    come as a :class:`CalibrationConfig` or as its flat keywords (``noise=``, ``method=``,
+    ``estimator=``, ``batch_size=``, ``max_batches=``, ``include=``, ``exclude=``,
+    ``providers=``, ``show_progress=``), which fill in ``config``'s fields.
 
     Args:
         model: path or ``ModelProto`` (not modified; a copy is calibrated).
         data: calibration data: an ``.npz`` path, a dict of arrays, an onnxruntime
             ``CalibrationDataReader`` or an iterable of feed dicts.
-        noise: simulate this chip on the clean ``model`` (the same noise ``inject`` writes with
-            the same settings); None: ``model`` is the chip itself.
-        method: ``"auto"``, ``"paper"`` or ``"delta"`` (see the module docstring).
-        estimator: how batch statistics are combined.
-        batch_size: samples per batch for file and dict data.
-        max_batches: use at most this many batches.
-        include: regular expression of analog layer names to split (all by default).
-        exclude: regular expression of analog layer names not to split.
+        config: the settings (defaults: ``auto``, no simulated noise, batches of 64).
         reference: the clean model when ``model`` is the chip (enables ``delta``/``auto`` and
             BatchNorms inserted where the exporter folded them).
         output: where to save the calibrated model (atomically); None to only return it.
-        providers: onnxruntime execution providers.
-        show_progress: draw a progress bar on a terminal.
         external_data: store the output's tensors in ``<output>.data`` (None: only above 2 GB).
+        **options: flat settings keywords (:class:`CalibrationOptions`).
 
     Returns:
         The calibrated model and a :class:`CalibrationReport`.
@@ -749,170 +638,302 @@ def calibrate(
     Raises:
         NabnError: bad model, data or settings, or nothing that can be recalibrated (one line).
     """
-    started = time.perf_counter()
-    if method not in METHODS:
-        raise NabnError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if output is not None:
-        check_output(model, output)
-    check_batching(data, batch_size, max_batches, min_batch=2)
-    with once_per_job():
-        job = _prepare(
-            model,
-            noise=noise,
-            reference=reference,
-            method=method,
-            include=include,
-            exclude=exclude,
-            providers=providers,
-        )
-        data = replayable(data)
-        runs = _Runs(estimator, batch_size, max_batches, providers, job.plan)
+    calibrator = Calibrator(CalibrationConfig.build(config, options))
+    return calibrator(model, data, reference=reference, output=output, external_data=external_data)
+
+
+class Calibrator:
+    """A calibration as a short sequence of named steps, settings given once.
+
+    Calling it runs, top to bottom: :meth:`check` (settings against the inputs, before any
+    work), :meth:`prepare` (what the model is, what can be recalibrated, split, batch plan),
+    then over the data :meth:`measure_inserted` (clean statistics of BatchNorms this run
+    inserted), :meth:`measure_clean` (the clean train-mode statistics ``delta``/``auto``
+    need), :meth:`put_noise` (one simulated chip), :meth:`measure_noisy` (Algorithm 1),
+    :meth:`choose` (``auto``'s candidates, or the guard on a chip without its clean model),
+    and :meth:`write_back`, :meth:`report`, :meth:`save`. Each step reads and extends one
+    job state (:class:`_Job`), so each can be run and tested on its own.
+    """
+
+    def __init__(self, config: Optional[CalibrationConfig] = None):
+        self.config = config if config is not None else CalibrationConfig()
+
+    def __call__(
+        self,
+        model: ModelLike,
+        data: DataLike,
+        *,
+        reference: Optional[ModelLike] = None,
+        output=None,
+        external_data: Optional[bool] = None,
+    ) -> CalibrationResult:
+        """Calibrate ``model`` on ``data`` (arguments as for :func:`calibrate`)."""
+        started = time.perf_counter()
+        self.check(model, data, reference, output)
+        with once_per_job():
+            job = self.prepare(model, reference)
+            data = replayable(data)
+            with self.progress(job, data) as bar:
+                self.measure_inserted(job, data, bar)
+                self.measure_clean(job, data, bar)
+                clean_session = self.clean_session(job)
+                self.put_noise(job)
+                self.measure_noisy(job, data, bar)
+                self.choose(job, data, clean_session, bar)
+                del clean_session
+            layers = self.write_back(job)
+        report = self.report(job, layers, started)
+        if output is not None:
+            save_model(job.model, output, external_data=external_data)
+        report.seconds = time.perf_counter() - started
+        return CalibrationResult(job.model, report)
+
+    # ---- the steps, in order
+
+    def check(self, model: ModelLike, data: DataLike, reference: Optional[ModelLike], output) -> None:
+        """Refuse settings that cannot work with these inputs, before any work is done."""
+        if self.config.noise is not None and reference is not None:
+            raise NabnError(
+                "give either --noise (the model is clean; a chip is simulated on it) or --reference (the "
+                "model is the chip; this is the clean one), not both"
+            )
+        if output is not None:
+            check_output(model, output)
+        check_batching(data, self.config.data.batch_size, self.config.data.max_batches, min_batch=2)
+
+    def prepare(self, model: ModelLike, reference: Optional[ModelLike] = None) -> _Job:
+        """Load, decide what the model is, split where a clean model is known, and plan batches."""
+        noise, layers, providers = self.config.noise, self.config.layers, self.config.runtime.providers
+        proto = _load(model)
+        if noise is not None and read_record(proto, "inject") is not None:
+            raise NabnError(
+                "the model already carries injected noise (nabn.inject); calibrate the clean model with "
+                "--noise, or drop --noise to calibrate this chip as it is"
+            )
+        if noise is None and reference is None:
+            job = self._prepare_chip(proto)
+        else:
+            split = SplitBatchNormPass(include=layers.include, exclude=layers.exclude)
+            inserted = list(split(proto).details.get("inserted", []))
+            name_batchnorms(proto)
+            names = [n.name for n in batchnorm_nodes(proto)]
+            if not names:
+                raise NothingToDoError(_nothing_to_calibrate(proto))
+            clean = proto
+            mode = "simulated"
+            if reference is not None:
+                mode = "reference"
+                clean = _load(reference)
+                split(clean)
+                name_batchnorms(clean)
+                if [n.name for n in batchnorm_nodes(clean)] != names:
+                    raise NabnError(
+                        "the reference model's BatchNorms do not match the model's: give the same model before noise"
+                    )
+            recorded = set(read_record(proto, "inserted_bn", []) or [])
+            params = read_bn_params(proto)
+            eps_of = {n.name: bn_epsilon(n) for n in batchnorm_nodes(proto)}
+            placeholders = [n for n in names if n in recorded and is_placeholder(params[n], eps_of[n])]
+            origin = {n: "inserted" if n in recorded else "original" for n in names}
+            job = _Job(proto, clean, mode, self.config.method, names, placeholders, inserted, origin, {}, "", DYNAMIC)
+        job.plan = plan_batch(job.model, providers)
+        return job
+
+    def _prepare_chip(self, proto: ModelProto) -> _Job:
+        """The model is the chip and no clean model is known: recalibrate what holds clean statistics."""
+        if self.config.method == "delta":
+            raise NabnError(f"method 'delta' needs the clean model: {_NEEDS_CLEAN}")
+        name_batchnorms(proto)
+        recorded = set(read_record(proto, "inserted_bn", []) or [])
+        params = read_bn_params(proto)
+        names, left, origin = [], {}, {}
+        for node in batchnorm_nodes(proto):
+            if node.name in recorded and is_placeholder(params[node.name], bn_epsilon(node)):
+                left[node.name] = (
+                    "inserted without clean statistics: run 'split --data' on the clean model, or pass --reference"
+                )
+            elif any(params[node.name][k] is None for k in ("mean", "var")):
+                left[node.name] = "statistics are computed at run time, not stored"
+            else:
+                names.append(node.name)
+                origin[node.name] = "inserted" if node.name in recorded else "original"
+        layers = find_analog_layers(proto)
+        include, exclude = self.config.layers.include, self.config.layers.exclude
+        selected = {id(layer.node) for layer in select_layers(layers, include, exclude)}
+        for layer in layers:
+            if layer.bn is None and id(layer.node) in selected:
+                left[layer.name] = (
+                    "no BatchNorm and no clean model to measure one on: run 'split --data' on the clean "
+                    "model before programming the chip, or pass --reference"
+                )
+        if not names and (not layers or all(layer.skip_reason and layer.bn is None for layer in layers)):
+            raise NothingToDoError(_nothing_to_calibrate(proto))
+        if not names:
+            raise NothingToDoError(
+                "nothing to recalibrate on this chip without its clean model: it has no BatchNorm holding trained "
+                f"statistics ({len(left)} analog layer(s) or BatchNorm(s) left alone); {_NEEDS_CLEAN}"
+            )
+        return _Job(proto, None, "chip", "paper", names, [], [], origin, left, "", DYNAMIC)
+
+    def progress(self, job: _Job, data: DataLike) -> Progress:
+        """A progress bar over every batch every step will run."""
+        per_pass = _count_batches(data, self.config.data.batch_size, self.config.data.max_batches)
         needs_clean = job.method in ("delta", "auto")
-        per_pass = _count_batches(data, batch_size, max_batches)
         passes = (1 if job.placeholders else 0) + (2 if needs_clean else 1)
         scoring = len(CANDIDATES) * per_pass if per_pass is not None and job.method == "auto" else 0
         total = None if per_pass is None else passes * per_pass + scoring
-        chosen, scores, scored_on, in_sample = job.method, None, 0, False
-        with Progress("calibrating", total, enabled=show_progress) as bar:
-            if job.placeholders:
-                assert job.clean is not None, "_prepare inserts placeholders only with a clean model"
-                measure_inserted(
-                    job.model,
-                    job.clean,
-                    job.placeholders,
-                    data,
-                    progress=bar,
-                    estimator=estimator,
-                    batch_size=batch_size,
-                    max_batches=max_batches,
-                    providers=providers,
-                    plan=job.plan,
-                )
-            reference_params = _running_stats(read_bn_params(job.model), job.names)
-            # on a chip without its clean model, 'auto' checks Algorithm 1 against leaving it as it is
-            chip_guard = job.mode == "chip" and method == "auto"
-            holdout = holdout_mode(per_pass) if job.method == "auto" or chip_guard else None
-            clean_run: Optional[Measured] = None
-            clean_session = None
-            if needs_clean:
-                assert job.clean is not None, "_prepare keeps delta and auto only with a clean model"
-                clean_run = runs.measure(job.clean, data, bar, train=job.names, holdout=holdout)
-                # auto's clean reference outputs come from a session built before the noise goes in
-                # (onnxruntime holds its own copy of the weights, so no second ModelProto is kept).
-                if job.method == "auto":
-                    clean_session = make_session(job.clean, optimization=SERVE, providers=providers, batch=job.plan)
-            if noise is not None:
-                InjectWeightNoisePass(noise)(job.model)
-            noisy_run = runs.measure(job.model, data, bar, train=job.names, holdout=holdout)
-            if noisy_run.constant:
-                warn_once(
-                    logger,
-                    "the calibration data does not vary between samples (constant inputs): statistics "
-                    "measured on it say nothing about real data; calibrate on real inputs",
-                )
-            if job.method == "auto":
-                assert clean_run is not None and holdout is not None  # auto needs the clean model and holds out
-                chosen, scores, scored_on, in_sample = _choose(
-                    job, data, runs, clean_session, reference_params, clean_run, noisy_run, bar, holdout
-                )
-                del clean_session
-            elif chip_guard:
-                assert holdout is not None  # set for chip_guard above
-                chosen, scores, scored_on, in_sample, job.note = _guard_chip(
-                    job, data, runs, reference_params, noisy_run, holdout
-                )
-        new = _new_stats(chosen, job.names, reference_params, noisy_run.stats, clean_run.stats if clean_run else None)
+        # on a chip without its clean model, 'auto' checks Algorithm 1 against leaving it as it is
+        if job.method == "auto" or self._guards_chip(job):
+            job.holdout = holdout_mode(per_pass)
+        return Progress("calibrating", total, enabled=self.config.runtime.show_progress)
+
+    def measure_inserted(self, job: _Job, data: DataLike, bar: Optional[Progress] = None) -> None:
+        """Clean statistics of the BatchNorms inserted without them, written into both models."""
+        if job.placeholders:
+            assert job.clean is not None, "prepare inserts placeholders only with a clean model"
+            measure_inserted(job.model, job.clean, job.placeholders, data, self._reading(job), progress=bar)
+        job.reference = _running_stats(read_bn_params(job.model), job.names)
+
+    def measure_clean(self, job: _Job, data: DataLike, bar: Optional[Progress] = None) -> None:
+        """The clean model's train-mode statistics (``delta`` and ``auto`` map the noise's change from them)."""
+        if job.method in ("delta", "auto"):
+            assert job.clean is not None, "prepare keeps delta and auto only with a clean model"
+            job.clean_run = measure(
+                job.clean, data, self._reading(job), train=job.names, progress=bar, holdout=job.holdout
+            )
+
+    def clean_session(self, job: _Job):
+        """``auto``'s clean reference session, built before the noise goes in (None otherwise).
+
+        onnxruntime holds its own copy of the weights, so no second ModelProto is kept.
+        """
+        if job.method != "auto":
+            return None
+        assert job.clean is not None
+        return make_session(job.clean, optimization=SERVE, providers=self.config.runtime.providers, batch=job.plan)
+
+    def put_noise(self, job: _Job) -> None:
+        """One simulated chip's noise on the model's analog weights (nothing when the model is the chip)."""
+        if self.config.noise is not None:
+            InjectWeightNoisePass(self.config.noise)(job.model)
+
+    def measure_noisy(self, job: _Job, data: DataLike, bar: Optional[Progress] = None) -> None:
+        """Algorithm 1: the chip's train-mode statistics."""
+        job.noisy_run = measure(job.model, data, self._reading(job), train=job.names, progress=bar, holdout=job.holdout)
+        if job.noisy_run.constant:
+            warn_once(
+                logger,
+                "the calibration data does not vary between samples (constant inputs): statistics "
+                "measured on it say nothing about real data; calibrate on real inputs",
+            )
+
+    def choose(self, job: _Job, data: DataLike, clean_session=None, bar: Optional[Progress] = None) -> None:
+        """Which statistics to write: the method's, ``auto``'s best candidate, or the chip guard's."""
+        job.chosen = job.method
+        if job.method == "auto":
+            assert job.holdout is not None, "progress() sets the hold-out for auto"
+            _choose(job, data, self._reading(job), clean_session, bar)
+        elif self._guards_chip(job):
+            assert job.holdout is not None, "progress() sets the hold-out for the chip guard"
+            _guard_chip(job, data, self._reading(job))
+
+    def write_back(self, job: _Job) -> List[LayerShift]:
+        """Write the chosen statistics into the model; the per-layer shift they make."""
+        assert job.noisy_run is not None, "measure_noisy runs before write_back"
+        clean_stats = job.clean_run.stats if job.clean_run is not None else None
+        new = _new_stats(job.chosen, job.names, job.reference, job.noisy_run.stats, clean_stats)
         eps_of = {n.name: bn_epsilon(n) for n in batchnorm_nodes(job.model)}
-        layers = [_shift(name, job.origin[name], reference_params[name], new[name], eps_of[name]) for name in job.names]
+        layers = [_shift(name, job.origin[name], job.reference[name], new[name], eps_of[name]) for name in job.names]
         # An inserted BatchNorm that the chosen statistics leave exactly as measured goes back to the
         # bit-exact identity placeholder (this is what keeps a noise-free delta/auto run bit for bit).
         for name in job.placeholders:
-            if chosen in ("delta", "none") and (
-                chosen == "none" or (clean_run is not None and _unchanged(noisy_run.stats[name], clean_run.stats[name]))
+            if job.chosen == "none" or (
+                job.chosen == "delta"
+                and clean_stats is not None
+                and _unchanged(job.noisy_run.stats[name], clean_stats[name])
             ):
-                new[name] = _placeholder_values(reference_params[name]["mean"].size, eps_of[name])
+                new[name] = _placeholder_values(job.reference[name]["mean"].size, eps_of[name])
         WriteBatchNormStatsPass(new)(job.model)
-    report = CalibrationReport(
-        method=method,
-        chosen=chosen,
-        scores=scores,
-        estimator={k: getattr(estimator, k) for k in estimator.__dataclass_fields__},
-        noise=noise.describe() if noise is not None else None,
-        batches=noisy_run.batches,
-        samples=noisy_run.samples,
-        seconds=time.perf_counter() - started,
-        inserted=job.inserted,
-        layers=layers,
-        mode=job.mode,
-        left=job.left,
-        scored_on=scored_on,
-        in_sample=in_sample,
-        note=job.note,
-        batch=job.plan.describe(),
-    )
-    record(
-        job.model,
-        "calibrate",
-        {
-            "method": method,
-            "chosen": chosen,
-            "estimator": report.estimator,
-            "batches": report.batches,
-            "samples": report.samples,
-            "noise": report.noise,
-            "mode": job.mode,
-            "recalibrated": len(job.names),
-            "left": len(job.left),
-        },
-    )
-    if output is not None:
-        save_model(job.model, output, external_data=external_data)
-    report.seconds = time.perf_counter() - started
-    return CalibrationResult(job.model, report)
+        return layers
+
+    def report(self, job: _Job, layers: List[LayerShift], started: float) -> CalibrationReport:
+        """The report, also recorded as the model's ``nabn.calibrate`` provenance."""
+        assert job.noisy_run is not None, "measure_noisy runs before report"
+        config = self.config
+        report = CalibrationReport(
+            method=config.method,
+            chosen=job.chosen,
+            scores=job.scores,
+            estimator={k: getattr(config.estimator, k) for k in config.estimator.__dataclass_fields__},
+            noise=config.noise.describe() if config.noise is not None else None,
+            batches=job.noisy_run.batches,
+            samples=job.noisy_run.samples,
+            seconds=time.perf_counter() - started,
+            inserted=job.inserted,
+            layers=layers,
+            mode=job.mode,
+            left=job.left,
+            scored_on=job.scored_on,
+            in_sample=job.in_sample,
+            note=job.note,
+            batch=job.plan.describe(),
+        )
+        record(
+            job.model,
+            "calibrate",
+            {
+                "method": config.method,
+                "chosen": job.chosen,
+                "estimator": report.estimator,
+                "batches": report.batches,
+                "samples": report.samples,
+                "noise": report.noise,
+                "mode": job.mode,
+                "recalibrated": len(job.names),
+                "left": len(job.left),
+            },
+        )
+        return report
+
+    # ---- helpers
+
+    def _reading(self, job: _Job) -> Reading:
+        return self.config.reading(job.plan)
+
+    def _guards_chip(self, job: _Job) -> bool:
+        return job.mode == "chip" and self.config.method == "auto"
 
 
-def _choose(
-    job: _Job,
-    data: DataLike,
-    runs: _Runs,
-    clean_session,
-    reference_params,
-    clean_run: Measured,
-    noisy_run: Measured,
-    bar: Progress,
-    holdout: str,
-) -> Tuple[str, Dict[str, float], int, bool]:
+def _choose(job: _Job, data: DataLike, reading: Reading, clean_session, bar: Optional[Progress]) -> None:
     """``auto``: estimate every candidate on the fit samples and score it on the held-out ones."""
+    clean_run, noisy_run = job.clean_run, job.noisy_run
+    assert clean_run is not None and noisy_run is not None and job.holdout is not None
     fit_noisy, fit_clean = noisy_run.fit, clean_run.fit
     in_sample = fit_noisy is None or fit_clean is None
     if fit_noisy is None or fit_clean is None:
         fit_noisy, fit_clean = noisy_run.stats, clean_run.stats
-    candidates = {name: _new_stats(name, job.names, reference_params, fit_noisy, fit_clean) for name in CANDIDATES}
+    candidates = {name: _new_stats(name, job.names, job.reference, fit_noisy, fit_clean) for name in CANDIDATES}
     if in_sample:
         warn_once(
             logger,
             "auto: no calibration batch had the 4 or more samples needed to hold some out; "
             "the candidates are scored on the samples they were estimated on",
         )
-    chosen, scores = choose_candidate(
+    job.chosen, job.scores = choose_candidate(
         clean_session,
         job.model,
         candidates,
         data,
-        select=None if in_sample else held_out(holdout),
-        batch_size=runs.batch_size,
-        max_batches=runs.max_batches,
-        providers=runs.providers,
+        reading,
+        select=None if in_sample else held_out(job.holdout),
         progress=bar,
-        plan=job.plan,
     )
-    logger.info("auto: scores %s, chose %s", scores, chosen)
-    return chosen, scores, noisy_run.samples if in_sample else noisy_run.held, in_sample
+    logger.info("auto: scores %s, chose %s", job.scores, job.chosen)
+    job.scored_on = noisy_run.samples if in_sample else noisy_run.held
+    job.in_sample = in_sample
 
 
-def _guard_chip(
-    job: _Job, data: DataLike, runs: _Runs, reference_params, noisy_run: Measured, holdout: str
-) -> Tuple[str, Optional[Dict[str, float]], int, bool, str]:
+def _guard_chip(job: _Job, data: DataLike, reading: Reading) -> None:
     """``auto`` on a chip without its clean model: Algorithm 1 against the statistics as they are.
 
     Without a clean model there are no clean outputs to compare with; when the calibration
@@ -921,55 +942,60 @@ def _guard_chip(
     other data than the calibration data can lose more to Algorithm 1 than the noise costs).
     Without labels the result cannot be checked, and the note says so.
     """
-    from ..passes.write_stats import WriteBatchNormStatsPass
-
+    noisy_run = job.noisy_run
+    assert noisy_run is not None and job.holdout is not None
     fit = noisy_run.fit
     in_sample = fit is None
     if fit is None:
         fit = noisy_run.stats
     candidates = {
         "paper": {n: {"mean": fit[n][0], "var": fit[n][1]} for n in job.names},
-        "none": {n: {"mean": reference_params[n]["mean"], "var": reference_params[n]["var"]} for n in job.names},
+        "none": {n: {"mean": job.reference[n]["mean"], "var": job.reference[n]["var"]} for n in job.names},
     }
-    select = None if in_sample else held_out(holdout)
+    select = None if in_sample else held_out(job.holdout)
     output = job.model.graph.output[0].name
     scores: Dict[str, float] = {}
-    unchecked = (
+    job.chosen, job.in_sample = "paper", in_sample
+    job.note = (
         "Algorithm 1 ('paper') ran and could not be checked: without the clean model (--reference) "
         "or labels in the calibration data nothing tells whether it helped; measure it with --test"
     )
     for name, values in candidates.items():
         WriteBatchNormStatsPass(values)(job.model)
-        session = make_session(job.model, optimization=SERVE, providers=runs.providers, batch=job.plan)
+        session = make_session(job.model, optimization=SERVE, providers=reading.providers, batch=job.plan)
         hits = total = 0
         for index, batch in enumerate(
             iter_batches(
-                data, input_specs(job.model), batch_size=runs.batch_size, max_batches=runs.max_batches, min_batch=2
+                data,
+                input_specs(job.model),
+                batch_size=reading.batch_size,
+                max_batches=reading.max_batches,
+                min_batch=2,
             )
         ):
             part = batch if select is None else select(index, batch)
             if part is None:
                 continue
             if part.labels is None:
-                return "paper", None, 0, in_sample, unchecked
+                return
             (logits,) = run_chunked(session, [output], part.feeds, job.plan.chunk)
             labels = np.asarray(part.labels).reshape(-1)
             if logits.ndim != 2 or len(logits) != len(labels) or labels.dtype.kind not in "iu":
-                return "paper", None, 0, in_sample, unchecked
+                return
             hits += int((logits.argmax(axis=1) == labels).sum())
             total += len(labels)
         del session
         if not total:
-            return "paper", None, 0, in_sample, unchecked
+            return
         scores[name] = hits / total
-    chosen = "paper" if scores["paper"] >= scores["none"] else "none"
+    job.chosen = "paper" if scores["paper"] >= scores["none"] else "none"
+    job.scores, job.scored_on = scores, total
     where = "calibration (in-sample)" if in_sample else "held-out"
-    note = (
+    job.note = (
         f"no clean model: 'auto' compared Algorithm 1 with the statistics as they were by top-1 on {total} {where} "
         f"labelled samples ({100 * scores['paper']:.1f}% against {100 * scores['none']:.1f}%) and kept "
-        + ("Algorithm 1" if chosen == "paper" else "the statistics as they were")
+        + ("Algorithm 1" if job.chosen == "paper" else "the statistics as they were")
     )
-    return chosen, scores, total, in_sample, note
 
 
 def _new_stats(

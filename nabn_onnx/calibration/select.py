@@ -28,7 +28,8 @@ import numpy as np
 from onnx import ModelProto
 
 from ..data import Batch, DataLike, input_specs, iter_batches
-from ..runtime import DYNAMIC, SERVE, BatchPlan, make_session, run_chunked
+from ..runtime import DYNAMIC, SERVE, make_session, run_chunked
+from .config import Reading
 
 __all__ = ["OutputDivergence", "choose_candidate", "pick_candidate", "SEVERE", "FALLBACK"]
 
@@ -89,13 +90,10 @@ def choose_candidate(
     model: ModelProto,
     candidates: Dict[str, Dict[str, Dict[str, np.ndarray]]],
     data: DataLike,
+    reading: Reading,
     *,
     select: Optional[Callable[[int, Batch], Optional[Batch]]],
-    batch_size: int,
-    max_batches: Optional[int],
-    providers: Optional[Sequence[str]] = None,
     progress=None,
-    plan: BatchPlan = DYNAMIC,
 ) -> Tuple[str, Dict[str, float]]:
     """Score each candidate against the clean model on the chosen batches; return the best and all scores.
 
@@ -109,13 +107,11 @@ def choose_candidate(
         model: the noisy model; left holding the last candidate's statistics.
         candidates: name -> ``{bn name: {"mean": ..., "var": ...}}``, in order of preference on ties.
         data: calibration data.
+        reading: the batching and providers calibration used, and how sessions of ``model``
+            take batches (``reading.plan``, fixed-batch models).
         select: ``(batch index, batch) ->`` the part of the batch to score on (None: every
             batch whole); returning None skips the batch.
-        batch_size: samples per batch for file and dict data.
-        max_batches: the same limit calibration used.
-        providers: onnxruntime execution providers.
         progress: optional progress bar, advanced once per batch scored.
-        plan: how sessions of ``model`` take batches (fixed-batch models).
 
     Raises:
         ValueError: no sample was scored (the caller must score in-sample instead).
@@ -123,6 +119,8 @@ def choose_candidate(
     from ..passes.write_stats import WriteBatchNormStatsPass
 
     specs = input_specs(model)
+    plan = reading.plan if reading.plan is not None else DYNAMIC
+    providers, batch_size, max_batches = reading.providers, reading.batch_size, reading.max_batches
     cache: Optional[Dict[int, List[np.ndarray]]] = {}
     cached_bytes = 0
     scores: Dict[str, float] = {}

@@ -29,21 +29,25 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from onnx import ModelProto, helper
 
 from ..api import split
-from ..calibration import DEFAULT_ESTIMATOR, Estimator, calibrate
+from ..calibration import calibrate
+from ..calibration.config import CalibrationConfig, CalibrationOptions
 from ..data import DataLike, input_specs, iter_batches, replayable
 from ..errors import NabnError, NothingToDoError
 from ..graph import GraphIndex, batchnorm_nodes, layer_name
 from ..io import ModelLike, atomic_write_text, load_model, without_large_initializers
-from ..noise import NoiseModel
 from ..passes.inject import InjectWeightNoisePass
 from ..progress import Progress
 from ..runtime import MEASURE, BatchPlan, make_session, plan_batch, run_chunked
+from ..settings import RuntimeSettings
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "diagnose",
@@ -243,32 +247,24 @@ class _Histogram:
 def diagnose(
     model: ModelLike,
     data: DataLike,
+    config: Optional[CalibrationConfig] = None,
     *,
-    noise: NoiseModel,
-    method: str = "auto",
-    estimator: Estimator = DEFAULT_ESTIMATOR,
     at: str = "bn",
     bins: int = 200,
-    batch_size: int = 64,
-    max_batches: Optional[int] = None,
-    providers: Optional[Sequence[str]] = None,
-    show_progress: bool = False,
+    **options: Unpack[CalibrationOptions],
 ) -> DiagnoseReport:
     """Divergence of each layer's activations from the clean ones, without and with calibration.
 
     Args:
         model: path or ``ModelProto`` (BatchNorm kept or fused; not modified).
         data: calibration data; used to calibrate and to compare the distributions.
-        noise: the chip to simulate.
-        method: calibration method, ``"paper"``, ``"delta"`` or ``"auto"`` (see :func:`~nabn_onnx.calibrate`).
-        estimator: how calibration combines batch statistics.
+        config: the calibration's settings; its ``noise`` (the chip to simulate) is required.
+            Or give them as flat keywords (``noise=``, ``method=``, ``batch_size=``, ... as
+            for :func:`~nabn_onnx.calibrate`).
         at: ``"bn"`` (each BatchNorm's output) or ``"activation"`` (the activation right
             after it, where there is one).
         bins: histogram bins inside the clean range.
-        batch_size: samples per batch for file and dict data.
-        max_batches: use at most this many batches.
-        providers: onnxruntime execution providers.
-        show_progress: draw a progress bar on a terminal.
+        **options: flat settings keywords (:class:`~nabn_onnx.calibration.config.CalibrationOptions`).
 
     Returns:
         A :class:`DiagnoseReport` with one :class:`LayerDivergence` per BatchNorm.
@@ -277,26 +273,28 @@ def diagnose(
         NabnError: bad model, data or settings (one-line message).
     """
     started = time.perf_counter()
+    config = CalibrationConfig.build(config, options, call="diagnose")
+    noise = config.noise
+    if noise is None:
+        raise NabnError("diagnose compares the clean model with a simulated chip: give the chip's noise (noise=)")
+    providers, show_progress = config.runtime.providers, config.runtime.show_progress
     if at not in ("bn", "activation"):
         raise NabnError(f"'at' must be 'bn' or 'activation', got {at!r}")
     if bins < 2:
         raise NabnError(f"at least 2 histogram bins are needed, got {bins}")
     data = replayable(data)
     proto = load_model(copy.deepcopy(model) if isinstance(model, ModelProto) else model)
-    clean = split(proto, data, batch_size=batch_size, max_batches=max_batches, providers=providers).model
+    clean = split(
+        proto,
+        data,
+        batch_size=config.data.batch_size,
+        max_batches=config.data.max_batches,
+        providers=providers,
+    ).model
     if not batchnorm_nodes(clean):
         raise NothingToDoError("the model has no BatchNormalization and no analog layer to put one after")
     noisy = InjectWeightNoisePass(noise)(copy.deepcopy(clean)).model
-    calibrated = calibrate(
-        clean,
-        data,
-        noise=noise,
-        method=method,
-        estimator=estimator,
-        batch_size=batch_size,
-        max_batches=max_batches,
-        providers=providers,
-    ).model
+    calibrated = calibrate(clean, data, config.replace(runtime=RuntimeSettings(providers))).model
     taps = _taps(clean, at)
     tensors = list(dict.fromkeys(taps.values()))
     # A batch fixed in the file is freed or chunked, as in evaluation (runtime.plan_batch).
@@ -309,13 +307,13 @@ def diagnose(
     with Progress("diagnosing", None, enabled=show_progress) as bar:
         lo = dict.fromkeys(tensors, np.inf)
         hi = dict.fromkeys(tensors, -np.inf)
-        for batch in iter_batches(data, specs, batch_size=batch_size, max_batches=max_batches):
+        for batch in iter_batches(data, specs, batch_size=config.data.batch_size, max_batches=config.data.max_batches):
             for t, value in zip(tensors, run_chunked(sessions["clean"], tensors, batch.feeds, plan.chunk)):
                 lo[t], hi[t] = min(lo[t], float(value.min())), max(hi[t], float(value.max()))
             bar.update()
         hists = {m: {t: _Histogram(lo[t], hi[t], bins) for t in tensors} for m in _MODELS}
         samples = 0
-        for batch in iter_batches(data, specs, batch_size=batch_size, max_batches=max_batches):
+        for batch in iter_batches(data, specs, batch_size=config.data.batch_size, max_batches=config.data.max_batches):
             for m in _MODELS:
                 for t, value in zip(tensors, run_chunked(sessions[m], tensors, batch.feeds, plan.chunk)):
                     hists[m][t].add(value)
@@ -331,6 +329,6 @@ def diagnose(
                 layer, t, kl_divergence(p, v), kl_divergence(p, n), js_divergence(p, v), js_divergence(p, n)
             )
         )
-    report = DiagnoseReport(noise.describe(), method, at, bins, samples, time.perf_counter() - started, layers)
+    report = DiagnoseReport(noise.describe(), config.method, at, bins, samples, time.perf_counter() - started, layers)
     logger.info("%s", report.summary())
     return report

@@ -53,6 +53,7 @@ from onnx import ModelProto, numpy_helper
 
 from ..api import split
 from ..calibration import DEFAULT_ESTIMATOR, Estimator, calibrate
+from ..calibration.config import CalibrationConfig
 from ..data import DataLike, replayable
 from ..errors import NabnError
 from ..graph import batchnorm_nodes
@@ -61,6 +62,7 @@ from ..noise import NoiseModel, make_noise
 from ..passes.inject import InjectWeightNoisePass, noisy_tensor_names
 from ..progress import Progress
 from ..runtime import check_providers
+from ..settings import DataSettings, RuntimeSettings
 from .evaluate import Evaluator, OutputLike
 from .executors import Executor, SerialExecutor, crash_hook
 from .metrics import IGNORE_INDEX, MetricLike
@@ -447,6 +449,16 @@ class SweepSettings:
     reuse_sessions: bool = False
     providers: Optional[Tuple[str, ...]] = None
 
+    def calibration(self, noise: Optional[NoiseModel]) -> CalibrationConfig:
+        """The settings each chip's calibration runs with (``noise``: that chip)."""
+        return CalibrationConfig(
+            method=self.method,
+            noise=noise,
+            estimator=self.estimator,
+            data=DataSettings(self.batch_size, self.calib_batches),
+            runtime=RuntimeSettings(self.providers),
+        )
+
     def eval_options(self) -> Dict[str, object]:
         """Keyword arguments for the evaluation of each chip."""
         return dict(
@@ -547,16 +559,7 @@ def run_chip(task: ChipTask, inputs: SweepInputs) -> Dict[str, object]:
     noisy = InjectWeightNoisePass(noise)(copy.deepcopy(state.clean)).model
     vanilla = state.vanilla.run(noisy, inputs.test)
     t1 = time.perf_counter()
-    calibrated = calibrate(
-        state.prepared,
-        inputs.calib,
-        noise=noise,
-        method=settings.method,
-        estimator=settings.estimator,
-        batch_size=settings.batch_size,
-        max_batches=settings.calib_batches,
-        providers=settings.providers,
-    ).model
+    calibrated = calibrate(state.prepared, inputs.calib, settings.calibration(noise)).model
     t2 = time.perf_counter()
     nabn = state.nabn.run(calibrated, inputs.test)
     t3 = time.perf_counter()

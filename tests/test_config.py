@@ -1,0 +1,132 @@
+"""Settings types and the calibration's named steps, one by one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import numpy_helper
+
+import nabn_onnx as nb
+from nabn_onnx.calibration import CalibrationConfig, Calibrator, SplitConfig
+from nabn_onnx.io import read_record
+from nabn_onnx.settings import DataSettings, LayerSelection, RuntimeSettings
+
+from builders import run
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+FUSED = SAMPLES / "resnet_fused.onnx"
+KEPT = SAMPLES / "resnet_bn.onnx"
+CALIB = SAMPLES / "digits_calib.npz"
+TEST = SAMPLES / "digits_test.npz"
+NOISE = nb.make_noise("mul", 0.3, seed=0)
+
+
+def _weights(model):
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_flat_keywords_fill_the_nested_settings():
+    config = CalibrationConfig.build(None, dict(batch_size=32, include="conv", providers=["CPUExecutionProvider"]))
+    assert config.data == DataSettings(32, None)
+    assert config.layers == LayerSelection("conv", None)
+    assert config.runtime.providers == ("CPUExecutionProvider",)
+    assert config.method == "auto" and config.noise is None
+    # keywords override a given config field by field, leaving the rest
+    base = CalibrationConfig(method="paper", data=DataSettings(16, 2))
+    merged = CalibrationConfig.build(base, dict(max_batches=5))
+    assert merged.method == "paper" and merged.data == DataSettings(16, 5)
+    assert base.data == DataSettings(16, 2)  # frozen: the given config is untouched
+
+
+def test_unknown_keyword_and_bad_method_are_refused():
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'batchsize'.*batch_size"):
+        nb.calibrate(FUSED, CALIB, noise=NOISE, batchsize=32)
+    with pytest.raises(nb.NabnError, match="unknown method 'papr'"):
+        CalibrationConfig(method="papr")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'method'"):
+        nb.split(FUSED, CALIB, method="paper")
+
+
+def test_config_and_keywords_give_the_same_model():
+    config = CalibrationConfig(method="paper", noise=NOISE, data=DataSettings(64, 3))
+    by_config = nb.calibrate(FUSED, CALIB, config).model
+    by_keywords = nb.calibrate(FUSED, CALIB, method="paper", noise=NOISE, batch_size=64, max_batches=3).model
+    by_class = Calibrator(config)(FUSED, CALIB).model
+    a, b, c = _weights(by_config), _weights(by_keywords), _weights(by_class)
+    assert a.keys() == b.keys() == c.keys()
+    for name in a:
+        assert np.array_equal(a[name], b[name]) and np.array_equal(a[name], c[name]), name
+
+
+def test_split_config_equals_keywords():
+    config = SplitConfig(layers=LayerSelection(exclude="fc"), data=DataSettings(64, 2))
+    by_config = nb.split(FUSED, CALIB, config).model
+    by_keywords = nb.split(FUSED, CALIB, exclude="fc", batch_size=64, max_batches=2).model
+    assert read_record(by_config, "split") == read_record(by_keywords, "split")
+    a, b = _weights(by_config), _weights(by_keywords)
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[n], b[n]) for n in a)
+
+
+def test_the_steps_one_by_one():
+    """Each step of a simulated 'auto' run extends the job as its docstring says."""
+    calibrator = Calibrator(CalibrationConfig(noise=NOISE, data=DataSettings(64, 8)))
+    job = calibrator.prepare(FUSED)
+    assert job.mode == "simulated" and job.method == "auto"
+    assert job.inserted and job.placeholders == job.names  # a fused model: every BatchNorm inserted now
+    assert job.clean is job.model
+    calibrator.progress(job, CALIB)
+    assert job.holdout == "batches"  # 8 batches: every 4th is held out
+    calibrator.measure_inserted(job, CALIB)
+    # the inserted BatchNorms now hold the clean statistics of their inputs (no longer placeholders)
+    first = job.names[0]
+    assert not np.allclose(job.reference[first]["mean"], 0.0)
+    calibrator.measure_clean(job, CALIB)
+    assert job.clean_run is not None and job.clean_run.fit is not None and job.clean_run.held > 0
+    session = calibrator.clean_session(job)
+    before = _weights(job.model)
+    calibrator.put_noise(job)
+    after = _weights(job.model)
+    changed = [n for n in before if not np.array_equal(before[n], after[n])]
+    assert changed and read_record(job.model, "inject") is not None
+    calibrator.measure_noisy(job, CALIB)
+    assert job.noisy_run is not None and job.noisy_run.batches == 8
+    # the noise moved the statistics Algorithm 1 measures
+    clean_mean, noisy_mean = job.clean_run.stats[first][0], job.noisy_run.stats[first][0]
+    assert not np.allclose(clean_mean, noisy_mean)
+    calibrator.choose(job, CALIB, session)
+    assert job.chosen in ("delta", "blend", "paper", "none") and set(job.scores) == {"delta", "blend", "paper", "none"}
+    assert job.scored_on == 2 * 64  # batches 0 and 4 held out
+    layers = calibrator.write_back(job)
+    assert [layer.bn for layer in layers] == job.names
+    report = calibrator.report(job, layers, 0.0)
+    assert report.chosen == job.chosen and read_record(job.model, "calibrate")["chosen"] == job.chosen
+    # the job's model is the calibrated chip: it recovers the clean accuracy
+    with np.load(TEST) as data:
+        x, y = data["input"], data["labels"]
+    (logits,) = run(job.model, {"input": x})
+    top1 = float((logits.argmax(axis=1) == y).mean())
+    assert top1 > 0.95
+
+
+def test_prepare_on_a_chip_without_its_clean_model(tmp_path):
+    chip = nb.inject(KEPT, NOISE).model
+    job = Calibrator(CalibrationConfig(method="paper")).prepare(chip)
+    assert job.mode == "chip" and job.clean is None and job.method == "paper" and job.names
+    with pytest.raises(nb.NabnError, match="'delta' needs the clean model"):
+        Calibrator(CalibrationConfig(method="delta")).prepare(chip)
+
+
+def test_diagnose_takes_the_calibration_config():
+    config = CalibrationConfig(method="paper", noise=NOISE, data=DataSettings(64, 2))
+    report = nb.diagnose(FUSED, CALIB, config, bins=20)
+    assert report.method == "paper" and report.layers
+    with pytest.raises(nb.NabnError, match="give the chip's noise"):
+        nb.diagnose(FUSED, CALIB, method="paper")
+
+
+def test_runtime_settings_normalise_providers():
+    assert RuntimeSettings("CPUExecutionProvider").providers == ("CPUExecutionProvider",)
+    assert RuntimeSettings([]).providers is None
