@@ -10,7 +10,17 @@ except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
 from .api import inject, inspect_model, split
-from .calibration import CalibrationReport, CalibrationResult, Estimator, NabnSession, TemporalNoise, calibrate
+from .calibration import (
+    CalibrationConfig,
+    CalibrationReport,
+    CalibrationResult,
+    Calibrator,
+    Estimator,
+    NabnSession,
+    SplitConfig,
+    TemporalNoise,
+    calibrate,
+)
 from .errors import DataError, ModelError, NabnError, NoiseConfigError, NothingToDoError
 from .evaluation import (
     CheckReport,
@@ -47,6 +57,7 @@ from .passes import (
     SplitBatchNormPass,
     StripAnalogIOPass,
 )
+from .settings import DataSettings, LayerSelection, RuntimeSettings
 
 __all__ = [
     "__version__",
@@ -54,6 +65,12 @@ __all__ = [
     "split",
     "inject",
     "inspect_model",
+    "Calibrator",
+    "CalibrationConfig",
+    "SplitConfig",
+    "DataSettings",
+    "LayerSelection",
+    "RuntimeSettings",
     "NabnSession",
     "TemporalNoise",
     "CalibrationReport",
