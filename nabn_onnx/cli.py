@@ -122,6 +122,12 @@ def _make_noise(args, parser):
         if options:
             parser.error('device parameters need --noise (or "noise" in the --device file)')
         return None
+    if kind in DEVICE_MODELS:
+        # the paper's spreads have no meaning for a device model: refuse them rather than ignore them
+        given = [name for name in ("sigma_t", "sigma_s", "temporal") if getattr(args, name) is not None]
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            parser.error(f"{flags} apply to the paper's mul/add noise, not to the device model {kind!r}")
     for name, default in _NOISE_DEFAULTS.items():
         if getattr(args, name) is None and name != "eta":
             setattr(args, name, default)
@@ -183,9 +189,10 @@ def _chip_grid_args(parser: argparse.ArgumentParser, default_seeds: int) -> None
         default=str(default_seeds),
         help=f"chips per eta: a count K (seeds 0..K-1) or a list 3,7,11 (default {default_seeds})",
     )
-    group.add_argument("--sigma-t", type=float, default=0.2, help="temporal spread relative to eta (default 0.2)")
-    group.add_argument("--sigma-s", type=float, default=0.1, help="spatial spread of N_S (default 0.1)")
-    group.add_argument("--temporal", choices=["element", "layer"], default="element")
+    # defaults filled in by _chip_grid_noise, so that a setting a device model ignores is caught
+    group.add_argument("--sigma-t", type=float, help="temporal spread relative to eta (default 0.2)")
+    group.add_argument("--sigma-s", type=float, help="spatial spread of N_S (default 0.1)")
+    group.add_argument("--temporal", choices=["element", "layer"], help="N_T per weight element (default) or layer")
     group.add_argument("--include-bias", action="store_true", help="also put noise on analog layers' biases")
     _device_args(parser)
 
@@ -207,6 +214,13 @@ def _chip_grid_noise(args, parser):
         )
     if args.eta is None and kind not in DEVICE_MODELS:
         parser.error(f"--noise {kind} needs --eta")
+    given = [name for name in ("sigma_t", "sigma_s", "temporal") if getattr(args, name) is not None]
+    if kind in DEVICE_MODELS and given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        parser.error(f"{flags} apply to the paper's mul/add noise, not to the device model {kind!r}")
+    for name in ("sigma_t", "sigma_s", "temporal"):
+        if getattr(args, name) is None:
+            setattr(args, name, _NOISE_DEFAULTS[name])
     return kind, device, parse_floats(args.eta or "1", "eta")
 
 

@@ -160,3 +160,16 @@ def test_library_calls_refuse_to_overwrite_their_input(files):
         with pytest.raises(ModelError, match="refusing to overwrite the input model"):
             call()
     assert model.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["inject", "sweep"])
+def test_paper_spreads_with_a_device_model_are_refused(files, capsys, command):
+    """--sigma-t/--sigma-s/--temporal mean nothing to pcm/rram: a usage error, not silently ignored."""
+    model, data = files
+    args = [command, str(model), "--noise", "pcm", "--sigma-t", "0.5"]
+    if command == "sweep":
+        args += ["--calib", str(data), "--test", str(data)]
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    assert "--sigma-t apply to the paper's mul/add noise, not to the device model 'pcm'" in capsys.readouterr().err
