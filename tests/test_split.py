@@ -184,3 +184,31 @@ def test_split_with_data_measures_statistics_and_keeps_outputs():
     conv = np.einsum("nchwij,ocij->nohw", patches.astype(np.float64), w.astype(np.float64)) + b[None, :, None, None]
     np.testing.assert_allclose(mean, conv.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
     assert read_record(result.model, "split")["measured"] is True
+
+
+def test_passes_on_a_raw_onnx_load_with_constant_node_weights():
+    """Weights in Constant nodes (Paddle/TF style), model from plain onnx.load: the passes still see them."""
+    import copy
+    from pathlib import Path
+
+    import onnx
+    from onnx import helper
+
+    import nabn_onnx as nb
+
+    model = onnx.load(str(Path(__file__).resolve().parent.parent / "sample_models" / "resnet_fused.onnx"))
+    constants = [helper.make_node("Constant", [], [t.name], value=t) for t in model.graph.initializer]
+    nodes = constants + list(model.graph.node)
+    del model.graph.initializer[:]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    x = np.random.default_rng(0).normal(size=(4, 1, 16, 16)).astype(np.float32)
+    (before,) = run(model, {"input": x})
+    split = nb.SplitBatchNormPass()(copy.deepcopy(model))
+    assert split.modified and len(split.details["inserted"]) == 22 and not split.details["skipped"]
+    (after,) = run(split.model, {"input": x})
+    assert np.array_equal(before, after)  # the placeholders are exact identities
+    injected = nb.InjectWeightNoisePass(nb.make_noise("mul", 0.1, seed=0))(copy.deepcopy(model))
+    assert injected.modified and len(injected.details["tensors"]) == 22
+    (noisy,) = run(injected.model, {"input": x})
+    assert not np.allclose(noisy, before)

@@ -20,7 +20,7 @@ from typing import List, Optional
 from onnx import ModelProto, numpy_helper
 
 from ..graph import find_analog_layers, select_layers
-from ..io import read_record, record
+from ..io import bypass_initializer_identities, lift_constant_weights, read_record, record
 from ..noise import NoiseModel
 from .base import Pass, PassResult
 
@@ -65,9 +65,11 @@ class InjectWeightNoisePass(Pass):
         if already is not None:
             logger.debug("model already carries injected noise (%s); not injecting again", already)
             return PassResult(model, False, {"tensors": [], "already": already})
+        # a model from plain onnx.load may hold its weights in Constant nodes (load_model lifts them)
+        normalized = lift_constant_weights(model) + bypass_initializer_identities(model)
         names = noisy_tensor_names(model, self.noise.include_bias, self.include, self.exclude)
         if not names:
-            return PassResult(model, False, {"tensors": []})
+            return PassResult(model, normalized > 0, {"tensors": []})
         inits = {t.name: t for t in model.graph.initializer}
         for name in names:
             weight = numpy_helper.to_array(inits[name])

@@ -42,7 +42,7 @@ import numpy as np
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
 from ..graph import AnalogLayer, GraphIndex, find_analog_layers, select_layers
-from ..io import read_record, record
+from ..io import bypass_initializer_identities, lift_constant_weights, read_record, record
 from .base import Pass, PassResult
 
 __all__ = ["SplitBatchNormPass", "PLACEHOLDER_EPSILON", "placeholder_epsilon", "select_layers", "bn_param_names"]
@@ -109,11 +109,13 @@ class SplitBatchNormPass(Pass):
 
     def call(self, model: ModelProto) -> PassResult:
         """Insert an identity BatchNorm after every selected analog layer that has none."""
+        # a model from plain onnx.load may hold its weights in Constant nodes (load_model lifts them)
+        normalized = lift_constant_weights(model) + bypass_initializer_identities(model)
         layers = select_layers(find_analog_layers(model), self.include, self.exclude)
         todo = [x for x in layers if x.bn is None and x.skip_reason is None]
         skipped = {x.name: x.skip_reason for x in layers if x.bn is None and x.skip_reason is not None}
         if not todo:
-            return PassResult(model, False, {"inserted": [], "skipped": skipped})
+            return PassResult(model, normalized > 0, {"inserted": [], "skipped": skipped})
         index = GraphIndex(model)
         names_taken = set(index.producer) | set(index.initializers) | {n.name for n in model.graph.node}
         names_taken |= {i.name for i in model.graph.input}
