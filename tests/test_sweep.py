@@ -157,3 +157,26 @@ def test_plot_without_matplotlib_names_the_extra(classifier, tmp_path, monkeypat
     with pytest.raises(NabnError, match=r"nabn-onnx\[plot\]"):
         plot_sweep(report, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_batching_errors_come_before_any_evaluation(tmp_path, monkeypatch):
+    """A batch size calibration refuses is reported before the clean model is evaluated."""
+    import importlib
+
+    from nabn_onnx import DataError
+
+    sweep_module = importlib.import_module("nabn_onnx.evaluation.sweep")
+
+    model = tmp_path / "net.onnx"
+    onnx.save(small_cnn(), str(model))
+    data = tmp_path / "data.npz"
+    np.savez(data, input=np.zeros((8, 1, 8, 8), np.float32), labels=np.zeros(8, np.int64))
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("the clean model was evaluated before the settings were checked")
+
+    monkeypatch.setattr(sweep_module._ChipRunner, "run", no_evaluation)
+    with pytest.raises(DataError, match="batch size 1 gives batches of 1 sample"):
+        sweep(model, data, data, etas=[0.1], seeds=1, batch_size=1)
+    with pytest.raises(DataError, match="max batches must be at least 1"):
+        sweep(model, data, data, etas=[0.1], seeds=1, test_batches=0)

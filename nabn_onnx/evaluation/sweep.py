@@ -54,7 +54,7 @@ from onnx import ModelProto, numpy_helper
 from ..api import split
 from ..calibration import DEFAULT_ESTIMATOR, Estimator, calibrate
 from ..calibration.config import CalibrationConfig
-from ..data import DataLike, replayable
+from ..data import DataLike, check_batching, replayable
 from ..errors import NabnError
 from ..graph import batchnorm_nodes
 from ..io import ModelLike, atomic_write_text, load_model
@@ -643,6 +643,9 @@ def run_sweep(
         _check_picklable(settings)
     if settings.providers:
         settings = replace(settings, providers=tuple(check_providers(settings.providers)))
+    # the settings every chip's calibration and evaluation will refuse, refused before any work
+    check_batching(calib, settings.batch_size, settings.calib_batches, min_batch=2)
+    check_batching(test, settings.batch_size, settings.test_batches)
     calib, test = replayable(calib), replayable(test)
     proto = load_model(copy.deepcopy(model) if isinstance(model, ModelProto) else model)
     weights = noisy_tensor_names(proto, include_bias=plan.include_bias)
