@@ -96,3 +96,28 @@ def test_cli_diagnose(classifier, tmp_path, capsys):
     assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
     assert main([*args[:-4], "--eta", "-1"]) == 1
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_micro_batches_give_the_same_histograms(classifier, monkeypatch):
+    """Batches cut to bound the exposed activations' memory change no count."""
+    import importlib
+
+    module = importlib.import_module("nabn_onnx.evaluation.diagnose")
+    model, data = classifier
+    noise = make_noise("mul", 0.3, seed=1)
+    whole = diagnose(model, data, noise=noise, method="paper", batch_size=32, max_batches=3)
+    seen = []
+    real_run = module._MicroBatches.run
+
+    def spy(self, session, feeds):
+        for values in real_run(self, session, feeds):
+            seen.append(values[0].shape[0])
+            yield values
+
+    monkeypatch.setattr(module, "_BUDGET", 1)  # one sample per run
+    monkeypatch.setattr(module._MicroBatches, "run", spy)
+    cut = diagnose(model, data, noise=noise, method="paper", batch_size=32, max_batches=3)
+    assert seen and max(seen) == 1
+    assert [(x.kl_vanilla, x.kl_nabn, x.js_vanilla, x.js_nabn) for x in cut.layers] == [
+        (x.kl_vanilla, x.kl_nabn, x.js_vanilla, x.js_nabn) for x in whole.layers
+    ]

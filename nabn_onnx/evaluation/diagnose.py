@@ -43,7 +43,7 @@ from ..graph import GraphIndex, batchnorm_nodes, layer_name
 from ..io import ModelLike, atomic_write_text, load_model, without_large_initializers
 from ..passes.inject import InjectWeightNoisePass
 from ..progress import Progress
-from ..runtime import MEASURE, BatchPlan, make_session, plan_batch, run_chunked
+from ..runtime import MEASURE, BatchPlan, chunks, make_session, plan_batch
 from ..settings import RuntimeSettings
 
 if TYPE_CHECKING:
@@ -228,6 +228,40 @@ def _exposed_session(model: ModelProto, tensors: Sequence[str], providers, plan:
     return make_session(proto, optimization=MEASURE, providers=providers, extra_initializers=weights, batch=plan)
 
 
+#: bytes of exposed activations one session run may return (see :class:`_MicroBatches`)
+_BUDGET = 256 << 20
+
+
+class _MicroBatches:
+    """Runs of a batch cut so that the exposed activations of one run stay under :data:`_BUDGET`.
+
+    The size is set from one sample's outputs on the first run. A model whose batch is fixed
+    and cannot be freed runs in chunks of its batch instead (padded, padding dropped).
+    """
+
+    def __init__(self, tensors: Sequence[str], plan: BatchPlan):
+        self.tensors = list(tensors)
+        self.chunk = plan.chunk
+        self.size: Optional[int] = None
+
+    def run(self, session, feeds):
+        """Yield each run's outputs (one array per tensor, the samples of that run)."""
+        n = next(iter(feeds.values())).shape[0]
+        if self.chunk is not None:
+            for part, real in chunks(feeds, self.chunk, pad=True):
+                yield [o[:real] for o in session.run(self.tensors, part)]
+            return
+        start = 0
+        if self.size is None:
+            first = session.run(self.tensors, {k: v[:1] for k, v in feeds.items()})
+            per_sample = max(1, sum(o.nbytes for o in first))
+            self.size = max(1, _BUDGET // per_sample)
+            yield first
+            start = 1
+        for lo in range(start, n, self.size):
+            yield session.run(self.tensors, {k: v[lo : lo + self.size] for k, v in feeds.items()})
+
+
 class _Histogram:
     """Counts of one layer's activations over ``bins`` bins in ``[lo, hi]`` plus under- and overflow."""
 
@@ -304,19 +338,24 @@ def diagnose(
     }
     specs = input_specs(clean)
 
+    # Eval mode: every sample runs on its own, so a batch can run in micro-batches sized to keep
+    # the exposed activations (every BatchNorm's output) under _BUDGET; the histograms are the same.
+    micro = _MicroBatches(tensors, plan)
     with Progress("diagnosing", None, enabled=show_progress) as bar:
         lo = dict.fromkeys(tensors, np.inf)
         hi = dict.fromkeys(tensors, -np.inf)
         for batch in iter_batches(data, specs, batch_size=config.data.batch_size, max_batches=config.data.max_batches):
-            for t, value in zip(tensors, run_chunked(sessions["clean"], tensors, batch.feeds, plan.chunk)):
-                lo[t], hi[t] = min(lo[t], float(value.min())), max(hi[t], float(value.max()))
+            for values in micro.run(sessions["clean"], batch.feeds):
+                for t, value in zip(tensors, values):
+                    lo[t], hi[t] = min(lo[t], float(value.min())), max(hi[t], float(value.max()))
             bar.update()
         hists = {m: {t: _Histogram(lo[t], hi[t], bins) for t in tensors} for m in _MODELS}
         samples = 0
         for batch in iter_batches(data, specs, batch_size=config.data.batch_size, max_batches=config.data.max_batches):
             for m in _MODELS:
-                for t, value in zip(tensors, run_chunked(sessions[m], tensors, batch.feeds, plan.chunk)):
-                    hists[m][t].add(value)
+                for values in micro.run(sessions[m], batch.feeds):
+                    for t, value in zip(tensors, values):
+                        hists[m][t].add(value)
             samples += batch.size
             bar.update()
 
