@@ -130,3 +130,25 @@ def test_diagnose_takes_the_calibration_config():
 def test_runtime_settings_normalise_providers():
     assert RuntimeSettings("CPUExecutionProvider").providers == ("CPUExecutionProvider",)
     assert RuntimeSettings([]).providers is None
+
+
+def test_reuse_clean_measures_the_clean_model_once_and_changes_nothing(monkeypatch):
+    prepared = nb.split(FUSED, CALIB, max_batches=4).model
+    config = CalibrationConfig(data=DataSettings(64, 4))  # auto: the clean pass and session are needed
+    calls = []
+    real = Calibrator.measure_clean
+
+    def counted(self, job, data, bar=None):
+        calls.append(1)
+        return real(self, job, data, bar)
+
+    monkeypatch.setattr(Calibrator, "measure_clean", counted)
+    shared = Calibrator(config, reuse_clean=True)
+    reused = [shared.with_noise(nb.make_noise("mul", 0.2, seed=s))(prepared, CALIB) for s in range(3)]
+    assert len(calls) == 1
+    fresh = [nb.calibrate(prepared, CALIB, config.replace(noise=nb.make_noise("mul", 0.2, seed=s))) for s in range(3)]
+    assert len(calls) == 4
+    for a, b in zip(reused, fresh):
+        assert a.report.chosen == b.report.chosen and a.report.scores == b.report.scores
+        wa, wb = _weights(a.model), _weights(b.model)
+        assert all(np.array_equal(wa[n], wb[n]) for n in wa)

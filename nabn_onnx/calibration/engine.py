@@ -74,6 +74,7 @@ from ..errors import NabnError, NothingToDoError
 from ..graph import batchnorm_nodes, find_analog_layers, infer_shapes_light, select_layers, skip_summary
 from ..io import ModelLike, check_output, load_model, read_record, record, save_model, without_large_initializers
 from ..logs import once_per_job, warn_once
+from ..noise import NoiseModel
 from ..passes.inject import InjectWeightNoisePass
 from ..passes.split import SplitBatchNormPass
 from ..passes.write_stats import WriteBatchNormStatsPass, bn_epsilon, read_bn_params
@@ -655,8 +656,26 @@ class Calibrator:
     job state (:class:`_Job`), so each can be run and tested on its own.
     """
 
-    def __init__(self, config: Optional[CalibrationConfig] = None):
+    def __init__(self, config: Optional[CalibrationConfig] = None, *, reuse_clean: bool = False):
+        """Settings for every call.
+
+        Args:
+            config: the settings (defaults if None).
+            reuse_clean: the calls calibrate chips of one clean model on one data source (a
+                sweep): the clean model's train-mode statistics and ``auto``'s clean session
+                are measured on the first call and reused while the same ``model`` and
+                ``data`` objects are passed (which must not change in between). Each chip's
+                noise can differ (``replace`` the config's ``noise`` per call with :meth:`with_noise`).
+        """
         self.config = config if config is not None else CalibrationConfig()
+        self.reuse_clean = reuse_clean
+        self._clean: Dict[Tuple[int, int], Tuple[object, object, Optional[Measured], object]] = {}
+
+    def with_noise(self, noise: Optional[NoiseModel]) -> Calibrator:
+        """The same calibrator (and its reused clean measurements) for another chip's noise."""
+        other = Calibrator(self.config.replace(noise=noise), reuse_clean=self.reuse_clean)
+        other._clean = self._clean
+        return other
 
     def __call__(
         self,
@@ -670,13 +689,22 @@ class Calibrator:
         """Calibrate ``model`` on ``data`` (arguments as for :func:`calibrate`)."""
         started = time.perf_counter()
         self.check(model, data, reference, output)
+        key = (id(model), id(data))
+        cached = self._clean.get(key) if self.reuse_clean and reference is None else None
         with once_per_job():
             job = self.prepare(model, reference)
-            data = replayable(data)
+            source, data = data, replayable(data)
             with self.progress(job, data) as bar:
                 self.measure_inserted(job, data, bar)
-                self.measure_clean(job, data, bar)
-                clean_session = self.clean_session(job)
+                if cached is not None and not job.placeholders:
+                    job.clean_run, clean_session = cached[2], cached[3]
+                    bar.update(_count_batches(data, self.config.data.batch_size, self.config.data.max_batches) or 0)
+                else:
+                    self.measure_clean(job, data, bar)
+                    clean_session = self.clean_session(job)
+                    if self.reuse_clean and reference is None and not job.placeholders:
+                        # the objects are kept so that their ids stay theirs while the entry lives
+                        self._clean[key] = (model, source, job.clean_run, clean_session)
                 self.put_noise(job)
                 self.measure_noisy(job, data, bar)
                 self.choose(job, data, clean_session, bar)
