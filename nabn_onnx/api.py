@@ -10,6 +10,7 @@ from onnx import ModelProto
 from .data import DataLike, check_batching
 from .errors import NabnError, NothingToDoError
 from .graph import find_analog_layers, select_layers, skip_summary
+from .gsgraph import from_model
 from .io import ModelLike, check_output, load_model, record, save_model
 from .noise import NoiseModel
 from .passes.base import PassResult
@@ -39,7 +40,7 @@ def split(
     """Insert a BatchNormalization after every selected analog layer that lacks one.
 
     Args:
-        model: path or ``ModelProto`` (not modified).
+        model: path, ``ModelProto`` or ``onnx_graphsurgeon.Graph`` (not modified).
         data: optional calibration data; with it the inserted BatchNorms get the clean
             statistics measured on it, without it the exact-identity placeholder.
         include: regular expression of layer names to split (all by default).
@@ -52,7 +53,8 @@ def split(
         show_progress: draw a progress bar on a terminal.
 
     Returns:
-        The pass result: ``model``, ``modified`` and ``details`` (inserted, skipped).
+        The pass result: ``model`` (an ``onnx_graphsurgeon.Graph`` when one was given, else a
+        ``ModelProto``), ``modified`` and ``details`` (inserted, skipped).
     """
     from .calibration.engine import measure_inserted
 
@@ -95,6 +97,7 @@ def split(
     )
     if output is not None:
         save_model(proto, output, external_data=external_data)
+    result.model = from_model(proto, like=model)
     return result
 
 
@@ -110,12 +113,15 @@ def inject(
     """Write one simulated chip's noisy weights into the analog layers.
 
     Args:
-        model: path or ``ModelProto`` (not modified).
+        model: path, ``ModelProto`` or ``onnx_graphsurgeon.Graph`` (not modified).
         noise: the noise model and seed.
         include: regular expression of layer names that get noise (all by default).
         exclude: regular expression of layer names that stay clean.
         output: save the result here (atomically).
         external_data: store the output's tensors in ``<output>.data`` (None: only above 2 GB).
+
+    Returns:
+        The pass result; ``model`` is an ``onnx_graphsurgeon.Graph`` when one was given.
 
     Raises:
         NabnError: the model already carries injected noise, or has no analog weight.
@@ -136,6 +142,7 @@ def inject(
         )
     if output is not None:
         save_model(proto, output, external_data=external_data)
+    result.model = from_model(proto, like=model)
     return result
 
 
