@@ -240,3 +240,77 @@ def test_paths_and_modelprotos_never_import_graphsurgeon():
 def test_is_gs_graph_is_false_for_the_other_kinds(proto):
     assert not any(is_gs_graph(x) for x in (proto, str(MODEL), MODEL, None))
     assert from_model(proto, like=str(MODEL)) is proto
+
+
+def test_a_pass_given_a_graphsurgeon_export_sees_its_records(graph):
+    """onnx.load of a file gs.export_onnx wrote, straight into a pass: the record is read, no second draw."""
+    noise = nb.make_noise("mul", 0.1, seed=0)
+    exported = gs.export_onnx(nb.inject(graph, noise).model)
+    assert MARKER in exported.graph.doc_string
+    result = nb.InjectWeightNoisePass(noise)(exported)
+    assert not result.modified and "already" in result.details
+    assert MARKER not in exported.graph.doc_string and read_record(exported, "inject") is not None
+
+
+def test_sweep_and_session_read_a_graph(graph):
+    kwargs = dict(noise="mul", etas=[0.1], seeds=1, calib_batches=2, test_batches=2)
+    assert nb.sweep(graph, CALIB, TEST, **kwargs).rows == nb.sweep(MODEL, CALIB, TEST, **kwargs).rows
+    split = nb.split(graph).model
+    x = np.load(TEST)["input"][:16]
+    np.testing.assert_array_equal(
+        nb.NabnSession(split).run(None, {"input": x})[0],
+        nb.NabnSession(nb.split(MODEL).model).run(None, {"input": x})[0],
+    )
+
+
+def _if_model() -> onnx.ModelProto:
+    """A Conv whose output goes through an If, with a weight inside a branch and a sparse initializer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    then_graph = helper.make_graph(
+        [helper.make_node("Mul", ["y", "k"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.float32([2.0]), "k")],
+    )
+    else_graph = helper.make_graph(
+        [helper.make_node("Neg", ["y"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)],
+    )
+    sparse = helper.make_sparse_tensor(
+        numpy_helper.from_array(np.float32([1.0]), "s"), numpy_helper.from_array(np.int64([0]), "s_i"), [1]
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+            helper.make_node("Add", ["y", "s"], ["y2"], name="add"),
+            helper.make_node("If", ["c"], ["z"], then_branch=then_graph, else_branch=else_graph, name="if"),
+        ],
+        "with_if",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4]),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("y2", TensorProto.FLOAT, None),
+        ],
+        [numpy_helper.from_array(rng.standard_normal((3, 2, 1, 1)).astype(np.float32), "w")],
+        doc_string="a graph",
+        sparse_initializer=[sparse],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="test", producer_version="1"
+    )
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("load", [lambda: onnx.load(str(MODEL)), _if_model])
+def test_to_model_is_graphsurgeons_export_byte_for_byte(load):
+    graph = gs.import_onnx(load())
+    assert to_model(graph).SerializeToString() == gs.export_onnx(graph).SerializeToString()

@@ -19,7 +19,7 @@ from typing import Any, Dict, Union
 
 from onnx import ModelProto
 
-from ..gsgraph import GsGraph, from_model, is_gs_graph, to_model
+from ..gsgraph import GsGraph, from_model, is_gs_graph, restore_model_fields, to_model
 
 __all__ = ["Pass", "PassResult", "PreconditionError", "PostconditionError"]
 
@@ -70,6 +70,7 @@ class Pass(abc.ABC):
             raise PreconditionError(
                 f"{type(self).__name__} takes an onnx.ModelProto or onnx_graphsurgeon.Graph, got {type(model).__name__}"
             )
+        restore_model_fields(model)  # records a graphsurgeon export carried in the doc_string
         self.requires(model)
         result = self.call(model)
         if self.in_place and result.model is not model:
