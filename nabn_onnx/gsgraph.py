@@ -96,9 +96,15 @@ def _export(graph: GsGraph) -> ModelProto:
     copy the weights once (``tools/bench_graphsurgeon.py`` measures both).
     """
     import onnx
-    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, update_import_domains
+    from onnx_graphsurgeon.exporters.onnx_exporter import (
+        OnnxExporter,
+        check_duplicate_node_names,
+        update_import_domains,
+    )
     from onnx_graphsurgeon.ir.tensor import Constant, SparseValues, Variable
+    from onnx_graphsurgeon.logger import G_LOGGER
 
+    check_duplicate_node_names(graph.nodes, level=G_LOGGER.WARNING)  # graphsurgeon's own warning, as it gives it
     functions = [OnnxExporter.export_function(func) for func in graph.functions]
     model = onnx.helper.make_model(onnx.GraphProto(), opset_imports=update_import_domains(graph), functions=functions)
     out = model.graph

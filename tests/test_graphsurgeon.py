@@ -177,6 +177,8 @@ def test_model_fields_survive_the_round_trip(proto):
     model.graph.doc_string = "the graph\nsecond line"
     entry = model.metadata_props.add()
     entry.key, entry.value = "user.key", 'user value with "quotes"\nand a newline'
+    graph_entry = model.graph.metadata_props.add()
+    graph_entry.key, graph_entry.value = "graph.key", "graph value"
     graph = from_model(model, like=gs.Graph())
     assert graph.doc_string.startswith("the graph\nsecond line\n\n" + MARKER)
     for kept in (graph, graph.copy(), gs.import_onnx(gs.export_onnx(graph))):
@@ -184,6 +186,7 @@ def test_model_fields_survive_the_round_trip(proto):
         assert back.graph.doc_string == "the graph\nsecond line"
         assert (back.doc_string, back.model_version, back.domain) == ("the model", 7, "ai.example")
         assert [(p.key, p.value) for p in back.metadata_props] == [(p.key, p.value) for p in model.metadata_props]
+        assert [(p.key, p.value) for p in back.graph.metadata_props] == [("graph.key", "graph value")]
         assert (back.ir_version, back.producer_name, back.producer_version) == (
             model.ir_version,
             model.producer_name,
@@ -203,10 +206,17 @@ def test_a_key_already_in_the_model_wins_over_the_line(proto):
     assert MARKER not in exported.graph.doc_string
 
 
-def test_an_edited_line_leaves_the_doc_string_alone():
-    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], doc_string="notes " + MARKER + "{broken"))
+@pytest.mark.parametrize("line", ["{broken", "[1, 2]"])
+def test_an_edited_line_leaves_the_doc_string_alone(line):
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], doc_string="notes " + MARKER + line))
     assert not restore_model_fields(model)
-    assert model.graph.doc_string == "notes " + MARKER + "{broken"
+    assert model.graph.doc_string == "notes " + MARKER + line
+
+
+def test_a_missing_graphsurgeon_is_a_one_line_error(graph, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx_graphsurgeon", None)  # as if not installed
+    with pytest.raises(nb.ModelError, match=r"pip install 'nabn-onnx\[graphsurgeon\]'"):
+        to_model(graph)
 
 
 def test_a_graph_graphsurgeon_cannot_export_is_a_one_line_error():
@@ -314,3 +324,23 @@ def _if_model() -> onnx.ModelProto:
 def test_to_model_is_graphsurgeons_export_byte_for_byte(load):
     graph = gs.import_onnx(load())
     assert to_model(graph).SerializeToString() == gs.export_onnx(graph).SerializeToString()
+
+
+class _Holder:
+    def __init__(self, model):
+        self.model = model
+
+
+@pytest.mark.parametrize(
+    "wrap,unwrap",
+    [(lambda m: m, lambda r: r), (_Holder, lambda r: r.model), (lambda m: nb.PassResult(m, True), lambda r: r.model)],
+)
+def test_returns_like_converts_a_model_or_its_model_field(graph, proto, wrap, unwrap):
+    @returns_like("model")
+    def passthrough(model, note="x"):
+        return wrap(nb.load_model(model))
+
+    assert is_gs_graph(unwrap(passthrough(graph)))
+    assert is_gs_graph(unwrap(passthrough(note="y", model=graph)))
+    assert isinstance(unwrap(passthrough(proto)), onnx.ModelProto)
+    assert returns_like()(lambda model: 3)(graph) == 3  # nothing model-like to convert
