@@ -14,9 +14,9 @@ does (``import_onnx``, ``export_onnx``, ``Graph.copy``, ``cleanup``, ``toposort`
 graph's ``name`` and ``doc_string``. So :func:`from_model` appends to the graph's
 ``doc_string`` one line holding, as JSON, the model fields the graph has no place for
 (``metadata_props``, the model's ``doc_string``, ``model_version``, ``domain``, the
-producer, the graph's own ``metadata_props``), and :func:`to_model` and
-:func:`nabn_onnx.io.load_model` (:func:`restore_model_fields`) move them back, leaving the
-``doc_string`` as it was. A graph we return and the user saves with ``gs.export_onnx`` thus
+producer, the graph's own ``metadata_props``), and :func:`to_model`,
+:func:`nabn_onnx.io.load_model` and every pass (:func:`restore_model_fields`) move them
+back, leaving the ``doc_string`` as it was. A graph we return and the user saves with ``gs.export_onnx`` thus
 still carries its records in the file, and a model made noisy by ``inject`` is still refused a
 second draw.
 
@@ -221,12 +221,26 @@ def _split_fields(doc: str) -> Tuple[str, Optional[Dict[str, Any]]]:
         fields, end = json.JSONDecoder().raw_decode(doc, start + len(MARKER))
     except json.JSONDecodeError:
         return doc, None  # edited by hand beyond recognition: leave the text, keep nothing
-    if not isinstance(fields, dict):
+    if not _well_formed(fields):
         return doc, None
     head = doc[:start]
     if head.endswith("\n\n"):
         head = head[:-2]
     return head + doc[end:], fields
+
+
+def _well_formed(fields: Any) -> bool:
+    """Whether a decoded line has the shape :func:`_model_fields` writes (a file may hold anything)."""
+    if not isinstance(fields, dict):
+        return False
+    for name in ("metadata_props", "graph_metadata_props"):
+        pairs = fields.get(name, [])
+        if not isinstance(pairs, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in pairs
+        ):
+            return False
+    strings = ("doc_string", "domain", "producer_name", "producer_version")
+    return all(isinstance(fields.get(n, ""), str) for n in strings) and type(fields.get("model_version", 0)) is int
 
 
 def restore_model_fields(proto: ModelProto) -> bool:
@@ -257,4 +271,4 @@ def _add_props(props: Any, pairs: List[List[str]]) -> None:
     for key, value in pairs:
         if key not in present:
             entry = props.add()
-            entry.key, entry.value = str(key), str(value)
+            entry.key, entry.value = key, value

@@ -206,7 +206,9 @@ def test_a_key_already_in_the_model_wins_over_the_line(proto):
     assert MARKER not in exported.graph.doc_string
 
 
-@pytest.mark.parametrize("line", ["{broken", "[1, 2]"])
+@pytest.mark.parametrize(
+    "line", ["{broken", "[1, 2]", '{"metadata_props": [1]}', '{"metadata_props": [["k", 2]]}', '{"model_version": "7"}']
+)
 def test_an_edited_line_leaves_the_doc_string_alone(line):
     model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], doc_string="notes " + MARKER + line))
     assert not restore_model_fields(model)
