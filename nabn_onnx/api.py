@@ -11,6 +11,7 @@ from .calibration.config import SplitConfig, SplitOptions
 from .data import DataLike, check_batching
 from .errors import NabnError, NothingToDoError
 from .graph import find_analog_layers, select_layers, skip_summary
+from .gsgraph import from_model
 from .io import ModelLike, check_output, load_model, record, save_model
 from .noise import NoiseModel
 from .passes.base import PassResult
@@ -40,7 +41,7 @@ def split(
     """Insert a BatchNormalization after every selected analog layer that lacks one.
 
     Args:
-        model: path or ``ModelProto`` (not modified).
+        model: path, ``ModelProto`` or ``onnx_graphsurgeon.Graph`` (not modified).
         data: optional calibration data; with it the inserted BatchNorms get the clean
             statistics measured on it, without it the exact-identity placeholder.
         config: which layers (``layers``), and how the data is measured; or give them as flat
@@ -51,7 +52,8 @@ def split(
         **options: flat settings keywords (:class:`~nabn_onnx.calibration.config.SplitOptions`).
 
     Returns:
-        The pass result: ``model``, ``modified`` and ``details`` (inserted, skipped).
+        The pass result: ``model`` (an ``onnx_graphsurgeon.Graph`` when one was given, else a
+        ``ModelProto``), ``modified`` and ``details`` (inserted, skipped).
     """
     from .calibration.engine import _count_batches, measure_inserted
 
@@ -89,6 +91,7 @@ def split(
     )
     if output is not None:
         save_model(proto, output, external_data=external_data)
+    result.model = from_model(proto, like=model)
     return result
 
 
@@ -104,12 +107,15 @@ def inject(
     """Write one simulated chip's noisy weights into the analog layers.
 
     Args:
-        model: path or ``ModelProto`` (not modified).
+        model: path, ``ModelProto`` or ``onnx_graphsurgeon.Graph`` (not modified).
         noise: the noise model and seed.
         include: regular expression of layer names that get noise (all by default).
         exclude: regular expression of layer names that stay clean.
         output: save the result here (atomically).
         external_data: store the output's tensors in ``<output>.data`` (None: only above 2 GB).
+
+    Returns:
+        The pass result; ``model`` is an ``onnx_graphsurgeon.Graph`` when one was given.
 
     Raises:
         NabnError: the model already carries injected noise, or has no analog weight.
@@ -130,6 +136,7 @@ def inject(
         )
     if output is not None:
         save_model(proto, output, external_data=external_data)
+    result.model = from_model(proto, like=model)
     return result
 
 

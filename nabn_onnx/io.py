@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from onnx import ModelProto, TensorProto, external_data_helper, numpy_helper
 
 from .errors import ModelError
+from .gsgraph import GsGraph, is_gs_graph, restore_model_fields, to_model
 
 __all__ = [
     "ModelLike",
@@ -48,7 +49,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ModelLike = Union[str, os.PathLike, ModelProto]
+#: A model the public calls take: a path, a ``ModelProto`` or an ``onnx_graphsurgeon.Graph``.
+ModelLike = Union[str, os.PathLike, ModelProto, GsGraph]
 
 #: BatchNormalization's signature is stable from opset 9 on (``spatial`` was dropped).
 MIN_OPSET = 9
@@ -225,10 +227,11 @@ def model_size_bytes(model: ModelProto) -> int:
 
 
 def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
-    """Load a model from a path (or take a ``ModelProto``), ready for the passes.
+    """Load a model from a path (or take a ``ModelProto`` or an onnx-graphsurgeon graph), ready for the passes.
 
     Args:
-        model: path to an ``.onnx`` file or a loaded ``ModelProto`` (used as is, not copied).
+        model: path to an ``.onnx`` file, a loaded ``ModelProto`` (used as is, not copied) or
+            an ``onnx_graphsurgeon.Graph`` (exported to a new ``ModelProto``, see :mod:`nabn_onnx.gsgraph`).
         check: run ``onnx.checker`` on the model.
 
     Returns:
@@ -240,6 +243,8 @@ def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
     """
     if isinstance(model, ModelProto):
         proto = model
+    elif is_gs_graph(model):
+        proto = to_model(model)
     else:
         path = Path(model)
         if not path.exists():
@@ -262,6 +267,7 @@ def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
                 raise ModelError(f"cannot read the external data of {path}: {exc}") from None
     if not proto.HasField("graph"):
         raise ModelError("the model has no graph")
+    restore_model_fields(proto)  # saved with gs.export_onnx from a graph nabn-onnx returned
     _check_utf8(proto)
     opset = _default_opset(proto)
     if opset < MIN_OPSET:
@@ -752,7 +758,7 @@ def check_output(model: ModelLike, output: Union[str, os.PathLike]) -> None:
     """
     output = Path(output)
     check_output_folder(output)
-    if isinstance(model, ModelProto):
+    if isinstance(model, ModelProto) or is_gs_graph(model):
         return
     model = Path(model)
     if model.exists() and output.exists() and model.resolve() == output.resolve():

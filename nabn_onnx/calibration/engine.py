@@ -72,6 +72,7 @@ from onnx import ModelProto
 from ..data import Batch, DataLike, check_batching, input_specs, iter_batches, replayable
 from ..errors import NabnError, NothingToDoError
 from ..graph import batchnorm_nodes, find_analog_layers, infer_shapes_light, select_layers, skip_summary
+from ..gsgraph import returns_like
 from ..io import ModelLike, check_output, load_model, read_record, record, save_model, without_large_initializers
 from ..logs import once_per_job, warn_once
 from ..noise import NoiseModel
@@ -623,7 +624,8 @@ def calibrate(
     ``providers=``, ``show_progress=``), which fill in ``config``'s fields.
 
     Args:
-        model: path or ``ModelProto`` (not modified; a copy is calibrated).
+        model: path, ``ModelProto`` or ``onnx_graphsurgeon.Graph`` (not modified; a copy is
+            calibrated; a graph gives a graph back in the result).
         data: calibration data: an ``.npz`` path, a dict of arrays, an onnxruntime
             ``CalibrationDataReader`` or an iterable of feed dicts.
         config: the settings (defaults: ``auto``, no simulated noise, batches of 64).
@@ -677,6 +679,7 @@ class Calibrator:
         other._clean = self._clean
         return other
 
+    @returns_like("model")
     def __call__(
         self,
         model: ModelLike,

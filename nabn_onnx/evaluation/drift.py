@@ -30,6 +30,7 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -406,6 +407,6 @@ def drift_sweep(
 
 
 def _name(model: ModelLike, proto: ModelProto) -> str:
-    if isinstance(model, ModelProto):
+    if not isinstance(model, (str, os.PathLike)):  # a ModelProto or an onnx_graphsurgeon.Graph
         return proto.graph.name or "model"
     return Path(model).stem

@@ -71,7 +71,7 @@ class Evaluator:
     """One session that evaluates a model (and chip variants of it) on data.
 
     Args:
-        model: path or ``ModelProto`` (not modified).
+        model: path, ``ModelProto`` or ``onnx_graphsurgeon.Graph`` (not modified).
         output: which model output the metric reads: index or name (first output by default).
         overridable: initializer names each :meth:`run` may feed new values for.
         providers: onnxruntime execution providers (CPU by default).
@@ -184,7 +184,7 @@ def evaluate(
     """The task metric of ``model`` on ``data``.
 
     Args:
-        model: path or ``ModelProto`` (not modified).
+        model: path, ``ModelProto`` or ``onnx_graphsurgeon.Graph`` (not modified).
         data: labelled data: an ``.npz`` with ``labels``, a dict of arrays, an image folder
             (:class:`~nabn_onnx.images.ImageFolder` or its path), or batches with ``labels``.
         metric: ``"top1"`` (default), ``"top5"``, ``"miou"``, ``"pixel-acc"``, a list of

@@ -288,7 +288,7 @@ def _scalar(value) -> float:
 
 
 def _model_name(model: ModelLike, proto: ModelProto) -> str:
-    if isinstance(model, ModelProto):
+    if not isinstance(model, (str, os.PathLike)):  # a ModelProto or an onnx_graphsurgeon.Graph
         return proto.graph.name or "model"
     return Path(model).stem
 

@@ -39,13 +39,14 @@ import copy
 import functools
 import logging
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ..errors import NabnError, NoiseConfigError
 from ..graph import find_analog_layers
+from ..gsgraph import GsGraph, is_gs_graph, to_model
 from ..io import read_record, record
 from .base import Pass, PassResult
 from .split import select_layers
@@ -122,7 +123,7 @@ def _elem_type(model: ModelProto, weight: str) -> int:
 
 
 def measure_input_ranges(
-    model: ModelProto,
+    model: Union[ModelProto, GsGraph],
     data,
     *,
     batch_size: int = 64,
@@ -135,7 +136,7 @@ def measure_input_ranges(
     from ..data import input_specs, iter_batches
     from ..runtime import MEASURE, make_session
 
-    probe = copy.deepcopy(model)
+    probe = to_model(model) if is_gs_graph(model) else copy.deepcopy(model)
     layers = [layer for layer in select_layers(find_analog_layers(probe), include, exclude) if layer.weight]
     outputs = {}
     for i, layer in enumerate(layers):
@@ -155,7 +156,7 @@ def measure_input_ranges(
     session = make_session(probe, optimization=MEASURE, providers=providers)
     fetch = list(outputs.values())
     ranges = dict.fromkeys(outputs, 0.0)
-    for batch in iter_batches(data, input_specs(model), batch_size=batch_size, max_batches=max_batches):
+    for batch in iter_batches(data, input_specs(probe), batch_size=batch_size, max_batches=max_batches):
         for layer_name, value in zip(outputs, session.run(fetch, batch.feeds)):
             ranges[layer_name] = max(ranges[layer_name], float(value))
     return ranges
@@ -347,6 +348,7 @@ class StripAnalogIOPass(Pass):
             producers[0].output[outputs.index(raw)] = entry["output"]
             del analog[0].input[:]
             analog[0].input.extend(entry["inputs"])
+            _restore_bias(model, analog[0], entry)
         keep = [n for n in graph.node if not n.name.startswith(PREFIX)]
         del graph.node[:]
         graph.node.extend(keep)
@@ -357,3 +359,30 @@ class StripAnalogIOPass(Pass):
         del model.metadata_props[:]
         model.metadata_props.extend(props)
         return PassResult(model, True, {"layers": [e["layer"] for e in recorded["layers"]]})
+
+
+def _restore_bias(model: ModelProto, node, entry: Dict) -> None:
+    """Rebuild the layer's original bias initializer from the digital bias when it is gone.
+
+    The insert leaves the original bias in place, unread; a tool that drops initializers no
+    node reads (onnx-graphsurgeon's export does) removes it. The digital bias holds its
+    values (times Gemm's ``beta``): exact for Conv and ConvTranspose, and for Gemm when
+    ``beta`` is 1; otherwise within one rounding of the bias's type.
+    """
+    inputs = entry["inputs"]
+    if len(inputs) < 3 or not inputs[2]:
+        return
+    name = inputs[2]
+    graph = model.graph
+    known = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+    if name in known or any(name in n.output for n in graph.node):
+        return
+    digital = next((t for t in graph.initializer if t.name == entry["tag"] + "bias"), None)
+    if digital is None:
+        raise NabnError(f"cannot restore the bias {name!r} of layer {entry['layer']}: it is gone from the graph")
+    values = numpy_helper.to_array(digital).reshape(-1)
+    beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0) if node.op_type == "Gemm" else 1.0
+    if beta != 1.0:
+        values = (values.astype(np.float64) / beta).astype(values.dtype)
+    graph.initializer.append(numpy_helper.from_array(values, name))
+    logger.debug("restored the bias %s of %s from the digital bias", name, entry["layer"])

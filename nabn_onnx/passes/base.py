@@ -4,15 +4,22 @@ Parameters go in ``__init__``; ``__call__(model)`` keeps no state between calls.
 pass in this package works in place on the ``ModelProto`` it is given (copying a model
 of hundreds of megabytes per pass would dominate the run time); the base checks that the
 returned model is the one passed in, and callers that must keep the input copy it once.
+
+A pass also takes an ``onnx_graphsurgeon.Graph``: the base exports it to a ``ModelProto``,
+runs the pass on that, and returns the result as a new graph (:mod:`nabn_onnx.gsgraph`,
+provenance kept); the graph passed in is left as it was.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, Union
 
 from onnx import ModelProto
+
+from ..gsgraph import GsGraph, from_model, is_gs_graph, restore_model_fields, to_model
 
 __all__ = ["Pass", "PassResult", "PreconditionError", "PostconditionError"]
 
@@ -33,12 +40,13 @@ class PassResult:
     """What a pass did.
 
     Attributes:
-        model: the transformed model (the same object that was passed in).
+        model: the transformed model (the same object that was passed in; for an
+            ``onnx_graphsurgeon.Graph``, a new graph).
         modified: whether anything changed; a second run of a pass returns False.
         details: what changed, for reports and provenance (pass-specific keys).
     """
 
-    model: ModelProto
+    model: Union[ModelProto, GsGraph]
     modified: bool
     details: Dict[str, Any] = field(default_factory=dict)
 
@@ -49,10 +57,20 @@ class Pass(abc.ABC):
     #: Every pass edits the model it is given; see the module docstring.
     in_place: bool = True
 
-    def __call__(self, model: ModelProto) -> PassResult:
-        """Run the pass with its precondition and postcondition checks (see :meth:`call`)."""
+    def __call__(self, model: Union[ModelProto, GsGraph]) -> PassResult:
+        """Run the pass with its precondition and postcondition checks (see :meth:`call`).
+
+        An ``onnx_graphsurgeon.Graph`` is exported, transformed and imported again: the
+        result's ``model`` is a new graph and the one given is not modified.
+        """
+        if is_gs_graph(model):
+            result = self(to_model(model))
+            return dataclasses.replace(result, model=from_model(result.model, like=model))
         if not isinstance(model, ModelProto):
-            raise PreconditionError(f"{type(self).__name__} takes an onnx.ModelProto, got {type(model).__name__}")
+            raise PreconditionError(
+                f"{type(self).__name__} takes an onnx.ModelProto or onnx_graphsurgeon.Graph, got {type(model).__name__}"
+            )
+        restore_model_fields(model)  # records a graphsurgeon export carried in the doc_string
         self.requires(model)
         result = self.call(model)
         if self.in_place and result.model is not model:
