@@ -156,6 +156,11 @@ def make_session(
     options.graph_optimization_level = optimization
     options.intra_op_num_threads = intra_op_threads or int(os.environ.get(THREADS_ENV, "0") or 0)
     options.log_severity_level = 4 if quiet else 3
+    # Priority-based order runs a statistics graph's side branches (taps) as soon as their
+    # input exists, so activations are freed instead of waiting for the branch: on MobileNet-v2
+    # at batch 64 the tap graph's peak fell from 5.4 GB to 1.7 GB (tools/bench_calibrate.py).
+    if hasattr(ort, "ExecutionOrder"):
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     providers = check_providers(providers)
     # Handing onnxruntime a file with external data, rather than model.SerializeToString(),
     # avoids two transient copies of the weights (protobuf's buffer and the Python bytes):

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import copy
 import glob
 import os
 import warnings
@@ -186,6 +187,51 @@ def test_tap_keeps_eval_output_and_measures_batch_stats(name: str, opset: int) -
     x64 = case.inputs[0].astype(np.float64)
     np.testing.assert_allclose(got[stat.mean], x64.mean(axis=(0, 2, 3)), rtol=STAT_RTOL, atol=STAT_ATOL)
     np.testing.assert_allclose(got[stat.var], x64.var(axis=(0, 2, 3)), rtol=STAT_RTOL, atol=STAT_ATOL)
+
+
+def test_tap_of_an_identity_placeholder_reads_its_output_and_lets_the_conv_fold_it() -> None:
+    """split's placeholder is measured on its output (equal to its input), so onnxruntime folds it."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 1, (4, 3, 3, 3)).astype(np.float32)
+    x = rng.normal(2.0, 1.5, (8, 3, 6, 6)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["y"], name="bn", epsilon=2.0**-17),
+        helper.make_node("Relu", ["y"], ["out"]),
+    ]
+    params = [np.ones(4), np.zeros(4), np.zeros(4), np.full(4, 1 - 2.0**-17)]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 3, 6, 6])],
+        [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")]
+        + [numpy_helper.from_array(p.astype(np.float32), n) for p, n in zip(params, "sbmv")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    before = _session(copy.deepcopy(model)).run(None, {"x": x})[0]
+    stat = ExposeBatchNormStatsPass(tap=["bn"])(model).details["outputs"]["bn"]
+    tap = next(n for n in model.graph.node if n.name == "bn/nabn_tap")
+    assert tap.input[0] == "y"  # the placeholder's output, not its input
+    session = _session(model, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    got = dict(zip([o.name for o in model.graph.output], session.run(None, {"x": x})))
+    np.testing.assert_allclose(got["out"], before, rtol=1e-5, atol=1e-5)  # computes what it did
+    conv_only = helper.make_graph(
+        nodes[:1],
+        "c",
+        graph.input,
+        [helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, None)],
+        graph.initializer[:1],
+    )
+    reference = _session(helper.make_model(conv_only, opset_imports=[helper.make_opsetid("", 15)]))
+    reference = reference.run(None, {"x": x})[0].astype(np.float64)
+    np.testing.assert_allclose(got[stat.mean], reference.mean(axis=(0, 2, 3)), rtol=STAT_RTOL, atol=STAT_ATOL)
+    np.testing.assert_allclose(got[stat.var], reference.var(axis=(0, 2, 3)), rtol=STAT_RTOL, atol=STAT_ATOL)
+    # a BatchNorm that is not an identity is still measured on its input
+    model2 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    model2.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.full(4, 2.0, np.float32), "s"))
+    ExposeBatchNormStatsPass(tap=["bn"])(model2)
+    assert next(n for n in model2.graph.node if n.name == "bn/nabn_tap").input[0] == "c"
 
 
 def test_stats_graph_matches_numpy_on_a_larger_batch() -> None:
