@@ -24,6 +24,7 @@ from .calibration import (
 from .errors import DataError, ModelError, NabnError, NoiseConfigError, NothingToDoError
 from .evaluation import (
     CheckReport,
+    EvalConfig,
     SweepPlan,
     SweepSettings,
     Threshold,
@@ -71,6 +72,7 @@ __all__ = [
     "DataSettings",
     "LayerSelection",
     "RuntimeSettings",
+    "EvalConfig",
     "NabnSession",
     "TemporalNoise",
     "CalibrationReport",

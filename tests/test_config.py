@@ -152,3 +152,10 @@ def test_reuse_clean_measures_the_clean_model_once_and_changes_nothing(monkeypat
         assert a.report.chosen == b.report.chosen and a.report.scores == b.report.scores
         wa, wb = _weights(a.model), _weights(b.model)
         assert all(np.array_equal(wa[n], wb[n]) for n in wa)
+
+
+def test_evaluate_takes_an_eval_config():
+    config = nb.EvalConfig(data=DataSettings(100, 2))
+    assert nb.evaluate(FUSED, TEST, "top1", config) == nb.evaluate(FUSED, TEST, batch_size=100, max_batches=2)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'batches'"):
+        nb.evaluate(FUSED, TEST, batches=2)

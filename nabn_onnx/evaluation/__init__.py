@@ -2,12 +2,13 @@
 
 from .check import CheckReport, ChipResult, Threshold, check, parse_threshold
 from .diagnose import DiagnoseReport, LayerDivergence, diagnose
-from .evaluate import Evaluation, Evaluator, evaluate
+from .evaluate import EvalConfig, Evaluation, Evaluator, evaluate
 from .executors import ProcessExecutor, RayExecutor, SerialExecutor, make_executor
 from .metrics import ConfusionMatrix, MeanIoU, Metric, PixelAccuracy, TopK, make_metric
 from .sweep import ChipTask, SweepPlan, SweepReport, SweepSettings, run_sweep, sweep
 
 __all__ = [
+    "EvalConfig",
     "evaluate",
     "Evaluator",
     "Evaluation",

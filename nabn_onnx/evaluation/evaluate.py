@@ -12,8 +12,8 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from onnx import ModelProto
@@ -24,6 +24,7 @@ from ..io import ModelLike, load_model
 from ..noise import NoiseModel
 from ..progress import Progress
 from ..runtime import SERVE, make_overridable, make_session, plan_batch, run_chunked
+from ..settings import DataSettings, RuntimeSettings, with_options
 from .metrics import IGNORE_INDEX, MetricLike, make_metrics
 
 __all__ = ["evaluate", "Evaluator", "Evaluation", "OutputLike", "measure_gain"]
@@ -168,18 +169,48 @@ def _output_name(model: ModelProto, output: OutputLike) -> str:
     return output
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """How ``evaluate`` reads the data and the model's output (the metric is its own argument).
+
+    Attributes:
+        data: batch size and number of batches.
+        output: output index or name the metric reads (first output by default).
+        ignore_index: segmentation label never counted (255 by default).
+        ignore_background: drop background pixels in segmentation metrics (None: mIoU
+            ignores them as in the paper, pixel accuracy counts them).
+        runtime: execution providers and the progress bar.
+    """
+
+    data: DataSettings = field(default_factory=DataSettings)
+    output: OutputLike = None
+    ignore_index: Optional[int] = IGNORE_INDEX
+    ignore_background: Optional[bool] = None
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+
+    @classmethod
+    def build(cls, config: Optional[EvalConfig], options: Mapping[str, Any]) -> EvalConfig:
+        """``config`` (defaults if None) with the flat keyword ``options`` filled in."""
+        return with_options(config if config is not None else cls(), options, _EVAL_FLAT, "evaluate")
+
+
+_EVAL_FLAT = {
+    "batch_size": ("data", "batch_size"),
+    "max_batches": ("data", "max_batches"),
+    "output": ("output",),
+    "ignore_index": ("ignore_index",),
+    "ignore_background": ("ignore_background",),
+    "providers": ("runtime", "providers"),
+    "show_progress": ("runtime", "show_progress"),
+}
+
+
 def evaluate(
     model: ModelLike,
     data: DataLike,
     metric: Union[MetricLike, Sequence[MetricLike]] = "top1",
-    *,
-    batch_size: int = 64,
-    max_batches: Optional[int] = None,
-    output: OutputLike = None,
-    ignore_index: Optional[int] = IGNORE_INDEX,
-    ignore_background: Optional[bool] = None,
-    providers: Optional[Sequence[str]] = None,
-    show_progress: bool = False,
+    config: Optional[EvalConfig] = None,
+    **options: Any,
 ) -> Union[float, Dict[str, float]]:
     """The task metric of ``model`` on ``data``.
 
@@ -189,14 +220,10 @@ def evaluate(
             (:class:`~nabn_onnx.images.ImageFolder` or its path), or batches with ``labels``.
         metric: ``"top1"`` (default), ``"top5"``, ``"miou"``, ``"pixel-acc"``, a list of
             them, a :class:`~nabn_onnx.evaluation.metrics.Metric` or a callable.
-        batch_size: samples per batch for file and dict data.
-        max_batches: evaluate at most this many batches.
-        output: output index or name the metric reads (first output by default).
-        ignore_index: segmentation label never counted (255 by default).
-        ignore_background: drop background pixels in segmentation metrics (None: mIoU
-            ignores them as in the paper, pixel accuracy counts them).
-        providers: onnxruntime execution providers.
-        show_progress: draw a progress bar on a terminal.
+        config: how the data and the output are read (:class:`EvalConfig`); or give its
+            fields as flat keywords: ``batch_size=``, ``max_batches=``, ``output=``,
+            ``ignore_index=``, ``ignore_background=``, ``providers=``, ``show_progress=``.
+        **options: the flat keywords.
 
     Returns:
         The metric as a fraction in [0, 1], or ``{name: value}`` for several.
@@ -204,15 +231,16 @@ def evaluate(
     Raises:
         NabnError: bad model, data, labels or metric (one-line message).
     """
-    evaluator = Evaluator(model, output=output, providers=providers)
-    with Progress("evaluating", None, enabled=show_progress) as bar:
+    config = EvalConfig.build(config, options)
+    evaluator = Evaluator(model, output=config.output, providers=config.runtime.providers)
+    with Progress("evaluating", None, enabled=config.runtime.show_progress) as bar:
         return evaluator.run(
             data,
             metric,
-            batch_size=batch_size,
-            max_batches=max_batches,
-            ignore_index=ignore_index,
-            ignore_background=ignore_background,
+            batch_size=config.data.batch_size,
+            max_batches=config.data.max_batches,
+            ignore_index=config.ignore_index,
+            ignore_background=config.ignore_background,
             progress=bar,
         ).value
 
