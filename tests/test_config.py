@@ -159,3 +159,19 @@ def test_evaluate_takes_an_eval_config():
     assert nb.evaluate(FUSED, TEST, "top1", config) == nb.evaluate(FUSED, TEST, batch_size=100, max_batches=2)
     with pytest.raises(TypeError, match="unexpected keyword argument 'batches'"):
         nb.evaluate(FUSED, TEST, batches=2)
+
+
+def test_sweep_takes_its_plan_and_settings_as_objects_or_keywords():
+    plan = nb.SweepPlan.of("mul", [0.3], 2)
+    settings = nb.SweepSettings(method="paper", calib_batches=2, test_batches=2)
+    by_objects = nb.sweep(FUSED, CALIB, TEST, plan, settings)
+    by_keywords = nb.sweep(
+        FUSED, CALIB, TEST, noise="mul", etas=[0.3], seeds=2, method="paper", calib_batches=2, test_batches=2
+    )
+    assert by_objects.rows == by_keywords.rows and len(by_objects.rows) == 2
+    with pytest.raises(TypeError, match="needs etas="):
+        nb.sweep(FUSED, CALIB, TEST, seeds=2)
+    with pytest.raises(TypeError, match="a SweepPlan and its keyword"):
+        nb.sweep(FUSED, CALIB, TEST, plan, etas=[0.1])
+    with pytest.raises(TypeError, match="unexpected keyword argument 'calibration_batches'"):
+        nb.sweep(FUSED, CALIB, TEST, plan, calibration_batches=2)

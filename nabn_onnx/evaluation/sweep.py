@@ -62,7 +62,7 @@ from ..noise import NoiseModel, make_noise
 from ..passes.inject import InjectWeightNoisePass, noisy_tensor_names
 from ..progress import Progress
 from ..runtime import check_providers
-from ..settings import DataSettings, RuntimeSettings
+from ..settings import DataSettings, RuntimeSettings, with_options
 from .evaluate import Evaluator, OutputLike
 from .executors import Executor, SerialExecutor, crash_hook
 from .metrics import IGNORE_INDEX, MetricLike
@@ -731,96 +731,67 @@ def _report_row(row: Mapping[str, Any]) -> Dict[str, Any]:
     }
 
 
+#: keywords of :func:`sweep` that fill the :class:`SweepPlan` (the rest fill :class:`SweepSettings`)
+_PLAN_KEYWORDS = ("noise", "etas", "seeds", "sigma_t", "sigma_s", "temporal", "include_bias", "device")
+
+
 def sweep(
     model: ModelLike,
     calib: DataLike,
     test: DataLike,
+    plan: Optional[SweepPlan] = None,
+    settings: Optional[SweepSettings] = None,
     *,
-    noise: str = "mul",
-    etas: Sequence[float],
-    seeds: Union[int, Sequence[int]] = 5,
-    method: str = "auto",
-    metric: MetricLike = "top1",
-    sigma_t: float = 0.2,
-    sigma_s: float = 0.1,
-    temporal: str = "element",
-    include_bias: bool = False,
-    estimator: Estimator = DEFAULT_ESTIMATOR,
-    batch_size: int = 64,
-    calib_batches: Optional[int] = None,
-    test_batches: Optional[int] = None,
-    output: OutputLike = None,
-    ignore_index: Optional[int] = IGNORE_INDEX,
-    ignore_background: Optional[bool] = None,
-    reuse_sessions: bool = False,
-    providers: Optional[Sequence[str]] = None,
-    show_progress: bool = False,
     executor=None,
-    device: Optional[Mapping[str, object]] = None,
+    show_progress: bool = False,
+    **options: Any,
 ) -> SweepReport:
     """Accuracy of vanilla and NaBN models over noise scales and simulated chips.
 
-    The keyword form of :func:`run_sweep`: the keywords fill a :class:`SweepPlan` (noise,
-    etas, seeds, sigma_t, sigma_s, temporal, include_bias) and :class:`SweepSettings` (the
-    rest). Chips run serially unless an ``executor`` (:func:`make_executor`: local processes
-    or Ray) is given; for a resumable sweep call :func:`run_sweep`.
+    What the sweep covers is a :class:`SweepPlan`, how each chip runs a :class:`SweepSettings`;
+    both can be given as objects or as flat keywords that fill them: ``noise`` (``"mul"``,
+    ``"add"`` or a device model), ``etas``, ``seeds`` (a count ``K`` for seeds ``0..K-1``, or
+    the seeds), ``sigma_t``, ``sigma_s``, ``temporal``, ``include_bias``, ``device`` (a device
+    model's parameters, e.g. ``{"t_inference": 3600}``) for the plan; ``method``,
+    ``metric``, ``estimator``, ``batch_size``, ``calib_batches``, ``test_batches``,
+    ``output``, ``ignore_index``, ``ignore_background``, ``reuse_sessions``, ``providers``
+    for the settings. Chips run serially unless an ``executor`` (:func:`make_executor`:
+    local processes or Ray) is given; for a resumable sweep call :func:`run_sweep`.
 
     Args:
-        model: path or ``ModelProto`` (BatchNorm kept or fused; not modified).
+        model: path, ``ModelProto`` or ``onnx_graphsurgeon.Graph`` (BatchNorm kept or fused; not modified).
         calib: calibration data (no labels needed).
         test: labelled test data.
-        noise: ``"mul"`` or ``"add"``.
-        etas: noise scales.
-        seeds: number of chips ``K`` (seeds ``0..K-1``) or the seeds themselves.
-        method: calibration method (:class:`SweepSettings`, as are the arguments down to ``providers``).
-        metric: a one-number metric.
-        sigma_t: temporal spread relative to eta (:class:`SweepPlan`, as are ``sigma_s`` to ``include_bias``).
-        sigma_s: spatial spread.
-        temporal: ``"element"`` or ``"layer"``.
-        include_bias: also put noise on analog biases.
-        estimator: how calibration combines batch statistics.
-        batch_size: samples per batch for file and dict data.
-        calib_batches: calibrate on at most this many batches.
-        test_batches: evaluate on at most this many batches.
-        output: model output the metric reads (index or name).
-        ignore_index: segmentation label never counted.
-        ignore_background: drop background pixels in segmentation metrics.
-        reuse_sessions: one session for all chips of a worker, weights fed per chip.
-        providers: onnxruntime execution providers, in order of preference (None: CPU).
-        show_progress: draw a progress bar over the chips.
+        plan: what the sweep covers (or its keywords; ``etas`` is then required).
+        settings: how each chip is calibrated and evaluated (or its keywords).
         executor: where the chips run (None: serially in this process).
-        device: parameters of a device model (``noise`` one of ``"pcm"``, ``"rram"``,
-            ``"rram-cmo"``, ``"ideal"``; ``etas`` then scale its noise), e.g. ``{"t_inference": 3600}``.
+        show_progress: draw a progress bar over the chips.
+        **options: the plan's and the settings' fields as keywords.
 
     Returns:
         A :class:`SweepReport` with one row per (eta, seed).
 
     Raises:
         NabnError: bad model, data or settings (one-line message).
+        TypeError: an unknown keyword, or a plan given both as an object and as keywords.
     """
-    plan = SweepPlan.of(
-        noise,
-        etas,
-        seeds,
-        sigma_t=sigma_t,
-        sigma_s=sigma_s,
-        temporal=temporal,
-        include_bias=include_bias,
-        device=device,
-    )
-    settings = SweepSettings(
-        method=method,
-        metric=metric,
-        estimator=estimator,
-        batch_size=batch_size,
-        calib_batches=calib_batches,
-        test_batches=test_batches,
-        output=output,
-        ignore_index=ignore_index,
-        ignore_background=ignore_background,
-        reuse_sessions=reuse_sessions,
-        providers=tuple(providers) if providers else None,
-    )
+    plan_options = {key: options.pop(key) for key in _PLAN_KEYWORDS if key in options}
+    if plan is None:
+        if "etas" not in plan_options:
+            raise TypeError("sweep() needs etas= (the noise scales) or a SweepPlan")
+        plan = SweepPlan.of(
+            plan_options.pop("noise", "mul"),
+            plan_options.pop("etas"),
+            plan_options.pop("seeds", 5),
+            device=plan_options.pop("device", None),
+            **plan_options,
+        )
+    elif plan_options:
+        raise TypeError(f"sweep() got a SweepPlan and its keyword(s) {', '.join(sorted(plan_options))}: give one")
+    if options.get("providers") is not None:
+        options["providers"] = tuple(options["providers"]) or None
+    flat = {name: (name,) for name in SweepSettings.__dataclass_fields__}
+    settings = with_options(settings if settings is not None else SweepSettings(), options, flat, "sweep")
     return run_sweep(model, calib, test, plan, settings, show_progress=show_progress, executor=executor)
 
 
