@@ -156,20 +156,24 @@ class _TimedSession:
         self._profiler.live_sessions -= 1
 
 
-def install(profiler: Profiler, arena: bool, mem_pattern: bool, opt: Optional[str], threads: int) -> None:
+def install(
+    profiler: Profiler, arena: Optional[bool], mem_pattern: Optional[bool], opt: Optional[str], threads: int
+) -> None:
     original_session = ort.InferenceSession
 
     def session_factory(path, options=None, providers=None, **kwargs):
         options = options or ort.SessionOptions()
-        options.enable_cpu_mem_arena = arena
-        options.enable_mem_pattern = mem_pattern
+        if arena is not None:
+            options.enable_cpu_mem_arena = arena
+        if mem_pattern is not None:
+            options.enable_mem_pattern = mem_pattern
         if opt is not None:
             options.graph_optimization_level = OPT_LEVELS[opt]
         if threads:
             options.intra_op_num_threads = threads
         return original_session(path, options, providers=providers, **kwargs)
 
-    runtime.ort.InferenceSession = session_factory  # type: ignore[misc]  # the same module object as ort
+    runtime.ort.InferenceSession = session_factory
 
     original_make = runtime.make_session
 
@@ -225,13 +229,17 @@ def main(argv=None) -> int:
     parser.add_argument("--no-noise", action="store_true", help="calibrate the model as the chip (no --noise)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-batches", type=int)
-    parser.add_argument("--arena", choices=["on", "off"], default="on")
-    parser.add_argument("--mem-pattern", choices=["on", "off"], default="on")
+    parser.add_argument("--arena", choices=["on", "off"], help="CPU memory arena (default: as runtime.py sets it)")
+    parser.add_argument("--mem-pattern", choices=["on", "off"], help="memory patterns (default: as runtime.py)")
     parser.add_argument("--opt", choices=sorted(OPT_LEVELS), help="graph optimization level for every session")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
     profiler = Profiler()
-    install(profiler, args.arena == "on", args.mem_pattern == "on", args.opt, args.threads)
+
+    def flag(value: Optional[str]) -> Optional[bool]:
+        return None if value is None else value == "on"
+
+    install(profiler, flag(args.arena), flag(args.mem_pattern), args.opt, args.threads)
     out = Path("/tmp") / f"nabn-profile-{Path(args.model).stem}.onnx"
     with profiler.step("split --data" if args.split else f"calibrate --method {args.method}"):
         if args.split:
@@ -248,7 +256,8 @@ def main(argv=None) -> int:
             )
     out.unlink(missing_ok=True)
     print(
-        f"options: arena {args.arena}, mem pattern {args.mem_pattern}, optimization {args.opt or 'as runtime.py'}; "
+        f"options: arena {args.arena or 'as runtime.py'}, mem pattern {args.mem_pattern or 'as runtime.py'}, "
+        f"optimization {args.opt or 'as runtime.py'}; "
         f"at most {profiler.max_live_sessions} sessions alive at once"
     )
     print(
