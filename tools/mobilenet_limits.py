@@ -16,6 +16,9 @@ model is the fused export with a BatchNorm inserted after every analog layer (wh
 * ``oracle`` (``--rows oracle``): the same estimates measured on the **test crops
   themselves** through the noisy chip (clean reference statistics too): what no
   calibration set can beat, so the ceiling of BatchNorm recalibration on this chip.
+* ``test photos, 256 other crops`` (``--rows indomain``): 256 fresh crops (seed
+  ``CROP_SEED + 2``) of the 18 *test* photos, not the test crops: calibration data from the
+  test distribution, to tell the photos' domain from the sample size.
 * ``no classifier BN`` (``--rows nocls``): no BatchNorm inserted after the classifier
   (Gemm), so the 1000 logits' per-class statistics are not re-estimated.
 * ``refine`` (``--refine``): ``paper``'s statistics written, then the BatchNorm inputs
@@ -44,7 +47,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_real_models import CALIB_SOURCES, CROP_SEED, DEFAULT_CACHE, crop, photo, preprocess
+from make_real_models import CALIB_SOURCES, CROP_SEED, DEFAULT_CACHE, TEST_SOURCES, crop, photo, preprocess
 
 from nabn_onnx import load_model, make_noise, split
 from nabn_onnx.calibration import engine
@@ -56,10 +59,10 @@ from nabn_onnx.runtime import SERVE, make_session
 CLASSIFIER = "/classifier/classifier.1/Gemm"
 
 
-def extra_crops(cache: Path, count: int, seed: int = CROP_SEED + 1) -> np.ndarray:
-    """``count`` more crops of the calibration photos (same recipe as ``draw_crops``, another seed)."""
+def extra_crops(cache: Path, count: int, seed: int = CROP_SEED + 1, sources=CALIB_SOURCES) -> np.ndarray:
+    """``count`` more crops of ``sources`` (same recipe as ``draw_crops``, another seed)."""
     rng = np.random.default_rng(seed)
-    photos = {s: photo(cache, s) for s in CALIB_SOURCES}
+    photos = {s: photo(cache, s) for s in sources}
     out = np.empty((count, 3, 224, 224), dtype=np.float32)
     for i in range(count):
         scale = rng.uniform(0.15, 1.0)
@@ -67,7 +70,7 @@ def extra_crops(cache: Path, count: int, seed: int = CROP_SEED + 1) -> np.ndarra
         w, h = min(1.0, math.sqrt(scale * aspect)), min(1.0, math.sqrt(scale / aspect))
         x, y = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
         row = {"box": [x, y, x + w, y + h], "flip": bool(rng.random() < 0.5)}
-        out[i] = preprocess(crop(photos[CALIB_SOURCES[i % len(CALIB_SOURCES)]], row))
+        out[i] = preprocess(crop(photos[sources[i % len(sources)]], row))
     return out
 
 
@@ -135,7 +138,7 @@ class Setup:
 
 
 STORE = "results_real.limits.json"
-ORDER = ("oracle", "calib 256", "calib 512", "calib 1024")
+ORDER = ("oracle", "test photos", "calib 256", "calib 512", "calib 768", "calib 1024")
 
 
 def run(
@@ -165,11 +168,15 @@ def run(
         setups["256 nocls"] = Setup(fused, calib, exclude=CLASSIFIER)
     if "oracle" in rows:
         setups["oracle"] = Setup(fused, test["input"])
+    if "indomain" in rows:
+        setups["indomain"] = Setup(fused, extra_crops(cache, len(calib), CROP_SEED + 2, TEST_SOURCES))
     print(f"setups ready in {time.perf_counter() - started:.0f} s", flush=True)
     methods = ("paper", "delta", "blend")
     plan = []  # (label, setup, batch, refine iterations)
     if "oracle" in rows:
         plan += [(f"oracle (test crops), batch {b}", "oracle", b, 2 if refine else 0) for b in batches]
+    if "indomain" in rows:
+        plan += [(f"test photos, 256 other crops, batch {b}", "indomain", b, 0) for b in batches]
     if "base" in rows:
         plan += [(f"calib 256, batch {b}", "256", b, 2 if refine else 0) for b in batches]
     if "nocls" in rows:
@@ -231,7 +238,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--etas", default="0.02,0.1")
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--rows", default="oracle,base", help="comma-separated: base, more, oracle, nocls")
+    parser.add_argument("--rows", default="oracle,base", help="comma-separated: base, more, oracle, indomain, nocls")
     parser.add_argument("--more", type=int, default=512, help="calibration crops of the 'more' rows")
     parser.add_argument("--refine", action="store_true", help="add the eval-mode 'refine' rows")
     parser.add_argument("--batches", default="64", help="Algorithm 1 batch sizes (memory grows with it)")
