@@ -39,6 +39,7 @@ import argparse
 import copy
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -214,7 +215,8 @@ def table(measured: Dict[str, float]) -> List[str]:
 
     def rank(label: str):
         head = next((i for i, o in enumerate(ORDER) if label.startswith(o)), len(ORDER))
-        return (label != "none (vanilla)", head, label)
+        natural = [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", label)]  # batch 64 before 128
+        return (label != "none (vanilla)", head, natural)
 
     keys = sorted({(p[2], p[3]) for p in parsed}, key=lambda k: (rank(k[0]), k[1]))
     lines = [
