@@ -158,7 +158,9 @@ def run_task(
                 )
                 result["seconds"] = round(time.perf_counter() - started + (previous or {}).get("seconds", 0), 1)
                 if save:
-                    save(result)
+                    # rows of the earlier run not reached yet are saved too, so stopping loses none
+                    later = [r for r in done.values() if all(r is not x for x in rows)]
+                    save({**result, "rows": rows + later})
     result["seconds"] = round(time.perf_counter() - started + (previous or {}).get("seconds", 0), 1)
     return result
 

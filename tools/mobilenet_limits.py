@@ -21,6 +21,9 @@ model is the fused export with a BatchNorm inserted after every analog layer (wh
   test distribution, to tell the photos' domain from the sample size.
 * ``no classifier BN`` (``--rows nocls``): no BatchNorm inserted after the classifier
   (Gemm), so the 1000 logits' per-class statistics are not re-estimated.
+* ``BatchNorm-kept export`` (``--rows bnkept``): ``calibrate`` itself (``paper`` and
+  ``auto``) on ``mobilenet_v2_bn.onnx``, whose 52 BatchNorms hold the ImageNet running
+  statistics, instead of the fused export.
 * ``refine`` (``--refine``): ``paper``'s statistics written, then the BatchNorm inputs
   measured again in eval mode (as at test time) and written again, twice.
 
@@ -50,7 +53,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_real_models import CALIB_SOURCES, CROP_SEED, DEFAULT_CACHE, TEST_SOURCES, crop, photo, preprocess
 
-from nabn_onnx import load_model, make_noise, split
+from nabn_onnx import calibrate, load_model, make_noise, split
 from nabn_onnx.calibration import engine
 from nabn_onnx.graph import batchnorm_nodes
 from nabn_onnx.passes.inject import InjectWeightNoisePass
@@ -171,6 +174,7 @@ def run(
         setups["oracle"] = Setup(fused, test["input"])
     if "indomain" in rows:
         setups["indomain"] = Setup(fused, extra_crops(cache, len(calib), CROP_SEED + 2, TEST_SOURCES))
+    bn_kept = load_model(str(cache / "mobilenet_v2_bn.onnx")) if "bnkept" in rows else None
     print(f"setups ready in {time.perf_counter() - started:.0f} s", flush=True)
     methods = ("paper", "delta", "blend")
     plan = []  # (label, setup, batch, refine iterations)
@@ -191,6 +195,15 @@ def run(
             value = agreement(InjectWeightNoisePass(chip)(copy.deepcopy(fused)).model, test)
             out[f"{eta:g}|{seed}|none (vanilla)|"] = value
             print(f"MUL {eta:g} seed {seed}: vanilla {100 * value:.1f}", flush=True)
+            if "bnkept" in rows:
+                for method in ("paper", "auto"):
+                    result = calibrate(bn_kept, {"input": calib}, noise=chip, method=method, batch_size=64)
+                    value = agreement(result.model, test)
+                    name = method + (f" (chose {result.report.chosen})" if method == "auto" else "")
+                    out[f"{eta:g}|{seed}|calib 256, batch 64, BatchNorm-kept export (calibrate)|{name}"] = value
+                    print(f"MUL {eta:g} seed {seed}: BN-kept | {name}: {100 * value:.1f}", flush=True)
+                    if save:
+                        save(out)
             for label, key, batch, iterations in plan:
                 _, models = setups[key].rows(chip, batch, methods, iterations)
                 for method, model in models.items():
@@ -240,7 +253,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--etas", default="0.02,0.1")
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--rows", default="oracle,base", help="comma-separated: base, more, oracle, indomain, nocls")
+    parser.add_argument(
+        "--rows", default="oracle,base", help="comma-separated: base, more, oracle, indomain, nocls, bnkept"
+    )
     parser.add_argument("--more", type=int, default=512, help="calibration crops of the 'more' rows")
     parser.add_argument("--refine", action="store_true", help="add the eval-mode 'refine' rows")
     parser.add_argument("--batches", default="64", help="Algorithm 1 batch sizes (memory grows with it)")
