@@ -27,7 +27,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -63,8 +63,9 @@ TASKS = {
         batch_size=64,
         grids={"mul": MUL_ETAS, "add": ADD_ETAS},
     ),
-    # One point of the paper's Table III grid per noise (detection: ~7 min per chip here); for DBNet one point of Table IV's grid per noise
-    # and one beyond it: PP-OCRv4 det loses < 3 points of mIoU at MUL 0.10 and none at ADD 0.001.
+    # Layout: the paper's full Table III grid (detection: ~6 min per chip and eta here). DBNet: one point
+    # of Table IV's grid per noise and one beyond it: PP-OCRv4 det loses < 3 points of mIoU at MUL 0.10
+    # and none at ADD 0.001.
     "dbnet": dict(
         model="dbnet.onnx",
         calib="dbnet_calib.npz",
@@ -79,9 +80,20 @@ TASKS = {
         tests={"layout": "layout_test.npz"},
         metric="picodet:map50,picodet:mar50",
         batch_size=8,
-        grids={"mul": (0.10,), "add": (0.00045,)},
+        grids={"mul": (0.05, 0.10), "add": (0.00035, 0.00045)},
     ),
 }
+
+
+# The runs of tools/mobilenet_limits.py behind the "What limits the agreement" table (MUL 0.02 and 0.1).
+LIMITS_RUNS = (
+    dict(rows=("oracle",), seeds=(0, 1, 2), batches=(64,)),
+    dict(rows=("oracle", "base"), seeds=(0,), batches=(128,)),
+    dict(rows=("base",), seeds=(0,), batches=(64,), refine=True),
+    dict(rows=("base",), seeds=(0,), batches=(256,)),  # about 10 GB
+    dict(rows=("more",), seeds=(0,), batches=(64,), more=768),
+    dict(rows=("indomain", "bnkept"), seeds=(0,), batches=(64,)),
+)
 
 
 def values(result) -> Dict[str, float]:
@@ -157,7 +169,9 @@ def run_task(
                 )
                 result["seconds"] = round(time.perf_counter() - started + (previous or {}).get("seconds", 0), 1)
                 if save:
-                    save(result)
+                    # rows of the earlier run not reached yet are saved too, so stopping loses none
+                    later = [r for r in done.values() if all(r is not x for x in rows)]
+                    save({**result, "rows": rows + later})
     result["seconds"] = round(time.perf_counter() - started + (previous or {}).get("seconds", 0), 1)
     return result
 
@@ -327,6 +341,129 @@ def readme_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def limits_section(measured: Dict[str, float], mobilenet: dict) -> List[str]:
+    """What limits the MobileNet-v2 agreement: ``tools/mobilenet_limits.py``'s rows, with the oracle's ceiling.
+
+    The Table I rows of the same chips (``calibrate`` itself, ``paper`` and ``auto``) are shown beside them.
+    """
+    from mobilenet_limits import table as limits_table
+
+    etas = {float(k.split("|")[0]) for k in measured}
+    measured = dict(measured)
+    for row in mobilenet["rows"]:
+        if row["noise"] == "mul" and row["eta"] in etas:
+            for method in mobilenet["methods"]:
+                key = f"{row['eta']:g}|{row['seed']}|calib 256, batch 64 (Table I: calibrate)|{method}"
+                measured[key] = row[method]["agreement"]
+
+    def best(prefix: str, eta: float) -> Tuple[float, str, List[int]]:
+        """The best mean over chips among rows whose statistics start with ``prefix`` (on the most chips)."""
+        by: Dict[str, Dict[int, float]] = {}
+        for key, value in measured.items():
+            e, seed, label, method = key.split("|")
+            if float(e) == eta and label.startswith(prefix):
+                by.setdefault(f"{label}, {method}", {})[int(seed)] = value
+        if not by:
+            return float("nan"), "", []
+        most = max(len(v) for v in by.values())  # rows measured on fewer chips are not comparable
+        name = max((k for k in by if len(by[k]) == most), key=lambda k: np.mean(list(by[k].values())))
+        return float(np.mean(list(by[name].values()))), name, sorted(by[name])
+
+    lines = [
+        "### What limits the agreement: calibration data, batch size, method, and the oracle's ceiling",
+        "",
+        (
+            "`python tools/mobilenet_limits.py` (rows added with `--rows`, `--etas`, `--seeds`, `--batches`; "
+            "`--table-only` prints this table) recomputes one chip's statistics in several ways with the library's "
+            "own pieces and scores each by agreement on the 512 test crops: Algorithm 1 batch size, more "
+            "calibration crops of the same 18 photos, the methods `auto` chooses among (`paper`, `delta`, `blend`), "
+            "and an **oracle** that measures the statistics on the test crops themselves (clean reference and "
+            "noisy chip): about the best any BatchNorm recalibration can do on that chip (rows on the same chip "
+            "that beat it do so by a crop or two of the 512). Agreement %, mean over the "
+            "chips measured (per chip in parentheses; the `Table I` rows are the table above, the same chips "
+            "through `calibrate`). `test photos, 256 other crops`: fresh crops of the 18 *test* photos (not the "
+            "test crops), calibration data from the test photos' domain. `refine`: Algorithm 1's statistics "
+            "re-measured twice with every BatchNorm in eval mode (not what `calibrate` does)."
+        ),
+        "",
+        *limits_table(measured),
+        "",
+    ]
+    for eta, target in ((0.02, 99.0), (0.1, 95.0)):
+        oracle, oracle_row, chips = best("oracle", eta)
+        if not chips:
+            continue
+        same = [
+            row["auto"]["agreement"]
+            for row in mobilenet["rows"]
+            if row["noise"] == "mul" and row["eta"] == eta and row["seed"] in chips
+        ]
+        verdict = "below" if 100 * oracle < target else "at or above"
+        line = (
+            f"- MUL {eta:g}, chips {', '.join(map(str, chips))}: the oracle reaches {100 * oracle:.1f}% (best row: "
+            f"{oracle_row}), {verdict} the {target:.0f}% target; `auto` from the 256 calibration crops reaches "
+            f"{100 * np.mean(same):.1f}% on the same chips."
+        )
+        domain, domain_row, domain_chips = best("test photos", eta)
+        if domain_chips:
+            line += (
+                f" Calibration crops of the test photos reach {100 * domain:.1f}% (chips "
+                f"{', '.join(map(str, domain_chips))}; {domain_row})."
+            )
+        lines.append(line)
+    lines += [
+        "",
+        (
+            "MUL noise is `W (1 + N_T N_S)` with `N_T ~ N(eta, (0.2 eta)^2)` and `N_S ~ N(1, 0.1^2)`: a common "
+            "gain of `1 + eta` on every weight, which is what collapses vanilla (compounding over 52 layers) "
+            "and what per-channel statistics undo exactly, plus a per-element random part of relative spread "
+            "about `eta * sqrt(0.2^2 + 0.1^2) = 0.22 eta` (0.45% at 0.02, 2.2% at 0.10). That part changes "
+            "each output channel's response pattern, not only its mean and variance, so no BatchNorm statistics "
+            "can remove it: it is what the oracle cannot recover, and where the oracle is below a target, "
+            "that target is out of reach of NaBN on this chip whatever the calibration data, batch size "
+            "or method."
+        ),
+        "",
+    ]
+    return lines
+
+
+def fidelity_section(dbnet: dict, fidelity: dict) -> List[str]:
+    """DBNet at ADD 0.00025: ``auto`` below vanilla on the rendered masks, explained by the clean-mask scores."""
+    rows = fidelity["rows"]
+
+    def col(column: str, key: str) -> np.ndarray:
+        return np.array([row[key] for row in rows if row["column"] == column])
+
+    vanilla, auto, paper = col("vanilla", "fidelity"), col("auto", "fidelity"), col("paper", "fidelity")
+    return [
+        "### Why `auto` is below vanilla at ADD eta 0.00025",
+        "",
+        (
+            "At ADD 0.00025 the noisy chip scores *above the clean model* on every chip (vanilla mIoU "
+            f"{fmt(stats(dbnet['rows'], 'add', 0.00025, 'vanilla', 'dbnet/dbnet:miou'))} against clean "
+            f"{100 * dbnet['clean']['dbnet/dbnet:miou']:.2f}), and `auto` scores the clean model's figure. ADD "
+            "noise is `W + N_T N_S` with mean `+eta` on every weight, the same on every chip, so the gain is a "
+            "systematic shift of the text map that happens to suit our rendered masks, not chip luck (the "
+            "chip-to-chip spread is 0.02 points), and more chips do not change it. Scored against the **clean "
+            "model's own masks** (`python tools/dbnet_fidelity.py`; the clean model scores 100%), where no chip "
+            "can beat clean, `auto` is closer to clean than vanilla on every chip:"
+        ),
+        "",
+        *fidelity["lines"],
+        "",
+        (
+            f"`auto` keeps {100 * auto.mean():.2f}% mIoU with the clean model's mask against vanilla's "
+            f"{100 * vanilla.mean():.2f}% (worst chip {100 * auto.min():.2f} against {100 * vanilla.min():.2f}): "
+            "at this row it undoes the noise, which is what calibration is for, and the vanilla advantage on "
+            "the rendered masks is the noise's bias, not a calibration loss. `paper` (Algorithm 1 alone) moves "
+            f"the model away from clean by itself at this low noise ({100 * paper.mean():.2f}% of the clean "
+            "mask): its train-mode batches of 16 pages re-estimate every inserted BatchNorm."
+        ),
+        "",
+    ]
+
+
 def render(results: dict) -> str:
     lines = [
         "# Results on real networks",
@@ -373,6 +510,8 @@ def render(results: dict) -> str:
             lines += ["", f"### {title}, top-1 on the 20 labelled photos (%)", "", *table(r, kind, "top1-20"), ""]
         lines += ["![MobileNet-v2 agreement](results_real_mobilenet.png)", "", "### Targets", ""]
         lines += [*check_targets(r), ""]
+        if "limits" in results:
+            lines += limits_section(results["limits"], r)
     if "diagnose" in results:
         d = results["diagnose"]
         lines += [
@@ -429,6 +568,8 @@ def render(results: dict) -> str:
                 if any(row["noise"] == kind for row in r["rows"]):
                     lines += [f"### {key.split('/')[-1]}, {kind.upper()} (%)", "", *table(r, kind, key), ""]
         lines += [f"![{name}](results_real_{name}.png)", ""]
+        if name == "dbnet" and "fidelity" in results:
+            lines += fidelity_section(r, results["fidelity"])
     if "collapse" in results:
         lines += [
             "## Where vanilla collapses: our noise against the paper's",
@@ -462,7 +603,11 @@ def render(results: dict) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--only", default="mobilenet,diagnose,collapse,dbnet,layout")
+    parser.add_argument(
+        "--only",
+        default="mobilenet,diagnose,collapse,limits,dbnet,fidelity,layout",
+        help="tasks to (re)compute; the markdown is rendered from every stored result",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="chips per eta (default 3)")
     parser.add_argument("--render-only", action="store_true", help="only rewrite the markdown from the JSON")
     args = parser.parse_args(argv)
@@ -488,6 +633,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                 from noise_collapse_check import table as collapse_table
 
                 save(collapse_table(args.cache))
+            elif name == "limits":
+                from mobilenet_limits import run as limits_run
+
+                for kwargs in LIMITS_RUNS:
+                    known = dict(results.get("limits", {}))
+                    save({**known, **limits_run(args.cache, **kwargs, save=lambda new, k=known: save({**k, **new}))})
+            elif name == "fidelity":
+                from dbnet_fidelity import table as fidelity_table
+
+                save(fidelity_table(args.cache))
             else:
                 save(run_task(name, args.cache, args.seeds, previous=results.get(name), save=save))
     if "mobilenet" in results:
