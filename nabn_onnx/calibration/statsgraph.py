@@ -20,20 +20,21 @@ only two vectors of length C and a shape come out.
   The ``Where`` returns ``scale`` exactly; it only makes the eval BatchNorm wait for the
   tap, so onnxruntime frees ``X`` right after both instead of at the end of the run.
 
-  A tapped BatchNorm that is an exact identity (``split``'s placeholder) is measured on its
-  output ``Y`` instead, which equals ``X`` bit for bit: the eval BatchNorm then has one
-  reader, the Conv before it, and onnxruntime folds it away (on MobileNet-v2 at batch 64
-  the tap graph ran about twice as fast).
-
 With ``shapes=True``, ``Shape(X)`` of each measured BatchNorm is exposed too, for the
 element count per channel; callers that know the spatial sizes statically leave it off
-(a ``Shape`` on a blocked-layout tensor costs onnxruntime a layout conversion).
+(a ``Shape`` on a blocked-layout tensor costs onnxruntime a layout conversion). The
+BatchNorm waits for it the same way (``Where(Shape(X)[0] > Shape(X)[0], scale, scale)``).
+
+A tapped BatchNorm that is an exact identity (``split``'s placeholder) is measured on its
+output ``Y`` instead, which equals ``X`` bit for bit (when no ``Shape`` is exposed): the
+eval BatchNorm then has one reader, the Conv before it, and onnxruntime folds it away (on
+MobileNet-v2 at batch 64 the tap graph ran about twice as fast).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
@@ -119,20 +120,29 @@ class ExposeBatchNormStatsPass(Pass):
                 before, after = self._widen(node, elem_type, inits, graph)
                 new_nodes.setdefault(position, []).extend(after)
                 elem_type = TensorProto.FLOAT
-            extra = (
-                [helper.make_node("Shape", [node.input[0]], [stat.shape], name=f"{base}/nabn_shape_op")]
-                if self.shapes
-                else []
-            )
+            waits: List[str] = []  # boolean tensors computed from outputs the BatchNorm must wait for
+            if self.shapes:
+                before.append(helper.make_node("Shape", [node.input[0]], [stat.shape], name=f"{base}/nabn_shape_op"))
+                if opset >= 9:  # Greater on integers
+                    waits.append(self._shape_known(base, stat, before, graph))
             if node.name in self.train:
                 self._to_training(node, stat, opset)
-            elif self._is_identity(node, inits):
-                # its output is its input: measured there, the BatchNorm keeps the Conv as its
-                # only reader and onnxruntime folds it away (no ordering node needed)
-                extra.extend(self._tap(node, stat, opset, inits, graph, source=node.output[0]))
+            elif self._is_identity(node, inits) and not waits:
+                # its output is its input: measured there, the BatchNorm keeps the Conv as its only
+                # reader and onnxruntime folds it away (a Where on its scale would stop that)
+                new_nodes.setdefault(position, []).append(
+                    self._tap(node, stat, opset, inits, graph, source=node.output[0])
+                )
             else:
-                before.extend(self._tap(node, stat, opset, inits, graph))
-            new_nodes.setdefault(position, []).extend(extra)
+                before.append(self._tap(node, stat, opset, inits, graph))
+                before.append(
+                    helper.make_node(
+                        "Greater", [stat.mean, stat.mean], [f"{base}/nabn_tap_ran"], name=f"{base}/nabn_tap_ran"
+                    )
+                )
+                waits.append(f"{base}/nabn_tap_ran")
+            if opset >= 9:  # Where
+                before.extend(self._wait_for(node, waits))
             pre_nodes[position] = before
             outputs[node.name] = stat
             new_outputs += [_value_info(stat.mean, elem_type), _value_info(stat.var, elem_type)]
@@ -209,12 +219,8 @@ class ExposeBatchNormStatsPass(Pass):
         )
 
     @staticmethod
-    def _tap(node, stat: StatOutputs, opset: int, inits, graph, source: str = "") -> List:
-        """The tap of ``node``: a dangling training-mode BatchNorm on ``source`` (its input by default).
-
-        On the input, it also returns the nodes that make the eval BatchNorm wait for the tap;
-        on the output of an identity BatchNorm (``source``), the tap alone.
-        """
+    def _tap(node, stat: StatOutputs, opset: int, inits, graph, source: str = ""):
+        """A dangling training-mode BatchNorm measuring ``source`` (``node``'s input by default)."""
         scale = inits.get(node.input[1])
         channels = int(scale.dims[0])
         dtype = helper.tensor_dtype_to_np_dtype(scale.data_type)
@@ -231,27 +237,44 @@ class ExposeBatchNormStatsPass(Pass):
             attrs["training_mode"] = 1
         else:
             outputs += [f"{node.name}/nabn_tap_saved_mean", f"{node.name}/nabn_tap_saved_var"]
-        tap = helper.make_node(
+        return helper.make_node(
             "BatchNormalization",
             [source or node.input[0], names[0], names[1], names[1], names[0]],
             outputs,
             name=f"{node.name}/nabn_tap",
             **attrs,
         )
-        if source or opset < 9:  # after its source, or no Where: the tap runs where onnxruntime puts it
-            return [tap]
-        # onnxruntime runs a node that nothing on the way to the graph's outputs reads after the
-        # whole main path, so each tapped input would stay alive until the end of the run (on
-        # MobileNet-v2 at batch 64 the tapped graph peaked at 5.3 GB against 1.6 GB for the same
-        # graph in training mode). The eval BatchNorm reads its scale through
-        # Where(mean > mean, scale, scale), which is `scale` exactly (NaN included), so the tap
-        # runs before it and the input is freed as soon as both are done.
-        ran, scale_after = f"{node.name}/nabn_tap_ran", f"{node.name}/nabn_tap_scale"
-        order = [
-            helper.make_node("Greater", [stat.mean, stat.mean], [ran], name=f"{node.name}/nabn_tap_order"),
-            helper.make_node(
-                "Where", [ran, node.input[1], node.input[1]], [scale_after], name=f"{node.name}/nabn_tap_scale"
-            ),
-        ]
+
+    @staticmethod
+    def _shape_known(base: str, stat: StatOutputs, nodes: List, graph) -> str:
+        """Append ``Greater(n, n)`` with ``n = Shape(X)[0]`` to ``nodes``; returns its (scalar boolean) name."""
+        index, first, known = f"{base}/nabn_shape_index", f"{base}/nabn_shape_n", f"{base}/nabn_shape_known"
+        graph.initializer.append(numpy_helper.from_array(np.array(0, np.int64), index))
+        nodes.append(helper.make_node("Gather", [stat.shape, index], [first], name=f"{base}/nabn_shape_first"))
+        nodes.append(helper.make_node("Greater", [first, first], [known], name=known))
+        return known
+
+    @staticmethod
+    def _wait_for(node, waits: Sequence[str]) -> List:
+        """Make ``node`` read its scale through ``Where(any of waits, scale, scale)``, which is ``scale`` exactly.
+
+        onnxruntime runs a node that nothing on the way to the graph's outputs reads (a tap, a
+        ``Shape`` exposed as an output) after the whole main path, so each measured input would
+        stay alive until the end of the run: on MobileNet-v2 at batch 64 the tapped graph peaked
+        at 5.3 GB against 1.6 GB in training mode, and on a ResNet-50 whose spatial size is
+        symbolic (so ``Shape`` is exposed) the training-mode graph at 3.6 GB against 1.1 GB.
+        Reading the scale through a ``Where`` of their results makes the BatchNorm wait for
+        them, so the input is freed as soon as all are done. The condition's value never
+        matters: both branches are the scale (NaN included).
+        """
+        if not waits:
+            return []
+        nodes, cond = [], waits[0]
+        for i, other in enumerate(waits[1:]):
+            both = f"{node.name}/nabn_wait_{i}"
+            nodes.append(helper.make_node("And", [cond, other], [both], name=both))
+            cond = both
+        scale_after = f"{node.name}/nabn_scale_after"
+        nodes.append(helper.make_node("Where", [cond, node.input[1], node.input[1]], [scale_after], name=scale_after))
         node.input[1] = scale_after
-        return [tap, *order]
+        return nodes
