@@ -77,7 +77,7 @@ def test_the_steps_one_by_one():
     assert job.mode == "simulated" and job.method == "auto"
     assert job.inserted and job.placeholders == job.names  # a fused model: every BatchNorm inserted now
     assert job.clean is job.model
-    calibrator.progress(job, CALIB)
+    calibrator.plan_holdout(job, CALIB)
     assert job.holdout == "batches"  # 8 batches: every 4th is held out
     calibrator.measure_inserted(job, CALIB)
     # the inserted BatchNorms now hold the clean statistics of their inputs (no longer placeholders)

@@ -650,11 +650,12 @@ class Calibrator:
 
     Calling it runs, top to bottom: :meth:`check` (settings against the inputs, before any
     work), :meth:`prepare` (what the model is, what can be recalibrated, split, batch plan),
-    then over the data :meth:`measure_inserted` (clean statistics of BatchNorms this run
-    inserted), :meth:`measure_clean` (the clean train-mode statistics ``delta``/``auto``
-    need), :meth:`put_noise` (one simulated chip), :meth:`measure_noisy` (Algorithm 1),
+    :meth:`plan_holdout` (what ``auto`` scores on), then over the data
+    :meth:`measure_inserted` (clean statistics of BatchNorms this run inserted),
+    :meth:`measure_clean` (the clean train-mode statistics ``delta``/``auto`` need),
+    :meth:`put_noise` (one simulated chip), :meth:`measure_noisy` (Algorithm 1),
     :meth:`choose` (``auto``'s candidates, or the guard on a chip without its clean model),
-    and :meth:`write_back`, :meth:`report`, :meth:`save`. Each step reads and extends one
+    :meth:`write_back` and :meth:`report`, then the save. Each step reads and extends one
     job state (:class:`_Job`), so each can be run and tested on its own.
     """
 
@@ -697,6 +698,7 @@ class Calibrator:
         with once_per_job():
             job = self.prepare(model, reference)
             source, data = data, replayable(data)
+            self.plan_holdout(job, data)
             with self.progress(job, data) as bar:
                 self.measure_inserted(job, data, bar)
                 if cached is not None and not job.placeholders:
@@ -806,6 +808,12 @@ class Calibrator:
             )
         return _Job(proto, None, "chip", "paper", names, [], [], origin, left, "", DYNAMIC)
 
+    def plan_holdout(self, job: _Job, data: DataLike) -> None:
+        """How ``auto`` (and the guard of a chip without its clean model) holds samples out to score on."""
+        # on a chip without its clean model, 'auto' checks Algorithm 1 against leaving it as it is
+        if job.method == "auto" or self._guards_chip(job):
+            job.holdout = holdout_mode(_count_batches(data, self.config.data.batch_size, self.config.data.max_batches))
+
     def progress(self, job: _Job, data: DataLike) -> Progress:
         """A progress bar over every batch every step will run."""
         per_pass = _count_batches(data, self.config.data.batch_size, self.config.data.max_batches)
@@ -813,9 +821,6 @@ class Calibrator:
         passes = (1 if job.placeholders else 0) + (2 if needs_clean else 1)
         scoring = len(CANDIDATES) * per_pass if per_pass is not None and job.method == "auto" else 0
         total = None if per_pass is None else passes * per_pass + scoring
-        # on a chip without its clean model, 'auto' checks Algorithm 1 against leaving it as it is
-        if job.method == "auto" or self._guards_chip(job):
-            job.holdout = holdout_mode(per_pass)
         return Progress("calibrating", total, enabled=self.config.runtime.show_progress)
 
     def measure_inserted(self, job: _Job, data: DataLike, bar: Optional[Progress] = None) -> None:
@@ -862,10 +867,10 @@ class Calibrator:
         """Which statistics to write: the method's, ``auto``'s best candidate, or the chip guard's."""
         job.chosen = job.method
         if job.method == "auto":
-            assert job.holdout is not None, "progress() sets the hold-out for auto"
+            assert job.holdout is not None, "plan_holdout() sets the hold-out for auto"
             _choose(job, data, self._reading(job), clean_session, bar)
         elif self._guards_chip(job):
-            assert job.holdout is not None, "progress() sets the hold-out for the chip guard"
+            assert job.holdout is not None, "plan_holdout() sets the hold-out for the chip guard"
             _guard_chip(job, data, self._reading(job))
 
     def write_back(self, job: _Job) -> List[LayerShift]:
