@@ -36,11 +36,9 @@ FLAT = {
 }
 
 
-class CalibrationOptions(TypedDict, total=False):
-    """The flat keywords :func:`~nabn_onnx.calibrate` accepts (each fills a field of the config)."""
+class SplitOptions(TypedDict, total=False):
+    """The flat keywords :func:`~nabn_onnx.split` accepts (each fills a field of :class:`SplitConfig`)."""
 
-    method: str
-    noise: Optional[NoiseModel]
     estimator: Estimator
     batch_size: int
     max_batches: Optional[int]
@@ -48,6 +46,13 @@ class CalibrationOptions(TypedDict, total=False):
     exclude: Optional[str]
     providers: Optional[Sequence[str]]
     show_progress: bool
+
+
+class CalibrationOptions(SplitOptions, total=False):
+    """The flat keywords :func:`~nabn_onnx.calibrate` accepts: :class:`SplitOptions`' and these two."""
+
+    method: str
+    noise: Optional[NoiseModel]
 
 
 @dataclass(frozen=True)
@@ -121,18 +126,6 @@ class Reading:
 #: flat keyword -> field path in :class:`SplitConfig`
 SPLIT_FLAT = {key: FLAT[key] for key in ("estimator", "batch_size", "max_batches", "include", "exclude")}
 SPLIT_FLAT.update(providers=FLAT["providers"], show_progress=FLAT["show_progress"])
-
-
-class SplitOptions(TypedDict, total=False):
-    """The flat keywords :func:`~nabn_onnx.split` accepts (each fills a field of :class:`SplitConfig`)."""
-
-    estimator: Estimator
-    batch_size: int
-    max_batches: Optional[int]
-    include: Optional[str]
-    exclude: Optional[str]
-    providers: Optional[Sequence[str]]
-    show_progress: bool
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ from ..logs import once_per_job, warn_once
 from ..noise import NoiseModel
 from ..passes.inject import InjectWeightNoisePass
 from ..passes.split import SplitBatchNormPass
-from ..passes.write_stats import WriteBatchNormStatsPass, bn_epsilon, read_bn_params
+from ..passes.write_stats import WriteBatchNormStatsPass, bn_epsilon, is_placeholder, read_bn_params
 from ..progress import Progress
 from ..runtime import DYNAMIC, MEASURE, SERVE, BatchPlan, chunks, make_session, plan_batch, run_chunked
 from .config import METHODS, CalibrationConfig, CalibrationOptions, Reading
@@ -478,23 +478,6 @@ class CalibrationResult:
 
     model: ModelProto
     report: CalibrationReport
-
-
-def is_placeholder(params: Dict[str, Optional[np.ndarray]], eps: float) -> bool:
-    """Whether BatchNorm parameters are split's exact-identity placeholder (any float dtype).
-
-    ``mean 0, scale 1, bias 0`` and ``var + eps == 1`` (the placeholder variance is
-    ``1 - eps`` with an ``eps`` chosen per dtype so that both are exact, see
-    :func:`nabn_onnx.passes.split.placeholder_epsilon`).
-    """
-    if any(v is None for v in params.values()):
-        return False
-    return bool(
-        np.all(params["scale"] == 1.0)
-        and np.all(params["bias"] == 0.0)
-        and np.all(params["mean"] == 0.0)
-        and np.all(params["var"] + np.float64(np.float32(eps)) == 1.0)
-    )
 
 
 def _measured_bn_values(stats: Stats, eps_of: Dict[str, float]) -> Dict[str, Dict[str, np.ndarray]]:

@@ -41,6 +41,7 @@ from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ..io import default_opset
 from ..passes.base import Pass, PassResult, PreconditionError
+from ..passes.write_stats import bn_epsilon, bn_params, is_placeholder
 
 __all__ = ["ExposeBatchNormStatsPass", "StatOutputs"]
 
@@ -127,7 +128,7 @@ class ExposeBatchNormStatsPass(Pass):
                     waits.append(self._shape_known(base, stat, before, graph))
             if node.name in self.train:
                 self._to_training(node, stat, opset)
-            elif self._is_identity(node, inits) and not waits:
+            elif is_placeholder(bn_params(node, inits), bn_epsilon(node)) and not waits:
                 # its output is its input: measured there, the BatchNorm keeps the Conv as its only
                 # reader and onnxruntime folds it away (a Where on its scale would stop that)
                 new_nodes.setdefault(position, []).append(
@@ -198,25 +199,6 @@ class ExposeBatchNormStatsPass(Pass):
             node.output.extend([stat.mean, stat.var])
         else:  # opsets 9-13: asking for the running outputs selects training mode
             node.output.extend([stat.mean, stat.var, f"{node.name}/nabn_saved_mean", f"{node.name}/nabn_saved_var"])
-
-    @staticmethod
-    def _is_identity(node, inits) -> bool:
-        """Whether an eval-mode BatchNorm returns its input bit for bit (a placeholder of ``split``).
-
-        ``scale = 1``, ``B = 0``, ``mean = 0`` and ``var + epsilon == 1`` in float32: onnxruntime
-        computes ``scale / sqrt(var + epsilon) = 1`` exactly, and folding it into the Conv before
-        it multiplies the weights by 1.
-        """
-        params = []
-        for slot in range(1, 5):
-            if node.input[slot] not in inits:
-                return False
-            params.append(numpy_helper.to_array(inits[node.input[slot]]).astype(np.float32))
-        scale, bias, mean, var = params
-        eps = np.float32(next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5))
-        return bool(
-            np.all(scale == 1) and np.all(bias == 0) and np.all(mean == 0) and np.all(var + eps == np.float32(1))
-        )
 
     @staticmethod
     def _tap(node, stat: StatOutputs, opset: int, inits, graph, source: str = ""):

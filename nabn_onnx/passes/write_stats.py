@@ -15,7 +15,7 @@ import logging
 from typing import Dict, Optional
 
 import numpy as np
-from onnx import ModelProto, helper, numpy_helper
+from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ..graph import GraphIndex
 from .base import Pass, PassResult
@@ -76,16 +76,34 @@ class WriteBatchNormStatsPass(Pass):
 def read_bn_params(model: ModelProto) -> Dict[str, Dict[str, Optional[np.ndarray]]]:
     """``{bn name: {scale, bias, mean, var}}`` of every BatchNormalization (float64; None where not an initializer)."""
     inits = {t.name: t for t in model.graph.initializer}
-    out: Dict[str, Dict[str, Optional[np.ndarray]]] = {}
-    for node in model.graph.node:
-        if node.op_type != "BatchNormalization":
-            continue
-        params: Dict[str, Optional[np.ndarray]] = {}
-        for key, slot in _SLOTS.items():
-            tensor = inits.get(node.input[slot])
-            params[key] = None if tensor is None else numpy_helper.to_array(tensor).astype(np.float64)
-        out[node.name] = params
-    return out
+    return {node.name: bn_params(node, inits) for node in model.graph.node if node.op_type == "BatchNormalization"}
+
+
+def bn_params(node, inits: Dict[str, TensorProto]) -> Dict[str, Optional[np.ndarray]]:
+    """``{scale, bias, mean, var}`` of one BatchNormalization (float64; None where not in ``inits``)."""
+    params: Dict[str, Optional[np.ndarray]] = {}
+    for key, slot in _SLOTS.items():
+        tensor = inits.get(node.input[slot])
+        params[key] = None if tensor is None else numpy_helper.to_array(tensor).astype(np.float64)
+    return params
+
+
+def is_placeholder(params: Dict[str, Optional[np.ndarray]], eps: float) -> bool:
+    """Whether BatchNorm parameters are split's exact-identity placeholder (any float dtype).
+
+    ``mean 0, scale 1, bias 0`` and ``var + eps == 1`` (the placeholder variance is
+    ``1 - eps`` with an ``eps`` chosen per dtype so that both are exact, see
+    :func:`nabn_onnx.passes.split.placeholder_epsilon`). Such a BatchNorm returns its input
+    bit for bit: onnxruntime computes ``scale / sqrt(var + eps) = 1`` exactly.
+    """
+    if any(v is None for v in params.values()):
+        return False
+    return bool(
+        np.all(params["scale"] == 1.0)
+        and np.all(params["bias"] == 0.0)
+        and np.all(params["mean"] == 0.0)
+        and np.all(params["var"] + np.float64(np.float32(eps)) == 1.0)
+    )
 
 
 def bn_epsilon(node) -> float:
