@@ -60,7 +60,7 @@ def split(
     config = SplitConfig.build(config, options)
     include, exclude = config.layers.include, config.layers.exclude
     if output is not None:
-        check_output(model, output)
+        check_output(model, output, {"the calibration data": data})
     if data is not None:
         check_batching(data, config.data.batch_size, config.data.max_batches, min_batch=2)
     proto = _load_copy(model)

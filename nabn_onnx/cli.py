@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .errors import NabnError
-from .io import check_output, check_output_folder
+from .io import check_output, check_output_folder, check_paths
 from .progress import Progress
 
 __all__ = ["main"]
@@ -287,6 +287,34 @@ def _selection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude", metavar="REGEX", help="do not split analog layers whose name matches")
 
 
+#: the command-line options that name an input file, and what each is
+_INPUT_OPTIONS = {
+    "model": "the input model",
+    "reference": "the reference model (--reference)",
+    "data": "the data (--data)",
+    "calib": "the calibration data (--calib)",
+    "test": "the test data (--test)",
+    "device": "the device file (--device)",
+}
+#: the command-line options that name an output file
+_OUTPUT_OPTIONS = {
+    "output": "-o/--output",
+    "report": "--report",
+    "plot": "--plot",
+    "junit": "--junit",
+    "results": "--results",
+}
+
+
+def _check_paths(args, output: Optional[Path] = None) -> None:
+    """Refuse any output (``output``, the default model output, and every output option) that names an input."""
+    inputs = {label: getattr(args, name, None) for name, label in _INPUT_OPTIONS.items()}
+    outputs = {label: getattr(args, name, None) for name, label in _OUTPUT_OPTIONS.items()}
+    if output is not None:
+        outputs["-o/--output"] = output
+    check_paths(inputs, outputs)
+
+
 def _default_output(model: Path, suffix: str) -> Path:
     return model.with_name(model.stem + suffix + ".onnx")
 
@@ -296,6 +324,7 @@ def _cmd_split(args, parser) -> int:
 
     output = Path(args.output) if args.output else _default_output(Path(args.model), ".split")
     check_output(args.model, output)
+    _check_paths(args, output)
     started = time.perf_counter()
     result = split(
         args.model,
@@ -325,6 +354,7 @@ def _cmd_inject(args, parser) -> int:
     noise = _make_noise(args, parser)
     output = Path(args.output) if args.output else _default_output(Path(args.model), _noise_suffix(noise))
     check_output(args.model, output)
+    _check_paths(args, output)
     started = time.perf_counter()
     result = inject(
         args.model, noise, include=args.include, exclude=args.exclude, output=output, external_data=args.external_data
@@ -360,8 +390,9 @@ def _cmd_calibrate(args, parser) -> int:
     noise = _make_noise(args, parser)
     output = Path(args.output) if args.output else _default_output(Path(args.model), ".nabn")
     check_output(args.model, output)
+    _check_paths(args, output)
     if args.report:
-        check_output_folder(Path(args.report))
+        _report_suffix(args.report, (".json", ".md"))
     if args.momentum is not None and args.estimator != "ema":
         parser.error("--momentum applies to --estimator ema only; the cumulative estimator has no momentum")
     estimator = Estimator(
@@ -620,6 +651,7 @@ def _cmd_analog(args, parser) -> int:
     default = ".digital" if args.strip else ".analog"
     output = Path(args.output) if args.output else _default_output(Path(args.model), default)
     check_output(args.model, output)
+    _check_paths(args, output)
     started = time.perf_counter()
     model = load_model(args.model)
     if args.strip:
@@ -1054,10 +1086,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.verbose:
         logging.getLogger("nabn_onnx").setLevel(logging.WARNING)
     try:
+        _check_paths(args)
         return args.func(args, args.subparser)
     except NabnError as exc:
         print(f"nabn-onnx {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if args.command == "check" else 1  # check: 1 means a chip missed a threshold
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
@@ -38,6 +38,7 @@ __all__ = [
     "MIN_OPSET",
     "check_output",
     "check_output_folder",
+    "check_paths",
     "PROTOBUF_LIMIT",
     "default_opset",
     "weightless_copy",
@@ -746,31 +747,74 @@ def check_output_folder(path: Union[str, os.PathLike]) -> None:
         raise ModelError(f"output path is a folder: {path}")
 
 
-def check_output(model: ModelLike, output: Union[str, os.PathLike]) -> None:
-    """Refuse an output that would overwrite the input model or the file holding its weights.
+def check_output(
+    model: ModelLike, output: Union[str, os.PathLike], inputs: Optional[Mapping[str, object]] = None
+) -> None:
+    """Refuse an output that would overwrite the input model, the file holding its weights, or another input.
 
     Args:
         model: the input (a path is checked; an in-memory model has no file to protect).
         output: the model file about to be written (its ``.data`` side file is checked too).
+        inputs: the call's other inputs by what they are (``{"the reference model": path}``);
+            paths are checked, anything else (arrays, readers, ``ModelProto``) is passed over.
 
     Raises:
-        ModelError: ``output`` is the input, its external-data file, or cannot be written.
+        ModelError: ``output`` is an input, an input's external-data file, or cannot be written.
     """
     output = Path(output)
     check_output_folder(output)
-    if isinstance(model, ModelProto) or is_gs_graph(model):
-        return
-    model = Path(model)
-    if model.exists() and output.exists() and model.resolve() == output.resolve():
-        raise ModelError(f"refusing to overwrite the input model {model}; choose another output")
-    existing = [p for p in (output, output.with_name(output.name + ".data")) if p.exists()]
-    if existing and model.is_file():
-        inputs = _external_files(model)
-        for path in existing:
-            if path.resolve() in inputs:
-                raise ModelError(
-                    f"refusing to overwrite {path}: the input model keeps its weights there; choose another output"
-                )
+    check_paths({"the input model": model, **(inputs or {})}, {"the output model": output})
+
+
+def check_paths(inputs: Mapping[str, object], outputs: Mapping[str, object]) -> None:
+    """Refuse any output path that names an input file or another output, before any work is done.
+
+    Paths are compared as files: ``os.path.samefile`` where both exist (links and hard links
+    included), their resolved paths otherwise. A model's external-data files count as inputs,
+    and a model output's ``.data`` side file as an output.
+
+    Args:
+        inputs: what each input is (``"the input model"``, ``"--data"``) -> its path; entries
+            that are not paths (None, arrays, readers, in-memory models) are passed over.
+        outputs: what each output is (``"--report"``) -> the path it will be written to.
+
+    Raises:
+        ModelError: an output would overwrite an input, or two outputs are one file.
+    """
+    named_inputs: List[Tuple[str, Path]] = []
+    for label, value in inputs.items():
+        if isinstance(value, (str, os.PathLike)):
+            path = Path(value)
+            named_inputs.append((label, path))
+            if path.suffix == ".onnx" and path.is_file():
+                named_inputs += [(f"the weights file of {label}", f) for f in sorted(_external_files(path))]
+    named_outputs: List[Tuple[str, Path]] = []
+    for label, value in outputs.items():
+        if isinstance(value, (str, os.PathLike)):
+            path = Path(value)
+            named_outputs.append((label, path))
+            if path.suffix == ".onnx":
+                named_outputs.append((f"the weights file of {label}", path.with_name(path.name + ".data")))
+    for out_label, out in named_outputs:
+        for in_label, given in named_inputs:
+            if _same_file(out, given):
+                raise ModelError(f"refusing to overwrite {in_label} {given} with {out_label}; choose another path")
+    for i, (a_label, a) in enumerate(named_outputs):
+        for b_label, b in named_outputs[i + 1 :]:
+            if _same_file(a, b):
+                raise ModelError(f"{a_label} and {b_label} are the same file {a}; choose different paths")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (a folder never matches: outputs are files)."""
+    if a.is_dir() or b.is_dir():
+        return False
+    if a.exists() and b.exists():
+        try:
+            return os.path.samefile(a, b)
+        except OSError:  # unreadable or vanished: fall back to the names
+            pass
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _external_files(model: Path) -> set:

@@ -617,3 +617,83 @@ def test_other_commands_refuse_bad_data(ws: Path, capsys, command: str, case: st
     make, _words = BAD_DATA[case]
     path = make(ws / "data.bad.npz")
     _expect_error(capsys, ws, _other_argv(command, ws / "model.onnx", path))
+
+
+# ------------------------------------------------------------------- no input ever overwritten (issue 20 item 1)
+
+
+def _calibrate_args(ws: Path) -> List[object]:
+    return ["calibrate", ws / "model.onnx", "--data", ws / "data.npz", "--noise", "mul", "--eta", "0.3"]
+
+
+@pytest.fixture
+def labelled(ws: Path) -> Path:
+    """Labelled test data beside the model (for --test)."""
+    np.savez(ws / "test.npz", input=images(SAMPLES), labels=np.arange(SAMPLES) % 4)
+    return ws / "test.npz"
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["-o", "o.onnx", "--report", "model.onnx"], ("overwrite", "input model", "--report")),
+        (["-o", "data.npz"], ("overwrite", "--data", "-o/--output")),
+        (["-o", "o.onnx", "--report", "test.npz"], ("overwrite", "--test", "--report")),
+        (["-o", "o.onnx", "--report", "r.txt"], ("report must end in", ".json")),
+        (["-o", "same.json", "--report", "same.json"], ("same file",)),
+    ],
+)
+def test_no_output_of_calibrate_may_name_an_input(ws: Path, labelled: Path, capsys, extra, words) -> None:
+    """``--report`` and ``-o`` are compared with every input (model, data, test), not only -o with MODEL."""
+    argv = [
+        *_calibrate_args(ws),
+        "--test",
+        labelled,
+        "--batch-size",
+        BATCH,
+        *[ws / e if "." in e else e for e in extra],
+    ]
+    _expect_error(capsys, ws, argv, words=words)
+
+
+def test_calibrate_refuses_to_overwrite_the_reference_model(ws: Path, capsys) -> None:
+    assert main(["inject", str(ws / "model.onnx"), "--noise", "mul", "--eta", "0.3", "-o", str(ws / "chip.onnx")]) == 0
+    capsys.readouterr()
+    argv = ["calibrate", ws / "chip.onnx", "--reference", ws / "model.onnx", "--data", ws / "data.npz"]
+    _expect_error(capsys, ws, [*argv, "--batch-size", BATCH, "-o", ws / "model.onnx"], words=("reference", "overwrite"))
+
+
+def test_an_output_reached_through_a_link_or_hard_link_is_the_input(ws: Path, capsys) -> None:
+    os.link(ws / "data.npz", ws / "hard.npz")
+    (ws / "soft.npz").symlink_to(ws / "data.npz")
+    for name in ("hard.npz", "soft.npz"):
+        _expect_error(capsys, ws, [*_calibrate_args(ws), "--batch-size", BATCH, "-o", ws / name], words=("--data",))
+
+
+def test_sweep_and_check_outputs_may_not_name_inputs_or_each_other(ws: Path, labelled: Path, capsys) -> None:
+    grid = ["--noise", "mul", "--eta", "0.1", "--seeds", "1", "--batch-size", BATCH]
+    sweep = ["sweep", ws / "model.onnx", "--calib", ws / "data.npz", "--test", labelled, *grid]
+    _expect_error(capsys, ws, [*sweep, "--report", ws / "r.json", "--plot", ws / "r.json"], words=("same file",))
+    _expect_error(capsys, ws, [*sweep, "--results", ws / "data.npz"], words=("--calib", "--results"))
+    check = ["check", ws / "model.onnx", "--data", ws / "data.npz", "--test", labelled, *grid, "--min", "top1=0.1"]
+    # a gate that cannot run exits 2, never 1 (the code of a missed threshold)
+    before = _fingerprint(ws)
+    rc, _out, err = _cli(capsys, [*check, "--junit", labelled])
+    assert rc == 2 and "overwrite the test data" in err and err.count("\n") == 1
+    assert _fingerprint(ws) == before
+
+
+def test_library_calibrate_refuses_an_output_that_is_the_reference(ws: Path) -> None:
+    from nabn_onnx import calibrate, inject, make_noise
+
+    inject(ws / "model.onnx", make_noise("mul", 0.3), output=ws / "chip.onnx")
+    before = (ws / "model.onnx").read_bytes()
+    with pytest.raises(ModelError, match="overwrite the reference model"):
+        calibrate(
+            ws / "chip.onnx", ws / "data.npz", reference=ws / "model.onnx", output=ws / "model.onnx", batch_size=8
+        )
+    with pytest.raises(ModelError, match="overwrite the calibration data"):
+        calibrate(
+            ws / "model.onnx", ws / "data.npz", noise=make_noise("mul", 0.3), output=ws / "data.npz", batch_size=8
+        )
+    assert (ws / "model.onnx").read_bytes() == before

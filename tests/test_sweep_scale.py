@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -314,3 +315,56 @@ def test_scale_options_fail_in_one_line(files, tmp_path, capsys, monkeypatch):
     assert main([*args, "--ray"]) == 1
     err = capsys.readouterr().err
     assert "pip install 'nabn-onnx[ray]'" in err and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- results files that cannot be mixed or torn
+
+
+def test_resume_with_other_calibration_or_test_data_is_refused(files, tmp_path, capsys):
+    """The header fingerprints the calibration and test data: rows of two data sets are never mixed."""
+    model, calib, test = files
+    args = ["sweep", str(model), "--test", str(test), "--noise", "mul", "--eta", "0.5", "--seeds", "1", "-q"]
+    args += ["--method", "paper", "--results", str(tmp_path / "r.jsonl")]
+    assert main([*args, "--calib", str(calib)]) == 0
+    with np.load(calib) as f:
+        other = {k: f[k] for k in f.files}
+    other["input"] = other["input"][::-1].copy()  # the same samples in another order: other batches
+    np.savez(tmp_path / "other.npz", **other)
+    shutil.copy(calib, tmp_path / "copy.npz")
+    lines = (tmp_path / "r.jsonl").read_bytes()
+    assert main([*args, "--calib", str(tmp_path / "other.npz"), "--resume", "--seeds", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "another calibration data" in err and err.count("\n") == 1
+    assert (tmp_path / "r.jsonl").read_bytes() == lines  # nothing appended
+    # the same bytes under another name are the same data: the resume goes on
+    assert main([*args, "--calib", str(tmp_path / "copy.npz"), "--resume", "--seeds", "2"]) == 0
+    assert len(ResultsFile.read(tmp_path / "r.jsonl")[1]) == 2
+
+
+def test_a_results_file_in_use_by_another_sweep_is_refused(files, tmp_path, capsys):
+    """Two sweeps on one results file: the second is refused at once, the first's file stays whole."""
+    model, calib, test = files
+    path = tmp_path / "r.jsonl"
+    args = ["sweep", str(model), "--calib", str(calib), "--test", str(test), "--noise", "mul", "--eta", "0.5"]
+    args += ["--seeds", "1", "--method", "paper", "-q", "--results", str(path)]
+    assert main(args) == 0
+    before = path.read_bytes()
+    with ResultsFile.open(path, ResultsFile.read(path)[0], resume=True) as held:  # a sweep holding the file
+        assert main([*args, "--resume", "--seeds", "2"]) == 1
+        err = capsys.readouterr().err
+        assert "in use by another sweep" in err and err.count("\n") == 1
+        assert held.rows  # the holder still sees its rows
+    assert path.read_bytes() == before
+    assert main([*args, "--resume", "--seeds", "2"]) == 0  # the lock goes with the holder
+    assert len(ResultsFile.read(path)[1]) == 2
+
+
+def test_results_lines_are_appended_with_o_append(tmp_path):
+    """Each line lands at the end of the file even when the file grew behind the writer's back."""
+    path = tmp_path / "r.jsonl"
+    with ResultsFile.open(path, {"model": "m"}, resume=False) as store:
+        with open(path, "ab") as other:  # an append by someone else (not a sweep: no lock)
+            other.write(b'{"kind": "note"}\n')
+        store.append({"noise": "mul", "eta": 0.1, "seed": 0, "vanilla": 0.5, "nabn": 0.9})
+    lines = path.read_bytes().splitlines()
+    assert json.loads(lines[1]) == {"kind": "note"} and json.loads(lines[2])["kind"] == "chip"

@@ -714,7 +714,7 @@ class Calibrator:
                 "model is the chip; this is the clean one), not both"
             )
         if output is not None:
-            check_output(model, output)
+            check_output(model, output, {"the reference model": reference, "the calibration data": data})
         check_batching(data, self.config.data.batch_size, self.config.data.max_batches, min_batch=2)
 
     def prepare(self, model: ModelLike, reference: Optional[ModelLike] = None) -> _Job:

@@ -12,6 +12,8 @@ Format (one JSON object per line, UTF-8)::
         "method": ...,
         "settings": {...},
         "measure": {...},
+        "calib": "<digest of the calibration data>",
+        "test": "<digest of the test data>",
         "clean": 0.93,
     }
     {
@@ -30,8 +32,11 @@ The header says what was swept (the model's fingerprint, the noise settings shar
 chips, how each chip is measured, the clean metric); each chip line is written, flushed and
 ``fsync``-ed the moment the chip ends, in the order chips finish. A sweep killed at any point
 leaves every finished chip on disk and at most a torn last line, which :meth:`ResultsFile.open`
-drops. Resuming checks that the header matches the new sweep's (same model, data, settings),
-so a results file is never extended with rows of another experiment.
+drops. Resuming checks that the header matches the new sweep's (same model, calibration and
+test data by content digest, settings), so a results file is never extended with rows of
+another experiment. While a sweep has the file open it holds an exclusive lock on it
+(``flock``): a second sweep on the same file is refused in one line instead of interleaving
+its rows, and every line is appended with ``O_APPEND``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any, BinaryIO, Dict, List, Mapping, Tuple, Union
 
@@ -50,7 +56,7 @@ FORMAT = "nabn-onnx-sweep"
 VERSION = 1
 
 #: Header fields that must agree for a file to be resumed (``clean`` is checked separately).
-_MATCHED = ("format", "version", "fingerprint", "metric", "method", "settings", "measure")
+_MATCHED = ("format", "version", "fingerprint", "calib", "test", "metric", "method", "settings", "measure")
 
 ChipKey = Tuple[str, float, int]
 
@@ -90,25 +96,34 @@ class ResultsFile:
         """
         path = Path(path)
         header = _normalize({"kind": "header", "format": FORMAT, "version": VERSION, **header})
-        if path.exists() and path.stat().st_size > 0:
-            if not resume:
-                raise NabnError(
-                    f"{path} already holds sweep results: pass --resume to continue that sweep, "
-                    "or choose another results file"
-                )
-            found, rows, good_bytes = _read(path)
-            _check_header(path, found, header)
-            _check_clean(path, found, header)
-            handle: BinaryIO = open(path, "r+b")
-            handle.truncate(good_bytes)  # a line torn by a kill is dropped, so appends start on a fresh line
-            handle.seek(good_bytes)
-            return cls(path, found, rows, handle)
         if not path.parent.is_dir():
             raise NabnError(f"cannot write results to {path}: folder {path.parent} does not exist")
-        handle = open(path, "wb")
-        results = cls(path, header, {}, handle)
-        results._write(header)
-        return results
+        # O_APPEND: every line lands at the end of the file, whatever else writes to it
+        handle: BinaryIO = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644), "r+b")
+        try:
+            _lock(handle, path)
+            return cls._start(path, header, resume, handle)
+        except BaseException:
+            handle.close()
+            raise
+
+    @classmethod
+    def _start(cls, path: Path, header: Dict[str, object], resume: bool, handle: BinaryIO) -> ResultsFile:
+        """With the lock held: write the header of a new file, or check and continue a resumed one."""
+        if os.fstat(handle.fileno()).st_size == 0:
+            results = cls(path, header, {}, handle)
+            results._write(header)
+            return results
+        if not resume:
+            raise NabnError(
+                f"{path} already holds sweep results: pass --resume to continue that sweep, "
+                "or choose another results file"
+            )
+        found, rows, good_bytes = _read(path)
+        _check_header(path, found, header)
+        _check_clean(path, found, header)
+        handle.truncate(good_bytes)  # a line torn by a kill is dropped, so appends start on a fresh line
+        return cls(path, found, rows, handle)
 
     def append(self, row: Mapping[str, object]) -> None:
         """Write one finished chip, flushed and fsync-ed before returning."""
@@ -137,6 +152,21 @@ class ResultsFile:
         """``(header, chip rows in file order)`` of a results file (a torn last line is skipped)."""
         header, rows, _ = _read(Path(path))
         return header, list(rows.values())
+
+
+def _lock(handle: BinaryIO, path: Path) -> None:
+    """Hold an exclusive lock on the results file while this sweep writes it (released on close)."""
+    if sys.platform == "win32":  # no flock; one sweep per file is then the user's to keep
+        return
+    import fcntl
+
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise NabnError(
+            f"{path} is in use by another sweep (it holds the file's lock); wait for that sweep to end "
+            "or choose another results file"
+        ) from None
 
 
 def _read(path: Path) -> Tuple[Dict[str, object], Dict[ChipKey, Dict[str, object]], int]:
@@ -188,6 +218,8 @@ def _check_header(path: Path, found: Mapping[str, object], wanted: Mapping[str, 
 def _what(key: str) -> str:
     return {
         "fingerprint": "model",
+        "calib": "calibration data",
+        "test": "test data",
         "settings": "noise settings",
         "measure": "calibration or evaluation settings",
         "version": "file format version",

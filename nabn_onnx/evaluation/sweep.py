@@ -54,7 +54,7 @@ from onnx import ModelProto, numpy_helper
 from ..api import split
 from ..calibration import DEFAULT_ESTIMATOR, Calibrator, Estimator
 from ..calibration.config import CalibrationConfig
-from ..data import DataLike, check_batching, replayable
+from ..data import DataLike, check_batching, data_fingerprint, replayable
 from ..errors import NabnError
 from ..graph import batchnorm_nodes
 from ..io import ModelLike, atomic_write_text, load_model
@@ -664,6 +664,8 @@ def run_sweep(
             "method": settings.method,
             "settings": plan.shared_settings(),
             "measure": settings.describe(),
+            "calib": data_fingerprint(calib),
+            "test": data_fingerprint(test),
             "clean": clean,
         }
         store = ResultsFile.open(results, header, resume=resume)
