@@ -21,6 +21,7 @@ from .calibration import (
     TemporalNoise,
     calibrate,
 )
+from .data import IMAGENET_MEAN, IMAGENET_STD, ImageFolder
 from .errors import DataError, ModelError, NabnError, NoiseConfigError, NothingToDoError
 from .evaluation import (
     CheckReport,
@@ -36,8 +37,7 @@ from .evaluation import (
     sweep,
 )
 from .evaluation.drift import drift_sweep
-from .images import ImageFolder
-from .io import load_model, save_model
+from .model import load_model, save_model
 from .noise import (
     AddNoise,
     DeviceNoise,
@@ -86,6 +86,8 @@ __all__ = [
     "load_model",
     "save_model",
     "ImageFolder",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "NoiseModel",
     "MulNoise",
     "AddNoise",

@@ -10,9 +10,17 @@ from onnx import ModelProto
 from .calibration.config import SplitConfig, SplitOptions
 from .data import DataLike, check_batching
 from .errors import NabnError, NothingToDoError
-from .graph import find_analog_layers, select_layers, skip_summary
-from .gsgraph import from_model
-from .io import ModelLike, check_output, load_model, record, save_model
+from .model import (
+    ModelLike,
+    check_output,
+    find_analog_layers,
+    from_model,
+    load_model,
+    record,
+    save_model,
+    select_layers,
+    skip_summary,
+)
 from .noise import NoiseModel
 from .passes.base import PassResult
 from .passes.inject import InjectWeightNoisePass
@@ -55,7 +63,7 @@ def split(
         The pass result: ``model`` (an ``onnx_graphsurgeon.Graph`` when one was given, else a
         ``ModelProto``), ``modified`` and ``details`` (inserted, skipped).
     """
-    from .calibration.engine import _count_batches, measure_inserted
+    from .calibration.engine import count_batches, measure_inserted
 
     config = SplitConfig.build(config, options)
     include, exclude = config.layers.include, config.layers.exclude
@@ -76,7 +84,7 @@ def split(
         # every selected layer was skipped: writing the input back unchanged would look like success
         raise NothingToDoError(f"no analog layer can take a BatchNorm: {skip_summary(selected)}")
     if data is not None and result.details["inserted"]:
-        total = _count_batches(data, config.data.batch_size, config.data.max_batches)
+        total = count_batches(data, config.data.batch_size, config.data.max_batches)
         with Progress("measuring", total, enabled=config.runtime.show_progress) as bar:
             measure_inserted(proto, proto, result.details["inserted"], data, config.reading(), progress=bar)
     record(

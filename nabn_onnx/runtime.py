@@ -46,7 +46,7 @@ import onnxruntime as ort
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from .errors import ModelError, NabnError
-from .io import save_model, without_large_initializers
+from .model import save_model, without_large_initializers
 
 __all__ = [
     "make_session",

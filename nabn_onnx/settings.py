@@ -11,10 +11,11 @@ setting is named and checked in one place.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Dict, Mapping, Optional, Tuple, TypeVar
 
-__all__ = ["DataSettings", "LayerSelection", "RuntimeSettings", "with_options"]
+__all__ = ["DataSettings", "LayerSelection", "RuntimeSettings", "flat_keywords", "with_options"]
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,63 @@ class RuntimeSettings:
 
 T = TypeVar("T")
 
+#: the settings parts whose fields are flat keywords of the configs that hold them
+PARTS = (DataSettings, LayerSelection, RuntimeSettings)
 
-def with_options(config: T, options: Mapping[str, Any], flat: Mapping[str, Sequence[str]], call: str) -> T:
-    """``config`` with flat keyword ``options`` filled in (``flat`` maps a keyword to its field path).
 
-    ``flat`` maps e.g. ``"batch_size"`` to ``("data", "batch_size")``: the keyword sets that
-    field of the nested settings object. An unknown keyword raises ``TypeError`` as Python
-    does for a function's unexpected keyword, naming the ones accepted.
+def flat_keywords(config_type: type) -> Dict[str, Tuple[str, ...]]:
+    """Every flat keyword of a settings dataclass and the field it fills, derived from its fields.
+
+    A field that holds a settings part (:data:`PARTS`) contributes the part's fields (``data`` gives
+    ``batch_size`` and ``max_batches``); any other field is its own keyword. Two fields that
+    would give one keyword are a bug in the settings type, refused here.
     """
+    flat: Dict[str, Tuple[str, ...]] = {}
+    for outer in dataclasses.fields(config_type):
+        inner_type = _dataclass_type(config_type, outer)
+        parts = (
+            [((outer.name, inner.name), inner.name) for inner in dataclasses.fields(inner_type)]
+            if inner_type is not None
+            else [((outer.name,), outer.name)]
+        )
+        for path, keyword in parts:
+            if keyword in flat:
+                raise TypeError(f"{config_type.__name__}: keyword {keyword!r} names two fields")
+            flat[keyword] = path
+    return flat
+
+
+def _dataclass_type(config_type: type, field: dataclasses.Field) -> Optional[type]:
+    """The settings part (:data:`PARTS`) a field holds, read from its default; None for a plain field."""
+    if field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        default = field.default
+    return type(default) if isinstance(default, PARTS) else None
+
+
+def with_options(
+    config: T,
+    options: Mapping[str, Any],
+    call: str,
+    *,
+    renamed: Optional[Mapping[str, str]] = None,
+) -> T:
+    """``config`` with the flat keyword ``options`` filled in (keywords from :func:`flat_keywords`).
+
+    ``renamed`` maps an old keyword to its new name: it still works, with a
+    ``DeprecationWarning`` naming the new one (for one release; see CHANGELOG.md). An unknown
+    keyword raises ``TypeError`` as Python does for a function's unexpected keyword, naming
+    the ones accepted.
+    """
+    flat = flat_keywords(type(config))
+    options = dict(options)
+    for old, new in (renamed or {}).items():
+        if old in options:
+            warnings.warn(f"{call}(): {old}= is renamed {new}=", DeprecationWarning, stacklevel=3)
+            if new in options:
+                raise TypeError(f"{call}() got both {old}= and its new name {new}=")
+            options[new] = options.pop(old)
     unknown = sorted(set(options) - set(flat))
     if unknown:
         raise TypeError(

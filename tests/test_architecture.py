@@ -11,7 +11,7 @@ import pytest
 
 from nabn_onnx import calibrate, make_noise
 from nabn_onnx.calibration.statsgraph import ExposeBatchNormStatsPass
-from nabn_onnx.io import save_model
+from nabn_onnx.model import save_model
 from nabn_onnx.passes.base import Pass, PassResult, PostconditionError, PreconditionError
 
 from builders import images, small_cnn
@@ -74,7 +74,7 @@ def test_imports_have_no_cycle():
     [
         ("nabn_onnx.api", "nabn_onnx.evaluation"),
         ("nabn_onnx.api", "nabn_onnx.cli"),
-        ("nabn_onnx.images", "nabn_onnx.data"),
+        ("nabn_onnx.data.images", "nabn_onnx.data.reading"),
         ("nabn_onnx.passes.inject", "nabn_onnx.passes.split"),
         ("nabn_onnx.calibration.statsgraph", "nabn_onnx.calibration.engine"),
         ("nabn_onnx.runtime", "nabn_onnx.calibration"),

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 
-import nabn_onnx.io as nabn_io
+import nabn_onnx.model.io as nabn_io
 from nabn_onnx import ModelError, load_model, save_model
 from nabn_onnx.cli import main
 

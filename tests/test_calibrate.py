@@ -20,7 +20,7 @@ from nabn_onnx import (
     split,
 )
 from nabn_onnx.calibration.select import SEVERE, pick_candidate
-from nabn_onnx.io import read_record
+from nabn_onnx.model import read_record
 
 from builders import images, run, small_cnn
 

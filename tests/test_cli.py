@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from nabn_onnx.cli import main
-from nabn_onnx.io import read_record
+from nabn_onnx.model import read_record
 
 from builders import images, run, small_cnn
 

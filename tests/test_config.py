@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 import nabn_onnx as nb
 from nabn_onnx.calibration import CalibrationConfig, Calibrator, SplitConfig
-from nabn_onnx.io import read_record
+from nabn_onnx.model import read_record
 from nabn_onnx.settings import DataSettings, LayerSelection, RuntimeSettings
 
 from builders import run

@@ -25,7 +25,7 @@ from nabn_onnx.evaluation.executors import (
     make_executor,
     resolve_local,
 )
-from nabn_onnx.io import load_model
+from nabn_onnx.model import load_model
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 

@@ -17,8 +17,16 @@ import pytest
 
 import nabn_onnx as nb
 from nabn_onnx.calibration import engine
-from nabn_onnx.gsgraph import MARKER, from_model, is_gs_graph, restore_model_fields, returns_like, to_model
-from nabn_onnx.io import read_record, record
+from nabn_onnx.model import (
+    MARKER,
+    from_model,
+    is_gs_graph,
+    read_record,
+    record,
+    restore_model_fields,
+    returns_like,
+    to_model,
+)
 from nabn_onnx.passes.analog_io import AnalogIO, InsertAnalogIOPass, StripAnalogIOPass, measure_input_ranges
 
 gs = pytest.importorskip("onnx_graphsurgeon")

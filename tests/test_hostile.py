@@ -183,7 +183,7 @@ def test_absurd_input_shape_is_harmless(tmp_path: Path) -> None:
 
 def _field(number: int, payload: bytes) -> bytes:
     """One length-delimited protobuf field."""
-    from nabn_onnx.io import _varint
+    from nabn_onnx.model.io import _varint
 
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 

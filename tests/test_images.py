@@ -11,8 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from nabn_onnx import DataError, NabnError, evaluate
 from nabn_onnx.cli import main
-from nabn_onnx.data import InputSpec, input_specs, iter_batches
-from nabn_onnx.images import ImageFolder
+from nabn_onnx.data import ImageFolder, InputSpec, input_specs, iter_batches
 
 from builders import small_cnn
 

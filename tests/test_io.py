@@ -8,7 +8,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from nabn_onnx import ModelError, inject, load_model, make_noise, save_model, split
-from nabn_onnx.io import read_record, record
+from nabn_onnx.model import read_record, record
 
 from builders import images, run, small_cnn
 

@@ -19,7 +19,7 @@ from onnx import external_data_helper, numpy_helper
 
 from nabn_onnx import load_model, save_model
 from nabn_onnx.cli import main
-from nabn_onnx.io import _write_model
+from nabn_onnx.model.io import _write_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import bench_large

@@ -29,7 +29,7 @@ from nabn_onnx import (
 )
 from nabn_onnx.calibration.engine import _new_stats
 from nabn_onnx.cli import main
-from nabn_onnx.io import load_model, read_record
+from nabn_onnx.model import load_model, read_record
 
 from builders import images, run, small_cnn
 
@@ -337,7 +337,7 @@ def _identity_read_in_branch():
 
 
 def test_a_weight_read_inside_a_branch_survives_loading_and_counts_as_shared():
-    from nabn_onnx.graph import find_analog_layers
+    from nabn_onnx.model import find_analog_layers
 
     model = _identity_read_in_branch()
     x = images(4, size=6)

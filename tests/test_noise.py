@@ -7,7 +7,7 @@ import pytest
 from onnx import numpy_helper
 
 from nabn_onnx import NoiseConfigError, inject, make_noise
-from nabn_onnx.io import read_record
+from nabn_onnx.model import read_record
 from nabn_onnx.passes import InjectWeightNoisePass, SplitBatchNormPass
 
 from builders import small_cnn

@@ -10,8 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from nabn_onnx import split
-from nabn_onnx.graph import find_analog_layers
-from nabn_onnx.io import read_record
+from nabn_onnx.model import find_analog_layers, read_record
 from nabn_onnx.passes import SplitBatchNormPass
 
 from builders import images, run, small_cnn

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from nabn_onnx import NabnError, calibrate, sweep
 from nabn_onnx.cli import main
 from nabn_onnx.evaluation.evaluate import Evaluator
-from nabn_onnx.io import set_initializer
+from nabn_onnx.model import set_initializer
 
 from builders import small_cnn
 

@@ -22,19 +22,6 @@ __all__ = ["CalibrationConfig", "CalibrationOptions", "SplitConfig", "SplitOptio
 
 METHODS = ("auto", "paper", "delta")
 
-#: flat keyword -> field path in :class:`CalibrationConfig`
-FLAT = {
-    "method": ("method",),
-    "noise": ("noise",),
-    "estimator": ("estimator",),
-    "batch_size": ("data", "batch_size"),
-    "max_batches": ("data", "max_batches"),
-    "include": ("layers", "include"),
-    "exclude": ("layers", "exclude"),
-    "providers": ("runtime", "providers"),
-    "show_progress": ("runtime", "show_progress"),
-}
-
 
 class SplitOptions(TypedDict, total=False):
     """The flat keywords :func:`~nabn_onnx.split` accepts (each fills a field of :class:`SplitConfig`)."""
@@ -85,7 +72,7 @@ class CalibrationConfig:
         cls, config: Optional[CalibrationConfig], options: Mapping[str, Any], call: str = "calibrate"
     ) -> CalibrationConfig:
         """``config`` (default settings if None) with the flat keyword ``options`` filled in."""
-        return with_options(config if config is not None else cls(), options, FLAT, call)
+        return with_options(config if config is not None else cls(), options, call)
 
     def reading(self, plan: Optional[BatchPlan] = None) -> Reading:
         """The settings every pass over the data shares, for a model whose batches follow ``plan``."""
@@ -123,11 +110,6 @@ class Reading:
         return self.data.max_batches
 
 
-#: flat keyword -> field path in :class:`SplitConfig`
-SPLIT_FLAT = {key: FLAT[key] for key in ("estimator", "batch_size", "max_batches", "include", "exclude")}
-SPLIT_FLAT.update(providers=FLAT["providers"], show_progress=FLAT["show_progress"])
-
-
 @dataclass(frozen=True)
 class SplitConfig:
     """How ``split`` inserts BatchNorms and, with data, measures their clean statistics.
@@ -147,7 +129,7 @@ class SplitConfig:
     @classmethod
     def build(cls, config: Optional[SplitConfig], options: Mapping[str, Any]) -> SplitConfig:
         """``config`` (default settings if None) with the flat keyword ``options`` filled in."""
-        return with_options(config if config is not None else cls(), options, SPLIT_FLAT, "split")
+        return with_options(config if config is not None else cls(), options, "split")
 
     def reading(self, plan: Optional[BatchPlan] = None) -> Reading:
         """The settings the measuring pass uses."""

@@ -24,8 +24,7 @@ import numpy as np
 from onnx import ModelProto, numpy_helper
 
 from ..errors import DataError, NabnError, NothingToDoError
-from ..graph import batchnorm_nodes
-from ..io import ModelLike, all_nodes, load_model, read_record
+from ..model import ModelLike, all_nodes, batchnorm_nodes, load_model, read_record
 from ..noise import NoiseModel
 from ..passes.inject import noisy_tensor_names
 from ..passes.write_stats import BN_MEAN, BN_VAR, WriteBatchNormStatsPass

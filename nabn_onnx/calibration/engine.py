@@ -64,22 +64,35 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, ClassVar, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from onnx import ModelProto
 
 from ..data import Batch, DataLike, check_batching, input_specs, iter_batches, replayable
 from ..errors import NabnError, NothingToDoError
-from ..graph import batchnorm_nodes, find_analog_layers, infer_shapes_light, select_layers, skip_summary
-from ..gsgraph import returns_like
-from ..io import ModelLike, check_output, load_model, read_record, record, save_model, without_large_initializers
 from ..logs import once_per_job, warn_once
+from ..model import (
+    ModelLike,
+    batchnorm_nodes,
+    check_output,
+    find_analog_layers,
+    infer_shapes_light,
+    load_model,
+    read_record,
+    record,
+    returns_like,
+    save_model,
+    select_layers,
+    skip_summary,
+    without_large_initializers,
+)
 from ..noise import NoiseModel
 from ..passes.inject import InjectWeightNoisePass
 from ..passes.split import SplitBatchNormPass
 from ..passes.write_stats import WriteBatchNormStatsPass, bn_epsilon, is_placeholder, read_bn_params
 from ..progress import Progress
+from ..reports import Report
 from ..runtime import DYNAMIC, MEASURE, SERVE, BatchPlan, chunks, make_session, plan_batch, run_chunked
 from .config import METHODS, CalibrationConfig, CalibrationOptions, Reading
 from .select import choose_candidate
@@ -90,6 +103,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "calibrate",
+    "count_batches",
     "Calibrator",
     "CalibrationConfig",
     "measure",
@@ -353,8 +367,8 @@ class LayerShift:
 
 
 @dataclass
-class CalibrationReport:
-    """What a calibration did, with per-layer statistic shifts.
+class CalibrationReport(Report):
+    """What a calibration did, with per-layer statistic shifts; ``write`` takes ``.json`` and ``.md``.
 
     Attributes:
         method: the method asked for.
@@ -374,7 +388,11 @@ class CalibrationReport:
         in_sample: ``auto`` scored on the samples it fitted (no batch could be split).
         note: why the method ran as it did (e.g. ``auto`` without a clean model).
         batch: how the model's batch dimension was handled.
+        test: the task metric of the clean, noisy and calibrated model on labelled test data
+            (``{"metric", "clean", "noisy", "calibrated"}``), when it was measured.
     """
+
+    FORMATS: ClassVar[Dict[str, str]] = {".json": "to_json", ".md": "to_markdown"}
 
     method: str
     estimator: Dict[str, object]
@@ -392,10 +410,11 @@ class CalibrationReport:
     in_sample: bool = False
     note: str = ""
     batch: str = "dynamic batch"
+    test: Optional[Dict[str, object]] = None
 
     def to_dict(self) -> Dict[str, object]:
         """JSON-able form of the report (what ``--report`` writes)."""
-        return {
+        out: Dict[str, object] = {
             "method": self.method,
             "chosen": self.chosen,
             "scores": self.scores,
@@ -413,6 +432,9 @@ class CalibrationReport:
             "layers": [vars(layer) for layer in self.layers],
             "left": self.left,
         }
+        if self.test is not None:
+            out["test"] = self.test
+        return out
 
     def summary(self) -> str:
         """One line with the numbers: what was recalibrated, how, on what, and what was left alone and why."""
@@ -469,7 +491,14 @@ class CalibrationReport:
         if self.left:
             lines += ["", "| left alone | why |", "|---|---|"]
             lines += [f"| {name} | {why} |" for name, why in self.left.items()]
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        if self.test is not None:
+            test = self.test
+            text += f"\n| model | {test['metric']} |\n|---|---:|\n" + "".join(
+                f"| {k} | {'n/a' if test[k] is None else f'{100 * test[k]:.2f}%'} |\n"  # type: ignore[operator]
+                for k in ("clean", "noisy", "calibrated")
+            )
+        return text
 
 
 @dataclass
@@ -686,7 +715,7 @@ class Calibrator:
                 self.measure_inserted(job, data, bar)
                 if cached is not None and not job.placeholders:
                     job.clean_run, clean_session = cached[2], cached[3]
-                    bar.update(_count_batches(data, self.config.data.batch_size, self.config.data.max_batches) or 0)
+                    bar.update(count_batches(data, self.config.data.batch_size, self.config.data.max_batches) or 0)
                 else:
                     self.measure_clean(job, data, bar)
                     clean_session = self.clean_session(job)
@@ -795,11 +824,11 @@ class Calibrator:
         """How ``auto`` (and the guard of a chip without its clean model) holds samples out to score on."""
         # on a chip without its clean model, 'auto' checks Algorithm 1 against leaving it as it is
         if job.method == "auto" or self._guards_chip(job):
-            job.holdout = holdout_mode(_count_batches(data, self.config.data.batch_size, self.config.data.max_batches))
+            job.holdout = holdout_mode(count_batches(data, self.config.data.batch_size, self.config.data.max_batches))
 
     def progress(self, job: _Job, data: DataLike) -> Progress:
         """A progress bar over every batch every step will run."""
-        per_pass = _count_batches(data, self.config.data.batch_size, self.config.data.max_batches)
+        per_pass = count_batches(data, self.config.data.batch_size, self.config.data.max_batches)
         needs_clean = job.method in ("delta", "auto")
         passes = (1 if job.placeholders else 0) + (2 if needs_clean else 1)
         scoring = len(CANDIDATES) * per_pass if per_pass is not None and job.method == "auto" else 0
@@ -1096,7 +1125,7 @@ def _shift(
     return LayerShift(name, origin, int(mean0.size), shift, ratio)
 
 
-def _count_batches(data: DataLike, batch_size: int, max_batches: Optional[int]) -> Optional[int]:
+def count_batches(data: DataLike, batch_size: int, max_batches: Optional[int]) -> Optional[int]:
     """Number of batches when it can be known without reading the data; None otherwise."""
     from ..data import count_samples
 

@@ -39,7 +39,7 @@ from typing import Any, Dict, Iterable, List, Sequence, Tuple
 import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
-from ..io import default_opset
+from ..model import default_opset
 from ..passes.base import Pass, PassResult, PreconditionError
 from ..passes.write_stats import bn_epsilon, bn_params, is_placeholder
 

@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Sequence, Union
 
 from ..data import DataLike
 from ..errors import NabnError
-from ..io import ModelLike, atomic_write_text
+from ..model import ModelLike, atomic_write_text
 from .metrics import MetricLike
 from .sweep import SweepReport, sweep
 

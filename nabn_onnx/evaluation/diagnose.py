@@ -39,8 +39,15 @@ from ..calibration import calibrate
 from ..calibration.config import CalibrationConfig, CalibrationOptions
 from ..data import DataLike, input_specs, iter_batches, replayable
 from ..errors import NabnError, NothingToDoError
-from ..graph import GraphIndex, batchnorm_nodes, layer_name
-from ..io import ModelLike, atomic_write_text, load_model, without_large_initializers
+from ..model import (
+    GraphIndex,
+    ModelLike,
+    atomic_write_text,
+    batchnorm_nodes,
+    layer_name,
+    load_model,
+    without_large_initializers,
+)
 from ..passes.inject import InjectWeightNoisePass
 from ..progress import Progress
 from ..runtime import MEASURE, BatchPlan, chunks, make_session, plan_batch

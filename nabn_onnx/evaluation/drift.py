@@ -44,7 +44,7 @@ from ..api import split
 from ..calibration import DEFAULT_ESTIMATOR, Estimator, NabnSession, TemporalNoise, calibrate
 from ..data import DataLike, input_specs, iter_batches, replayable
 from ..errors import NabnError
-from ..io import ModelLike, atomic_write_text, load_model
+from ..model import ModelLike, atomic_write_text, load_model
 from ..noise import DeviceNoise, NoiseModel, PCMNoise
 from ..passes import InjectWeightNoisePass
 from ..passes.inject import noisy_tensor_names

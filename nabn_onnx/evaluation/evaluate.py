@@ -20,7 +20,7 @@ from onnx import ModelProto
 
 from ..data import DataLike, input_specs, iter_batches
 from ..errors import NabnError
-from ..io import ModelLike, load_model
+from ..model import ModelLike, load_model
 from ..noise import NoiseModel
 from ..progress import Progress
 from ..runtime import SERVE, make_overridable, make_session, plan_batch, run_chunked
@@ -191,18 +191,7 @@ class EvalConfig:
     @classmethod
     def build(cls, config: Optional[EvalConfig], options: Mapping[str, Any]) -> EvalConfig:
         """``config`` (defaults if None) with the flat keyword ``options`` filled in."""
-        return with_options(config if config is not None else cls(), options, _EVAL_FLAT, "evaluate")
-
-
-_EVAL_FLAT = {
-    "batch_size": ("data", "batch_size"),
-    "max_batches": ("data", "max_batches"),
-    "output": ("output",),
-    "ignore_index": ("ignore_index",),
-    "ignore_background": ("ignore_background",),
-    "providers": ("runtime", "providers"),
-    "show_progress": ("runtime", "show_progress"),
-}
+        return with_options(config if config is not None else cls(), options, "evaluate")
 
 
 def evaluate(

@@ -43,7 +43,7 @@ import onnx
 from onnx import ModelProto
 
 from ..errors import NabnError
-from ..io import load_model, save_model
+from ..model import load_model, save_model
 
 __all__ = [
     "Executor",
@@ -129,7 +129,7 @@ def resolve_local(value):
 
 
 def _is_path_like_data(value) -> bool:
-    from ..images import ImageFolder
+    from ..data import ImageFolder
 
     return isinstance(value, (str, os.PathLike, ImageFolder))
 
@@ -137,7 +137,7 @@ def _is_path_like_data(value) -> bool:
 def _absolute(value):
     from dataclasses import replace
 
-    from ..images import ImageFolder
+    from ..data import ImageFolder
 
     if isinstance(value, ImageFolder):
         return replace(value, root=os.path.abspath(value.root))
@@ -430,9 +430,9 @@ class RayExecutor(Executor):
 
 def feed_dicts(value) -> Iterator[Dict[str, np.ndarray]]:
     """The batches of a one-shot source (a ``CalibrationDataReader`` or an iterable of feed dicts), labels kept."""
-    from ..data import LABELS_KEY, _reader_batches, _split_labels
+    from ..data import LABELS_KEY, reader_batches, split_labels
 
-    source = _reader_batches(value) if hasattr(value, "get_next") else (_split_labels(b) for b in value)
+    source = reader_batches(value) if hasattr(value, "get_next") else (split_labels(b) for b in value)
     for batch in source:
         feeds = dict(batch.feeds)
         if batch.labels is not None:

@@ -37,7 +37,7 @@ def pyplot():
 
 def save_figure(figure, path: Union[str, os.PathLike]) -> Path:
     """Save atomically (temporary file in the same folder, then rename)."""
-    from ..io import atomic_write_bytes
+    from ..model import atomic_write_bytes
 
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")

@@ -56,8 +56,7 @@ from ..calibration import DEFAULT_ESTIMATOR, Calibrator, Estimator
 from ..calibration.config import CalibrationConfig
 from ..data import DataLike, check_batching, data_fingerprint, replayable
 from ..errors import NabnError
-from ..graph import batchnorm_nodes
-from ..io import ModelLike, atomic_write_text, load_model
+from ..model import ModelLike, atomic_write_text, batchnorm_nodes, load_model
 from ..noise import NoiseModel, make_noise
 from ..passes.inject import InjectWeightNoisePass, noisy_tensor_names
 from ..progress import Progress
@@ -792,8 +791,7 @@ def sweep(
         raise TypeError(f"sweep() got a SweepPlan and its keyword(s) {', '.join(sorted(plan_options))}: give one")
     if options.get("providers") is not None:
         options["providers"] = tuple(options["providers"]) or None
-    flat = {name: (name,) for name in SweepSettings.__dataclass_fields__}
-    settings = with_options(settings if settings is not None else SweepSettings(), options, flat, "sweep")
+    settings = with_options(settings if settings is not None else SweepSettings(), options, "sweep")
     return run_sweep(model, calib, test, plan, settings, show_progress=show_progress, executor=executor)
 
 

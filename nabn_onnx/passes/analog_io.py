@@ -45,9 +45,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ..errors import NabnError, NoiseConfigError
-from ..graph import find_analog_layers
-from ..gsgraph import GsGraph, is_gs_graph, to_model
-from ..io import read_record, record
+from ..model import GsGraph, find_analog_layers, is_gs_graph, read_record, record, to_model
 from .base import Pass, PassResult
 from .split import select_layers
 

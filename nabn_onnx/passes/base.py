@@ -19,7 +19,7 @@ from typing import Any, Dict, Union
 
 from onnx import ModelProto
 
-from ..gsgraph import GsGraph, from_model, is_gs_graph, restore_model_fields, to_model
+from ..model import GsGraph, from_model, is_gs_graph, restore_model_fields, to_model
 
 __all__ = ["Pass", "PassResult", "PreconditionError", "PostconditionError"]
 

@@ -19,8 +19,14 @@ from typing import List, Optional
 
 from onnx import ModelProto, numpy_helper
 
-from ..graph import find_analog_layers, select_layers
-from ..io import bypass_initializer_identities, lift_constant_weights, read_record, record
+from ..model import (
+    bypass_initializer_identities,
+    find_analog_layers,
+    lift_constant_weights,
+    read_record,
+    record,
+    select_layers,
+)
 from ..noise import NoiseModel
 from .base import Pass, PassResult
 

@@ -41,8 +41,16 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
-from ..graph import AnalogLayer, GraphIndex, find_analog_layers, select_layers
-from ..io import bypass_initializer_identities, lift_constant_weights, read_record, record
+from ..model import (
+    AnalogLayer,
+    GraphIndex,
+    bypass_initializer_identities,
+    find_analog_layers,
+    lift_constant_weights,
+    read_record,
+    record,
+    select_layers,
+)
 from .base import Pass, PassResult
 
 __all__ = ["SplitBatchNormPass", "PLACEHOLDER_EPSILON", "placeholder_epsilon", "select_layers", "bn_param_names"]

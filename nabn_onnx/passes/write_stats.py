@@ -17,7 +17,7 @@ from typing import Dict, Optional
 import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
-from ..graph import GraphIndex
+from ..model import GraphIndex
 from .base import Pass, PassResult
 
 __all__ = ["WriteBatchNormStatsPass", "BN_SCALE", "BN_BIAS", "BN_MEAN", "BN_VAR"]

@@ -29,7 +29,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import DataError, NabnError
+from ..errors import DataError, NabnError
 from .feeds import Batch, InputSpec
 
 __all__ = ["ImageFolder", "image_folder_batches", "IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD"]

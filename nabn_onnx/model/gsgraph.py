@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
 from onnx import ModelProto
 
-from .errors import ModelError
+from ..errors import ModelError
 
 __all__ = ["GsGraph", "is_gs_graph", "to_model", "from_model", "returns_like", "restore_model_fields", "MARKER"]
 

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import __version__
-from .errors import NabnError
-from .io import check_output, check_output_folder, check_paths
-from .progress import Progress
+from .. import __version__
+from ..errors import NabnError
+from ..model import check_output, check_output_folder, check_paths
+from ..progress import Progress
 
 __all__ = ["main"]
 
@@ -86,7 +86,7 @@ _DEVICE_FLAGS = ("t_inference", "compensation", "levels", "stuck_min", "stuck_ma
 
 def _device_options(args):
     """``(kind or None, {parameter: value})`` from --device, the device flags and --set."""
-    from .noise import load_device_file
+    from ..noise import load_device_file
 
     options = dict(load_device_file(args.device)) if getattr(args, "device", None) else {}
     kind = options.pop("noise", None)
@@ -108,7 +108,7 @@ def _device_options(args):
 
 def _make_noise(args, parser):
     """The noise model the flags describe, or None; a noise setting without --noise is a usage error."""
-    from .noise import DEVICE_MODELS, make_noise
+    from ..noise import DEVICE_MODELS, make_noise
 
     file_kind, options = _device_options(args)
     kind = args.noise or file_kind
@@ -199,8 +199,8 @@ def _chip_grid_args(parser: argparse.ArgumentParser, default_seeds: int) -> None
 
 def _chip_grid_noise(args, parser):
     """``(noise kind, device parameters, etas)`` of a sweep or a gate, checked."""
-    from .evaluation.sweep import parse_floats
-    from .noise import DEVICE_MODELS
+    from ..evaluation.sweep import parse_floats
+    from ..noise import DEVICE_MODELS
 
     file_kind, device = _device_options(args)
     kind = args.noise or file_kind
@@ -225,7 +225,7 @@ def _chip_grid_noise(args, parser):
 
 
 def _method_arg(parser: argparse.ArgumentParser) -> None:
-    from .calibration.engine import METHODS
+    from ..calibration.engine import METHODS
 
     parser.add_argument(
         "--method",
@@ -249,7 +249,7 @@ def _runtime_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _providers(args):
-    from .runtime import parse_providers
+    from ..runtime import parse_providers
 
     return parse_providers(getattr(args, "providers", None))
 
@@ -320,7 +320,7 @@ def _default_output(model: Path, suffix: str) -> Path:
 
 
 def _cmd_split(args, parser) -> int:
-    from .api import split
+    from ..api import split
 
     output = Path(args.output) if args.output else _default_output(Path(args.model), ".split")
     check_output(args.model, output)
@@ -349,7 +349,7 @@ def _cmd_split(args, parser) -> int:
 
 
 def _cmd_inject(args, parser) -> int:
-    from .api import inject
+    from ..api import inject
 
     noise = _make_noise(args, parser)
     output = Path(args.output) if args.output else _default_output(Path(args.model), _noise_suffix(noise))
@@ -370,8 +370,8 @@ def _cmd_inject(args, parser) -> int:
 
 def _calibration_config(args, noise, **fields):
     """The :class:`CalibrationConfig` of the calibrate and diagnose commands' argument groups."""
-    from .calibration.config import CalibrationConfig
-    from .settings import DataSettings, LayerSelection, RuntimeSettings
+    from ..calibration.config import CalibrationConfig
+    from ..settings import DataSettings, LayerSelection, RuntimeSettings
 
     return CalibrationConfig(
         method=args.method,
@@ -384,8 +384,8 @@ def _calibration_config(args, noise, **fields):
 
 
 def _cmd_calibrate(args, parser) -> int:
-    from .calibration import Estimator, calibrate
-    from .io import save_model
+    from ..calibration import Estimator, calibrate
+    from ..model import save_model
 
     noise = _make_noise(args, parser)
     output = Path(args.output) if args.output else _default_output(Path(args.model), ".nabn")
@@ -405,7 +405,7 @@ def _cmd_calibrate(args, parser) -> int:
     result = calibrate(args.model, args.data, config, reference=args.reference)
     gain = None
     if args.test:
-        from .evaluation.evaluate import measure_gain
+        from ..evaluation.evaluate import measure_gain
 
         gain = measure_gain(
             args.model,
@@ -420,7 +420,8 @@ def _cmd_calibrate(args, parser) -> int:
     # saved only once everything that can fail on the user's input has run, so an error leaves no file
     save_model(result.model, output, external_data=args.external_data)
     if args.report:
-        _write_report(Path(args.report), result.report, gain)
+        result.report.test = gain
+        result.report.write(args.report)
     _say(args, result.report.summary() + f"; wrote {output}")
     if gain is not None:
         clean = "n/a" if gain["clean"] is None else f"{100 * gain['clean']:.1f}%"
@@ -432,31 +433,8 @@ def _cmd_calibrate(args, parser) -> int:
     return 0
 
 
-def _write_report(path: Path, report, gain=None) -> None:
-    from .io import atomic_write_text
-
-    if path.suffix == ".md":
-        text = report.to_markdown()
-        if gain is not None:
-            text += (
-                "\n| model | "
-                + gain["metric"]
-                + " |\n|---|---:|\n"
-                + "".join(
-                    f"| {k} | {'n/a' if gain[k] is None else f'{100 * gain[k]:.2f}%'} |\n"
-                    for k in ("clean", "noisy", "calibrated")
-                )
-            )
-        atomic_write_text(path, text)
-    else:
-        payload = report.to_dict()
-        if gain is not None:
-            payload["test"] = gain
-        atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
-
-
 def _cmd_inspect(args, parser) -> int:
-    from .api import inspect_model
+    from ..api import inspect_model
 
     print(inspect_model(args.model, include=args.include, exclude=args.exclude))
     return 0
@@ -485,7 +463,7 @@ def _data_source(path: str, args):
             options["crop"] = (int(height), int(width or height))
         except ValueError:
             raise NabnError(f"--crop must be N or HxW, got {args.crop!r}") from None
-    from .evaluation.sweep import parse_floats
+    from ..evaluation.sweep import parse_floats
 
     for name in ("mean", "std"):
         if getattr(args, name):
@@ -495,7 +473,7 @@ def _data_source(path: str, args):
         if given:
             raise NabnError(f"{', '.join(given)} apply to image folders only, and {path} is not a folder")
         return path
-    from .images import ImageFolder
+    from ..data import ImageFolder
 
     return ImageFolder(path, **{k: v for k, v in options.items() if v is not None})
 
@@ -540,7 +518,7 @@ def _report_suffix(path: Optional[str], allowed: Sequence[str]) -> Optional[Path
 
 
 def _cmd_evaluate(args, parser) -> int:
-    from .evaluation import Evaluator
+    from ..evaluation import Evaluator
 
     evaluator = Evaluator(args.model, output=_output_arg(args), providers=_providers(args))
     with Progress("evaluating", None, enabled=not args.quiet) as bar:
@@ -561,9 +539,9 @@ def _cmd_evaluate(args, parser) -> int:
 
 
 def _cmd_sweep(args, parser) -> int:
-    from .calibration import DEFAULT_ESTIMATOR
-    from .evaluation.executors import make_executor
-    from .evaluation.sweep import SweepPlan, SweepSettings, run_sweep
+    from ..calibration import DEFAULT_ESTIMATOR
+    from ..evaluation.executors import make_executor
+    from ..evaluation.sweep import SweepPlan, SweepSettings, run_sweep
 
     kind, device, etas = _chip_grid_noise(args, parser)
     seeds = _parse_seeds(args.seeds)
@@ -610,7 +588,7 @@ def _cmd_sweep(args, parser) -> int:
     if report_path:
         report.write(report_path)
     if plot_path:
-        from .evaluation.plots import plot_sweep
+        from ..evaluation.plots import plot_sweep
 
         plot_sweep(report, plot_path)
     if not args.quiet:
@@ -620,7 +598,7 @@ def _cmd_sweep(args, parser) -> int:
 
 
 def _cmd_diagnose(args, parser) -> int:
-    from .evaluation import diagnose
+    from ..evaluation import diagnose
 
     noise = _make_noise(args, parser)
     report_path = _report_suffix(args.report, (".json", ".md"))
@@ -635,7 +613,7 @@ def _cmd_diagnose(args, parser) -> int:
     if report_path:
         report.write(report_path)
     if plot_path:
-        from .evaluation.plots import plot_diagnose
+        from ..evaluation.plots import plot_diagnose
 
         plot_diagnose(report, plot_path)
     if not args.quiet:
@@ -645,8 +623,8 @@ def _cmd_diagnose(args, parser) -> int:
 
 
 def _cmd_analog(args, parser) -> int:
-    from .io import load_model, save_model
-    from .passes.analog_io import AnalogIO, InsertAnalogIOPass, StripAnalogIOPass, measure_input_ranges
+    from ..model import load_model, save_model
+    from ..passes.analog_io import AnalogIO, InsertAnalogIOPass, StripAnalogIOPass, measure_input_ranges
 
     default = ".digital" if args.strip else ".analog"
     output = Path(args.output) if args.output else _default_output(Path(args.model), default)
@@ -705,7 +683,7 @@ def _cmd_analog(args, parser) -> int:
 
 
 def _cmd_devices(args, parser) -> int:
-    from .noise import NOISE_MODELS, DeviceNoise, device_parameters
+    from ..noise import NOISE_MODELS, DeviceNoise, device_parameters
 
     for kind, cls in NOISE_MODELS.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
@@ -723,8 +701,8 @@ def _cmd_devices(args, parser) -> int:
 
 
 def _cmd_drift(args, parser) -> int:
-    from .evaluation.drift import drift_sweep, parse_times
-    from .noise import DEVICE_MODELS, DeviceNoise, make_noise
+    from ..evaluation.drift import drift_sweep, parse_times
+    from ..noise import DEVICE_MODELS, DeviceNoise, make_noise
 
     file_kind, options = _device_options(args)
     kind = args.noise or file_kind or "pcm"
@@ -861,9 +839,9 @@ def _cmd_check(args, parser) -> int:
 
 
 def _run_check(args, parser) -> int:
-    from .evaluation import check
-    from .evaluation.check import parse_threshold
-    from .evaluation.executors import make_executor
+    from ..evaluation import check
+    from ..evaluation.check import parse_threshold
+    from ..evaluation.executors import make_executor
 
     thresholds = [parse_threshold(t, "min") for t in args.min or []]
     thresholds += [parse_threshold(t, "max") for t in args.max or []]

@@ -24,7 +24,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 from onnx import ModelProto, TensorProto, external_data_helper, numpy_helper
 
-from .errors import ModelError
+from ..errors import ModelError
 from .gsgraph import GsGraph, is_gs_graph, restore_model_fields, to_model
 
 __all__ = [
@@ -46,6 +46,9 @@ __all__ = [
     "all_nodes",
     "atomic_write_text",
     "atomic_write_bytes",
+    "bypass_initializer_identities",
+    "lift_constant_weights",
+    "set_initializer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -631,7 +634,7 @@ def _replace_pair(tmp: Path, tmp_model: Path, path: Path, data_name: str) -> Non
 
 def record(model: ModelProto, key: str, value: Any) -> None:
     """Set the provenance key ``nabn.<key>`` to ``value`` (JSON) in ``metadata_props``."""
-    from . import __version__
+    from .. import __version__
 
     _set_meta(model, _METADATA_PREFIX + "version", __version__)
     _set_meta(model, _METADATA_PREFIX + key, json.dumps(value, sort_keys=True))

@@ -29,7 +29,7 @@ from typing import ClassVar, Dict, Mapping, Optional, Tuple, Type
 
 import numpy as np
 
-from .errors import NoiseConfigError
+from ..errors import NoiseConfigError
 
 __all__ = [
     "NoiseModel",

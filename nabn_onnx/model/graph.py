@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import onnx
 from onnx import ModelProto, NodeProto, TensorProto
 
-from .errors import NabnError
+from ..errors import NabnError
 from .io import read_record, weightless_copy
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "infer_shapes_light",
     "skip_summary",
     "select_layers",
+    "batchnorm_nodes",
 ]
 
 logger = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
+from ..logs import warn_once
 from .feeds import Batch, InputSpec, input_specs
-from .logs import warn_once
 
 __all__ = [
     "data_fingerprint",
@@ -43,6 +43,8 @@ __all__ = [
     "count_samples",
     "npz_header",
     "check_batching",
+    "reader_batches",
+    "split_labels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -158,12 +160,13 @@ def _mapping_batches(data: Mapping[str, np.ndarray], specs: Sequence[InputSpec],
         yield Batch(feeds, None if labels is None else np.asarray(labels)[start : start + batch_size])
 
 
-def _reader_batches(reader) -> Iterator[Batch]:
+def reader_batches(reader) -> Iterator[Batch]:
+    """The batches of a ``CalibrationDataReader`` (``get_next()`` until None), labels split off."""
     while True:
         feeds = reader.get_next()
         if feeds is None:
             return
-        yield _split_labels(feeds)
+        yield split_labels(feeds)
 
 
 def _rebatch(batches: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
@@ -205,7 +208,8 @@ def _rebatch(batches: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
         yield joined()
 
 
-def _split_labels(feeds: object) -> Batch:
+def split_labels(feeds: object) -> Batch:
+    """A feed dict as a :class:`Batch`: its ``labels`` entry (if any) apart from the model inputs."""
     if not isinstance(feeds, Mapping):
         raise DataError(f"each batch must be a dict of input name to array, got {type(feeds).__name__}")
     feeds = dict(feeds)
@@ -217,22 +221,22 @@ def _raw_batches(data: DataLike, specs: Sequence[InputSpec], batch_size: int) ->
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         if path.is_dir():
-            from .images import image_folder_batches  # optional: needs Pillow
+            from .images import image_folder_batches
 
             return image_folder_batches(path, specs, batch_size)
         if path.suffix != ".npz":
             raise DataError(f"data must be an .npz file or an image folder, got {path}")
         return _npz_batches(path, specs, batch_size)
-    from .images import ImageFolder  # no Pillow import until images are read
+    from .images import ImageFolder
 
     if isinstance(data, ImageFolder):
         return data.batches(specs, batch_size)
     if hasattr(data, "get_next"):
-        return _rebatch(_reader_batches(data), batch_size)
+        return _rebatch(reader_batches(data), batch_size)
     if isinstance(data, Mapping):
         return _mapping_batches(data, specs, batch_size)
     if isinstance(data, Iterable):
-        return _rebatch((_split_labels(b) for b in data), batch_size)
+        return _rebatch((split_labels(b) for b in data), batch_size)
     raise DataError(
         f"cannot read data of type {type(data).__name__}: give an .npz path, a dict of arrays, "
         "a CalibrationDataReader or an iterable of feed dicts"
@@ -385,9 +389,9 @@ class _Spool:
             raise DataError("a one-shot data source was read twice while its first pass was unfinished")
         self._folder = tempfile.mkdtemp(prefix="nabn-spool-")
         source = (
-            _reader_batches(self._source)
+            reader_batches(self._source)
             if hasattr(self._source, "get_next")
-            else (_split_labels(b) for b in self._source)
+            else (split_labels(b) for b in self._source)
         )
         try:
             for batch in source:
@@ -447,7 +451,7 @@ def data_fingerprint(data: DataLike) -> str:
     fingerprint, and any changed byte (within the blocks read of a large file) a new one.
     """
     digest = hashlib.sha256()
-    from .images import ImageFolder  # no Pillow import: only file names are read
+    from .images import ImageFolder
 
     if isinstance(data, ImageFolder):
         settings = {k: getattr(data, k) for k in ("resize", "crop", "mean", "std", "layout")}

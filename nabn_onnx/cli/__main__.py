@@ -1,0 +1,7 @@
+"""``python -m nabn_onnx.cli``: the same as the ``nabn-onnx`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
