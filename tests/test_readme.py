@@ -1,10 +1,12 @@
-"""The README's Python snippets run, in order, on the sample models, so the docs cannot drift from the code.
+"""The manual's Python snippets run, in order, on the sample models, so the docs cannot drift from the code.
 
-Every fenced ```python block of README.md is executed in one namespace, in a temporary
-folder holding the samples under the placeholder names the README uses (model.onnx,
-calib.npz, test.npz, an image folder val/). The few edits that make an ImageNet-sized
-snippet fit a 16x16 digits model are listed in SUBSTITUTIONS, and the test fails when the
-README no longer contains the text they replace, so they cannot hide a change.
+The manual is the README plus the pages of the docs site (mkdocs.yml, docs/). Every fenced
+```python block of the files in SOURCES is executed, file after file, in one namespace, in a
+temporary folder holding the samples under the placeholder names the snippets use
+(model.onnx, calib.npz, test.npz, an image folder val/). The few edits that make an
+ImageNet-sized snippet fit a 16x16 digits model are listed in SUBSTITUTIONS, and the test
+fails when those files no longer contain the text they replace, so they cannot hide a
+change. A page outside SOURCES that has a ```python block fails too, so no snippet escapes.
 """
 
 from __future__ import annotations
@@ -19,20 +21,28 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
+#: The files whose snippets run, in this order (the README's snippets moved to the docs pages).
+SOURCES = (
+    "README.md",
+    "docs/python-api.md",
+    "docs/commands/evaluate.md",
+    "docs/commands/sweep.md",
+    "docs/commands/check.md",
+)
 #: Placeholder file name in the README -> the sample it stands for.
 FILES = {
     "model.onnx": SAMPLES / "resnet_fused.onnx",
     "calib.npz": SAMPLES / "digits_calib.npz",
     "test.npz": SAMPLES / "digits_test.npz",
 }
-#: README text -> what runs instead, with why.
+#: Snippet text -> what runs instead, with why.
 SUBSTITUTIONS = {
     # the samples are 16x16 grayscale digits in [0, 1], not ImageNet photographs
     "resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD": "resize=16, crop=16, mean=0.0, std=1.0",
     # one chip per eta shows the call works and keeps the test quick
     "seeds=5)": "seeds=1)",
 }
-#: Names the README's snippets use without defining them (the reader's own data).
+#: Names the snippets use without defining them (the reader's own data).
 PROVIDED = {"stream": lambda: [np.load(FILES["calib.npz"])["input"][i : i + 32] for i in range(0, 96, 32)]}
 #: Snippet index -> why it is known to fail today (xfail, strict: fixing it makes the test say so).
 KNOWN_FAILURES: Dict[int, str] = {}
@@ -53,14 +63,25 @@ def _image_folder(root: Path, count: int = 60) -> None:
         Image.fromarray(np.round(image[0] * 255).astype(np.uint8), mode="L").save(folder / f"{i:03d}.png")
 
 
+def _texts() -> Dict[str, str]:
+    """Each file of SOURCES and its text, in order."""
+    return {name: (ROOT / name).read_text(encoding="utf-8") for name in SOURCES}
+
+
 def _blocks() -> List[str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    texts = _texts()
+    text = "\n".join(texts.values())
     for old in SUBSTITUTIONS:
-        assert old in text, f"README.md no longer contains {old!r}: update SUBSTITUTIONS in {__file__}"
-    blocks = python_blocks(text)
+        assert old in text, f"{', '.join(SOURCES)} no longer contain {old!r}: update SUBSTITUTIONS in {__file__}"
+    blocks = [block for page in texts.values() for block in python_blocks(page)]
     for old, new in SUBSTITUTIONS.items():
         blocks = [b.replace(old, new) for b in blocks]
     return blocks
+
+
+def _labels() -> List[str]:
+    """Where each block of _blocks() comes from, e.g. "docs/python-api.md python block 0"."""
+    return [f"{name} python block {i}" for name, text in _texts().items() for i in range(len(python_blocks(text)))]
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +97,9 @@ def executed(tmp_path_factory):
     outcomes: List[Optional[BaseException]] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
-        for index, block in enumerate(_blocks()):
+        for label, block in zip(_labels(), _blocks()):
             try:
-                exec(compile(block, f"README.md python block {index}", "exec"), namespace)
+                exec(compile(block, label, "exec"), namespace)
                 outcomes.append(None)
             except Exception as exc:  # every failure is reported by its block's test
                 outcomes.append(exc)
@@ -89,10 +110,17 @@ def test_readme_has_python_blocks():
     assert len(_blocks()) >= 3
 
 
+def test_every_python_snippet_of_the_manual_runs_here():
+    """A ```python block on a page outside SOURCES would never run: list the page in SOURCES."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    outside = [p.relative_to(ROOT).as_posix() for p in pages if python_blocks(p.read_text(encoding="utf-8"))]
+    assert sorted(set(outside) - set(SOURCES)) == []
+
+
 @pytest.mark.parametrize("index", range(len(_blocks())))
 def test_readme_block_runs(executed, index):
     error = executed[index]
     if index in KNOWN_FAILURES:
-        assert error is not None, f"README python block {index} runs now: remove it from KNOWN_FAILURES"
+        assert error is not None, f"{_labels()[index]} runs now: remove it from KNOWN_FAILURES"
         pytest.xfail(f"{KNOWN_FAILURES[index]}: {type(error).__name__}: {error}")
-    assert error is None, f"README python block {index} raised {type(error).__name__}: {error}"
+    assert error is None, f"{_labels()[index]} raised {type(error).__name__}: {error}"

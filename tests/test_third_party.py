@@ -1,7 +1,7 @@
 """A real third-party model with BatchNorm: PP-OCR's text-direction classifier on rendered text lines.
 
 The model and data are bundled in ``sample_models/third_party/`` (``tools/make_ocr_sample.py``
-made them). The numbers behind the thresholds are in ``docs/results_ocr.md``.
+made them). The numbers behind the thresholds are in ``docs/generated/results_ocr.md``.
 """
 
 from __future__ import annotations

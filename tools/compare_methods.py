@@ -6,12 +6,12 @@ calibrated by each method, plus ``auto - max(vanilla, paper)``, the guarantee th
 states for ``auto``. The models are the six sample exports and the exported variants of
 ``sample_models/variants`` (fixed batch, float16, initializers as inputs); ``--max-batches``
 adds rows calibrated on only that many batches (a few hundred samples, where ``auto``
-once chose blindly). Writes the Markdown table to docs/results_methods.md.
+once chose blindly). Writes the Markdown table to docs/generated/results_methods.md.
 
 Usage::
 
     python tools/compare_methods.py [--seeds 3] [--models resnet_fused,variants/resnet_fused_b8,...]
-                                    [--max-batches 3] [--out docs/results_methods.md]
+                                    [--max-batches 3] [--out docs/generated/results_methods.md]
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> int:
     )
     parser.add_argument("--calib", default=str(SAMPLES / "digits_calib.npz"))
     parser.add_argument("--test", default=str(SAMPLES / "digits_test.npz"))
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results_methods.md"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "generated" / "results_methods.md"))
     args = parser.parse_args()
     with np.load(args.test) as test:
         x, y = test["input"], test["labels"]

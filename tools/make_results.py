@@ -1,7 +1,7 @@
-"""Regenerate docs/results.md: the paper's Tables I-II, plots and Figure 1 for the sample models.
+"""Regenerate docs/generated/results.md: the paper's Tables I-II, plots and Figure 1 for the sample models.
 
-The calibration-method tables are copied in from docs/results_methods.md and
-docs/results_ocr.md, which ``tools/compare_methods.py`` and ``tools/ocr_experiment.py``
+The calibration-method tables are copied in from docs/generated/results_methods.md and
+docs/generated/results_ocr.md, which ``tools/compare_methods.py`` and ``tools/ocr_experiment.py``
 write (about 4 and 7 minutes); run those first to refresh them.
 
 Run from the repository root (a few minutes on two cores)::
@@ -11,7 +11,7 @@ Run from the repository root (a few minutes on two cores)::
 For both fused sample models, under MUL and ADD noise, it sweeps a grid of noise scales
 with ``SEEDS`` simulated chips each (vanilla: the chip's noisy weights; NaBN: the same
 chip calibrated on ``digits_calib.npz``), evaluates top-1 on ``digits_test.npz``, and
-writes into ``docs/``:
+writes into ``docs/generated/``:
 
 * ``results.md``: tables (mean ± std over chips), the plots, the per-layer divergence
   table for one setting, and a paragraph reading the numbers;
@@ -42,7 +42,7 @@ from nabn_onnx.passes.inject import noisy_tensor_names
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
-DOCS = ROOT / "docs"
+DOCS = ROOT / "docs" / "generated"
 CALIB, TEST = SAMPLES / "digits_calib.npz", SAMPLES / "digits_test.npz"
 MODELS = {"ResNet (fused)": "resnet_fused", "MobileNet-v2 style (fused)": "mobilenet_fused"}
 GRIDS = {"mul": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5], "add": [0.001, 0.002, 0.004, 0.008, 0.016, 0.032]}

@@ -2,7 +2,7 @@
 
 Every row is one way of estimating the BatchNorm statistics of the same simulated chip
 (MUL noise, seeds given), scored by **agreement with the clean model's top-1** on the 512
-test crops of ``tools/make_real_models.py`` (the measure of ``docs/results_real.md``). The
+test crops of ``tools/make_real_models.py`` (the measure of ``docs/generated/results_real.md``). The
 model is the fused export with a BatchNorm inserted after every analog layer (what
 ``calibrate`` does to it); statistics are computed with the library's own pieces
 (``engine.measure``: Algorithm 1 in train mode, or eval-mode taps; the candidate formulas of
@@ -29,7 +29,7 @@ model is the fused export with a BatchNorm inserted after every analog layer (wh
 
 Every measurement is stored in ``<cache>/results_real.limits.json`` (key
 ``eta|seed|statistics|method``), so runs add rows; ``tools/make_real_results.py`` renders the
-table into ``docs/results_real.md``. Run (about 4 minutes per row, eta and chip on 2 busy
+table into ``docs/generated/results_real.md``. Run (about 4 minutes per row, eta and chip on 2 busy
 cores; Algorithm 1 batches of 256 need about 10 GB)::
 
     python tools/mobilenet_limits.py --rows oracle,base --etas 0.02,0.1 --seeds 0 [--batches 64,128]

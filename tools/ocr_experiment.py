@@ -19,7 +19,7 @@ Run from the repository root (about 7 minutes on two idle cores)::
 
     python tools/ocr_experiment.py
 
-Prints the table and writes it to ``docs/results_ocr.md``.
+Prints the table and writes it to ``docs/generated/results_ocr.md``.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--out",
         type=Path,
-        default=ROOT / "docs" / "results_ocr.md",
+        default=ROOT / "docs" / "generated" / "results_ocr.md",
         help="Markdown file for the table ('-' to only print it)",
     )
     args = parser.parse_args(argv)

@@ -7,7 +7,7 @@ line per command: exit code, seconds, and the command's last output line (the er
 failed); writes the same as a markdown table with ``--report``. Outputs go to a temporary
 folder. Small subsets (the first two batches of each data file) keep it to minutes::
 
-    python tools/real_cli_check.py [--only mobilenet,dbnet,layout] [--report docs/results_real_cli.md]
+    python tools/real_cli_check.py [--only mobilenet,dbnet,layout] [--report docs/generated/results_real_cli.md]
 """
 
 from __future__ import annotations

@@ -38,7 +38,9 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+"""torchvision's ImageNet channel means (RGB, after scaling to [0, 1])."""
 IMAGENET_STD = (0.229, 0.224, 0.225)
+"""torchvision's ImageNet channel standard deviations (RGB, after scaling to [0, 1])."""
 _LAYOUTS = ("NCHW", "NHWC")
 
 Size = Union[int, Tuple[int, int]]
