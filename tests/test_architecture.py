@@ -86,6 +86,66 @@ def test_data_flows_one_way(module: str, forbidden: str):
     assert not any(m == forbidden or m.startswith(forbidden + ".") for m in reached), sorted(reached)
 
 
+#: The layers, lowest first: a module may import its own layer and the layers below, never above
+#: (lazy imports inside functions included). ``nabn_onnx`` itself only re-exports the public API.
+LAYERS = [
+    ("foundation", ["nabn_onnx.errors", "nabn_onnx.logs", "nabn_onnx.progress", "nabn_onnx.settings"]),
+    ("model", ["nabn_onnx.model", "nabn_onnx.reports"]),
+    ("devices, data and sessions", ["nabn_onnx.noise", "nabn_onnx.data", "nabn_onnx.runtime"]),
+    ("passes", ["nabn_onnx.passes"]),
+    ("calibration", ["nabn_onnx.calibration"]),
+    ("single-model operations", ["nabn_onnx.api", "nabn_onnx.analog"]),
+    ("evaluation", ["nabn_onnx.evaluation"]),
+    ("command line", ["nabn_onnx.cli"]),
+]
+
+
+def _layer_of(module: str) -> int:
+    for index, (_name, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return index
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+
+
+def test_every_module_imports_only_its_layer_and_below():
+    """model -> passes -> calibration -> operations -> evaluation -> cli, for every import in the package."""
+    graph = _import_graph()
+    wrong = []
+    for module, deps in graph.items():
+        if module == "nabn_onnx":
+            continue
+        for dep in deps:
+            if dep != "nabn_onnx" and _layer_of(dep) > _layer_of(module):
+                wrong.append(f"{module} ({LAYERS[_layer_of(module)][0]}) imports {dep} ({LAYERS[_layer_of(dep)][0]})")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A name starting with _ stays in its module: what others need is public and documented."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("nabn_onnx")):
+                found += [
+                    f"{path.relative_to(ROOT)}: {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    assert not found, found
+
+
+def test_modules_are_small_or_say_why():
+    """About 450 lines a module; a larger one says why in its docstring (the word 'lines' and a reason)."""
+    large = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        if text.count("\n") > 450:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if "Why this module is large" not in doc:
+                large.append(f"{path.relative_to(ROOT)}: {text.count(chr(10))} lines")
+    assert not large, large
+
+
 class _Replaces(Pass):
     def call(self, model):
         return PassResult(small_cnn(), True)
