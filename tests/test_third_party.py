@@ -1,6 +1,6 @@
 """A real third-party model with BatchNorm: PP-OCR's text-direction classifier on rendered text lines.
 
-The model and data are bundled in ``sample_models/third_party/`` (``tools/make_ocr_sample.py``
+The model and data are bundled in ``sample_models/third_party/`` (``tools/samples/make_ocr_sample.py``
 made them). The numbers behind the thresholds are in ``docs/results_ocr.md``.
 """
 
@@ -38,7 +38,7 @@ MAX_BATCHES = 2
 
 pytestmark = pytest.mark.skipif(
     not (MODEL.exists() and CALIB.exists() and TEST.exists()),
-    reason="sample_models/third_party/ not built (python tools/make_ocr_sample.py)",
+    reason="sample_models/third_party/ not built (python -m tools.samples.make_ocr_sample)",
 )
 
 

@@ -15,7 +15,9 @@ Prints, on the same model and batches:
 
 Usage::
 
-    python tools/bench_calibrate.py [--batches 16] [--repeats 5]
+    python -m tools.bench.bench_calibrate [--batches 16] [--repeats 5] [--no-torch]
+
+Parts 1d and 2 need PyTorch (``pip install torch``); ``--no-torch`` leaves them out.
 """
 
 from __future__ import annotations
@@ -32,11 +34,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "sample_models"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import nabn_onnx as nb
 
-import nabn_onnx as nb  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "sample_models"
 
 BATCH = 64
 NOISE = nb.make_noise("mul", 0.1, seed=0)
@@ -62,7 +63,8 @@ def make_data(folder: Path, batches: int) -> Path:
 def make_wide(folder: Path, batches: int):
     """A ResNet with 64/128/256 channels on 32x32 inputs, BatchNorm kept, seeded random weights."""
     import torch
-    from _torch_models import TinyResNet
+
+    from tools.samples._torch_models import TinyResNet
 
     torch.manual_seed(0)
     net = TinyResNet(widths=(64, 128, 256), blocks_per_stage=2).eval()
@@ -88,9 +90,14 @@ def make_wide(folder: Path, batches: int):
 def plain_inference(model: Path, data: Path) -> float:
     """Seconds to load the model in onnxruntime and run every batch of the file."""
     started = time.perf_counter()
-    session = nb.runtime.make_session(nb.load_model(model, check=False))
-    specs = nb.data.input_specs(nb.load_model(model, check=False))
-    for batch in nb.data.iter_batches(data, specs, batch_size=BATCH):
+    # the library's session options and batch reader, so both sides differ only in what calibrate adds
+    # (not public API: see tools/README.md, "Private names")
+    from nabn_onnx.data import input_specs, iter_batches
+    from nabn_onnx.runtime import make_session
+
+    session = make_session(nb.load_model(model, check=False))
+    specs = input_specs(nb.load_model(model, check=False))
+    for batch in iter_batches(data, specs, batch_size=BATCH):
         session.run(None, batch.feeds)
     return time.perf_counter() - started
 
@@ -126,11 +133,12 @@ def peak_rss_mb(argv) -> float:
     return usage.ru_maxrss / 1024.0
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=16, help="N (batches of 64) for the timing runs")
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    parser.add_argument("--no-torch", action="store_true", help="leave out 1d and 2 (they need PyTorch)")
+    args = parser.parse_args(argv)
     bn_model, fused_model = SAMPLES / "resnet_bn.onnx", SAMPLES / "resnet_fused.onnx"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -198,44 +206,45 @@ def main() -> int:
             f"{t_plain:.3f}s = {t_cmd / t_plain:.2f}"
         )
 
-        # 1d. the same on a wider network (ResNet-18-like widths at 32x32), random weights
-        wide_model, wide_data, wide_net, wide_x = make_wide(tmp, args.batches)
-        t_cal_w, t_inf_w = median_pair(
-            lambda: ours(wide_model, wide_data, tmp / "w.onnx", exclude=".*"),
-            lambda: plain_inference(wide_model, wide_data),
-            args.repeats,
-        )
-        print(
-            f"[1d] wider ResNet (64/128/256 ch, 32x32, BN kept): calibrate {t_cal_w:.3f}s / inference "
-            f"{t_inf_w:.3f}s = {t_cal_w / t_inf_w:.2f} (target <= 1.15)"
-        )
+        if not args.no_torch:  # 1d and 2 build and run the network in PyTorch
+            # 1d. the same on a wider network (ResNet-18-like widths at 32x32), random weights
+            wide_model, wide_data, wide_net, wide_x = make_wide(tmp, args.batches)
+            t_cal_w, t_inf_w = median_pair(
+                lambda: ours(wide_model, wide_data, tmp / "w.onnx", exclude=".*"),
+                lambda: plain_inference(wide_model, wide_data),
+                args.repeats,
+            )
+            print(
+                f"[1d] wider ResNet (64/128/256 ch, 32x32, BN kept): calibrate {t_cal_w:.3f}s / inference "
+                f"{t_inf_w:.3f}s = {t_cal_w / t_inf_w:.2f} (target <= 1.15)"
+            )
 
-        # 2. PyTorch train-mode recalibration / ours, same network, weights and batches
-        from torch_reference import noisy_torch_model, torch_recalibrate
+            # 2. PyTorch train-mode recalibration / ours, same network, weights and batches
+            from tools.reference.torch_reference import noisy_torch_model, torch_recalibrate
 
-        noisy = nb.inject(bn_model, NOISE).model
-        x = np.load(data)["input"]
-        batches = [x[i : i + BATCH] for i in range(0, len(x), BATCH)]
-        torch_model = noisy_torch_model("resnet", noisy)
-        t_torch, t_ours = median_pair(
-            lambda: torch_recalibrate(torch_model, batches),
-            lambda: ours(bn_model, data, tmp / "o.onnx", exclude=".*"),
-            args.repeats,
-        )
-        print(
-            f"[2a] PyTorch train-mode recalibration {t_torch:.3f}s / ours {t_ours:.3f}s = {t_torch / t_ours:.2f} "
-            f"(target >= 1.3)"
-        )
-        wide_batches = [wide_x[i : i + BATCH] for i in range(0, len(wide_x), BATCH)]
-        t_torch_w, t_ours_w = median_pair(
-            lambda: torch_recalibrate(wide_net, wide_batches),
-            lambda: ours(wide_model, wide_data, tmp / "w.onnx", exclude=".*"),
-            args.repeats,
-        )
-        print(
-            f"[2b] wider ResNet: PyTorch {t_torch_w:.3f}s / ours {t_ours_w:.3f}s = {t_torch_w / t_ours_w:.2f} "
-            f"(target >= 1.3)"
-        )
+            noisy = nb.inject(bn_model, NOISE).model
+            x = np.load(data)["input"]
+            batches = [x[i : i + BATCH] for i in range(0, len(x), BATCH)]
+            torch_model = noisy_torch_model("resnet", noisy)
+            t_torch, t_ours = median_pair(
+                lambda: torch_recalibrate(torch_model, batches),
+                lambda: ours(bn_model, data, tmp / "o.onnx", exclude=".*"),
+                args.repeats,
+            )
+            print(
+                f"[2a] PyTorch train-mode recalibration {t_torch:.3f}s / ours {t_ours:.3f}s = {t_torch / t_ours:.2f} "
+                f"(target >= 1.3)"
+            )
+            wide_batches = [wide_x[i : i + BATCH] for i in range(0, len(wide_x), BATCH)]
+            t_torch_w, t_ours_w = median_pair(
+                lambda: torch_recalibrate(wide_net, wide_batches),
+                lambda: ours(wide_model, wide_data, tmp / "w.onnx", exclude=".*"),
+                args.repeats,
+            )
+            print(
+                f"[2b] wider ResNet: PyTorch {t_torch_w:.3f}s / ours {t_ours_w:.3f}s = {t_torch_w / t_ours_w:.2f} "
+                f"(target >= 1.3)"
+            )
 
         # 3. peak memory, N against 10N batches
         big = make_data(tmp, 10 * args.batches)

@@ -1,6 +1,6 @@
 """What taking and returning an onnx_graphsurgeon.Graph costs, on a ResNet-50-sized model.
 
-Builds the folded ResNet-50 of ``tools/bench_large.py`` (25.5 M parameters, 97 MiB of
+Builds the folded ResNet-50 of ``tools/bench/bench_large.py`` (``tests/builders.py``) (25.5 M parameters, 97 MiB of
 float32 weights) and runs each step in its own Python process. The model is loaded
 (``onnx.load``; for the graph steps also ``gs.import_onnx``) before the clock starts; then
 the process's peak-RSS mark is reset (``/proc/self/clear_refs``) and the step runs, so
@@ -13,8 +13,8 @@ the process's peak-RSS mark is reset (``/proc/self/clear_refs``) and the step ru
 
 Usage::
 
-    python tools/bench_graphsurgeon.py            # about 1 minute
-    python tools/bench_graphsurgeon.py --width 0.5 --repeat 3
+    python -m tools.bench.bench_graphsurgeon            # about 1 minute
+    python -m tools.bench.bench_graphsurgeon --width 0.5 --repeat 3
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(_ROOT / "tools"))
+from tests.builders import build_resnet50, weight_bytes
 
-from bench_large import build_resnet50, weight_bytes  # noqa: E402 - a sibling script, not a package
+_ROOT = Path(__file__).resolve().parents[2]
 
 STEPS = (
     "gs.export_onnx",
@@ -86,7 +85,7 @@ def _child(step: str, model_path: str) -> None:
 
 
 def run_step(step: str, model: Path) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", step, str(model)]
+    cmd = [sys.executable, "-m", "tools.bench.bench_graphsurgeon", "--child", step, str(model)]
     env = dict(os.environ, PYTHONPATH=str(_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:

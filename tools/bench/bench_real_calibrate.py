@@ -1,7 +1,7 @@
 """Time and peak memory of every nabn-onnx command on real-sized networks, against plain inference.
 
-For MobileNet-v2 at 224 (the real-networks models of ``tools/make_real_models.py``: the fused
-export, 256 calibration crops) and for the ResNet-50-sized model of ``tools/bench_large.py``
+For MobileNet-v2 at 224 (the real-networks models of ``tools/samples/make_real_models.py``: the fused
+export, 256 calibration crops) and for the ResNet-50-sized model of ``tools/bench/bench_large.py``
 (folded BatchNorm, seeded weights, 128 seeded random samples at 224), batch 64, one run
 prints each command's wall time and peak memory as a ratio to one plain onnxruntime
 inference pass over the same data:
@@ -33,10 +33,10 @@ Usage (``diagnose`` alone takes about 15 minutes on MobileNet-v2: it holds and h
 every BatchNorm output of three models; ``--skip diagnose`` leaves it out, ``--samples 128``
 halves the rest)::
 
-    python tools/bench_real_calibrate.py [--models mobilenet,resnet50] [--samples N]
-        [--repeat 1] [--only plain,calibrate-auto,...] [--skip diagnose] [--markdown] [--json FILE]
+    python -m tools.bench.bench_real_calibrate [--models mobilenet,resnet50] [--samples N]
+        [--width 1.0] [--repeat 1] [--only plain,calibrate-auto,...] [--skip diagnose] [--markdown] [--json FILE]
 
-The MobileNet-v2 files come from ``python tools/make_real_models.py --only mobilenet``
+The MobileNet-v2 files come from ``python -m tools.samples.make_real_models --only mobilenet``
 (cache folder ``$NABN_REAL_CACHE`` or ``~/.cache/nabn-onnx/real``); without them that model
 is skipped with a message.
 """
@@ -57,15 +57,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-TOOLS = Path(__file__).resolve().parent
-ROOT = TOOLS.parent
+ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("NABN_REAL_CACHE", Path.home() / ".cache" / "nabn-onnx" / "real"))
 BATCH = 64
 NOISE = ["--noise", "mul", "--eta", "0.1", "--seed", "0"]
 #: Time ratio targets (issue 12): (limit, goal) per command; memory: every command.
 TIME_TARGET = {"calibrate-auto": (6.0, 3.0), "calibrate-prepared": (1.5, 1.5), "calibrate-chip": (1.5, 1.5)}
 MEMORY_TARGET, MEMORY_GOAL = 2.5, 1.5
-#: The bound on |ours - PyTorch| / max(1, |PyTorch|) of tools/torch_reference.py.
+#: The bound on |ours - PyTorch| / max(1, |PyTorch|) of tools/reference/torch_reference.py.
 TORCH_TOLERANCE = 1e-4
 
 PLAIN_SCRIPT = """
@@ -93,7 +92,7 @@ class Row:
 def mobilenet_files(folder: Path, samples: int) -> Optional[Tuple[Path, Path]]:
     fused, calib = CACHE / "mobilenet_v2_fused.onnx", CACHE / "mobilenet_calib.npz"
     if not (fused.exists() and calib.exists()):
-        print(f"mobilenet: {fused} or {calib} missing; run python tools/make_real_models.py --only mobilenet")
+        print(f"mobilenet: {fused} or {calib} missing; run python -m tools.samples.make_real_models --only mobilenet")
         return None
     with np.load(calib) as data:
         n = len(data["input"])
@@ -104,14 +103,13 @@ def mobilenet_files(folder: Path, samples: int) -> Optional[Tuple[Path, Path]]:
     return fused, small
 
 
-def resnet50_files(folder: Path, samples: int) -> Tuple[Path, Path]:
+def resnet50_files(folder: Path, samples: int, width: float = 1.0) -> Tuple[Path, Path]:
     import onnx
 
-    sys.path.insert(0, str(TOOLS))
-    from bench_large import build_resnet50
+    from tests.builders import build_resnet50
 
     path = folder / "resnet50_fused.onnx"
-    onnx.save_model(build_resnet50(seed=0), str(path))
+    onnx.save_model(build_resnet50(seed=0, width=width), str(path))
     rng = np.random.default_rng(1)
     data = folder / "resnet50_calib.npz"
     np.savez(
@@ -157,8 +155,7 @@ def torch_child(chip: str, data: str, batch: int) -> None:
     import torch
     from onnx import numpy_helper
 
-    sys.path.insert(0, str(TOOLS))
-    from make_real_models import mobilenet_v2
+    from tools.samples.make_real_models import mobilenet_v2
 
     model_proto = onnx.load(chip)
     inits = {t.name: numpy_helper.to_array(t) for t in model_proto.graph.initializer}
@@ -311,7 +308,8 @@ def commands(model: Path, data: Path, work: Path, with_torch: bool) -> List[Tupl
         ("diagnose", [*cli, "diagnose", str(model), "--data", str(data), *NOISE, *bs, "-q"]),
     ]
     if with_torch:
-        rows.append(("pytorch", [sys.executable, str(Path(__file__).resolve()), "--torch-child", str(chip), str(data)]))
+        child = [sys.executable, "-m", "tools.bench.bench_real_calibrate", "--torch-child", str(chip), str(data)]
+        rows.append(("pytorch", child))
     return rows
 
 
@@ -415,6 +413,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--samples", type=int, default=0, help="samples per model (default: 256 MobileNet, 128 ResNet-50)"
     )
+    parser.add_argument("--width", type=float, default=1.0, help="ResNet-50's channel multiplier (smoke runs: 0.25)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per command; the fastest time and lowest peak kept")
     parser.add_argument("--only", help="comma-separated command names (plain and what they need always run)")
     parser.add_argument("--skip", default="", help="comma-separated command names not to run (e.g. diagnose)")
@@ -442,10 +441,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     continue
                 title = f"MobileNet-v2 (fused export) at 224, {args.samples or 256} real crops, batch {BATCH}"
             elif label == "resnet50":
-                files = resnet50_files(folder, args.samples or 128)
+                files = resnet50_files(folder, args.samples or 128, args.width)
                 title = (
-                    f"ResNet-50-sized (tools/bench_large.py, folded) at 224, {args.samples or 128} samples, "
-                    f"batch {BATCH}"
+                    f"ResNet-50-sized (tools/bench/bench_large.py, width {args.width:g}, folded) at 224, "
+                    f"{args.samples or 128} samples, batch {BATCH}"
                 )
             else:
                 raise SystemExit(f"unknown model {label!r}")

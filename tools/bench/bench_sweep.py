@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python tools/bench_sweep.py [--model sample_models/resnet_fused.onnx] [--chips 3] [--scale-chips 4]
+    python -m tools.bench.bench_sweep [--model sample_models/resnet_fused.onnx] [--chips 3] [--scale-chips 4]
 
 Prints, measured in this run:
 
@@ -33,14 +33,15 @@ from pathlib import Path
 import numpy as np
 from onnx import numpy_helper
 
-from nabn_onnx import load_model, make_noise, sweep
+from nabn_onnx import InjectWeightNoisePass, load_model, make_noise, sweep
+from nabn_onnx.evaluation import ProcessExecutor, RayExecutor, SerialExecutor, SweepPlan, SweepSettings, run_sweep
+
+# the two session strategies themselves are internals (not public API: see tools/README.md, "Private names")
 from nabn_onnx.evaluation.evaluate import with_overridable
-from nabn_onnx.evaluation.executors import ProcessExecutor, RayExecutor, SerialExecutor
-from nabn_onnx.evaluation.sweep import SweepPlan, SweepSettings, run_sweep
-from nabn_onnx.passes.inject import InjectWeightNoisePass, noisy_tensor_names
+from nabn_onnx.passes.inject import noisy_tensor_names
 from nabn_onnx.runtime import SERVE, THREADS_ENV, make_session
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ETAS = (0.05, 0.1, 0.2)
 REPEATS = 20
 #: Accuracies of the two strategies may differ by rounding (pre-packed vs plain kernels).

@@ -1,19 +1,23 @@
 """Where the time and memory of ``calibrate`` and ``split --data`` go, step by step.
 
-Runs one ``nabn_onnx.calibrate`` (or ``nabn_onnx.split`` with data) in this process with
-the engine's steps wrapped from outside (nothing in the package is changed): for each step
-its wall time, the process's peak RSS during the step (the kernel's high-water mark, reset
-at each step's start through ``/proc/self/clear_refs``), the batches it read, the sessions
-it built and how long ``session.run`` took in it. Steps nest (a measuring pass builds a
-session and runs it); a parent's peak includes its children's.
+Runs one calibration (or ``nabn_onnx.split`` with data) in this process through the public
+API only: a :class:`nabn_onnx.Calibrator` whose named steps (``check``, ``prepare``,
+``plan_holdout``, ``measure_inserted``, ``measure_clean``, ``clean_session``, ``put_noise``,
+``measure_noisy``, ``choose``, ``write_back``, ``report``) are wrapped on the instance, and
+onnxruntime's ``InferenceSession`` wrapped to count the sessions built and time their
+``run`` calls. For each step: its wall time, the process's peak RSS during the step (the
+kernel's high-water mark, reset at each step's start through ``/proc/self/clear_refs``;
+Linux only), the sessions it built and how long ``session.run`` took in it. Steps nest (the
+whole job contains its steps); a parent's peak includes its children's. The save at the end
+(``--output``) is the job's time not spent in any step.
 
 Session-option experiments (``--arena off``, ``--mem-pattern off``, ``--opt basic``,
 ``--threads N``) change every onnxruntime session this process builds, to measure what an
 option would do before it goes into ``nabn_onnx/runtime.py``.
 
-Usage::
+Usage (from the repository root)::
 
-    python tools/profile_calibrate.py MODEL DATA [--split] [--method auto] [--arena off]
+    python -m tools.bench.profile_calibrate MODEL DATA [--split] [--method auto] [--arena off]
         [--mem-pattern off] [--opt all|extended|basic|disable] [--max-batches N]
 
 Run each variant in its own process (the peak of a process never goes down).
@@ -23,20 +27,32 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import onnxruntime as ort
 
-import onnxruntime as ort  # noqa: E402
+import nabn_onnx as nb
+from nabn_onnx.calibration import METHODS
 
-import nabn_onnx as nb  # noqa: E402
-from nabn_onnx import api, runtime  # noqa: E402
-from nabn_onnx.calibration import engine, select  # noqa: E402
+#: The calibrator's steps, in the order ``Calibrator.__call__`` runs them.
+STEPS = (
+    "check",
+    "prepare",
+    "plan_holdout",
+    "measure_inserted",
+    "measure_clean",
+    "clean_session",
+    "put_noise",
+    "measure_noisy",
+    "choose",
+    "write_back",
+    "report",
+)
 
 OPT_LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -66,7 +82,6 @@ class Step:
     seconds: float = 0.0
     peak_kb: int = 0
     rss_after_kb: int = 0
-    batches: int = 0
     sessions: int = 0
     session_seconds: float = 0.0
     run_seconds: float = 0.0
@@ -108,6 +123,7 @@ class Profiler:
                 setattr(step, key, getattr(step, key) + value)
 
     def wrap(self, owner, attr: str, label: Optional[str] = None) -> None:
+        """Time every call of ``owner.attr`` as a step (set on ``owner``: an instance keeps its class intact)."""
         original = getattr(owner, attr)
         profiler = self
 
@@ -116,22 +132,6 @@ class Profiler:
                 return original(*args, **kwargs)
 
         setattr(owner, attr, wrapped)
-
-    def wrap_pass(self, owner, attr: str, label: str) -> None:
-        """Time the call of a pass instance (``Pass(...)(model)``), not its construction."""
-        cls = getattr(owner, attr)
-        profiler = self
-
-        def build(*args, **kwargs):
-            instance = cls(*args, **kwargs)
-
-            def call(model):
-                with profiler.step(label):
-                    return instance(model)
-
-            return call
-
-        setattr(owner, attr, build)
 
 
 class _TimedSession:
@@ -159,10 +159,11 @@ class _TimedSession:
 def install(
     profiler: Profiler, arena: Optional[bool], mem_pattern: Optional[bool], opt: Optional[str], threads: int
 ) -> None:
+    """Wrap ``onnxruntime.InferenceSession``: count and time the sessions built, apply the option experiments."""
     original_session = ort.InferenceSession
 
-    def session_factory(path, options=None, providers=None, **kwargs):
-        options = options or ort.SessionOptions()
+    def session_factory(path, sess_options=None, providers=None, **kwargs):
+        options = sess_options or ort.SessionOptions()
         if arena is not None:
             options.enable_cpu_mem_arena = arena
         if mem_pattern is not None:
@@ -171,61 +172,30 @@ def install(
             options.graph_optimization_level = OPT_LEVELS[opt]
         if threads:
             options.intra_op_num_threads = threads
-        return original_session(path, options, providers=providers, **kwargs)
-
-    runtime.ort.InferenceSession = session_factory
-
-    original_make = runtime.make_session
-
-    def make_session(*args, **kwargs):
         started = time.perf_counter()
-        with profiler.step("make_session"):
-            session = _TimedSession(original_make(*args, **kwargs), profiler)
+        with profiler.step("InferenceSession"):
+            session = _TimedSession(original_session(path, options, providers=providers, **kwargs), profiler)
         profiler.add(sessions=1, session_seconds=time.perf_counter() - started)
         return session
 
-    for module in (engine, select, runtime):
-        if hasattr(module, "make_session"):
-            module.make_session = make_session  # type: ignore[attr-defined]
+    ort.InferenceSession = session_factory  # type: ignore[misc]
 
-    original_iter: Callable = engine.iter_batches
 
-    def iter_batches(*args, **kwargs):
-        for batch in original_iter(*args, **kwargs):
-            profiler.add(batches=1)
-            yield batch
-
-    engine.iter_batches = iter_batches
-    select.iter_batches = iter_batches
-
-    # measure() is the one pass over the data with a statistics graph; name the passes by their arguments
-    original_measure = engine.measure
-
-    def measure(model, data, **kwargs):
-        kind = "tap (clean, inserted BNs)" if kwargs.get("tap") else "train"
-        if kwargs.get("holdout"):
-            kind += f", holdout={kwargs['holdout']}"
-        with profiler.step(f"measure [{kind}]"):
-            return original_measure(model, data, **kwargs)
-
-    engine.measure = measure
-    profiler.wrap(engine, "_prepare", "prepare (load, split, plan_batch)")
-    profiler.wrap(engine, "measure_inserted", "measure_inserted")
-    profiler.wrap(engine, "_choose", "auto: score candidates")
-    profiler.wrap_pass(engine, "InjectWeightNoisePass", "inject noise")
-    profiler.wrap_pass(engine, "WriteBatchNormStatsPass", "write statistics")
-    profiler.wrap(engine, "save_model", "save")
-    profiler.wrap(api, "save_model", "save")
-    profiler.wrap_pass(api, "SplitBatchNormPass", "split pass")
-    profiler.wrap(api, "_load_copy", "load")
+def profiled_calibrator(profiler: Profiler, config: nb.CalibrationConfig) -> nb.Calibrator:
+    """A calibrator whose named steps are each timed as a step of ``profiler``."""
+    calibrator = nb.Calibrator(config)
+    for name in STEPS:
+        if hasattr(calibrator, name):  # a step a later version renames is left out, not an error
+            profiler.wrap(calibrator, name)
+    return calibrator
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("data")
+    parser.add_argument("model", help="the clean model (.onnx)")
+    parser.add_argument("data", help="calibration data (.npz)")
     parser.add_argument("--split", action="store_true", help="profile split --data instead of calibrate")
-    parser.add_argument("--method", default="auto")
+    parser.add_argument("--method", default="auto", choices=sorted(METHODS))
     parser.add_argument("--no-noise", action="store_true", help="calibrate the model as the chip (no --noise)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-batches", type=int)
@@ -240,35 +210,33 @@ def main(argv=None) -> int:
         return None if value is None else value == "on"
 
     install(profiler, flag(args.arena), flag(args.mem_pattern), args.opt, args.threads)
-    out = Path("/tmp") / f"nabn-profile-{Path(args.model).stem}.onnx"
-    with profiler.step("split --data" if args.split else f"calibrate --method {args.method}"):
+    data = nb.DataSettings(batch_size=args.batch_size, max_batches=args.max_batches)
+    with tempfile.TemporaryDirectory(prefix="nabn-profile-") as tmp:
+        out = Path(tmp) / f"{Path(args.model).stem}.onnx"
         if args.split:
-            nb.split(args.model, args.data, batch_size=args.batch_size, max_batches=args.max_batches, output=out)
+            with profiler.step("split --data"):
+                nb.split(args.model, args.data, batch_size=args.batch_size, max_batches=args.max_batches, output=out)
         else:
-            nb.calibrate(
-                args.model,
-                args.data,
-                noise=None if args.no_noise else nb.make_noise("mul", 0.1, seed=0),
-                method=args.method,
-                batch_size=args.batch_size,
-                max_batches=args.max_batches,
-                output=out,
-            )
-    out.unlink(missing_ok=True)
+            noise = None if args.no_noise else nb.make_noise("mul", 0.1, seed=0)
+            calibrator = profiled_calibrator(profiler, nb.CalibrationConfig(method=args.method, noise=noise, data=data))
+            with profiler.step(f"calibrate --method {args.method} (save: the rest)"):
+                calibrator(args.model, args.data, output=out)
     print(
         f"options: arena {args.arena or 'as runtime.py'}, mem pattern {args.mem_pattern or 'as runtime.py'}, "
         f"optimization {args.opt or 'as runtime.py'}; "
         f"at most {profiler.max_live_sessions} sessions alive at once"
     )
     print(
-        f"{'step':48} {'seconds':>8} {'peak GB':>8} {'RSS after':>9} {'batches':>7} {'sessions':>8} "
+        f"{'step':48} {'seconds':>8} {'peak GB':>8} {'RSS after':>9} {'runs':>7} {'sessions':>8} "
         f"{'build s':>7} {'run s':>7}"
     )
     for step in profiler.steps:
+        if step.name == "InferenceSession":
+            continue  # counted into the steps that built them
         name = "  " * step.depth + step.name
         print(
             f"{name[:48]:48} {step.seconds:8.2f} {step.peak_kb / 2**20:8.2f} {step.rss_after_kb / 2**20:9.2f} "
-            f"{step.batches:7d} {step.sessions:8d} {step.session_seconds:7.2f} {step.run_seconds:7.2f}"
+            f"{step.runs:7d} {step.sessions:8d} {step.session_seconds:7.2f} {step.run_seconds:7.2f}"
         )
     return 0
 

@@ -5,24 +5,22 @@ digits models (MUL noise) and on the third-party PP-OCR classifier (MUL and ADD 
 prints one markdown row per (model, noise, eta): the worst chip's top-1 as it is and after
 calibration, and the gate's verdict for each. The README's table comes from::
 
-    python tools/gate_samples.py
+    python -m tools.checks.gate_samples
 
 (18 minutes on two cores shared with other jobs, 5 of them for the digits models).
 ``--models resnet_fused,ppocr_cls`` runs a subset;
-``--seeds``, ``--bound`` and ``--method`` change the gate.
+``--seeds``, ``--etas``, ``--bound`` and ``--method`` change the gate.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from nabn_onnx import check
 
-from nabn_onnx import check  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 SAMPLES = ROOT / "sample_models"
 DIGITS = (SAMPLES / "digits_calib.npz", SAMPLES / "digits_test.npz")
@@ -38,13 +36,15 @@ CASES = [
 ]
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", help="comma-separated model names to run (default: all)")
     parser.add_argument("--seeds", type=int, default=3, help="chips per eta (default 3)")
     parser.add_argument("--bound", type=float, default=0.95, help="top-1 every chip must reach (default 0.95)")
     parser.add_argument("--method", default="auto", help="calibration method (default auto)")
-    args = parser.parse_args()
+    parser.add_argument("--etas", help="comma-separated etas to run (default: each case's own)")
+    args = parser.parse_args(argv)
+    only_etas = {float(e) for e in args.etas.split(",")} if args.etas else None
     wanted = set(args.models.split(",")) if args.models else None
     started = time.perf_counter()
     print(f"{args.seeds} chips per eta, gate: top1 >= {args.bound:g} on every chip, method {args.method}\n")
@@ -53,6 +53,10 @@ def main() -> None:
     for model, (calib, test), noise, etas in CASES:
         if wanted is not None and model.stem not in wanted:
             continue
+        if only_etas is not None:
+            etas = tuple(e for e in etas if e in only_etas)
+            if not etas:
+                continue
         reports = [
             check(
                 str(model),

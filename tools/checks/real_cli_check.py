@@ -1,13 +1,13 @@
 """Runs every real network through the CLI as a user would, and prints what each command said.
 
-Needs the cache of ``tools/make_real_models.py``. For each model: ``inspect``, ``split``
+Needs the cache of ``tools/samples/make_real_models.py``. For each model: ``inspect``, ``split``
 (with ``--data``), ``inject``, ``calibrate`` (with ``--test``), ``evaluate`` on the clean,
 noisy and calibrated models, ``sweep`` (one eta, one chip) and ``diagnose``. Prints one
 line per command: exit code, seconds, and the command's last output line (the error, if it
 failed); writes the same as a markdown table with ``--report``. Outputs go to a temporary
 folder. Small subsets (the first two batches of each data file) keep it to minutes::
 
-    python tools/real_cli_check.py [--only mobilenet,dbnet,layout] [--report docs/results_real_cli.md]
+    python -m tools.checks.real_cli_check [--only mobilenet,dbnet,layout] [--report docs/results_real_cli.md]
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_real_models import DEFAULT_CACHE
+from tools.samples.make_real_models import DEFAULT_CACHE
 
 MODELS = {
     "mobilenet": dict(

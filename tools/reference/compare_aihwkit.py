@@ -1,6 +1,6 @@
 """Compare nabn-onnx's device models with aihwkit's own noise-model code, draw for draw statistics.
 
-    python tools/compare_aihwkit.py [--aihwkit SRC] [--per-level 200000] [--seed 0]
+    python -m tools.reference.compare_aihwkit [--aihwkit SRC] [--per-level 200000] [--seed 0]
 
 aihwkit's noise models (``aihwkit/inference/noise/``, ``compensation/``, ``converter/``) are
 plain PyTorch. ``import aihwkit.inference`` also imports the compiled simulator, so this
@@ -41,9 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nabn_onnx.noise import PCMNoise, RRAMCMONoise, RRAMNoise
+from nabn_onnx import PCMNoise, RRAMCMONoise, RRAMNoise
 
 PERCENTILES = (1.0, 50.0, 99.0)
 SE = 6.0  # standard errors allowed

@@ -4,7 +4,7 @@ The paper's MobileNet-v2 (same torchvision weights) keeps 69% of its clean accur
 eta 0.02 and 2.7% at 0.04; ``nabn_onnx.noise`` (N_T per element, conv and classifier
 weights only) keeps about 70% agreement at 0.02 but about 40% at 0.04. This script measures
 vanilla agreement with the clean top-1 on the first ``--crops`` test crops of the
-``tools/make_real_models.py`` cache for several readings of the noise definition:
+``tools/samples/make_real_models.py`` cache for several readings of the noise definition:
 
 * ``element``: ours (N_T drawn per weight element, conv/Gemm weights);
 * ``layer``: one N_T per weight tensor (``temporal="layer"``);
@@ -14,7 +14,7 @@ vanilla agreement with the clean top-1 on the first ``--crops`` test crops of th
 
 Run::
 
-    python tools/noise_collapse_check.py [--crops 128] [--etas 0.02,0.04] [--seeds 0,1]
+    python -m tools.reference.noise_collapse_check [--crops 128] [--etas 0.02,0.04] [--seeds 0,1]
 """
 
 from __future__ import annotations
@@ -27,12 +27,8 @@ from pathlib import Path
 import numpy as np
 from onnx import numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_real_models import DEFAULT_CACHE
-
-from nabn_onnx import evaluate, load_model, make_noise
-from nabn_onnx.graph import batchnorm_nodes
-from nabn_onnx.passes.inject import InjectWeightNoisePass
+from nabn_onnx import InjectWeightNoisePass, evaluate, load_model, make_noise
+from tools.samples.make_real_models import DEFAULT_CACHE
 
 
 def noisy(model, variant: str, eta: float, seed: int):
@@ -42,7 +38,7 @@ def noisy(model, variant: str, eta: float, seed: int):
     out = InjectWeightNoisePass(chip)(copy.deepcopy(model)).model
     if variant == "+bn":
         inits = {i.name: i for i in out.graph.initializer}
-        for node in batchnorm_nodes(out):
+        for node in (n for n in out.graph.node if n.op_type == "BatchNormalization"):
             for name in node.input[1:3]:  # scale, B
                 tensor = inits[name]
                 tensor.CopyFrom(numpy_helper.from_array(chip.apply(name, numpy_helper.to_array(tensor)), name))

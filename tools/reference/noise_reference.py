@@ -19,10 +19,11 @@ element), so ``onnx`` on the ``fused`` files equals ``torch``. ADD noise does
 not: the fused weight is ``W * gamma / sigma``, so use ``--variant bn`` for the
 ONNX column to match the paper, where noise hits the unfused conv weights.
 
-Run from the repository root after ``make_sample_models.py``::
+Run from the repository root after ``make_sample_models``; needs PyPI's ``torch`` (imported
+after ``--help``)::
 
-    python tools/noise_reference.py
-    python tools/noise_reference.py --kind add --etas 0.005 0.01 0.02 --variant bn
+    python -m tools.reference.noise_reference
+    python -m tools.reference.noise_reference --kind add --etas 0.005 0.01 0.02 --variant bn
 """
 
 from __future__ import annotations
@@ -31,14 +32,18 @@ import argparse
 import copy
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
-from _torch_models import MODEL_NAMES, SAMPLE_MODELS_DIR, load_torch_model
 from onnx import numpy_helper
-from torch import nn
+
+from tools.samples.sample_models import MODEL_NAMES, SAMPLE_MODELS_DIR
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 SIGMA_T_RATIO = 0.2
 SIGMA_S = 0.1
@@ -92,6 +97,9 @@ def onnx_accuracy(path: Path, kind: str, eta: float, seed: int, images: np.ndarr
 
 def inject_torch_noise(model: nn.Module, kind: str, eta: float, seed: int) -> nn.Module:
     """Returns a copy of ``model`` with noise on every Conv2d and Linear weight."""
+    import torch
+    from torch import nn
+
     model = copy.deepcopy(model)
     rng = np.random.default_rng(seed)
     with torch.no_grad():
@@ -103,6 +111,8 @@ def inject_torch_noise(model: nn.Module, kind: str, eta: float, seed: int) -> nn
 
 def batches(images: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
     """Yields consecutive batches of ``images`` as tensors."""
+    import torch
+
     for start in range(0, len(images), batch_size):
         yield torch.from_numpy(images[start : start + batch_size])
 
@@ -117,6 +127,9 @@ def recalibrate_batchnorm(model: nn.Module, calib_images: np.ndarray) -> nn.Modu
     Returns:
         The same model, in eval mode.
     """
+    import torch
+    from torch import nn
+
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.reset_running_stats()
@@ -130,12 +143,14 @@ def recalibrate_batchnorm(model: nn.Module, calib_images: np.ndarray) -> nn.Modu
 
 def torch_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
     """Test accuracy of a PyTorch model in eval mode."""
+    import torch
+
     with torch.no_grad():
         logits = model(torch.from_numpy(images)).numpy()
     return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
-def main() -> None:
+def main(argv=None) -> None:
     """Prints the accuracy table for the chosen noise kind and levels."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", choices=("mul", "add"), default="mul")
@@ -143,8 +158,9 @@ def main() -> None:
     parser.add_argument("--variant", choices=("fused", "bn", "fused_dynamo"), default="fused")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models-dir", type=Path, default=SAMPLE_MODELS_DIR)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     etas = args.etas or DEFAULT_ETAS[args.kind]
+    from tools.samples._torch_models import load_torch_model
 
     test = np.load(args.models_dir / "digits_test.npz")
     calib = np.load(args.models_dir / "digits_calib.npz")

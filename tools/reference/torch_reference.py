@@ -8,7 +8,9 @@ mean of unbiased batch variances) must give the same running statistics within 1
 
 Usage::
 
-    python tools/torch_reference.py [--model resnet] [--noise mul --eta 0.1 --seed 0]
+    python -m tools.reference.torch_reference [--model resnet] [--noise mul --eta 0.1 --seed 0]
+
+Needs PyTorch (``pip install torch``; imported after ``--help``) and the sample models.
 """
 
 from __future__ import annotations
@@ -16,16 +18,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from onnx import numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _torch_models import SAMPLE_MODELS_DIR, load_torch_model
-
 import nabn_onnx as nb
+from tools.samples.sample_models import SAMPLE_MODELS_DIR
+
+if TYPE_CHECKING:
+    import torch
 
 #: The issue's acceptance bound on |ours - PyTorch|, relative to max(1, |PyTorch|).
 TOLERANCE = 1e-4
@@ -35,6 +37,8 @@ TORCH_ESTIMATOR = nb.Estimator(kind="cumulative", variance="mean", unbiased=True
 
 def torch_recalibrate(model: torch.nn.Module, batches) -> float:
     """PyTorch's recipe: reset BatchNorm statistics, momentum=None, forward in train mode. Returns seconds."""
+    import torch
+
     started = time.perf_counter()
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -50,6 +54,10 @@ def torch_recalibrate(model: torch.nn.Module, batches) -> float:
 
 def noisy_torch_model(name: str, noisy_onnx) -> torch.nn.Module:
     """The PyTorch sample model carrying the noisy weights of ``noisy_onnx`` (names match)."""
+    import torch
+
+    from tools.samples._torch_models import load_torch_model
+
     model = load_torch_model(name)
     state = model.state_dict()
     weights = {t.name: numpy_helper.to_array(t) for t in noisy_onnx.graph.initializer}
@@ -91,17 +99,17 @@ def compare(name: str, noise: nb.NoiseModel, batch_size: int = 64) -> float:
     return worst
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", choices=["resnet", "mobilenet"])
     parser.add_argument("--noise", choices=["mul", "add"], default="mul")
     parser.add_argument("--eta", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     worst = 0.0
     for name in args.model or ["resnet", "mobilenet"]:
         if not (SAMPLE_MODELS_DIR / f"{name}_bn.onnx").exists():
-            print(f"{name}: sample model missing, run tools/make_sample_models.py")
+            print(f"{name}: sample model missing, run python -m tools.samples.make_sample_models")
             continue
         for eta in (0.0, args.eta):
             worst = max(worst, compare(name, nb.make_noise(args.noise, eta, seed=args.seed)))

@@ -8,7 +8,7 @@ biased batch variances.
 
 Usage::
 
-    python tools/compare_estimators.py [--seeds 3]
+    python -m tools.results.compare_estimators [--seeds 3] [--models resnet_fused] [--settings mul:0.3,add:0.01]
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 
 import nabn_onnx as nb
-from nabn_onnx.runtime import make_session
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
 ESTIMATORS = {
     "cumulative+total (default)": nb.Estimator(),
     "cumulative+mean (PyTorch)": nb.Estimator(variance="mean"),
@@ -32,18 +31,23 @@ ESTIMATORS = {
 SETTINGS = [("mul", 0.3), ("mul", 0.5), ("add", 0.005), ("add", 0.01), ("add", 0.02)]
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--models", default="resnet_fused,mobilenet_fused")
-    args = parser.parse_args()
-    with np.load(SAMPLES / "digits_test.npz") as test:
-        x, y = test["input"], test["labels"]
+    parser.add_argument(
+        "--settings",
+        default=",".join(f"{kind}:{eta:g}" for kind, eta in SETTINGS),
+        help="comma-separated noise:eta (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    settings = [(kind, float(eta)) for kind, eta in (s.split(":") for s in args.settings.split(","))]
+    test = str(SAMPLES / "digits_test.npz")
     print("| model | noise | eta | " + " | ".join(ESTIMATORS) + " |")
     print("|---|---|---:|" + "---:|" * len(ESTIMATORS))
     for name in args.models.split(","):
         path = SAMPLES / f"{name}.onnx"
-        for kind, eta in SETTINGS:
+        for kind, eta in settings:
             cells = []
             for estimator in ESTIMATORS.values():
                 accs = []
@@ -55,7 +59,7 @@ def main() -> int:
                         method="paper",
                         estimator=estimator,
                     ).model
-                    accs.append(100 * float((make_session(model).run(None, {"input": x})[0].argmax(1) == y).mean()))
+                    accs.append(100 * nb.evaluate(model, test))
                 cells.append(f"{np.mean(accs):.1f}")
             print(f"| {name} | {kind} | {eta:g} | " + " | ".join(cells) + " |", flush=True)
     return 0

@@ -10,8 +10,8 @@ once chose blindly). Writes the Markdown table to docs/results_methods.md.
 
 Usage::
 
-    python tools/compare_methods.py [--seeds 3] [--models resnet_fused,variants/resnet_fused_b8,...]
-                                    [--max-batches 3] [--out docs/results_methods.md]
+    python -m tools.results.compare_methods [--seeds 3] [--models resnet_fused,variants/resnet_fused_b8,...]
+                                    [--max-batches 3] [--grid mul:0.1,add:0.01] [--out docs/results_methods.md]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 
 import nabn_onnx as nb
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_models"
 GRIDS = {
     "mul": [0.0, 0.02, 0.05, 0.1, 0.3, 0.5],
@@ -38,9 +38,10 @@ def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
     return 100.0 * nb.evaluate(model, {"input": x, "labels": y}, "top1", batch_size=256)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--grid", help="comma-separated noise:eta to run instead of the full grid (a quick check)")
     parser.add_argument(
         "--models",
         default="resnet_fused,mobilenet_fused,resnet_bn,mobilenet_bn,"
@@ -53,7 +54,12 @@ def main() -> int:
     parser.add_argument("--calib", default=str(SAMPLES / "digits_calib.npz"))
     parser.add_argument("--test", default=str(SAMPLES / "digits_test.npz"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "results_methods.md"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    grids = GRIDS
+    if args.grid:
+        grids = {}
+        for kind, eta in (item.split(":") for item in args.grid.split(",")):
+            grids.setdefault(kind, []).append(float(eta))
     with np.load(args.test) as test:
         x, y = test["input"], test["labels"]
     lines = [
@@ -69,7 +75,7 @@ def main() -> int:
     for name in args.models.split(","):
         path = SAMPLES / f"{name}.onnx"
         clean = accuracy(nb.load_model(path), x, y)
-        for kind, etas, limit in [(k, e, m) for m in limits for k, e in GRIDS.items()]:
+        for kind, etas, limit in [(k, e, m) for m in limits for k, e in grids.items()]:
             for eta in etas:
                 acc = {m: [] for m in ("vanilla", *METHODS)}
                 chose = []
@@ -94,7 +100,7 @@ def main() -> int:
                 print(lines[-1], flush=True)
     table = "\n".join(lines)
     command = (
-        "python tools/compare_methods.py --seeds "
+        "python -m tools.results.compare_methods --seeds "
         + str(args.seeds)
         + (f" --max-batches {args.max_batches}" if args.max_batches else "")
     )

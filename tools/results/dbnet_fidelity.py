@@ -12,7 +12,7 @@ fidelity to the clean model, which is what calibration restores.
 
 Run::
 
-    python tools/dbnet_fidelity.py [--noise add] [--eta 0.00025] [--seeds 0,1,2]
+    python -m tools.results.dbnet_fidelity [--noise add] [--eta 0.00025] [--seeds 0,1,2]
 """
 
 from __future__ import annotations
@@ -25,12 +25,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_real_models import DEFAULT_CACHE
-
-from nabn_onnx import calibrate, load_model, make_noise, split
+from nabn_onnx import InjectWeightNoisePass, calibrate, load_model, make_noise, split
 from nabn_onnx.evaluation import Evaluator
-from nabn_onnx.passes.inject import InjectWeightNoisePass
+from tools.samples.make_real_models import DEFAULT_CACHE
 
 METRIC = "dbnet:miou"
 BATCH = 16
@@ -38,9 +35,10 @@ BATCH = 16
 
 def clean_masks(model, x: np.ndarray) -> np.ndarray:
     """The clean model's text mask (probability > 0.3, the dbnet decoder's threshold), uint8."""
-    from nabn_onnx.runtime import SERVE, make_session
+    import onnxruntime as ort
 
-    session = make_session(model, optimization=SERVE)
+    # onnxruntime's defaults: all graph optimizations, as the library's sessions for serving
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     maps = np.concatenate([session.run(None, {name: x[i : i + BATCH]})[0] for i in range(0, len(x), BATCH)])
     return (maps[:, 0] > 0.3).astype(np.uint8)

@@ -1,6 +1,6 @@
 """What BatchNorm recalibration recovers under each device model: one table, one command.
 
-    python tools/device_table.py [--models sample_models/resnet_bn.onnx,...] [--seeds 3] [--report out.md]
+    python -m tools.results.device_table [--models sample_models/resnet_bn.onnx,...] [--seeds 3] [--report out.md]
 
 For every device setting below and every model, ``nabn_onnx.sweep`` simulates ``--seeds``
 chips and reports the top-1 of the clean model, of the chip as is (vanilla) and after
@@ -23,10 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from nabn_onnx import sweep
 
-from nabn_onnx import sweep  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 DAY, YEAR = 86400.0, 365 * 86400.0
 SETTINGS = [
@@ -61,9 +60,10 @@ ANALOG = [
 def analog_table(models, calib: str, test: str) -> str:
     import copy
 
-    from nabn_onnx import calibrate, evaluate
-    from nabn_onnx.io import load_model
-    from nabn_onnx.passes.analog_io import AnalogIO, InsertAnalogIOPass, measure_input_ranges
+    from nabn_onnx import AnalogIO, InsertAnalogIOPass, calibrate, evaluate, load_model
+
+    # not public API (see tools/README.md, "Private names")
+    from nabn_onnx.passes.analog_io import measure_input_ranges
 
     lines = [
         "| periphery | " + " | ".join(f"{m.stem} vanilla | {m.stem} +NaBN" for m in models) + " |",

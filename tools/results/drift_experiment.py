@@ -18,7 +18,7 @@ stream; accuracy of each served batch (running mean over 5 batches), static vs d
 
 Run from the repository root (about a minute on two cores)::
 
-    python tools/drift_experiment.py
+    python -m tools.results.drift_experiment
 
 Writes ``docs/drift.png`` and ``docs/drift.md`` and prints the table.
 """
@@ -29,19 +29,14 @@ import argparse
 import copy
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from nabn_onnx import NabnSession, TemporalNoise, calibrate, make_noise, split
-from nabn_onnx.calibration.engine import name_batchnorms
-from nabn_onnx.data import input_specs, iter_batches
-from nabn_onnx.evaluation.plots import pyplot, save_figure
-from nabn_onnx.graph import batchnorm_nodes
-from nabn_onnx.io import atomic_write_text, load_model
-from nabn_onnx.passes.write_stats import WriteBatchNormStatsPass, read_bn_params
+from tools.common import atomic_write_text, batchnorm_nodes, name_batchnorms, read_bn_stats, write_bn_stats
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMOOTH = 5
 
 
@@ -53,12 +48,16 @@ def calibrated_statistics(clean, calib: str, noise):
     """
     calibrated = calibrate(clean, calib, noise=noise, method="paper").model
     model = copy.deepcopy(clean)
-    stats = {}
-    for node in batchnorm_nodes(model):
-        params = read_bn_params(calibrated)[node.name]
-        stats[node.name] = {"mean": params["mean"], "var": params["var"]}
-    WriteBatchNormStatsPass(stats)(model)
-    return model
+    return write_bn_stats(model, read_bn_stats(calibrated, [node.name for node in batchnorm_nodes(model)]))
+
+
+def batches(test: str, batch_size: int) -> Iterator[Tuple[Dict[str, np.ndarray], np.ndarray]]:
+    """``(feeds, labels)`` of consecutive batches of an ``.npz`` (every array but ``labels`` is an input)."""
+    with np.load(test) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    labels = arrays.pop("labels")
+    for start in range(0, len(labels), batch_size):
+        yield {k: v[start : start + batch_size] for k, v in arrays.items()}, labels[start : start + batch_size]
 
 
 def serve(
@@ -73,16 +72,15 @@ def serve(
 ) -> List[float]:
     """Accuracy of every served batch."""
     session = NabnSession(model, momentum=momentum, update=update, noise=TemporalNoise(noise, schedule))
-    specs = input_specs(load_model(model) if isinstance(model, (str, Path)) else model)
     out = []
     for _ in range(passes):
-        for batch in iter_batches(test, specs, batch_size=batch_size):
-            (logits,) = session.run(None, batch.feeds)
-            out.append(float(np.mean(logits.argmax(1) == batch.labels)))
+        for feeds, labels in batches(test, batch_size):
+            (logits,) = session.run(None, feeds)
+            out.append(float(np.mean(logits.argmax(1) == labels)))
     return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "sample_models/resnet_fused.onnx"))
     parser.add_argument("--calib", default=str(ROOT / "sample_models/digits_calib.npz"))
@@ -96,7 +94,7 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=2, help="passes over the test set per chip")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", default=str(ROOT / "docs"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     started = time.perf_counter()
     etas = [float(e) for e in args.etas.split(",")]
     out = Path(args.out)
@@ -123,7 +121,7 @@ def main() -> None:
                 ("oracle", oracle, False),
             ):
                 results[name][eta].append(float(np.mean(serve(model, update=update, **common))))
-        stream = len(list(iter_batches(args.test, input_specs(clean), batch_size=args.batch_size))) * args.passes
+        stream = len(list(batches(args.test, args.batch_size))) * args.passes
         ramp = lambda i, stream=stream: args.eta_cal + (args.drift_to - args.eta_cal) * i / max(stream - 1, 1)
         noise = make_noise(args.noise, args.eta_cal, seed=seed)
         for name, update in (("static", False), ("dynamic", True)):
@@ -166,7 +164,11 @@ def main() -> None:
     ]
     table = "\n".join(lines)
 
-    plt = pyplot()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     styles = {
         "vanilla": ("tab:green", "o-"),
@@ -196,7 +198,7 @@ def main() -> None:
     right.grid(alpha=0.3)
     right.legend(fontsize="small")
     figure.tight_layout()
-    save_figure(figure, out / "drift.png")
+    figure.savefig(out / "drift.png", dpi=120, bbox_inches="tight")  # as nabn_onnx's plots
     plt.close(figure)
     atomic_write_text(out / "drift.md", table + "\n![static vs dynamic calibration](drift.png)\n")
     print(table)

@@ -2,11 +2,11 @@
 
 Every row is one way of estimating the BatchNorm statistics of the same simulated chip
 (MUL noise, seeds given), scored by **agreement with the clean model's top-1** on the 512
-test crops of ``tools/make_real_models.py`` (the measure of ``docs/results_real.md``). The
+test crops of ``tools/samples/make_real_models.py`` (the measure of ``docs/results_real.md``). The
 model is the fused export with a BatchNorm inserted after every analog layer (what
 ``calibrate`` does to it); statistics are computed with the library's own pieces
-(``engine.measure``: Algorithm 1 in train mode, or eval-mode taps; the candidate formulas of
-``auto``), so a row differs from ``calibrate`` only in the one thing it varies:
+(``nabn_onnx.calibration.collect_stats``: Algorithm 1 in train mode, or eval-mode taps; the
+candidate formulas of ``auto``), so a row differs from ``calibrate`` only in the one thing it varies:
 
 * ``calib N, batch B`` (``--rows base``: N = 256, the committed set; ``--rows more --more N``:
   the 256 plus N - 256 more crops of the same 18 calibration photos, seed ``CROP_SEED + 1``):
@@ -28,12 +28,12 @@ model is the fused export with a BatchNorm inserted after every analog layer (wh
   measured again in eval mode (as at test time) and written again, twice.
 
 Every measurement is stored in ``<cache>/results_real.limits.json`` (key
-``eta|seed|statistics|method``), so runs add rows; ``tools/make_real_results.py`` renders the
+``eta|seed|statistics|method``), so runs add rows; ``tools/results/make_real_results.py`` renders the
 table into ``docs/results_real.md``. Run (about 4 minutes per row, eta and chip on 2 busy
 cores; Algorithm 1 batches of 256 need about 10 GB)::
 
-    python tools/mobilenet_limits.py --rows oracle,base --etas 0.02,0.1 --seeds 0 [--batches 64,128]
-    python tools/mobilenet_limits.py --table-only
+    python -m tools.results.mobilenet_limits --rows oracle,base --etas 0.02,0.1 --seeds 0 [--batches 64,128]
+    python -m tools.results.mobilenet_limits --table-only
 """
 
 from __future__ import annotations
@@ -46,20 +46,25 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_real_models import CALIB_SOURCES, CROP_SEED, DEFAULT_CACHE, TEST_SOURCES, crop, photo, preprocess
+from nabn_onnx import DataSettings, InjectWeightNoisePass, calibrate, load_model, make_noise, split
+from nabn_onnx.calibration import Reading, collect_stats
+from tools.common import batchnorm_nodes, name_batchnorms, read_bn_stats, write_bn_stats
+from tools.samples.make_real_models import (
+    CALIB_SOURCES,
+    CROP_SEED,
+    DEFAULT_CACHE,
+    TEST_SOURCES,
+    crop,
+    photo,
+    preprocess,
+)
 
-from nabn_onnx import calibrate, load_model, make_noise, split
-from nabn_onnx.calibration import engine
-from nabn_onnx.graph import batchnorm_nodes
-from nabn_onnx.passes.inject import InjectWeightNoisePass
-from nabn_onnx.passes.write_stats import WriteBatchNormStatsPass
-from nabn_onnx.runtime import SERVE, make_session
-
+#: ``{bn name: (mean, var)}``, as ``collect_stats`` measures them.
+Stats = Dict[str, Tuple[np.ndarray, np.ndarray]]
 CLASSIFIER = "/classifier/classifier.1/Gemm"
 
 
@@ -79,7 +84,10 @@ def extra_crops(cache: Path, count: int, seed: int = CROP_SEED + 1, sources=CALI
 
 
 def agreement(model, test: Dict[str, np.ndarray]) -> float:
-    session = make_session(model, optimization=SERVE)
+    import onnxruntime as ort
+
+    # onnxruntime's defaults: all graph optimizations, as the library's sessions for serving
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x, labels = test["input"], test["labels"]
     top1 = np.concatenate([session.run(None, {"input": x[i : i + 64]})[0].argmax(1) for i in range(0, len(x), 64)])
     return float((top1 == labels).mean())
@@ -89,23 +97,22 @@ def names_of(model) -> List[str]:
     return [n.name for n in batchnorm_nodes(model)]
 
 
-def train_stats(model, x: np.ndarray, batch: int) -> engine.Stats:
+def train_stats(model, x: np.ndarray, batch: int) -> Stats:
     """Algorithm 1's measurement: every BatchNorm in train mode, batches of ``batch``."""
-    return engine.measure(model, {"input": x}, train=names_of(model), batch_size=batch).stats
+    reading = Reading(data=DataSettings(batch_size=batch))
+    return collect_stats(model, {"input": x}, reading, train=names_of(model))[0]
 
 
-def tap_stats(model, x: np.ndarray) -> engine.Stats:
+def tap_stats(model, x: np.ndarray) -> Stats:
     """Every BatchNorm's input statistics with the model as written (eval mode), pooled over all samples."""
-    return engine.measure(model, {"input": x}, tap=names_of(model), batch_size=64).stats
+    return collect_stats(model, {"input": x}, Reading(data=DataSettings(batch_size=64)), tap=names_of(model))[0]
 
 
 def written(model, stats: Dict[str, Dict[str, np.ndarray]]):
-    out = copy.deepcopy(model)
-    WriteBatchNormStatsPass(stats)(out)
-    return out
+    return write_bn_stats(copy.deepcopy(model), stats)
 
 
-def as_values(stats: engine.Stats) -> Dict[str, Dict[str, np.ndarray]]:
+def as_values(stats: Stats) -> Dict[str, Dict[str, np.ndarray]]:
     return {n: {"mean": m, "var": v} for n, (m, v) in stats.items()}
 
 
@@ -115,24 +122,26 @@ class Setup:
     def __init__(self, fused, x: np.ndarray, exclude: Optional[str] = None):
         self.x = x
         self.model = split(fused, {"input": x}, batch_size=64, exclude=exclude).model
-        engine.name_batchnorms(self.model)
+        name_batchnorms(self.model)
         self.names = names_of(self.model)
-        params = engine.read_bn_params(self.model)
-        self.reference = engine._running_stats(params, self.names)
-        self._clean: Dict[int, engine.Stats] = {}
+        self.reference = read_bn_stats(self.model, self.names)
+        self._clean: Dict[int, Stats] = {}
 
-    def clean(self, batch: int) -> engine.Stats:
+    def clean(self, batch: int) -> Stats:
         if batch not in self._clean:
             self._clean[batch] = train_stats(self.model, self.x, batch)
         return self._clean[batch]
 
     def rows(self, chip, batch: int, methods=("paper", "delta", "blend"), refine: int = 0):
         """``{method: calibrated noisy model}`` for this chip."""
+        # auto's candidate formulas: not public API (see tools/README.md, "Private names")
+        from nabn_onnx.calibration.engine import _new_stats
+
         noisy = InjectWeightNoisePass(chip)(copy.deepcopy(self.model)).model
         measured = train_stats(noisy, self.x, batch)
         out = {}
         for method in methods:
-            stats = engine._new_stats(method, self.names, self.reference, measured, self.clean(batch))
+            stats = _new_stats(method, self.names, self.reference, measured, self.clean(batch))
             out[method] = written(noisy, stats)
         for _ in range(refine):
             out["refine"] = written(

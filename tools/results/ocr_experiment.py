@@ -5,7 +5,7 @@ BatchNorm statistic with what the calibration data shows, so when that data diff
 the training data it costs accuracy at low noise; ``delta`` keeps the reference statistics
 and moves them only by the noise-induced shift; ``auto`` picks between them without
 labels. This script measures all of them on ``sample_models/third_party/ppocr_cls.onnx``
-(made by ``tools/make_ocr_sample.py``) with text lines rendered here, not drawn from
+(made by ``tools/samples/make_ocr_sample.py``) with text lines rendered here, not drawn from
 PaddleOCR's training data:
 
 * clean accuracy;
@@ -17,7 +17,7 @@ PaddleOCR's training data:
 
 Run from the repository root (about 7 minutes on two idle cores)::
 
-    python tools/ocr_experiment.py
+    python -m tools.results.ocr_experiment
 
 Prints the table and writes it to ``docs/results_ocr.md``.
 """
@@ -33,14 +33,14 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import onnxruntime as ort
 from onnx import ModelProto
 
 from nabn_onnx import calibrate, evaluate, inject, load_model, make_noise
-from nabn_onnx.calibration.engine import METHODS
-from nabn_onnx.io import atomic_write_text
-from nabn_onnx.runtime import make_session
+from nabn_onnx.calibration import METHODS
+from tools.common import atomic_write_text
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DIR = ROOT / "sample_models" / "third_party"
 # Vanilla on this model (seed 0): MUL 0.02 costs under a point, 0.1 about 20, 0.2 collapses
 # to chance; ADD 1e-3 costs under a point, 1e-2 about 15, 3e-2 collapses. At ADD 4e-2 paper
@@ -59,7 +59,8 @@ def load_npz(path: Path) -> Dict[str, np.ndarray]:
 
 def outputs(model: ModelProto, feeds: Dict[str, np.ndarray]) -> np.ndarray:
     """The model's first output on ``feeds``."""
-    return make_session(model).run(None, feeds)[0]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
 
 
 def identity_check(
@@ -169,7 +170,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     results = run_grid(model, args.calib, test, grid, args.seeds, methods, args.batch_size)
     table = markdown_table(results, methods, clean, {m: acc for m, (_, acc) in identity.items()})
     print(table)
-    command = shlex.join(["python", "tools/ocr_experiment.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "tools.results.ocr_experiment", *(sys.argv[1:] if argv is None else argv)])
     seconds = time.perf_counter() - started
     print(f"done in {seconds / 60:.1f} min")
     if str(args.out) != "-":
@@ -201,7 +202,7 @@ def report_text(
             "",
             (
                 "Model: `sample_models/third_party/ppocr_cls.onnx` (PaddleOCR `ch_ppocr_mobile_v2.0_cls`, 35 "
-                "BatchNorms kept, Apache-2.0). Data: rendered text lines (`tools/make_ocr_sample.py`), "
+                "BatchNorms kept, Apache-2.0). Data: rendered text lines (`tools/samples/make_ocr_sample.py`), "
                 f"{calib_size} for calibration, {test_size} for the test; labels 0 (upright) / 1 (turned 180 degrees). "
                 f"Accuracy in percent, mean over chip seeds {', '.join(map(str, seeds))}; clean accuracy "
                 f"{100 * clean:.2f}%. The first row is without noise (the methods calibrated at eta = 0)."

@@ -1,6 +1,6 @@
-"""PyTorch definitions of the sample models, shared by the tools scripts.
+"""PyTorch definitions of the sample models, shared by the tools scripts (imports torch).
 
-``make_sample_models.py`` trains these classes and exports them to ONNX; other
+``make_sample_models`` trains these classes and exports them to ONNX; other
 scripts call :func:`load_torch_model` to get the trained network back as a
 PyTorch reference, e.g. for BatchNorm recalibration in train mode.
 
@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tools.samples.sample_models import INPUT_SIZE, MODEL_NAMES, NUM_CLASSES, SAMPLE_MODELS_DIR
+
 __all__ = [
     "INPUT_SIZE",
     "MODEL_NAMES",
@@ -25,11 +27,6 @@ __all__ = [
     "build_model",
     "load_torch_model",
 ]
-
-SAMPLE_MODELS_DIR = Path(__file__).resolve().parent.parent / "sample_models"
-INPUT_SIZE = 16
-NUM_CLASSES = 10
-MODEL_NAMES = ("resnet", "mobilenet")
 
 
 def _conv_bn(

@@ -1,8 +1,9 @@
 """Exports the sample ResNet in the forms the samples do not cover, for the model-forms tests.
 
-Run from the repository root (needs torch, onnxconverter-common; about 10 s)::
+Run from the repository root (needs torch, onnxconverter-common, imported after ``--help``;
+about 10 s)::
 
-    python tools/make_model_variants.py
+    python -m tools.samples.make_model_variants
 
 Writes ``sample_models/variants/``:
 
@@ -28,36 +29,44 @@ variant has the sample's accuracy.
 
 from __future__ import annotations
 
-import sys
+import argparse
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import torch
-from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _torch_models import SAMPLE_MODELS_DIR, load_torch_model
+from tools.samples.sample_models import SAMPLE_MODELS_DIR
+
+if TYPE_CHECKING:
+    from torch import nn
 
 OUT = SAMPLE_MODELS_DIR / "variants"
 OPSET = 17
 
 
-class _BakedReshape(nn.Module):
+def _baked_reshape(net: nn.Module) -> nn.Module:
     """The sample ResNet whose pooled features are flattened with a reshape on the batch size."""
+    import torch
+    from torch import nn
 
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
+    class BakedReshape(nn.Module):
+        def __init__(self, net: nn.Module):
+            super().__init__()
+            self.net = net
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        net = self.net
-        y = net.pool(net.stages(net.stem(x)))
-        return net.fc(y.reshape(y.shape[0], -1))
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            net = self.net
+            y = net.pool(net.stages(net.stem(x)))
+            return net.fc(y.reshape(y.shape[0], -1))
+
+    return BakedReshape(net)
 
 
 def _export(model: nn.Module, batch: int, path: Path, fold: bool, inits_as_inputs: bool = False) -> None:
+    import torch
+
     warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export")
     torch.onnx.export(
         model,
@@ -72,11 +81,16 @@ def _export(model: nn.Module, batch: int, path: Path, fold: bool, inits_as_input
     )
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
+    import torch
+
+    from tools.samples._torch_models import load_torch_model
+
     OUT.mkdir(exist_ok=True)
     torch.manual_seed(0)
     net = load_torch_model("resnet").eval()
-    baked = _BakedReshape(net).eval()
+    baked = _baked_reshape(net).eval()
     _export(baked, 1, OUT / "resnet_bn_b1.onnx", fold=False)
     _export(baked, 8, OUT / "resnet_fused_b8.onnx", fold=True)
     dynamic = OUT / "resnet_bn_initializers_as_inputs.onnx"

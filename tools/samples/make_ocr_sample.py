@@ -16,7 +16,7 @@ height 48 keeping the aspect ratio (width ``ceil(48 * w / h)``, at most 192) and
 
 Run from the repository root (about half a minute; needs PyPI)::
 
-    python tools/make_ocr_sample.py
+    python -m tools.samples.make_ocr_sample
 
 Writes into ``sample_models/third_party/``:
 
@@ -44,7 +44,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from nabn_onnx import evaluate
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = ROOT / "sample_models" / "third_party"
 WHEEL = "rapidocr-onnxruntime==1.4.4"
 MEMBER = "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"

@@ -1,8 +1,8 @@
 """Trains the sample models on scikit-learn's digits and exports them to ONNX.
 
-Run from the repository root::
+Run from the repository root (needs ``torch`` and ``scikit-learn``, imported after ``--help``)::
 
-    python tools/make_sample_models.py
+    python -m tools.samples.make_sample_models
 
 Writes into ``sample_models/``:
 
@@ -31,16 +31,17 @@ import random
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
-import torch.nn.functional as F
-from _torch_models import INPUT_SIZE, MODEL_NAMES, SAMPLE_MODELS_DIR, build_model
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from torch import nn
+
+from tools.samples.sample_models import INPUT_SIZE, MODEL_NAMES, SAMPLE_MODELS_DIR
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 SEED = 0
 TEST_SIZE = 500
@@ -299,11 +300,24 @@ def print_table(rows: list[tuple[str, Path, float]]) -> None:
         )
 
 
-def main() -> None:
+def _import_training_stack() -> None:
+    """PyTorch and scikit-learn, imported once the arguments are read (``--help`` needs neither)."""
+    global F, build_model, load_digits, nn, torch, train_test_split  # the functions above use them
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from torch import nn
+
+    from tools.samples._torch_models import build_model
+
+
+def main(argv=None) -> None:
     """Builds the data sets, trains, exports and reports every sample model."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=SAMPLE_MODELS_DIR, help="destination folder")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    _import_training_stack()
     out_dir: Path = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
 
