@@ -14,7 +14,7 @@ the process's peak-RSS mark is reset (``/proc/self/clear_refs``) and the step ru
 Usage::
 
     python -m tools.bench.bench_graphsurgeon            # about 1 minute
-    python -m tools.bench.bench_graphsurgeon --width 0.5 --repeat 3
+    python -m tools.bench.bench_graphsurgeon --width 0.5 --repeat 3 [--steps 'to_model,split gs.Graph']
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = ResNet-50)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per step; the fastest and lowest are kept")
+    parser.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of the steps (default: all)")
     parser.add_argument("--child", nargs=2, metavar=("STEP", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -105,6 +106,10 @@ def main(argv=None) -> int:
     import onnx
     import onnx_graphsurgeon as gs
 
+    steps = [s for s in args.steps.split(",") if s]
+    unknown = sorted(set(steps) - set(STEPS))
+    if unknown:
+        parser.error(f"unknown steps {unknown}; choose from {', '.join(STEPS)}")
     folder = Path(tempfile.mkdtemp(prefix="nabn-bench-gs-"))
     try:
         model = build_resnet50(0, width=args.width)
@@ -117,13 +122,15 @@ def main(argv=None) -> int:
             f"onnx-graphsurgeon {gs.__version__}, onnx {onnx.__version__}"
         )
         results = {}
-        for step in STEPS:
+        for step in steps:
             runs = [run_step(step, path) for _ in range(max(1, args.repeat))]
             results[step] = (min(r["seconds"] for r in runs), min(r["extra_kb"] for r in runs) * 1024)
         print(f"\n{'step':18} {'time s':>7} {'extra peak MiB':>15} {'extra/W':>8}")
         for step, (sec, extra) in results.items():
             print(f"{step:18} {sec:7.2f} {extra / 2**20:15.0f} {extra / weights:8.2f}")
         for call in ("split", "inject"):
+            if f"{call} ModelProto" not in results or f"{call} gs.Graph" not in results:
+                continue
             proto_s, proto_m = results[f"{call} ModelProto"]
             gs_s, gs_m = results[f"{call} gs.Graph"]
             print(

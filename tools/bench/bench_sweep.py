@@ -3,6 +3,7 @@
 Run from the repository root::
 
     python -m tools.bench.bench_sweep [--model sample_models/resnet_fused.onnx] [--chips 3] [--scale-chips 4]
+        [--etas 0.05,0.1,0.2] [--no-ray]
 
 Prints, measured in this run:
 
@@ -79,7 +80,7 @@ def _per_batch(model_path: Path, test: Path, batch: int) -> None:
 
 
 def _chips_per_minute(args) -> None:
-    plan = SweepPlan.of("mul", ETAS, args.scale_chips)
+    plan = SweepPlan.of("mul", args.etas, args.scale_chips)
     settings = SweepSettings(batch_size=args.batch_size)
     chips = len(plan.tasks())
     executors = [("serial", SerialExecutor()), ("serial, 1 thread", SerialExecutor()), ("--jobs 2", ProcessExecutor(2))]
@@ -109,7 +110,7 @@ def _chips_per_minute(args) -> None:
     for label in rows:
         assert rows[label] == rows["serial"], f"{label} rows differ from the serial rows"
     print(
-        f"\nchips per minute, one sweep of {chips} chips ({Path(args.model).name}, {len(ETAS)} etas x "
+        f"\nchips per minute, one sweep of {chips} chips ({Path(args.model).name}, {len(args.etas)} etas x "
         f"{args.scale_chips} seeds, method auto), {os.cpu_count()} cores:"
     )
     print(f"{'executor':18}{'seconds':>9}{'chips/min':>11}{'vs serial':>11}{'vs 1 thread':>13}")
@@ -124,7 +125,7 @@ def _chips_per_minute(args) -> None:
         print("rows identical on all executors")
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "sample_models/resnet_fused.onnx"))
     parser.add_argument("--calib", default=str(ROOT / "sample_models/digits_calib.npz"))
@@ -134,7 +135,9 @@ def main() -> None:
     parser.add_argument("--scale-chips", type=int, default=4, help="seeds per eta of the chips-per-minute sweep")
     parser.add_argument("--no-ray", action="store_true", help="skip Ray in the chips-per-minute comparison")
     parser.add_argument("--only-scale", action="store_true", help="only the chips-per-minute comparison")
-    args = parser.parse_args()
+    parser.add_argument("--etas", default=",".join(f"{e:g}" for e in ETAS), help="comma-separated (%(default)s)")
+    args = parser.parse_args(argv)
+    args.etas = [float(e) for e in args.etas.split(",")]
     if args.only_scale:
         _chips_per_minute(args)
         return
@@ -147,7 +150,7 @@ def main() -> None:
             args.calib,
             args.test,
             noise="mul",
-            etas=ETAS,
+            etas=args.etas,
             seeds=args.chips,
             batch_size=args.batch_size,
             reuse_sessions=reuse,
@@ -155,7 +158,7 @@ def main() -> None:
     for a, b in zip(reports[False].rows, reports[True].rows):
         assert abs(a["vanilla"] - b["vanilla"]) <= AGREEMENT and abs(a["nabn"] - b["nabn"]) <= AGREEMENT, (a, b)
     chips = len(reports[True].rows)
-    print(f"sweep of {chips} chips ({Path(args.model).name}, {len(ETAS)} etas x {args.chips} seeds), seconds:")
+    print(f"sweep of {chips} chips ({Path(args.model).name}, {len(args.etas)} etas x {args.chips} seeds), seconds:")
     print(f"{'':24}{'per-chip':>10}{'reuse':>10}{'ratio':>8}")
     for part in ("vanilla", "nabn", "sessions", "calibrate", "total"):
         per_chip, reuse = reports[False].seconds[part], reports[True].seconds[part]

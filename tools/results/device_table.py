@@ -57,7 +57,7 @@ ANALOG = [
 ]
 
 
-def analog_table(models, calib: str, test: str) -> str:
+def analog_table(models, calib: str, test: str, analog=ANALOG) -> str:
     import copy
 
     from nabn_onnx import AnalogIO, InsertAnalogIOPass, calibrate, evaluate, load_model
@@ -71,7 +71,7 @@ def analog_table(models, calib: str, test: str) -> str:
     ]
     clean = {m: load_model(str(m)) for m in models}
     ranges = {m: measure_input_ranges(clean[m], calib) for m in models}
-    for label, settings in ANALOG:
+    for label, settings in analog:
         cells = []
         for m in models:
             analog = copy.deepcopy(clean[m])
@@ -91,11 +91,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--report", help="also write the table to this .md file")
     parser.add_argument("--only", choices=["devices", "analog"], help="only one of the two tables")
+    parser.add_argument("--limit", type=int, help="only the first N settings of each table (a quick check)")
     args = parser.parse_args(argv)
+    settings, analog = SETTINGS[: args.limit], ANALOG[: args.limit]
     started = time.perf_counter()
     models = [ROOT / m if not Path(m).is_absolute() else Path(m) for m in args.models.split(",")]
     if args.only == "analog":
-        text = analog_table(models, str(ROOT / args.calib), str(ROOT / args.test))
+        text = analog_table(models, str(ROOT / args.calib), str(ROOT / args.test), analog)
         text += f"\ntop-1 (%) on {Path(args.test).name}; {time.perf_counter() - started:.0f}s\n"
         print()
         print(text)
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
     header = "| device | " + " | ".join(f"{m.stem} vanilla | {m.stem} +NaBN" for m in models) + " |"
     lines = [header, "|---|" + "---:|---:|" * len(models)]
     clean = {}
-    for label, kind, eta, device in SETTINGS:
+    for label, kind, eta, device in settings:
         cells = []
         for model in models:
             report = sweep(
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
         )
     )
     if args.only is None:
-        text += "\n" + analog_table(models, str(ROOT / args.calib), str(ROOT / args.test))
+        text += "\n" + analog_table(models, str(ROOT / args.calib), str(ROOT / args.test), analog)
     print()
     print(text)
     if args.report:

@@ -6,7 +6,7 @@ write (about 4 and 7 minutes); run those first to refresh them.
 
 Run from the repository root (a few minutes on two cores)::
 
-    python -m tools.results.make_results
+    python -m tools.results.make_results            # --quick --out DIR: a quick check elsewhere
 
 For both fused sample models, under MUL and ADD noise, it sweeps a grid of noise scales
 with ``SEEDS`` simulated chips each (vanilla: the chip's noisy weights; NaBN: the same
@@ -137,8 +137,8 @@ def _methods_section() -> str:
         "",
     ]
     for name, command in (
-        ("results_methods.md", "python tools/compare_methods.py"),
-        ("results_ocr.md", "python tools/ocr_experiment.py"),
+        ("results_methods.md", "python -m tools.results.compare_methods"),
+        ("results_ocr.md", "python -m tools.results.ocr_experiment"),
     ):
         path = DOCS / name
         if not path.exists():
@@ -153,7 +153,19 @@ def _methods_section() -> str:
 
 
 def main(argv=None) -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
+    global DOCS, GRIDS, SEEDS  # --out and --quick replace the settings above for this run
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="write the page and its files here instead (a quick check)")
+    parser.add_argument(
+        "--quick", action="store_true", help="one eta per noise, 2 chips, 2 batches of data (a quick check)"
+    )
+    args = parser.parse_args(argv)
+    if args.out is not None:
+        DOCS = args.out
+    few: Dict[str, int] = {}
+    if args.quick:
+        GRIDS = {kind: etas[len(etas) // 2 : len(etas) // 2 + 1] for kind, etas in GRIDS.items()}
+        SEEDS, few = 2, {"calib_batches": 2, "test_batches": 2}
     started = time.perf_counter()
     DOCS.mkdir(exist_ok=True)
     scales = {label: weight_scale(SAMPLES / f"{stem}.onnx") for label, stem in MODELS.items()}
@@ -172,6 +184,7 @@ def main(argv=None) -> None:
                 seeds=SEEDS,
                 method="paper",
                 show_progress=True,
+                **few,
             )
             print(report.summary())
             reports[kind][label] = report
@@ -182,7 +195,11 @@ def main(argv=None) -> None:
         )
     d = DIAGNOSE
     divergence = diagnose(
-        SAMPLES / f"{d['model']}.onnx", CALIB, noise=make_noise(d["noise"], d["eta"], seed=d["seed"]), method="paper"
+        SAMPLES / f"{d['model']}.onnx",
+        CALIB,
+        noise=make_noise(d["noise"], d["eta"], seed=d["seed"]),
+        method="paper",
+        max_batches=few.get("calib_batches"),
     )
     print(divergence.summary())
     plot_diagnose(divergence, DOCS / "results_diagnose.png")
