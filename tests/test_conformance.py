@@ -307,7 +307,7 @@ def _sample_models() -> List[str]:
 
 @pytest.mark.skipif(
     not _sample_models() or not (SAMPLES / "digits_calib.npz").exists(),
-    reason="sample_models/ not built (python tools/make_sample_models.py)",
+    reason="sample_models/ not built (python -m tools.samples.make_sample_models)",
 )
 @pytest.mark.parametrize("sample", _sample_models() or ["none"])
 def test_cli_outputs_on_sample_models_pass_the_full_checker(tmp_path: Path, capsys, sample: str) -> None:

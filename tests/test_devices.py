@@ -3,7 +3,7 @@
 The expected values below are computed here from the numbers printed in aihwkit's source
 (``src/aihwkit/inference/noise/pcm.py``, ``reram.py``, ``compensation/drift.py``,
 ``converter/conductance.py``), not from our implementation, so a wrong port fails. aihwkit
-itself is not needed (``tools/compare_aihwkit.py`` runs it against ours).
+itself is not needed (``tools/reference/compare_aihwkit.py`` runs it against ours).
 """
 
 from __future__ import annotations

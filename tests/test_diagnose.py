@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from nabn_onnx import NabnError, diagnose, make_noise
 from nabn_onnx.cli import main
 from nabn_onnx.evaluation.diagnose import SMOOTHING, js_divergence, kl_divergence

@@ -4,13 +4,13 @@ absurd tensor sizes, and a bounded fuzz run over the loader and ``inspect``.
 The fuzz test mutates the bytes of valid small models (bit flips, truncations, random
 splices, random overwrites) and requires every outcome to be success or a
 :class:`~nabn_onnx.errors.NabnError`. ``FUZZ_EXAMPLES`` cases run here (a few seconds);
-``python tools/fuzz_loader.py --cases 20000`` runs many more and prints the outcomes.
+``python -m tools.checks.fuzz_loader --cases 20000`` runs many more and prints the outcomes
+(the mutations are in ``tests/fuzzing.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +22,9 @@ from onnx import external_data_helper
 
 from nabn_onnx import ModelError, NabnError, load_model, make_noise
 from nabn_onnx.api import inject, inspect_model, split
+from tests import fuzzing
 
 from builders import small_cnn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import fuzz_loader
 
 #: Mutated models tried by the fuzz test (about 10 s on one core).
 FUZZ_EXAMPLES = 1500
@@ -206,15 +204,15 @@ def test_deeply_nested_subgraphs(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- fuzz
 
 
-_SEEDS = fuzz_loader.seed_models()
+_SEEDS = fuzzing.seed_models()
 
 
 @st.composite
 def mutated_models(draw) -> bytes:
     base = _SEEDS[draw(st.integers(0, len(_SEEDS) - 1))]
-    ops = draw(st.lists(st.sampled_from(fuzz_loader.MUTATIONS), min_size=1, max_size=4))
+    ops = draw(st.lists(st.sampled_from(fuzzing.MUTATIONS), min_size=1, max_size=4))
     seed = draw(st.integers(0, 2**32 - 1))
-    return fuzz_loader.mutate(base, ops, np.random.default_rng(seed))
+    return fuzzing.mutate(base, ops, np.random.default_rng(seed))
 
 
 _outcomes = {}
@@ -230,7 +228,7 @@ _outcomes = {}
 )
 @given(data=mutated_models())
 def _fuzz_one(data: bytes) -> None:
-    outcome = fuzz_loader.try_model(data, _fuzz_one.folder)
+    outcome = fuzzing.try_model(data, _fuzz_one.folder)
     _outcomes[outcome] = _outcomes.get(outcome, 0) + 1
     assert not outcome.startswith("CRASH"), outcome
 
@@ -250,5 +248,5 @@ def test_fuzz_loader_and_inspect(tmp_path_factory) -> None:
 def test_fuzz_mutators_change_the_bytes() -> None:
     rng = np.random.default_rng(0)
     base = _SEEDS[0]
-    for op in fuzz_loader.MUTATIONS:
-        assert fuzz_loader.mutate(base, [op], rng) != base, op
+    for op in fuzzing.MUTATIONS:
+        assert fuzzing.mutate(base, [op], rng) != base, op

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from nabn_onnx import DataError, NabnError, evaluate
 from nabn_onnx.cli import main
 from nabn_onnx.data import ImageFolder, InputSpec, input_specs, iter_batches

@@ -3,13 +3,12 @@ external data goes through split, inject and calibrate, and the outputs are writ
 external data when asked (``--external-data``), inline otherwise.
 
 The full-size benchmark (time and peak memory against ``onnx.load`` + ``onnx.save``) is
-``python tools/bench_large.py``; tests do not time things.
+``python -m tools.bench.bench_large``; tests do not time things.
 """
 
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,7 @@ from nabn_onnx import load_model, save_model
 from nabn_onnx.cli import main
 from nabn_onnx.model.io import _write_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import bench_large
+from builders import build_resnet50, weight_bytes
 
 WIDTH = 0.25
 IMAGE = 32
@@ -34,8 +32,8 @@ SPLIT_ATOL = 0.0
 def stored(tmp_path_factory):
     """The model saved with external data, its calibration data, and the in-memory original."""
     folder = tmp_path_factory.mktemp("large")
-    model = bench_large.build_resnet50(seed=0, width=WIDTH)
-    weights = bench_large.weight_bytes(model)
+    model = build_resnet50(seed=0, width=WIDTH)
+    weights = weight_bytes(model)
     assert 5 << 20 <= weights <= 10 << 20, weights
     path = folder / "model" / "resnet.onnx"
     path.parent.mkdir()

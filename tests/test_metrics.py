@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from nabn_onnx import DataError, NabnError, evaluate
 from nabn_onnx.cli import main
 from nabn_onnx.evaluation.evaluate import Evaluator

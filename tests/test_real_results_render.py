@@ -1,15 +1,12 @@
-"""The real-network result pages' experiment tables render the numbers they are given (no model is run)."""
+"""tools/results/: the real-network pages' experiment tables render the numbers they are given (no model is run)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-make_real_results = pytest.importorskip("make_real_results")
-mobilenet_limits = pytest.importorskip("mobilenet_limits")
+# the scripts' own table code, imported as modules of the tools package (Pillow: make_real_models)
+make_real_results = pytest.importorskip("tools.results.make_real_results")
+mobilenet_limits = pytest.importorskip("tools.results.mobilenet_limits")
 
 MEASURED = {
     "0.02|0|none (vanilla)|": 0.70,

@@ -7,13 +7,11 @@ import csv
 import io
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from nabn_onnx import NabnError, calibrate, sweep
 from nabn_onnx.cli import main
 from nabn_onnx.evaluation.evaluate import Evaluator

@@ -14,7 +14,6 @@ import numpy as np
 import onnx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from nabn_onnx import NabnError
 from nabn_onnx.cli import build_parser, main
 from nabn_onnx.evaluation.executors import CRASH_HOOK_ENV, ProcessExecutor, RayExecutor

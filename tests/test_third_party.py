@@ -1,6 +1,6 @@
 """A real third-party model with BatchNorm: PP-OCR's text-direction classifier on rendered text lines.
 
-The model and data are bundled in ``sample_models/third_party/`` (``tools/make_ocr_sample.py``
+The model and data are bundled in ``sample_models/third_party/`` (``tools/samples/make_ocr_sample.py``
 made them). The numbers behind the thresholds are in ``docs/generated/results_ocr.md``.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from nabn_onnx import calibrate, evaluate, inject, load_model, make_noise
-from nabn_onnx.calibration.engine import METHODS
+from nabn_onnx.calibration import METHODS
 from nabn_onnx.runtime import make_session
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_models" / "third_party"
@@ -38,7 +38,7 @@ MAX_BATCHES = 2
 
 pytestmark = pytest.mark.skipif(
     not (MODEL.exists() and CALIB.exists() and TEST.exists()),
-    reason="sample_models/third_party/ not built (python tools/make_ocr_sample.py)",
+    reason="sample_models/third_party/ not built (python -m tools.samples.make_ocr_sample)",
 )
 
 

@@ -1,0 +1,111 @@
+"""Small helpers the scripts share, on onnx and numpy only (not nabn_onnx's internals, which move).
+
+* :func:`atomic_write_text`: write a generated page in one step (a temporary file, then a rename).
+* :func:`batchnorm_nodes`, :func:`name_batchnorms`, :func:`read_bn_stats`,
+  :func:`write_bn_stats`: the BatchNorm statistics of a model, read and written by node name,
+  for the experiments that compute statistics themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, List, Union
+
+import numpy as np
+from onnx import ModelProto, NodeProto, helper, numpy_helper
+
+__all__ = ["atomic_write_text", "batchnorm_nodes", "name_batchnorms", "read_bn_stats", "write_bn_stats"]
+
+#: BatchNormalization inputs: X, scale, B, input_mean, input_var.
+_SLOTS = {"scale": 1, "bias": 2, "mean": 3, "var": 4}
+
+
+def atomic_write_text(path: Union[str, os.PathLike], text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def batchnorm_nodes(model: ModelProto) -> List[NodeProto]:
+    """The BatchNormalization nodes of the main graph, in graph order."""
+    return [n for n in model.graph.node if n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx")]
+
+
+def name_batchnorms(model: ModelProto) -> int:
+    """Give every unnamed BatchNormalization a unique name (its output's); returns how many (in place)."""
+    taken = {n.name for n in model.graph.node if n.name}
+    count = 0
+    for node in batchnorm_nodes(model):
+        if not node.name:
+            name = node.output[0]
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+            count += 1
+    return count
+
+
+def read_bn_stats(model: ModelProto, names: Iterable[str]) -> Dict[str, Dict[str, np.ndarray]]:
+    """``{name: {"mean", "var"}}`` (float64) of the named BatchNorms, from their initializers."""
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = {n.name: n for n in batchnorm_nodes(model)}
+    out = {}
+    for name in names:
+        node = nodes[name]
+        missing = [key for key in ("mean", "var") if node.input[_SLOTS[key]] not in inits]
+        if missing:
+            raise ValueError(f"BatchNormalization '{name}': {' and '.join(missing)} not stored as initializers")
+        out[name] = {
+            key: numpy_helper.to_array(inits[node.input[_SLOTS[key]]]).astype(np.float64) for key in ("mean", "var")
+        }
+    return out
+
+
+def write_bn_stats(model: ModelProto, values: Dict[str, Dict[str, np.ndarray]]) -> ModelProto:
+    """Set BatchNorm parameters (``mean``, ``var``, ``scale``, ``bias``) by node name, in place.
+
+    Each value keeps its initializer's data type and shape; an initializer another node also
+    reads is left alone and the BatchNorm gets its own copy. Returns ``model``.
+    """
+    nodes = {n.name: n for n in batchnorm_nodes(model)}
+    missing = sorted(set(values) - set(nodes))
+    if missing:
+        raise ValueError(f"no BatchNormalization named {missing}")
+    inits = {t.name: t for t in model.graph.initializer}
+    readers: Dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    for bn_name, params in values.items():
+        node = nodes[bn_name]
+        for key, value in params.items():
+            slot = _SLOTS[key]
+            name = node.input[slot]
+            tensor = inits.get(name)
+            if tensor is None:
+                raise ValueError(f"{bn_name}: {key} '{name}' is not an initializer")
+            dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            new = np.asarray(value, dtype=np.float64).reshape(tuple(tensor.dims)).astype(dtype)
+            if readers.get(name, 0) > 1:
+                own = f"{bn_name}.{key}"
+                while own in inits:
+                    own += "_"
+                model.graph.initializer.append(numpy_helper.from_array(new, own))
+                inits[own] = model.graph.initializer[-1]
+                readers[name] -= 1
+                readers[own] = 1
+                node.input[slot] = own
+            else:
+                tensor.CopyFrom(numpy_helper.from_array(new, name))
+    return model
