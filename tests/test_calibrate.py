@@ -19,7 +19,7 @@ from nabn_onnx import (
     make_noise,
     split,
 )
-from nabn_onnx.calibration.select import SEVERE, pick_candidate
+from nabn_onnx.calibration import SEVERE, pick_candidate
 from nabn_onnx.model import read_record
 
 from builders import images, run, small_cnn
@@ -271,7 +271,7 @@ def test_noise_free_auto_and_delta_change_no_output_bit_for_bit(method, with_bn)
 
 
 def test_auto_scores_candidates_on_held_out_samples():
-    from nabn_onnx.calibration.engine import holdout_split
+    from nabn_onnx.calibration import holdout_split
     from nabn_onnx.data import Batch
 
     fit, held = holdout_split(Batch({"input": np.arange(64.0)[:, None]}, np.arange(64)))
@@ -294,7 +294,7 @@ def test_pick_candidate_falls_back_to_the_paper_under_severe_noise():
 
 
 def test_output_divergence():
-    from nabn_onnx.calibration.select import OutputDivergence
+    from nabn_onnx.calibration import OutputDivergence
 
     logits = np.random.default_rng(0).normal(size=(16, 5)).astype(np.float32)
     same = OutputDivergence()
