@@ -198,7 +198,7 @@ def test_an_unknown_method_is_refused_in_one_line():
     with pytest.raises(nb.NabnError, match=r"^unknown method 'bogus'; choose one of auto, paper, delta") as caught:
         get_method("bogus")
     assert "\n" not in str(caught.value)
-    with pytest.raises(nb.NabnError, match="^unknown method 'bogus'; choose one of auto, paper, delta$"):
+    with pytest.raises(nb.NabnError, match=r"^unknown method 'bogus'; choose one of auto, paper, delta$"):
         CalibrationConfig(method="bogus")
 
 
