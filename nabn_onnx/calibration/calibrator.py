@@ -21,44 +21,37 @@ statistics as they were when the data has labels (:func:`~.choice.guard_chip`).
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
-from onnx import ModelProto
 
 from ..data import DataLike, check_batching, replayable
-from ..errors import NabnError, NothingToDoError
+from ..errors import NabnError
 from ..logs import once_per_job, warn_once
 from ..model import (
     ModelLike,
     batchnorm_nodes,
     check_output,
-    find_analog_layers,
-    load_model,
-    read_record,
     record,
     returns_like,
     save_model,
-    select_layers,
-    skip_summary,
 )
 from ..noise import NoiseModel
 from ..passes.inject import InjectWeightNoisePass
-from ..passes.split import SplitBatchNormPass
-from ..passes.write_stats import WriteBatchNormStatsPass, bn_epsilon, is_placeholder, read_bn_params
+from ..passes.write_stats import WriteBatchNormStatsPass, bn_epsilon, read_bn_params
 from ..progress import Progress
-from ..runtime import SERVE, make_session, plan_batch
-from .batchnorms import name_batchnorms, placeholder_values, running_stats
+from ..runtime import SERVE, make_session
+from .batchnorms import placeholder_values, running_stats
 from .choice import choose_by_score, guard_chip
 from .config import CalibrationConfig, CalibrationOptions, Reading
 from .holdout import count_batches, holdout_mode
 from .job import CalibrationJob
 from .measure import Measured, fill_inserted_stats, measure
 from .methods import get_method
+from .prepare import prepare_job
 from .report import CalibrationReport, CalibrationResult, LayerShift, layer_shift
 
 if TYPE_CHECKING:
@@ -67,11 +60,6 @@ if TYPE_CHECKING:
 __all__ = ["calibrate", "Calibrator", "CleanRun"]
 
 logger = logging.getLogger(__name__)
-
-_NEEDS_CLEAN = (
-    "the clean model is needed to tell what the noise changed: pass it as --reference (API: reference=), "
-    "or calibrate the clean model with --noise to simulate the chip"
-)
 
 
 def calibrate(
@@ -237,86 +225,7 @@ class Calibrator:
 
     def prepare(self, model: ModelLike, reference: Optional[ModelLike] = None) -> CalibrationJob:
         """Load, decide what the model is, split where a clean model is known, and plan batches."""
-        noise, layers, providers = self.config.noise, self.config.layers, self.config.runtime.providers
-        proto = _load(model)
-        if noise is not None and read_record(proto, "inject") is not None:
-            raise NabnError(
-                "the model already carries injected noise (nabn.inject); calibrate the clean model with "
-                "--noise, or drop --noise to calibrate this chip as it is"
-            )
-        if noise is None and reference is None:
-            job = self._prepare_chip(proto)
-        else:
-            split = SplitBatchNormPass(include=layers.include, exclude=layers.exclude)
-            inserted = list(split(proto).details.get("inserted", []))
-            name_batchnorms(proto)
-            names = [n.name for n in batchnorm_nodes(proto)]
-            if not names:
-                raise NothingToDoError(_nothing_to_calibrate(proto))
-            clean = proto
-            mode = "simulated"
-            if reference is not None:
-                mode = "reference"
-                clean = _load(reference)
-                split(clean)
-                name_batchnorms(clean)
-                if [n.name for n in batchnorm_nodes(clean)] != names:
-                    raise NabnError(
-                        "the reference model's BatchNorms do not match the model's: give the same model before noise"
-                    )
-            recorded = set(read_record(proto, "inserted_bn", []) or [])
-            params = read_bn_params(proto)
-            eps_of = {n.name: bn_epsilon(n) for n in batchnorm_nodes(proto)}
-            job = CalibrationJob.start(
-                model=proto,
-                clean=clean,
-                mode=mode,
-                method=self.config.method,
-                names=names,
-                placeholders=[n for n in names if n in recorded and is_placeholder(params[n], eps_of[n])],
-                inserted=inserted,
-                origin={n: "inserted" if n in recorded else "original" for n in names},
-            )
-        job.plan = plan_batch(job.model, providers)
-        return job
-
-    def _prepare_chip(self, proto: ModelProto) -> CalibrationJob:
-        """The model is the chip and no clean model is known: recalibrate what holds clean statistics."""
-        if self.config.method == "delta":
-            raise NabnError(f"method 'delta' needs the clean model: {_NEEDS_CLEAN}")
-        name_batchnorms(proto)
-        recorded = set(read_record(proto, "inserted_bn", []) or [])
-        params = read_bn_params(proto)
-        names, left, origin = [], {}, {}
-        for node in batchnorm_nodes(proto):
-            if node.name in recorded and is_placeholder(params[node.name], bn_epsilon(node)):
-                left[node.name] = (
-                    "inserted without clean statistics: run 'split --data' on the clean model, or pass --reference"
-                )
-            elif any(params[node.name][k] is None for k in ("mean", "var")):
-                left[node.name] = "statistics are computed at run time, not stored"
-            else:
-                names.append(node.name)
-                origin[node.name] = "inserted" if node.name in recorded else "original"
-        layers = find_analog_layers(proto)
-        include, exclude = self.config.layers.include, self.config.layers.exclude
-        selected = {id(layer.node) for layer in select_layers(layers, include, exclude)}
-        for layer in layers:
-            if layer.bn is None and id(layer.node) in selected:
-                left[layer.name] = (
-                    "no BatchNorm and no clean model to measure one on: run 'split --data' on the clean "
-                    "model before programming the chip, or pass --reference"
-                )
-        if not names and (not layers or all(layer.skip_reason and layer.bn is None for layer in layers)):
-            raise NothingToDoError(_nothing_to_calibrate(proto))
-        if not names:
-            raise NothingToDoError(
-                "nothing to recalibrate on this chip without its clean model: it has no BatchNorm holding trained "
-                f"statistics ({len(left)} analog layer(s) or BatchNorm(s) left alone); {_NEEDS_CLEAN}"
-            )
-        return CalibrationJob.start(
-            model=proto, clean=None, mode="chip", method="paper", names=names, origin=origin, left=left
-        )
+        return prepare_job(model, reference, self.config)
 
     def plan_holdout(self, job: CalibrationJob, data: DataLike) -> None:
         """How ``auto`` (and the guard of a chip without its clean model) holds samples out to score on."""
@@ -451,18 +360,6 @@ class Calibrator:
     def _chip_guard_applies(self, job: CalibrationJob) -> bool:
         """``auto`` was asked for on a chip without its clean model: :func:`~.choice.guard_chip` checks ``paper``."""
         return job.mode == "chip" and get_method(self.config.method).chooses
-
-
-def _load(model: ModelLike) -> ModelProto:
-    return load_model(copy.deepcopy(model) if isinstance(model, ModelProto) else model)
-
-
-def _nothing_to_calibrate(proto: ModelProto) -> str:
-    why = skip_summary(find_analog_layers(proto))
-    return (
-        "the model has no BatchNormalization and no analog layer (Conv, ConvTranspose, Gemm, MatMul with a "
-        "constant weight) to put one after" + (f" ({why})" if why else "")
-    )
 
 
 def _unchanged(noisy: Tuple[np.ndarray, np.ndarray], clean: Tuple[np.ndarray, np.ndarray]) -> bool:
