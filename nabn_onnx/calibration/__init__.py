@@ -4,8 +4,9 @@ Modules, one job each: :mod:`.config` (settings), :mod:`.stats` (estimators),
 :mod:`.statsgraph` (the statistics graph pass), :mod:`.batchnorms` (BatchNorm parameters
 read and written), :mod:`.holdout` (what ``auto`` scores on), :mod:`.measure` (one pass
 over the data), :mod:`.methods` (the method registry), :mod:`.scoring` (the scoring loop
-and its scorers), :mod:`.choice` (``auto``'s choice, the chip guard), :mod:`.job` (the job
-state), :mod:`.report` (the report), :mod:`.calibrator` (the steps and ``calibrate``),
+and its scorers), :mod:`.choice` (``auto``'s choice, the chip guard), :mod:`.prepare`
+(what the model is, what can be recalibrated), :mod:`.job` (the job state),
+:mod:`.report` (the report), :mod:`.calibrator` (the steps and ``calibrate``),
 :mod:`.dynamic` (statistics that keep tracking the chip).
 """
 

@@ -152,7 +152,9 @@ class Auto(Method):
     chooses = True
     candidates = ("delta", "blend", "paper", "none")
 
-    def layer(self, name, reference, noisy, clean):
+    def layer(
+        self, name: str, reference: Dict[str, np.ndarray], noisy: Stats, clean: Optional[Stats]
+    ) -> Dict[str, np.ndarray]:
         """``auto`` writes the statistics of the candidate it chose, never its own."""
         raise TypeError("'auto' writes the statistics of the candidate it chooses")
 
@@ -164,7 +166,9 @@ class Paper(Method):
     name = "paper"
     selectable = True
 
-    def layer(self, name, reference, noisy, clean):
+    def layer(
+        self, name: str, reference: Dict[str, np.ndarray], noisy: Stats, clean: Optional[Stats]
+    ) -> Dict[str, np.ndarray]:
         """The noisy statistics."""
         mean_n, var_n = noisy[name]
         return {"mean": mean_n, "var": var_n}
@@ -178,7 +182,9 @@ class Delta(Method):
     selectable = True
     needs_clean = True
 
-    def layer(self, name, reference, noisy, clean):
+    def layer(
+        self, name: str, reference: Dict[str, np.ndarray], noisy: Stats, clean: Optional[Stats]
+    ) -> Dict[str, np.ndarray]:
         """The reference statistics through the noise's affine map."""
         assert clean is not None, f"{self.name!r} needs the clean statistics"
         mean_d, var_d = delta_map(reference, noisy[name], clean[name])
@@ -192,7 +198,9 @@ class Blend(Method):
     name = "blend"
     needs_clean = True
 
-    def layer(self, name, reference, noisy, clean):
+    def layer(
+        self, name: str, reference: Dict[str, np.ndarray], noisy: Stats, clean: Optional[Stats]
+    ) -> Dict[str, np.ndarray]:
         """``0.5 (mean_delta + mean_paper)``, ``sqrt(var_delta var_paper)``."""
         mean_n, var_n = noisy[name]
         assert clean is not None, f"{self.name!r} needs the clean statistics"
@@ -206,7 +214,9 @@ class Unchanged(Method):
 
     name = "none"
 
-    def layer(self, name, reference, noisy, clean):
+    def layer(
+        self, name: str, reference: Dict[str, np.ndarray], noisy: Stats, clean: Optional[Stats]
+    ) -> Dict[str, np.ndarray]:
         """The reference statistics."""
         return {"mean": reference["mean"], "var": reference["var"]}
 

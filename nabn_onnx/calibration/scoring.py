@@ -28,7 +28,7 @@ no sample at all is refused (it would be 0 for every candidate and choose blindl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from onnx import ModelProto
@@ -44,6 +44,7 @@ from .holdout import Selector
 __all__ = [
     "OutputDivergence",
     "Scorer",
+    "Meter",
     "OutputDivergenceScorer",
     "Top1Scorer",
     "UnscorableError",
@@ -77,6 +78,18 @@ class NothingScoredError(ValueError):
     """No sample was scored (the caller must score in-sample instead)."""
 
 
+class Meter:
+    """Accumulates one candidate's score over the scored parts (the interface :class:`Scorer` meters follow)."""
+
+    def update(self, expected: Any, outputs: Sequence[np.ndarray]) -> None:
+        """Add one part: what :meth:`Scorer.expected` gave and the candidate's outputs on it."""
+        raise NotImplementedError
+
+    def result(self) -> float:
+        """The candidate's score so far."""
+        raise NotImplementedError
+
+
 def _as_distribution(y: np.ndarray) -> np.ndarray:
     y = y.astype(np.float64)
     if np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3):
@@ -85,7 +98,7 @@ def _as_distribution(y: np.ndarray) -> np.ndarray:
     return np.clip(z / z.sum(axis=1, keepdims=True), 1e-12, None)
 
 
-class OutputDivergence:
+class OutputDivergence(Meter):
     """Streams the divergence of one candidate's outputs from the clean outputs."""
 
     def __init__(self):
@@ -116,14 +129,15 @@ class OutputDivergence:
         return score
 
 
-class _Top1:
+class _Top1(Meter):
     """Streams the top-1 accuracy of one candidate's logits on the labels."""
 
     def __init__(self):
         self.hits = 0
         self.total = 0
 
-    def update(self, labels: np.ndarray, outputs: Sequence[np.ndarray]) -> None:
+    def update(self, expected: Any, outputs: Sequence[np.ndarray]) -> None:
+        labels = expected
         (logits,) = outputs
         if logits.ndim != 2 or len(logits) != len(labels) or labels.dtype.kind not in "iu":
             raise UnscorableError("the model is not a classifier of these labels")
@@ -145,8 +159,8 @@ class Scorer:
 
     fetch: Optional[List[str]] = None
 
-    def new_meter(self):
-        """A fresh accumulator for one candidate: ``update(expected, outputs)`` and ``result()``."""
+    def new_meter(self) -> Meter:
+        """A fresh accumulator (a :class:`Meter`) for one candidate."""
         raise NotImplementedError
 
     def expected(self, index: int, part: Batch, chunk: Optional[int]) -> object:
