@@ -314,3 +314,23 @@ def test_dynamic_session_refuses_to_compound_simulated_noise():
     noisy = calibrate(small_cnn(), {"input": images(64)}, noise=make_noise("mul", 0.1, seed=0)).model
     with pytest.raises(NabnError, match="already carries injected noise"):
         NabnSession(noisy, noise=TemporalNoise(make_noise("mul", 0.1, seed=0)))
+
+
+def test_renamed_measure_inserted_still_imports_with_a_warning():
+    import nabn_onnx.calibration as calibration
+
+    with pytest.warns(DeprecationWarning, match="renamed fill_inserted_stats"):
+        old = calibration.measure_inserted
+    assert old is calibration.fill_inserted_stats
+    with pytest.raises(AttributeError):
+        calibration.no_such_name  # noqa: B018
+
+
+def test_the_sweep_cache_entry_matches_only_the_very_objects_it_was_measured_on():
+    from nabn_onnx.calibration import CleanRun
+
+    model, data = small_cnn(), {"input": images(8)}
+    entry = CleanRun(model, data, None, None)
+    assert CleanRun.key(model, data) == (id(model), id(data))
+    assert entry.matches(model, data)
+    assert not entry.matches(small_cnn(), data) and not entry.matches(model, dict(data))

@@ -80,3 +80,21 @@ __all__ = [
     "CalibrationJob",
     "CleanRun",
 ]
+
+#: Old names still importable from here, with a DeprecationWarning: old -> new.
+_RENAMED = {"measure_inserted": "fill_inserted_stats"}
+
+
+def __getattr__(name: str):
+    """``measure_inserted`` (the function formerly in ``engine``) is ``fill_inserted_stats``."""
+    if name in _RENAMED:
+        import warnings
+
+        new = _RENAMED[name]
+        warnings.warn(
+            f"nabn_onnx.calibration.{name} is renamed {new} (it shared its name with the step Calibrator.{name})",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
