@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Optional
 
 from onnx import ModelProto
 
-from .calibration.config import SplitConfig, SplitOptions
+from .calibration import InjectConfig, InjectOptions, SplitConfig, SplitOptions, count_batches, fill_inserted_stats
 from .data import DataLike, check_batching
 from .errors import NabnError, NothingToDoError
 from .model import (
@@ -63,8 +63,6 @@ def split(
         The pass result: ``model`` (an ``onnx_graphsurgeon.Graph`` when one was given, else a
         ``ModelProto``), ``modified`` and ``details`` (inserted, skipped).
     """
-    from .calibration.engine import count_batches, measure_inserted
-
     config = SplitConfig.build(config, options)
     include, exclude = config.layers.include, config.layers.exclude
     if output is not None:
@@ -86,7 +84,7 @@ def split(
     if data is not None and result.details["inserted"]:
         total = count_batches(data, config.data.batch_size, config.data.max_batches)
         with Progress("measuring", total, enabled=config.runtime.show_progress) as bar:
-            measure_inserted(proto, proto, result.details["inserted"], data, config.reading(), progress=bar)
+            fill_inserted_stats(proto, proto, result.details["inserted"], data, config.reading(), progress=bar)
     record(
         proto,
         "split",
@@ -105,33 +103,46 @@ def split(
 
 def inject(
     model: ModelLike,
-    noise: NoiseModel,
+    noise: Optional[NoiseModel] = None,
+    config: Optional[InjectConfig] = None,
     *,
-    include: Optional[str] = None,
-    exclude: Optional[str] = None,
     output=None,
     external_data: Optional[bool] = None,
+    **options: Unpack[InjectOptions],
 ) -> PassResult:
     """Write one simulated chip's noisy weights into the analog layers.
 
+    The settings come as an :class:`~nabn_onnx.calibration.config.InjectConfig` or as its
+    flat keywords (``noise=``, ``include=``, ``exclude=``), which fill in ``config``'s fields,
+    as for :func:`split` and :func:`~nabn_onnx.calibrate`. ``inject(model, noise)`` and
+    ``inject(model, noise, include=...)`` work as before.
+
     Args:
         model: path, ``ModelProto`` or ``onnx_graphsurgeon.Graph`` (not modified).
-        noise: the noise model and seed.
-        include: regular expression of layer names that get noise (all by default).
-        exclude: regular expression of layer names that stay clean.
+        noise: the noise model and seed (the ``noise`` field of ``config``).
+        config: the noise and which layers get it (``layers``).
         output: save the result here (atomically).
         external_data: store the output's tensors in ``<output>.data`` (None: only above 2 GB).
+        **options: flat settings keywords (:class:`~nabn_onnx.calibration.config.InjectOptions`):
+            ``include=`` (regular expression of layer names that get noise; all by default),
+            ``exclude=`` (regular expression of layer names that stay clean).
 
     Returns:
         The pass result; ``model`` is an ``onnx_graphsurgeon.Graph`` when one was given.
 
     Raises:
         NabnError: the model already carries injected noise, or has no analog weight.
+        TypeError: no noise model given.
     """
+    if noise is not None:
+        options = {**options, "noise": noise}  # type: ignore[typeddict-unknown-key]
+    config = InjectConfig.build(config, options)
+    noise_model, include, exclude = config.noise, config.layers.include, config.layers.exclude
+    assert noise_model is not None  # InjectConfig.build refuses a missing noise
     if output is not None:
         check_output(model, output)
     proto = _load_copy(model)
-    result = InjectWeightNoisePass(noise, include=include, exclude=exclude)(proto)
+    result = InjectWeightNoisePass(noise_model, include=include, exclude=exclude)(proto)
     if "already" in result.details:
         raise NabnError(
             f"the model already carries injected noise ({result.details['already']}); inject into the clean model"

@@ -19,7 +19,7 @@ from nabn_onnx import (
     make_noise,
     split,
 )
-from nabn_onnx.calibration.select import SEVERE, pick_candidate
+from nabn_onnx.calibration import SEVERE, pick_candidate
 from nabn_onnx.model import read_record
 
 from builders import images, run, small_cnn
@@ -271,7 +271,7 @@ def test_noise_free_auto_and_delta_change_no_output_bit_for_bit(method, with_bn)
 
 
 def test_auto_scores_candidates_on_held_out_samples():
-    from nabn_onnx.calibration.engine import holdout_split
+    from nabn_onnx.calibration import holdout_split
     from nabn_onnx.data import Batch
 
     fit, held = holdout_split(Batch({"input": np.arange(64.0)[:, None]}, np.arange(64)))
@@ -294,7 +294,7 @@ def test_pick_candidate_falls_back_to_the_paper_under_severe_noise():
 
 
 def test_output_divergence():
-    from nabn_onnx.calibration.select import OutputDivergence
+    from nabn_onnx.calibration import OutputDivergence
 
     logits = np.random.default_rng(0).normal(size=(16, 5)).astype(np.float32)
     same = OutputDivergence()
@@ -314,3 +314,23 @@ def test_dynamic_session_refuses_to_compound_simulated_noise():
     noisy = calibrate(small_cnn(), {"input": images(64)}, noise=make_noise("mul", 0.1, seed=0)).model
     with pytest.raises(NabnError, match="already carries injected noise"):
         NabnSession(noisy, noise=TemporalNoise(make_noise("mul", 0.1, seed=0)))
+
+
+def test_renamed_measure_inserted_still_imports_with_a_warning():
+    import nabn_onnx.calibration as calibration
+
+    with pytest.warns(DeprecationWarning, match="renamed fill_inserted_stats"):
+        old = calibration.measure_inserted
+    assert old is calibration.fill_inserted_stats
+    with pytest.raises(AttributeError):
+        calibration.no_such_name  # noqa: B018
+
+
+def test_the_sweep_cache_entry_matches_only_the_very_objects_it_was_measured_on():
+    from nabn_onnx.calibration import CleanRun
+
+    model, data = small_cnn(), {"input": images(8)}
+    entry = CleanRun(model, data, None, None)
+    assert CleanRun.key(model, data) == (id(model), id(data))
+    assert entry.matches(model, data)
+    assert not entry.matches(small_cnn(), data) and not entry.matches(model, dict(data))

@@ -175,3 +175,114 @@ def test_sweep_takes_its_plan_and_settings_as_objects_or_keywords():
         nb.sweep(FUSED, CALIB, TEST, plan, etas=[0.1])
     with pytest.raises(TypeError, match="unexpected keyword argument 'calibration_batches'"):
         nb.sweep(FUSED, CALIB, TEST, plan, calibration_batches=2)
+
+
+# ------------------------------------------------------------------ the method registry
+
+
+def test_every_public_method_resolves_in_the_registry():
+    from nabn_onnx.calibration import CANDIDATES, METHOD_REGISTRY, METHODS, Method, get_method
+
+    assert METHODS == ("auto", "paper", "delta")  # the public tuple, in the CLI's order
+    for name in METHODS + CANDIDATES:
+        method = get_method(name)
+        assert isinstance(method, Method) and method.name == name and type(method) is METHOD_REGISTRY[name]
+    assert {name for name, cls in METHOD_REGISTRY.items() if cls.selectable} == set(METHODS)
+    assert get_method("auto").chooses and get_method("auto").candidates == CANDIDATES
+    assert get_method("delta").needs_clean and not get_method("paper").needs_clean
+
+
+def test_an_unknown_method_is_refused_in_one_line():
+    from nabn_onnx.calibration import get_method
+
+    with pytest.raises(nb.NabnError, match=r"^unknown method 'bogus'; choose one of auto, paper, delta") as caught:
+        get_method("bogus")
+    assert "\n" not in str(caught.value)
+    with pytest.raises(nb.NabnError, match=r"^unknown method 'bogus'; choose one of auto, paper, delta$"):
+        CalibrationConfig(method="bogus")
+
+
+def test_registry_methods_write_the_statistics_their_formulas_say():
+    """paper: noisy; none: reference; delta: the affine map; blend: their means (numpy reference)."""
+    from nabn_onnx.calibration import new_stats
+
+    rng = np.random.default_rng(3)
+    mean, var = rng.normal(0, 1, 4), rng.uniform(0.5, 2, 4)
+    mu_c, v_c, mu_n, v_n = rng.normal(0, 1, 4), rng.uniform(0.5, 2, 4), rng.normal(0, 1, 4), rng.uniform(0.5, 2, 4)
+    args = (["bn"], {"bn": {"mean": mean, "var": var}}, {"bn": (mu_n, v_n)}, {"bn": (mu_c, v_c)})
+    paper, none, delta, blend = (new_stats(m, *args)["bn"] for m in ("paper", "none", "delta", "blend"))
+    assert paper["mean"] is mu_n and paper["var"] is v_n and none["mean"] is mean and none["var"] is var
+    np.testing.assert_allclose(delta["var"], var * v_n / v_c, rtol=1e-12)
+    np.testing.assert_allclose(blend["mean"], 0.5 * (delta["mean"] + mu_n), rtol=1e-12)
+    np.testing.assert_allclose(blend["var"], np.sqrt(delta["var"] * v_n), rtol=1e-12)
+    with pytest.raises(TypeError, match="chooses"):
+        new_stats("auto", *args)
+
+
+def test_a_job_is_built_by_keyword():
+    from nabn_onnx.calibration import CalibrationJob
+
+    model = nb.load_model(KEPT)
+    job = CalibrationJob.start(model=model, clean=None, mode="chip", method="paper", names=["a"], origin={})
+    assert job.placeholders == [] and job.left == {} and job.note == "" and job.strategy.name == "paper"
+    with pytest.raises(ValueError, match="mode"):
+        CalibrationJob.start(model=model, clean=None, mode="chips", method="paper", names=[], origin={})
+
+
+# ------------------------------------------------------------------ one scoring loop
+
+
+def test_auto_and_the_chip_guard_score_with_the_same_loop(monkeypatch):
+    """auto (clean model known) and the chip guard (none) both go through scoring.score_candidates."""
+    from nabn_onnx.calibration import choice, scoring
+
+    real = scoring.score_candidates
+    scorers = []
+
+    def counted(model, candidates, data, reading, scorer, **kwargs):
+        scorers.append((type(scorer).__name__, tuple(candidates)))
+        return real(model, candidates, data, reading, scorer, **kwargs)
+
+    monkeypatch.setattr(choice, "score_candidates", counted)
+    auto = nb.calibrate(KEPT, CALIB, noise=NOISE, max_batches=4)
+    assert scorers == [("OutputDivergenceScorer", ("delta", "blend", "paper", "none"))]
+    assert set(auto.report.scores) == {"delta", "blend", "paper", "none"}
+    chip = nb.inject(KEPT, NOISE).model
+    guarded = nb.calibrate(chip, CALIB, max_batches=4)
+    assert scorers[1:] == [("Top1Scorer", ("paper", "none"))]
+    assert set(guarded.report.scores) == {"paper", "none"} and "top-1" in guarded.report.note
+
+
+def test_a_swapped_scorer_decides_the_chip_guard(monkeypatch):
+    """The guard's choice is the scorer's pick: a scorer that prefers 'none' makes the guard keep the statistics."""
+    from nabn_onnx.calibration import choice, scoring
+
+    class PrefersNone(scoring.Top1Scorer):
+        def pick(self, scores):
+            return "none"
+
+    monkeypatch.setattr(choice, "Top1Scorer", PrefersNone)
+    chip = nb.inject(KEPT, NOISE).model
+    result = nb.calibrate(chip, CALIB, max_batches=4)
+    assert result.report.chosen == "none" and "kept the statistics as they were" in result.report.note
+    before = {n: a for n, a in _weights(nb.load_model(chip)).items() if "running" in n or "mean" in n or "var" in n}
+    after = _weights(result.model)
+    assert before and all(np.array_equal(before[n], after[n]) for n in before)
+
+
+# ------------------------------------------------------------------ inject's settings
+
+
+def test_inject_takes_its_config_or_the_old_keywords():
+    from nabn_onnx.calibration import InjectConfig
+
+    old = nb.inject(KEPT, NOISE, include="conv").model
+    by_config = nb.inject(KEPT, config=InjectConfig(NOISE, LayerSelection(include="conv"))).model
+    by_keyword = nb.inject(KEPT, noise=NOISE, include="conv").model
+    assert old.SerializeToString() == by_config.SerializeToString() == by_keyword.SerializeToString()
+    overridden = nb.inject(KEPT, NOISE, InjectConfig(nb.make_noise("mul", 0.9, seed=5), LayerSelection("conv")))
+    assert overridden.model.SerializeToString() == old.SerializeToString()  # the flat noise fills config's field
+    with pytest.raises(TypeError, match="needs the noise"):
+        nb.inject(KEPT)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'layer'"):
+        nb.inject(KEPT, NOISE, layer="conv")

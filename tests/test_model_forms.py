@@ -27,7 +27,7 @@ from nabn_onnx import (
     make_noise,
     split,
 )
-from nabn_onnx.calibration.engine import _new_stats
+from nabn_onnx.calibration import new_stats
 from nabn_onnx.cli import main
 from nabn_onnx.model import load_model, read_record
 
@@ -166,11 +166,11 @@ def test_delta_maps_stored_statistics_through_the_noises_affine_change():
     mean, var = rng.normal(0, 2, 5), rng.uniform(0.5, 2, 5)
     mu_c, v_c = rng.normal(0, 1, 5), rng.uniform(0.5, 2, 5)
     mu_n, v_n = rng.normal(0, 1, 5), rng.uniform(0.5, 2, 5)
-    out = _new_stats("delta", ["bn"], {"bn": {"mean": mean, "var": var}}, {"bn": (mu_n, v_n)}, {"bn": (mu_c, v_c)})
+    out = new_stats("delta", ["bn"], {"bn": {"mean": mean, "var": var}}, {"bn": (mu_n, v_n)}, {"bn": (mu_c, v_c)})
     a = np.sqrt(v_n / v_c)
     np.testing.assert_allclose(out["bn"]["mean"], mu_n + a * (mean - mu_c), rtol=1e-12)
     np.testing.assert_allclose(out["bn"]["var"], var * v_n / v_c, rtol=1e-12)
-    same = _new_stats("delta", ["bn"], {"bn": {"mean": mean, "var": var}}, {"bn": (mu_c, v_c)}, {"bn": (mu_c, v_c)})
+    same = new_stats("delta", ["bn"], {"bn": {"mean": mean, "var": var}}, {"bn": (mu_c, v_c)}, {"bn": (mu_c, v_c)})
     assert np.array_equal(same["bn"]["mean"], mean) and np.array_equal(same["bn"]["var"], var)  # bit for bit
 
 

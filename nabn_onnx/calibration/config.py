@@ -16,11 +16,30 @@ from ..errors import NabnError
 from ..noise import NoiseModel
 from ..runtime import BatchPlan
 from ..settings import DataSettings, LayerSelection, RuntimeSettings, with_options
+from .methods import selectable_methods
 from .stats import DEFAULT_ESTIMATOR, Estimator
 
-__all__ = ["CalibrationConfig", "CalibrationOptions", "SplitConfig", "SplitOptions", "Reading", "METHODS"]
+__all__ = [
+    "CalibrationConfig",
+    "CalibrationOptions",
+    "SplitConfig",
+    "SplitOptions",
+    "InjectConfig",
+    "InjectOptions",
+    "Reading",
+    "METHODS",
+]
 
-METHODS = ("auto", "paper", "delta")
+#: The ``method="..."`` names users may ask for: ``("auto", "paper", "delta")``, from the
+#: method registry (:mod:`nabn_onnx.calibration.methods`).
+METHODS = selectable_methods()
+
+
+class InjectOptions(TypedDict, total=False):
+    """The flat keywords :func:`~nabn_onnx.inject` accepts besides ``noise`` (each fills a field of InjectConfig)."""
+
+    include: Optional[str]
+    exclude: Optional[str]
 
 
 class SplitOptions(TypedDict, total=False):
@@ -47,7 +66,7 @@ class CalibrationConfig:
     """What a calibration does and how.
 
     Attributes:
-        method: ``"auto"``, ``"paper"`` or ``"delta"`` (see :mod:`nabn_onnx.calibration.engine`).
+        method: ``"auto"``, ``"paper"`` or ``"delta"`` (see :mod:`nabn_onnx.calibration.methods`).
         noise: simulate this chip on the clean model (the same noise ``inject`` writes with the
             same settings); None: the model is the chip itself.
         estimator: how batch statistics are combined.
@@ -134,3 +153,28 @@ class SplitConfig:
     def reading(self, plan: Optional[BatchPlan] = None) -> Reading:
         """The settings the measuring pass uses."""
         return Reading(self.estimator, self.data, self.runtime.providers, plan)
+
+
+@dataclass(frozen=True)
+class InjectConfig:
+    """Which chip ``inject`` writes into which layers.
+
+    Attributes:
+        noise: the noise model and seed (required: :meth:`build` refuses None).
+        layers: which analog layers get noise (all by default).
+    """
+
+    noise: Optional[NoiseModel] = None
+    layers: LayerSelection = field(default_factory=LayerSelection)
+
+    @classmethod
+    def build(cls, config: Optional[InjectConfig], options: Mapping[str, Any]) -> InjectConfig:
+        """``config`` (default settings if None) with the flat keyword ``options`` filled in.
+
+        Raises:
+            TypeError: no noise model, neither in ``config`` nor as ``noise=``.
+        """
+        built = with_options(config if config is not None else cls(), options, "inject")
+        if built.noise is None:
+            raise TypeError("inject() needs the noise: give noise= or config=InjectConfig(noise)")
+        return built

@@ -29,7 +29,7 @@ from ..noise import NoiseModel
 from ..passes.inject import noisy_tensor_names
 from ..passes.write_stats import BN_MEAN, BN_VAR, WriteBatchNormStatsPass
 from ..runtime import SERVE, make_overridable, make_session
-from .engine import name_batchnorms
+from .batchnorms import name_batchnorms
 from .statsgraph import ExposeBatchNormStatsPass
 
 __all__ = ["NabnSession", "TemporalNoise"]
