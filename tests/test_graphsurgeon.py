@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 import nabn_onnx as nb
-from nabn_onnx.calibration import engine
+from nabn_onnx.calibration import calibrator as engine
 from nabn_onnx.model import (
     MARKER,
     from_model,

@@ -92,7 +92,7 @@ def test_calibration_recovers_a_collapsed_chip(model, test_set, severe_vanilla, 
 
 def test_auto_falls_back_to_the_paper_where_no_candidate_stays_close(model) -> None:
     """ADD eta = 0.04 is severe for this model: every candidate's outputs are far from the clean ones."""
-    from nabn_onnx.calibration.select import SEVERE as SEVERE_SCORE
+    from nabn_onnx.calibration import SEVERE as SEVERE_SCORE
 
     report = calibrate(model, CALIB, noise=make_noise("add", 0.04, seed=0), method="auto", batch_size=BATCH_SIZE).report
     assert min(report.scores.values()) > SEVERE_SCORE

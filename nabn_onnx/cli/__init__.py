@@ -225,7 +225,7 @@ def _chip_grid_noise(args, parser):
 
 
 def _method_arg(parser: argparse.ArgumentParser) -> None:
-    from ..calibration.engine import METHODS
+    from ..calibration import METHODS
 
     parser.add_argument(
         "--method",

@@ -134,14 +134,13 @@ class Setup:
 
     def rows(self, chip, batch: int, methods=("paper", "delta", "blend"), refine: int = 0):
         """``{method: calibrated noisy model}`` for this chip."""
-        # auto's candidate formulas: not public API (see tools/README.md, "Private names")
-        from nabn_onnx.calibration.engine import _new_stats
+        from nabn_onnx.calibration import new_stats  # auto's candidate formulas (the method registry)
 
         noisy = InjectWeightNoisePass(chip)(copy.deepcopy(self.model)).model
         measured = train_stats(noisy, self.x, batch)
         out = {}
         for method in methods:
-            stats = _new_stats(method, self.names, self.reference, measured, self.clean(batch))
+            stats = new_stats(method, self.names, self.reference, measured, self.clean(batch))
             out[method] = written(noisy, stats)
         for _ in range(refine):
             out["refine"] = written(
