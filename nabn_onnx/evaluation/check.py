@@ -381,7 +381,7 @@ def check(
         calibrated=calibrated,
         method=first.method,
         settings=settings,
-        clean={name: r.clean for name, r in sweeps.items()},
+        clean={name: r.clean_of() for name, r in sweeps.items()},
         results=results,
         sweeps={name: r.to_dict() for name, r in sweeps.items()},
         seconds=time.perf_counter() - started,

@@ -57,7 +57,7 @@ def _draw_sweep(ax, report: SweepReport, title: Optional[str]) -> None:
         high = 100 * np.array([s[f"{key}_max"] for s in stats])
         ax.plot(etas, mean, "o-", color=color, label=f"{label} (mean)")
         ax.fill_between(etas, low, high, color=color, alpha=0.2, label=f"{label} (min-max over chips)")
-    ax.axhline(100 * report.clean, color="black", linestyle="--", linewidth=1, label="clean")
+    ax.axhline(100 * report.clean_of(), color="black", linestyle="--", linewidth=1, label="clean")
     ax.set_xlabel(f"noise scale η ({str(report.settings['noise']).upper()})")
     ax.set_ylabel(f"{report.metric} (%)")
     ax.set_ylim(0, 102)
