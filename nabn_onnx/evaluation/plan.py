@@ -7,8 +7,8 @@ sessions). Both are frozen and picklable: executors send them to other processes
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -16,11 +16,19 @@ from ..calibration import DEFAULT_ESTIMATOR, Estimator
 from ..calibration.config import CalibrationConfig
 from ..errors import NabnError
 from ..noise import NoiseModel, make_noise
-from ..settings import DataSettings, RuntimeSettings
+from ..settings import DataSettings, RuntimeSettings, with_options
 from .evaluate import OutputLike
 from .metrics import IGNORE_INDEX, MetricLike
 
-__all__ = ["ChipTask", "SweepPlan", "SweepSettings", "parse_floats", "metric_name"]
+__all__ = [
+    "ChipTask",
+    "SweepPlan",
+    "SweepSettings",
+    "PLAN_KEYWORDS",
+    "plan_and_settings",
+    "parse_floats",
+    "metric_name",
+]
 
 
 def parse_floats(text: str, what: str = "value") -> List[float]:
@@ -261,3 +269,40 @@ class SweepSettings:
             "reuse_sessions": self.reuse_sessions,
             "providers": list(self.providers) if self.providers else None,
         }
+
+
+#: The flat keywords that fill a :class:`SweepPlan` (its fields); the other settings keywords fill
+#: :class:`SweepSettings`.
+PLAN_KEYWORDS = tuple(f.name for f in fields(SweepPlan))
+
+
+def plan_and_settings(
+    plan: Optional[SweepPlan], settings: Optional[SweepSettings], options: Dict[str, Any], call: str
+) -> Tuple[SweepPlan, SweepSettings]:
+    """The plan and settings of a sweep given as objects, flat keywords, or both.
+
+    ``options`` holds flat keywords: the fields of :class:`SweepPlan` (:data:`PLAN_KEYWORDS`;
+    ``seeds`` may be a count, ``device`` a mapping) fill the plan, every other keyword a field
+    of :class:`SweepSettings` (:func:`~nabn_onnx.settings.with_options`). ``options`` is emptied.
+
+    Raises:
+        TypeError: no plan and no ``etas``; a plan and plan keywords; an unknown keyword.
+    """
+    plan_options = {key: options.pop(key) for key in PLAN_KEYWORDS if key in options}
+    if plan is None:
+        if "etas" not in plan_options:
+            raise TypeError(f"{call}() needs etas= (the noise scales) or a SweepPlan")
+        plan = SweepPlan.of(
+            plan_options.pop("noise", "mul"),
+            plan_options.pop("etas"),
+            plan_options.pop("seeds", 5),
+            device=plan_options.pop("device", None),
+            **plan_options,
+        )
+    elif plan_options:
+        raise TypeError(f"{call}() got a SweepPlan and its keyword(s) {', '.join(sorted(plan_options))}: give one")
+    if options.get("providers") is not None:
+        options["providers"] = tuple(options["providers"]) or None
+    settings = with_options(settings if settings is not None else SweepSettings(), options, call)
+    options.clear()
+    return plan, settings

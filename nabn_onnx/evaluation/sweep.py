@@ -53,9 +53,8 @@ from ..noise import make_noise
 from ..passes.inject import noisy_tensor_names
 from ..progress import Progress
 from ..runtime import check_providers
-from ..settings import with_options
 from .executors import Executor, SerialExecutor
-from .plan import ChipTask, SweepPlan, SweepSettings, metric_name, parse_floats
+from .plan import PLAN_KEYWORDS, ChipTask, SweepPlan, SweepSettings, metric_name, parse_floats, plan_and_settings
 from .results import ResultsFile
 from .runner import ChipRunner, SweepInputs, clear_state, run_chip
 from .sweep_report import SweepReport
@@ -77,9 +76,6 @@ logger = logging.getLogger(__name__)
 
 #: The runner class the sweep evaluates the clean model with (tests patch it here).
 _ChipRunner = ChipRunner
-
-#: keywords of :func:`sweep` that fill the :class:`SweepPlan` (the rest fill :class:`SweepSettings`)
-PLAN_KEYWORDS = ("noise", "etas", "seeds", "sigma_t", "sigma_s", "temporal", "include_bias", "device")
 
 
 def _model_name(model: ModelLike, proto: ModelProto) -> str:
@@ -327,20 +323,5 @@ def sweep(
         NabnError: bad model, data or settings (one-line message).
         TypeError: an unknown keyword, or a plan given both as an object and as keywords.
     """
-    plan_options = {key: options.pop(key) for key in PLAN_KEYWORDS if key in options}
-    if plan is None:
-        if "etas" not in plan_options:
-            raise TypeError("sweep() needs etas= (the noise scales) or a SweepPlan")
-        plan = SweepPlan.of(
-            plan_options.pop("noise", "mul"),
-            plan_options.pop("etas"),
-            plan_options.pop("seeds", 5),
-            device=plan_options.pop("device", None),
-            **plan_options,
-        )
-    elif plan_options:
-        raise TypeError(f"sweep() got a SweepPlan and its keyword(s) {', '.join(sorted(plan_options))}: give one")
-    if options.get("providers") is not None:
-        options["providers"] = tuple(options["providers"]) or None
-    settings = with_options(settings if settings is not None else SweepSettings(), options, "sweep")
+    plan, settings = plan_and_settings(plan, settings, options, "sweep")
     return run_sweep(model, calib, test, plan, settings, tests=tests, show_progress=show_progress, executor=executor)
