@@ -24,12 +24,10 @@ closer calibration brings each layer to the clean distribution.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, ClassVar, Dict, List, Optional, Sequence
 
 import numpy as np
 from onnx import ModelProto, helper
@@ -42,7 +40,6 @@ from ..errors import NabnError, NothingToDoError
 from ..model import (
     GraphIndex,
     ModelLike,
-    atomic_write_text,
     batchnorm_nodes,
     layer_name,
     load_model,
@@ -50,6 +47,7 @@ from ..model import (
 )
 from ..passes.inject import InjectWeightNoisePass
 from ..progress import Progress
+from ..reports import Report
 from ..runtime import MEASURE, BatchPlan, chunks, make_session, plan_batch
 from ..settings import RuntimeSettings
 
@@ -144,8 +142,13 @@ class LayerDivergence:
 
 
 @dataclass
-class DiagnoseReport:
-    """Per-layer divergences for one chip, with the settings that made it."""
+class DiagnoseReport(Report):
+    """Per-layer divergences for one chip, with the settings that made it.
+
+    Written as ``.json`` or ``.md`` (:meth:`~nabn_onnx.reports.Report.write`).
+    """
+
+    FORMATS: ClassVar[Dict[str, str]] = {".json": "to_json", ".md": "to_markdown_report"}
 
     noise: Dict[str, object]
     method: str
@@ -197,14 +200,9 @@ class DiagnoseReport:
             f"{self.mean('js_nabn'):.4f} with calibration ({self.samples} samples, {self.seconds:.1f}s)"
         )
 
-    def write(self, path: Union[str, Path]) -> Path:
-        """Write as ``.json`` or ``.md`` (by suffix), atomically."""
-        path = Path(path)
-        if path.suffix == ".md":
-            return atomic_write_text(path, "# Per-layer divergence\n\n" + self.summary() + "\n\n" + self.to_markdown())
-        if path.suffix == ".json":
-            return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-        raise NabnError(f"report must end in .json or .md, got {path.name}")
+    def to_markdown_report(self) -> str:
+        """What a ``.md`` report holds: a title, :meth:`summary` and :meth:`to_markdown`."""
+        return "# Per-layer divergence\n\n" + self.summary() + "\n\n" + self.to_markdown()
 
 
 def _taps(model: ModelProto, at: str) -> Dict[str, str]:
