@@ -9,7 +9,7 @@ Every public call takes a frozen settings object or its fields as flat keywords.
 """
 
 from .check import CheckConfig, CheckReport, ChipResult, Threshold, check, parse_threshold
-from .diagnose import DiagnoseReport, LayerDivergence, diagnose
+from .diagnose import DiagnoseConfig, DiagnoseReport, LayerDivergence, diagnose
 from .drift import DriftConfig, DriftReport, drift_sweep
 from .evaluate import EvalConfig, Evaluation, Evaluator, evaluate
 from .executors import ProcessExecutor, RayExecutor, SerialExecutor, make_executor
@@ -35,6 +35,7 @@ __all__ = [
     "DriftConfig",
     "DriftReport",
     "diagnose",
+    "DiagnoseConfig",
     "DiagnoseReport",
     "LayerDivergence",
     "check",
