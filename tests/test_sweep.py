@@ -275,3 +275,15 @@ def test_test_data_is_given_once(classifier):
         run_sweep(model, calib, None, plan)
     with pytest.raises(NabnError, match="method must be"):
         sweep(model, calib, test, etas=[0.5], seeds=1, method=())
+
+
+def test_sweep_is_run_sweep_with_keywords(classifier, tmp_path):
+    from nabn_onnx.evaluation import SweepPlan, SweepSettings, run_sweep
+
+    model, calib, test = classifier
+    results = tmp_path / "r.jsonl"
+    by_keywords = sweep(model, calib, test, noise="mul", etas=[0.4], seeds=2, method="paper", results=results)
+    by_objects = run_sweep(model, calib, test, SweepPlan.of("mul", [0.4], 2), SweepSettings(method="paper"))
+    assert by_keywords.rows == by_objects.rows
+    again = sweep(model, calib, test, noise="mul", etas=[0.4], seeds=2, method="paper", results=results, resume=True)
+    assert again.resumed == 2 and again.rows == by_objects.rows

@@ -289,6 +289,8 @@ def sweep(
     *,
     tests: Optional[Mapping[str, DataLike]] = None,
     executor: Optional[Executor] = None,
+    results: Union[str, Path, None] = None,
+    resume: bool = False,
     show_progress: bool = False,
     **options: Any,
 ) -> SweepReport:
@@ -302,8 +304,9 @@ def sweep(
     :class:`SweepSettings` (``method``, a name or a tuple of names, ``metric``,
     ``estimator``, ``batch_size``, ``calib_batches``, ``test_batches``, ``output``,
     ``ignore_index``, ``ignore_background``, ``reuse_sessions``, ``providers``) for the
-    settings. Chips run serially unless an ``executor`` (:func:`make_executor`: local
-    processes or Ray) is given; for a resumable sweep call :func:`run_sweep`.
+    settings. Every other argument is :func:`run_sweep`'s: chips run serially unless an
+    ``executor`` (:func:`make_executor`: local processes or Ray) is given, and ``results``
+    with ``resume`` make the sweep resumable.
 
     Args:
         model: path, ``ModelProto`` or ``onnx_graphsurgeon.Graph`` (BatchNorm kept or fused; not modified).
@@ -313,6 +316,8 @@ def sweep(
         settings: how each chip is calibrated and evaluated (or its keywords).
         tests: several labelled test sets by name, instead of ``test``.
         executor: where the chips run (None: serially in this process).
+        results: the JSON-lines results file (None: none is written).
+        resume: continue the sweep in ``results``: chips already there are not run again.
         show_progress: draw a progress bar over the chips.
         **options: the plan's and the settings' fields as keywords.
 
@@ -324,4 +329,15 @@ def sweep(
         TypeError: an unknown keyword, or a plan given both as an object and as keywords.
     """
     plan, settings = plan_and_settings(plan, settings, options, "sweep")
-    return run_sweep(model, calib, test, plan, settings, tests=tests, show_progress=show_progress, executor=executor)
+    return run_sweep(
+        model,
+        calib,
+        test,
+        plan,
+        settings,
+        tests=tests,
+        executor=executor,
+        results=results,
+        resume=resume,
+        show_progress=show_progress,
+    )
