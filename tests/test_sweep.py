@@ -214,7 +214,7 @@ def test_several_methods_give_per_method_the_numbers_of_one_method_sweeps(classi
     assert [r["nabn"] for r in paper] != [r["nabn"] for r in delta], "the methods must differ to mean anything"
 
 
-def test_several_test_sets_give_per_set_the_numbers_of_one_set_sweeps(classifier):
+def test_several_test_sets_give_per_set_the_numbers_of_one_set_sweeps(classifier, tmp_path):
     from nabn_onnx.evaluation import SweepPlan, SweepSettings, run_sweep
 
     model, calib, test = classifier
@@ -235,6 +235,10 @@ def test_several_test_sets_give_per_set_the_numbers_of_one_set_sweeps(classifier
     table = both.to_markdown()
     assert "| small_cnn | other |" in table and "| small_cnn+NaBN (paper) | held-out |" in table
     assert " on other" in both.summary() or " on held-out" in both.summary()
+    from nabn_onnx.evaluation.plots import plot_sweep
+
+    with pytest.raises(NabnError, match="this sweep has several"):
+        plot_sweep(both, tmp_path / "p.png")
 
 
 def test_a_one_method_tuple_is_the_one_method_sweep(classifier):

@@ -78,8 +78,13 @@ def plot_sweep(
         reports: one report, or several drawn side by side.
         path: the image file (``.png``, ``.svg``, ``.pdf``).
         titles: one title per report (default: model name and chip count).
+
+    Raises:
+        NabnError: a report of several methods or test sets (plot each one's rows apart).
     """
     reports = [reports] if isinstance(reports, SweepReport) else list(reports)
+    if any(report.multi for report in reports):
+        raise NabnError("plot_sweep draws one method on one test set; this sweep has several")
     plt = pyplot()
     figure, axes = plt.subplots(1, len(reports), figsize=(5 * len(reports), 4), squeeze=False)
     for i, (ax, report) in enumerate(zip(axes[0], reports)):
