@@ -350,3 +350,26 @@ def test_the_gate_runs_its_chips_in_local_processes_with_the_same_numbers(uncali
     parallel = {(r["seed"], r["bound"]): r["value"] for r in json.loads(report.read_text())["results"]}
     assert parallel and all(parallel[key] == serial[key] for key in parallel)
     assert code == (0 if all(v >= 0.95 for v in parallel.values()) else 1)
+
+
+def test_a_check_config_is_its_keywords(uncalibrated):
+    """CheckConfig (plan, sweep settings, calibrated) gives what its flat keywords give."""
+    from nabn_onnx.evaluation import CheckConfig, SweepPlan, SweepSettings
+
+    config = CheckConfig(
+        SweepPlan.of("mul", [ETA], list(SEEDS)), SweepSettings(method="paper", calib_batches=CALIB_BATCHES)
+    )
+    assert CheckConfig.build(None, dict(SWEEP)) == config
+    report = check(str(MODEL), str(CALIB), str(TEST), ["top1>=0.95"], config)
+    top1 = [r for r in uncalibrated.results if r.metric == "top1" and r.bound == 0.95]
+    assert [(r.seed, r.value, r.passed) for r in report.results] == [(r.seed, r.value, r.passed) for r in top1]
+    assert CheckConfig.build(config, {"calibrated": True}).calibrated
+
+
+def test_check_refuses_unknown_keywords_and_several_methods():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'calibration_batches'"):
+        check(str(MODEL), str(CALIB), str(TEST), "top1>=0.9", etas=[ETA], calibration_batches=2)
+    with pytest.raises(TypeError, match=r"check\(\) needs etas="):
+        check(str(MODEL), str(CALIB), str(TEST), "top1>=0.9", seeds=2)
+    with pytest.raises(NabnError, match="one method"):
+        check(str(MODEL), str(CALIB), str(TEST), "top1>=0.9", etas=[ETA], seeds=1, method=("paper", "delta"))

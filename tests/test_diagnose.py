@@ -118,3 +118,20 @@ def test_micro_batches_give_the_same_histograms(classifier, monkeypatch):
     assert [(x.kl_vanilla, x.kl_nabn, x.js_vanilla, x.js_nabn) for x in cut.layers] == [
         (x.kl_vanilla, x.kl_nabn, x.js_vanilla, x.js_nabn) for x in whole.layers
     ]
+
+
+def test_a_diagnose_config_is_its_keywords(classifier):
+    from nabn_onnx.calibration.config import CalibrationConfig
+    from nabn_onnx.evaluation import DiagnoseConfig
+
+    model, data = classifier
+    noise = make_noise("mul", 0.3, seed=1)
+    keywords = dict(noise=noise, method="paper", batch_size=32, max_batches=2, at="bn", bins=50)
+    config = DiagnoseConfig.build(None, dict(keywords))
+    assert config.at == "bn" and config.bins == 50 and config.calibration.noise == noise
+    by_keywords = diagnose(model, data, **keywords)
+    by_object = diagnose(model, data, config)
+    assert [vars(d) for d in by_object.layers] == [vars(d) for d in by_keywords.layers]
+    calibration_only = diagnose(model, data, config.calibration, bins=50)  # a CalibrationConfig, as before
+    assert isinstance(config.calibration, CalibrationConfig)
+    assert [vars(d) for d in calibration_only.layers] == [vars(d) for d in by_keywords.layers]

@@ -116,3 +116,31 @@ def test_drift_cli_writes_report(tmp_path, task, capsys):
     payload = json.loads((tmp_path / "r.json").read_text())
     assert payload["device"]["noise"] == "pcm" and payload["device"]["levels"] == 64
     assert [row["t"] for row in payload["rows"]] == [1.0, 86400.0]
+
+
+def test_a_drift_config_is_its_keywords(task):
+    from nabn_onnx.evaluation import DriftConfig
+
+    model, calib, test = task
+    keywords = dict(device=make_noise("pcm", eta=2.0), times=[1.0, YEAR], seeds=[4], batch_size=16, method="paper")
+    config = DriftConfig(**keywords)
+    assert DriftConfig.build(None, dict(keywords)) == config
+    by_object = drift_sweep(model, calib, test, config)
+    by_keywords = drift_sweep(model, calib, test, **keywords)
+    assert by_object.rows == by_keywords.rows and by_object.to_csv() == by_keywords.to_csv()
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'max_batches'.*calib_batches"):
+        drift_sweep(model, calib, test, max_batches=2)
+
+
+def test_drift_report_formats(task, tmp_path):
+    from nabn_onnx.evaluation import DriftReport
+
+    report = DriftReport("m", "top1", {"noise": "pcm"}, 1.0, 1.0, 0.9, 2)
+    columns = ("vanilla", "gdc", "nabn_once", "nabn_once_gdc", "nabn_each", "dynamic")
+    report.rows = [{"t": 1.0, "seed": 0, **dict.fromkeys(columns, 0.5)}]
+    report.write(tmp_path / "r.csv")
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert lines == ["t,seed," + ",".join(columns), "1.0,0,0.5,0.5,0.5,0.5,0.5,0.5"]
+    assert json.loads(report.write(tmp_path / "r.json").read_text())["rows"] == report.rows
+    with pytest.raises(NabnError, match=r"report must end in \.json, \.md or \.csv, got r\.txt"):
+        report.write(tmp_path / "r.txt")

@@ -178,3 +178,114 @@ def test_batching_errors_come_before_any_evaluation(tmp_path, monkeypatch):
         sweep(model, data, data, etas=[0.1], seeds=1, batch_size=1)
     with pytest.raises(DataError, match="max batches must be at least 1"):
         sweep(model, data, data, etas=[0.1], seeds=1, test_batches=0)
+
+
+# -- several methods and several test sets in one sweep
+
+
+def _one(report, method=None, test=None):
+    """The rows of a several-method/test sweep for one method and test set, as a one-method sweep gives them."""
+    keys = ("noise", "eta", "seed", "vanilla", "nabn")
+    return [
+        {k: r[k] for k in keys}
+        for r in report.rows
+        if (method is None or r["method"] == method) and (test is None or r["test"] == test)
+    ]
+
+
+def test_several_methods_give_per_method_the_numbers_of_one_method_sweeps(classifier):
+    from nabn_onnx.evaluation import SweepPlan, SweepSettings, run_sweep
+
+    model, calib, test = classifier
+    plan = SweepPlan.of("add", [0.1, 0.3], [0, 1])  # where paper and delta differ on this model
+    both = run_sweep(model, calib, test, plan, SweepSettings(method=("paper", "delta")))
+    assert both.multi and both.method == "paper,delta"
+    assert [(r["eta"], r["seed"], r["method"], r["test"]) for r in both.rows] == [
+        (eta, seed, method, "test") for eta in (0.1, 0.3) for seed in (0, 1) for method in ("paper", "delta")
+    ]
+    for method in ("paper", "delta"):
+        alone = run_sweep(model, calib, test, plan, SweepSettings(method=method))
+        assert _one(both, method=method) == alone.rows
+        assert both.clean == {"test": alone.clean}
+    paper, delta = _one(both, method="paper"), _one(both, method="delta")
+    assert [r["vanilla"] for r in paper] == [r["vanilla"] for r in delta]  # the same chips
+    assert [r["nabn"] for r in paper] != [r["nabn"] for r in delta], "the methods must differ to mean anything"
+
+
+def test_several_test_sets_give_per_set_the_numbers_of_one_set_sweeps(classifier, tmp_path):
+    from nabn_onnx.evaluation import SweepPlan, SweepSettings, run_sweep
+
+    model, calib, test = classifier
+    xt, yt = prototype_data(128, seed=7)
+    other = {"input": xt, "labels": yt}
+    plan, settings = SweepPlan.of("add", [0.05], [3, 4]), SweepSettings(method="paper")
+    both = sweep(model, calib, None, plan, settings, tests={"held-out": test, "other": other})
+    for name, data in (("held-out", test), ("other", other)):
+        alone = run_sweep(model, calib, data, plan, settings)
+        assert _one(both, test=name) == alone.rows
+        assert both.clean[name] == alone.clean
+    stats = both.by_eta()
+    assert [(s["test"], s["method"], s["chips"]) for s in stats] == [("held-out", "paper", 2), ("other", "paper", 2)]
+    rows = list(csv.DictReader(io.StringIO(both.to_csv())))
+    assert len(rows) == 4 and set(rows[0]) == {"noise", "eta", "seed", "vanilla", "nabn", "test", "method", "clean"}
+    assert all(float(row["clean"]) == both.clean[row["test"]] for row in rows)
+    assert [row["test"] for row in rows] == ["held-out", "other", "held-out", "other"]  # chip-major
+    table = both.to_markdown()
+    assert "| small_cnn | other |" in table and "| small_cnn+NaBN (paper) | held-out |" in table
+    assert " on other" in both.summary() or " on held-out" in both.summary()
+    from nabn_onnx.evaluation.plots import plot_sweep
+
+    with pytest.raises(NabnError, match="this sweep has several"):
+        plot_sweep(both, tmp_path / "p.png")
+
+
+def test_a_one_method_tuple_is_the_one_method_sweep(classifier):
+    model, calib, test = classifier
+    plain = sweep(model, calib, test, noise="mul", etas=[0.4], seeds=2, method="paper")
+    tupled = sweep(model, calib, test, noise="mul", etas=[0.4], seeds=2, method=["paper"])
+    assert not tupled.multi and tupled.rows == plain.rows and tupled.method == "paper"
+
+
+def test_a_several_method_sweep_resumes_from_its_results_file(classifier, tmp_path):
+    from nabn_onnx.evaluation import SweepPlan, SweepSettings, run_sweep
+
+    model, calib, test = classifier
+    plan, settings = SweepPlan.of("mul", [0.5], [0, 1, 2]), SweepSettings(method=("paper", "delta"))
+    xt, yt = prototype_data(64, seed=8)
+    tests = {"a": test, "b": {"input": xt, "labels": yt}}
+    results = tmp_path / "r.jsonl"
+    whole = run_sweep(model, calib, None, plan, settings, tests=tests, results=results)
+    lines = results.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["method"] == ["paper", "delta"] and set(header["test"]) == {"a", "b"}
+    assert set(header["clean"]) == {"a", "b"}
+    results.write_text("\n".join(lines[:2]) + "\n")  # one chip done, as if the sweep died
+    resumed = run_sweep(model, calib, None, plan, settings, tests=tests, results=results, resume=True)
+    assert resumed.resumed == 1 and resumed.rows == whole.rows
+    with pytest.raises(NabnError, match="another method"):
+        run_sweep(model, calib, None, plan, SweepSettings(method="paper"), tests=tests, results=results, resume=True)
+
+
+def test_test_data_is_given_once(classifier):
+    from nabn_onnx.evaluation import SweepPlan, run_sweep
+
+    model, calib, test = classifier
+    plan = SweepPlan.of("mul", [0.5], [0])
+    with pytest.raises(TypeError, match="give one"):
+        run_sweep(model, calib, test, plan, tests={"a": test})
+    with pytest.raises(TypeError, match="needs test data"):
+        run_sweep(model, calib, None, plan)
+    with pytest.raises(NabnError, match="method must be"):
+        sweep(model, calib, test, etas=[0.5], seeds=1, method=())
+
+
+def test_sweep_is_run_sweep_with_keywords(classifier, tmp_path):
+    from nabn_onnx.evaluation import SweepPlan, SweepSettings, run_sweep
+
+    model, calib, test = classifier
+    results = tmp_path / "r.jsonl"
+    by_keywords = sweep(model, calib, test, noise="mul", etas=[0.4], seeds=2, method="paper", results=results)
+    by_objects = run_sweep(model, calib, test, SweepPlan.of("mul", [0.4], 2), SweepSettings(method="paper"))
+    assert by_keywords.rows == by_objects.rows
+    again = sweep(model, calib, test, noise="mul", etas=[0.4], seeds=2, method="paper", results=results, resume=True)
+    assert again.resumed == 2 and again.rows == by_objects.rows

@@ -79,6 +79,17 @@ def test_two_local_processes_give_the_serial_rows_and_survive_a_killed_worker(
     assert len(workers) >= 2 and f":{os.getpid()}" not in " ".join(workers)  # chips ran in other processes
 
 
+def test_local_processes_give_the_serial_rows_of_several_methods_and_test_sets(classifier):
+    """Several test sets travel to the workers one by one (map_shared), methods in the settings."""
+    model, calib, test = classifier
+    tests = {"a": test, "b": {k: v[:128] for k, v in test.items()}}
+    settings = SweepSettings(method=("paper", "delta"), batch_size=64)
+    plan = SweepPlan.of("mul", [0.8], [0, 1])
+    serial_rows = run_sweep(model, calib, None, plan, settings, tests=tests).rows
+    parallel = run_sweep(model, calib, None, plan, settings, tests=tests, executor=ProcessExecutor(2))
+    assert parallel.rows == serial_rows and len(serial_rows) == 2 * 2 * 2
+
+
 def test_a_sweep_that_dies_resumes_to_the_uninterrupted_rows(classifier, serial, tmp_path, monkeypatch):
     model, calib, test = classifier
     results = tmp_path / "r.jsonl"

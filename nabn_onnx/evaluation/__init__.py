@@ -1,7 +1,16 @@
-"""Evaluation: task metrics, robustness sweeps over chips, robustness gates, per-layer divergence diagnostics, plots."""
+"""Evaluation: task metrics, robustness sweeps over chips, robustness gates, per-layer divergence diagnostics, plots.
 
-from .check import CheckReport, ChipResult, Threshold, check, parse_threshold
-from .diagnose import DiagnoseReport, LayerDivergence, diagnose
+One module per job: ``metrics`` (and ``detection``, ``decoders``), ``evaluate``; a sweep is
+``plan`` (what it covers, how chips are measured), ``runner`` (the per-chip work, wherever it
+runs), ``executors`` (where), ``results`` (the resumable results file), ``sweep_report`` and
+``sweep`` (``run_sweep``, and ``sweep``, the same with flat keywords); ``check`` and
+``check_report`` (the gate), ``drift`` and ``drift_report``, ``diagnose``, ``plots``.
+Every public call takes a frozen settings object or its fields as flat keywords.
+"""
+
+from .check import CheckConfig, CheckReport, ChipResult, Threshold, check, parse_threshold
+from .diagnose import DiagnoseConfig, DiagnoseReport, LayerDivergence, diagnose
+from .drift import DriftConfig, DriftReport, drift_sweep
 from .evaluate import EvalConfig, Evaluation, Evaluator, evaluate
 from .executors import ProcessExecutor, RayExecutor, SerialExecutor, make_executor
 from .metrics import ConfusionMatrix, MeanIoU, Metric, PixelAccuracy, TopK, make_metric
@@ -22,10 +31,15 @@ __all__ = [
     "SerialExecutor",
     "ProcessExecutor",
     "RayExecutor",
+    "drift_sweep",
+    "DriftConfig",
+    "DriftReport",
     "diagnose",
+    "DiagnoseConfig",
     "DiagnoseReport",
     "LayerDivergence",
     "check",
+    "CheckConfig",
     "CheckReport",
     "ChipResult",
     "Threshold",

@@ -1,291 +1,69 @@
 """A robustness gate: does every simulated chip meet every threshold?
 
 :func:`check` turns "is this model robust enough for this chip?" into a pass or a fail a
-deployment pipeline can act on. It runs :func:`~nabn_onnx.evaluation.sweep.sweep` (once
+deployment pipeline can act on. It runs :func:`~nabn_onnx.evaluation.sweep.run_sweep` (once
 per metric named in the thresholds; a sweep scores one metric) and compares each chip's
-value with each threshold:
+value with each threshold (:mod:`nabn_onnx.evaluation.check_report`):
 
 * without ``calibrated``, a chip's value is the model with that chip's noisy weights as it
   is (the sweep's ``vanilla``): is the model robust without NaBN?
 * with ``calibrated=True``, it is the same chip after calibration on the calibration data
   (the sweep's ``nabn``): is the model robust once each chip is calibrated?
 
-A threshold is a lower bound (``top1 >= 0.95``, for metrics where higher is better) or an
-upper bound (``error <= 0.1``, for a custom metric where lower is better). The result is a
-:class:`CheckReport` with one :class:`ChipResult` per (chip, threshold); it writes JSON and
-JUnit XML, the format CI systems (GitHub Actions reporters, GitLab, Jenkins, Azure
-Pipelines) show natively: ``<testsuites>`` > ``<testsuite>`` > one ``<testcase>`` per chip
-and threshold, with a ``<failure>`` child when the chip misses it.
-
-Every keyword :func:`~nabn_onnx.evaluation.sweep.sweep` accepts (noise model and settings,
-method, batch sizes, output, executors) passes through unchanged, so the gate runs whatever
-the sweep runs.
+Its settings are one :class:`CheckConfig`: the sweep's plan and settings and ``calibrated``,
+or their fields as flat keywords (every keyword :func:`~nabn_onnx.evaluation.sweep.sweep`
+accepts but ``metric``), so the gate runs whatever the sweep runs.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import platform
-import re
 import time
-import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Dict, List, Sequence, Union
+from dataclasses import dataclass, fields, replace
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ..data import DataLike
 from ..errors import NabnError
-from ..model import ModelLike, atomic_write_text
+from ..model import ModelLike
+from ..settings import with_options
+from .check_report import CheckReport, ChipResult, Threshold, parse_threshold
+from .executors import Executor
 from .metrics import MetricLike
-from .sweep import SweepReport, sweep
+from .plan import SweepPlan, SweepSettings, plan_and_settings
+from .sweep import run_sweep
+from .sweep_report import SweepReport
 
-__all__ = ["check", "CheckReport", "ChipResult", "Threshold", "parse_threshold"]
-
-_KINDS = {"min": ">=", "max": "<="}
-_TEXT = re.compile(r"^\s*([^<>=\s]+)\s*(>=|<=|=)\s*([^\s%]+)\s*(%?)\s*$")
+__all__ = ["check", "CheckConfig", "CheckReport", "ChipResult", "Threshold", "parse_threshold"]
 
 
 @dataclass(frozen=True)
-class Threshold:
-    """One bound on a metric that every chip must meet.
+class CheckConfig:
+    """The settings of a robustness gate.
 
     Attributes:
-        metric: a metric name the other commands accept (``"top1"``, ``"top5"``,
-            ``"miou"``, ``"pixel-acc"``), a :class:`~nabn_onnx.evaluation.metrics.Metric`
-            or a callable ``f(outputs, labels) -> float``.
-        bound: the bound, a fraction like the metric (``0.95`` for 95%).
-        kind: ``"min"`` (the value must be at least ``bound``) or ``"max"`` (at most).
+        plan: the chips to judge (None: given by keywords, ``etas=`` then required).
+        settings: how each chip is calibrated and evaluated; its ``metric`` is replaced by
+            each threshold's.
+        calibrated: judge each chip after NaBN calibration (else as it is).
     """
 
-    metric: MetricLike
-    bound: float
-    kind: str = "min"
+    plan: Optional[SweepPlan] = None
+    settings: SweepSettings = SweepSettings()  # noqa: RUF009 (frozen: one shared default is safe)
+    calibrated: bool = False
 
-    def __post_init__(self) -> None:
-        if self.kind not in _KINDS:
-            raise NabnError(f"a threshold is 'min' or 'max', got {self.kind!r}")
-        if not math.isfinite(self.bound):
-            raise NabnError(f"a threshold's bound must be a finite number, got {self.bound}")
+    @classmethod
+    def build(cls, config: Optional[CheckConfig], options: Dict[str, Any], call: str = "check") -> CheckConfig:
+        """``config`` (defaults if None) with flat keywords filled in.
 
-    def holds(self, value: float) -> bool:
-        """Whether ``value`` meets this bound (a NaN never does)."""
-        return value >= self.bound if self.kind == "min" else value <= self.bound
+        The keywords are its own fields (``plan``, ``settings``, ``calibrated``), the plan's
+        fields and the settings' fields; ``options`` is emptied.
 
-    def describe(self, name: str) -> str:
-        """``"top1 >= 0.95"``."""
-        return f"{name} {_KINDS[self.kind]} {self.bound:g}"
-
-
-def parse_threshold(text: str, kind: str = "min") -> Threshold:
-    """``"top1=0.95"`` or ``"top1=95%"`` -> a :class:`Threshold` of ``kind``.
-
-    ``"top1>=0.95"`` and ``"error<=0.1"`` carry their kind in the operator.
-
-    Raises:
-        NabnError: text that is not ``NAME=NUMBER``.
-    """
-    match = _TEXT.match(text)
-    if not match:
-        raise NabnError(f"a threshold is NAME=VALUE (e.g. top1=0.95 or top1=95%), got {text!r}")
-    name, operator, number, percent = match.groups()
-    if operator != "=":
-        kind = "min" if operator == ">=" else "max"
-    try:
-        bound = float(number)
-    except ValueError:
-        raise NabnError(f"the bound of {name!r} must be a number, got {number!r}") from None
-    return Threshold(name.lower(), bound / 100 if percent else bound, kind)
-
-
-@dataclass
-class ChipResult:
-    """One chip against one threshold.
-
-    Attributes:
-        noise: noise kind of the chip (``"mul"``, ``"add"``, ...).
-        eta: noise scale.
-        seed: chip instance.
-        metric: the metric's name.
-        kind: ``"min"`` or ``"max"``.
-        bound: the threshold.
-        value: the chip's metric (calibrated or not, see :attr:`CheckReport.calibrated`).
-        passed: whether ``value`` meets ``bound``.
-        seconds: the chip's share of its sweep's wall time.
-    """
-
-    noise: str
-    eta: float
-    seed: int
-    metric: str
-    kind: str
-    bound: float
-    value: float
-    passed: bool
-    seconds: float = 0.0
-
-    @property
-    def chip(self) -> str:
-        """``"mul eta=0.05 seed=0"``."""
-        return f"{self.noise} eta={self.eta:g} seed={self.seed}"
-
-    @property
-    def condition(self) -> str:
-        """``"top1 >= 0.95"``."""
-        return f"{self.metric} {_KINDS[self.kind]} {self.bound:g}"
-
-    def line(self) -> str:
-        """One line for a log: ``"FAIL mul eta=0.05 seed=0: top1 0.9300, needs >= 0.95"``."""
-        verdict = "pass" if self.passed else "FAIL"
-        return f"{verdict} {self.chip}: {self.metric} {self.value:.4f}, needs {_KINDS[self.kind]} {self.bound:g}"
-
-
-@dataclass
-class CheckReport:
-    """Outcome of a robustness gate.
-
-    Attributes:
-        model: the model's name.
-        calibrated: whether chips were judged after NaBN calibration (else as they are).
-        method: calibration method of the sweep.
-        settings: noise settings shared by every chip, with the ``etas`` and ``seeds`` judged.
-        clean: each metric of the clean model.
-        results: one entry per (chip, threshold).
-        sweeps: the underlying sweep reports (as dicts), one per metric.
-        seconds: wall time.
-        version: the nabn-onnx version that ran the gate.
-    """
-
-    model: str
-    calibrated: bool
-    method: str
-    settings: Dict[str, Any]
-    clean: Dict[str, float]
-    results: List[ChipResult] = field(default_factory=list)
-    sweeps: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    seconds: float = 0.0
-    version: str = ""
-
-    @property
-    def passed(self) -> bool:
-        """True when every chip meets every threshold."""
-        return all(r.passed for r in self.results)
-
-    @property
-    def failures(self) -> List[ChipResult]:
-        """The (chip, threshold) pairs that failed."""
-        return [r for r in self.results if not r.passed]
-
-    @property
-    def chips(self) -> int:
-        """Number of distinct chips judged."""
-        return len({(r.noise, r.eta, r.seed) for r in self.results})
-
-    def summary(self) -> str:
-        """One line with the verdict and the numbers."""
-        judged = "calibrated" if self.calibrated else "uncalibrated"
-        conditions = ", ".join(dict.fromkeys(r.condition for r in self.results))
-        verdict = "PASSED" if self.passed else f"FAILED ({len(self.failures)} of {len(self.results)} checks)"
-        worst = ", ".join(f"worst {name} {value:.4f}" for name, value in self.worst().items())
-        return (
-            f"check {verdict}: {self.chips} {judged} chip(s) of {self.model} against {conditions}; {worst}; "
-            f"in {self.seconds:.1f}s"
-        )
-
-    def worst(self) -> Dict[str, float]:
-        """Per threshold condition's metric, the worst chip's value (lowest for min, highest for max)."""
-        out: Dict[str, float] = {}
-        for r in self.results:
-            key = f"{r.metric}" if r.kind == "min" else f"{r.metric} (max)"
-            pick = min if r.kind == "min" else max
-            out[key] = pick(out[key], r.value) if key in out else r.value
-        return out
-
-    def to_dict(self) -> Dict[str, Any]:
-        """The verdict, every (chip, threshold) result and the sweeps behind them, as JSON-ready data."""
-        return {
-            "passed": self.passed,
-            "model": self.model,
-            "calibrated": self.calibrated,
-            "method": self.method,
-            "settings": self.settings,
-            "clean": self.clean,
-            "chips": self.chips,
-            "checks": len(self.results),
-            "failures": len(self.failures),
-            "results": [asdict(r) for r in self.results],
-            "sweeps": self.sweeps,
-            "seconds": round(self.seconds, 3),
-            "version": self.version,
-        }
-
-    def to_json(self) -> str:
-        """:meth:`to_dict` as indented JSON."""
-        return json.dumps(self.to_dict(), indent=2) + "\n"
-
-    def to_junit(self) -> str:
-        """JUnit XML: one ``<testsuite>`` for the model, one ``<testcase>`` per chip and threshold.
-
-        The shape is what JUnit consumers read (Jenkins' ``junit`` step, GitLab's
-        ``artifacts:reports:junit``, GitHub Actions test reporters): ``tests`` and
-        ``failures`` counts on ``<testsuites>`` and ``<testsuite>``, ``name`` and
-        ``classname`` on every ``<testcase>``, and a ``<failure message type>`` on the
-        cases that failed.
+        Raises:
+            TypeError: an unknown keyword, a plan given twice, or no plan and no ``etas``.
         """
-        tests, failures = str(len(self.results)), str(len(self.failures))
-        seconds = f"{self.seconds:.3f}"
-        root = ET.Element(
-            "testsuites", name="nabn-onnx check", tests=tests, failures=failures, errors="0", time=seconds
-        )
-        suite = ET.SubElement(
-            root,
-            "testsuite",
-            name=f"nabn-onnx check {self.model}",
-            tests=tests,
-            failures=failures,
-            errors="0",
-            skipped="0",
-            time=seconds,
-            timestamp=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
-            hostname=platform.node() or "localhost",
-        )
-        properties = ET.SubElement(suite, "properties")
-        items = {
-            "model": self.model,
-            "calibrated": str(self.calibrated).lower(),
-            "method": self.method,
-            "nabn-onnx": self.version,
-            **{f"clean.{k}": f"{v:.6g}" for k, v in self.clean.items()},
-            **{k: json.dumps(v) if isinstance(v, (list, bool)) else str(v) for k, v in self.settings.items()},
-        }
-        for name, value in items.items():
-            ET.SubElement(properties, "property", name=name, value=value)
-        classname = f"nabn_onnx.check.{self.model}.{'calibrated' if self.calibrated else 'uncalibrated'}"
-        for r in self.results:
-            case = ET.SubElement(
-                suite, "testcase", classname=classname, name=f"{r.chip}: {r.condition}", time=f"{r.seconds:.3f}"
-            )
-            if not r.passed:
-                failure = ET.SubElement(
-                    case,
-                    "failure",
-                    type="ThresholdNotMet",
-                    message=f"{r.metric} {r.value:.4f} does not meet {r.condition}",
-                )
-                failure.text = r.line()
-            else:
-                ET.SubElement(case, "system-out").text = r.line()
-        ET.indent(root)
-        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-
-    def write(self, path: Union[str, Path]) -> Path:
-        """Write as ``.json`` or JUnit ``.xml`` (by suffix), atomically."""
-        path = Path(path)
-        writers = {".json": self.to_json, ".xml": self.to_junit}
-        if path.suffix not in writers:
-            raise NabnError(f"a check report must end in .json or .xml, got {path.name}")
-        return atomic_write_text(path, writers[path.suffix]())
+        own = {f.name: options.pop(f.name) for f in fields(cls) if f.name in options}
+        config = with_options(config if config is not None else cls(), own, call)
+        plan, settings = plan_and_settings(config.plan, config.settings, options, call)
+        return replace(config, plan=plan, settings=settings)
 
 
 def _as_thresholds(thresholds: Sequence[Union[Threshold, str]]) -> List[Threshold]:
@@ -313,9 +91,11 @@ def check(
     calib: DataLike,
     test: DataLike,
     thresholds: Sequence[Union[Threshold, str]],
+    config: Optional[CheckConfig] = None,
     *,
-    calibrated: bool = False,
-    **sweep_options: Any,
+    executor: Optional[Executor] = None,
+    show_progress: bool = False,
+    **options: Any,
 ) -> CheckReport:
     """Gate a model: does every simulated chip meet every threshold?
 
@@ -325,24 +105,33 @@ def check(
         test: labelled test data.
         thresholds: :class:`Threshold` objects or text (``"top1>=0.95"``, ``"top1=95%"``,
             ``"error<=0.1"``); a bare ``=`` means a lower bound.
-        calibrated: judge each chip after NaBN calibration (else as it is).
-        **sweep_options: passed to :func:`~nabn_onnx.evaluation.sweep.sweep`: ``noise``,
-            ``etas``, ``seeds``, ``method``, ``sigma_t``, ``sigma_s``, ``temporal``,
-            ``batch_size``, ``calib_batches``, ``test_batches``, ``output``, ... (not ``metric``:
-            the thresholds name the metrics).
+        config: the gate's settings (:class:`CheckConfig`), or give them as keywords.
+        executor: where the chips run (None: serially in this process).
+        show_progress: draw a progress bar over each sweep's chips.
+        **options: :class:`CheckConfig`'s fields as flat keywords: ``calibrated`` (judge each
+            chip after NaBN calibration, else as it is), the plan's (``noise``, ``etas``,
+            ``seeds``, ``sigma_t``, ``sigma_s``, ``temporal``, ``include_bias``, ``device``)
+            and the sweep settings' (``method``, ``batch_size``, ``calib_batches``,
+            ``test_batches``, ``output``, ...; not ``metric``: the thresholds name the metrics).
 
     Returns:
         A :class:`CheckReport`; ``report.passed`` is the verdict.
 
     Raises:
         NabnError: bad model, data, metric or settings (one-line message).
+        TypeError: an unknown keyword, or no ``etas`` and no plan.
     """
     from .. import __version__
 
-    if "metric" in sweep_options:
+    if "metric" in options:
         raise NabnError("check takes its metrics from the thresholds, not from metric=")
     started = time.perf_counter()
     wanted = _as_thresholds(thresholds)
+    config = CheckConfig.build(config, dict(options))
+    plan, calibrated = config.plan, config.calibrated
+    assert plan is not None  # CheckConfig.build always gives one
+    if len(config.settings.methods) > 1:
+        raise NabnError("check judges chips calibrated with one method; run one check per method")
     groups: Dict[Any, List[Threshold]] = {}
     for threshold in wanted:
         groups.setdefault(_metric_key(threshold.metric), []).append(threshold)
@@ -350,7 +139,8 @@ def check(
     results: List[ChipResult] = []
     sweeps: Dict[str, SweepReport] = {}
     for group in groups.values():
-        report = sweep(model, calib, test, metric=group[0].metric, **sweep_options)
+        measure = replace(config.settings, metric=group[0].metric)
+        report = run_sweep(model, calib, test, plan, measure, executor=executor, show_progress=show_progress)
         if report.metric in sweeps:  # two metric objects of the same name: keep both apart
             report.metric = f"{report.metric}_{len(sweeps)}"
         sweeps[report.metric] = report
@@ -381,7 +171,7 @@ def check(
         calibrated=calibrated,
         method=first.method,
         settings=settings,
-        clean={name: r.clean for name, r in sweeps.items()},
+        clean={name: r.clean_of() for name, r in sweeps.items()},
         results=results,
         sweeps={name: r.to_dict() for name, r in sweeps.items()},
         seconds=time.perf_counter() - started,

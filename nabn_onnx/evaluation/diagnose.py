@@ -24,25 +24,22 @@ closer calibration brings each layer to the clean distribution.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from onnx import ModelProto, helper
 
 from ..api import split
 from ..calibration import calibrate
-from ..calibration.config import CalibrationConfig, CalibrationOptions
+from ..calibration.config import CalibrationConfig
 from ..data import DataLike, input_specs, iter_batches, replayable
 from ..errors import NabnError, NothingToDoError
 from ..model import (
     GraphIndex,
     ModelLike,
-    atomic_write_text,
     batchnorm_nodes,
     layer_name,
     load_model,
@@ -50,14 +47,13 @@ from ..model import (
 )
 from ..passes.inject import InjectWeightNoisePass
 from ..progress import Progress
+from ..reports import Report
 from ..runtime import MEASURE, BatchPlan, chunks, make_session, plan_batch
-from ..settings import RuntimeSettings
-
-if TYPE_CHECKING:
-    from typing_extensions import Unpack
+from ..settings import RuntimeSettings, with_options
 
 __all__ = [
     "diagnose",
+    "DiagnoseConfig",
     "DiagnoseReport",
     "LayerDivergence",
     "kl_divergence",
@@ -144,8 +140,13 @@ class LayerDivergence:
 
 
 @dataclass
-class DiagnoseReport:
-    """Per-layer divergences for one chip, with the settings that made it."""
+class DiagnoseReport(Report):
+    """Per-layer divergences for one chip, with the settings that made it.
+
+    Written as ``.json`` or ``.md`` (:meth:`~nabn_onnx.reports.Report.write`).
+    """
+
+    FORMATS: ClassVar[Dict[str, str]] = {".json": "to_json", ".md": "to_markdown_report"}
 
     noise: Dict[str, object]
     method: str
@@ -197,14 +198,9 @@ class DiagnoseReport:
             f"{self.mean('js_nabn'):.4f} with calibration ({self.samples} samples, {self.seconds:.1f}s)"
         )
 
-    def write(self, path: Union[str, Path]) -> Path:
-        """Write as ``.json`` or ``.md`` (by suffix), atomically."""
-        path = Path(path)
-        if path.suffix == ".md":
-            return atomic_write_text(path, "# Per-layer divergence\n\n" + self.summary() + "\n\n" + self.to_markdown())
-        if path.suffix == ".json":
-            return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-        raise NabnError(f"report must end in .json or .md, got {path.name}")
+    def to_markdown_report(self) -> str:
+        """What a ``.md`` report holds: a title, :meth:`summary` and :meth:`to_markdown`."""
+        return "# Per-layer divergence\n\n" + self.summary() + "\n\n" + self.to_markdown()
 
 
 def _taps(model: ModelProto, at: str) -> Dict[str, str]:
@@ -285,36 +281,67 @@ class _Histogram:
         self.counts += np.bincount(index, minlength=self.bins + 2)
 
 
+@dataclass(frozen=True)
+class DiagnoseConfig:
+    """The settings of :func:`diagnose`, or its flat keywords.
+
+    Attributes:
+        calibration: how the chip is calibrated; its ``noise`` (the chip to simulate) is
+            required. Its flat keywords (``noise=``, ``method=``, ``batch_size=``, ... as for
+            :func:`~nabn_onnx.calibrate`) are :func:`diagnose`'s.
+        at: ``"bn"`` (each BatchNorm's output) or ``"activation"`` (the activation right
+            after it, where there is one).
+        bins: histogram bins inside the clean range.
+    """
+
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    at: str = "bn"
+    bins: int = 200
+
+    @classmethod
+    def build(
+        cls, config: Union[DiagnoseConfig, CalibrationConfig, None], options: Dict[str, Any], call: str = "diagnose"
+    ) -> DiagnoseConfig:
+        """``config`` with flat keywords filled in: ``at``, ``bins`` and the calibration's keywords.
+
+        None gives the defaults; a calibration config alone is taken as :attr:`calibration`.
+        ``options`` is emptied.
+        """
+        if isinstance(config, CalibrationConfig):
+            config = cls(calibration=config)
+        own = {f.name: options.pop(f.name) for f in fields(cls) if f.name in options and f.name != "calibration"}
+        config = with_options(config if config is not None else cls(), own, call)
+        return replace(config, calibration=CalibrationConfig.build(config.calibration, options, call=call))
+
+
 def diagnose(
     model: ModelLike,
     data: DataLike,
-    config: Optional[CalibrationConfig] = None,
-    *,
-    at: str = "bn",
-    bins: int = 200,
-    **options: Unpack[CalibrationOptions],
+    config: Union[DiagnoseConfig, CalibrationConfig, None] = None,
+    **options: Any,
 ) -> DiagnoseReport:
     """Divergence of each layer's activations from the clean ones, without and with calibration.
 
     Args:
         model: path or ``ModelProto`` (BatchNorm kept or fused; not modified).
         data: calibration data; used to calibrate and to compare the distributions.
-        config: the calibration's settings; its ``noise`` (the chip to simulate) is required.
-            Or give them as flat keywords (``noise=``, ``method=``, ``batch_size=``, ... as
-            for :func:`~nabn_onnx.calibrate`).
-        at: ``"bn"`` (each BatchNorm's output) or ``"activation"`` (the activation right
-            after it, where there is one).
-        bins: histogram bins inside the clean range.
-        **options: flat settings keywords (:class:`~nabn_onnx.calibration.config.CalibrationOptions`).
+        config: a :class:`DiagnoseConfig` (or the calibration's settings alone, a
+            :class:`~nabn_onnx.calibration.config.CalibrationConfig`); the chip's ``noise``
+            is required.
+        **options: :class:`DiagnoseConfig`'s fields as flat keywords: ``at`` (``"bn"`` or
+            ``"activation"``), ``bins``, and the calibration's (``noise=``, ``method=``,
+            ``batch_size=``, ... as for :func:`~nabn_onnx.calibrate`).
 
     Returns:
         A :class:`DiagnoseReport` with one :class:`LayerDivergence` per BatchNorm.
 
     Raises:
         NabnError: bad model, data or settings (one-line message).
+        TypeError: an unknown keyword.
     """
     started = time.perf_counter()
-    config = CalibrationConfig.build(config, options, call="diagnose")
+    settings = DiagnoseConfig.build(config, dict(options))
+    config, at, bins = settings.calibration, settings.at, settings.bins
     noise = config.noise
     if noise is None:
         raise NabnError("diagnose compares the clean model with a simulated chip: give the chip's noise (noise=)")

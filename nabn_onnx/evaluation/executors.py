@@ -24,6 +24,9 @@ only the chips it was running: Ray retries them (``max_retries``, a system failu
 as :class:`ray.exceptions.WorkerCrashedError`), and :class:`ProcessExecutor` rebuilds its
 pool and resubmits them, each chip at most ``max_retries`` more times. A chip that raises
 an exception is not retried: it is an error in the inputs, and is raised here.
+
+How the inputs reach the workers (files in a temporary folder, loaded once per worker) is
+:mod:`nabn_onnx.evaluation.shipping`.
 """
 
 from __future__ import annotations
@@ -31,19 +34,26 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import shutil
-import tempfile
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
-import onnx
 from onnx import ModelProto
 
 from ..errors import NabnError
-from ..model import load_model, save_model
+from .shipping import (
+    LOADED,
+    ArrayFiles,
+    BatchFiles,
+    ModelFile,
+    Workspace,
+    absolute,
+    feed_dicts,
+    is_path_like_data,
+    loaded,
+    resolve_local,
+)
 
 __all__ = [
     "Executor",
@@ -53,6 +63,12 @@ __all__ = [
     "make_executor",
     "CRASH_HOOK_ENV",
     "DEFAULT_MAX_RETRIES",
+    "crash_hook",
+    "feed_dicts",
+    "resolve_local",
+    "ModelFile",
+    "ArrayFiles",
+    "BatchFiles",
 ]
 
 logger = logging.getLogger(__name__)
@@ -82,66 +98,6 @@ def crash_hook(seed: int) -> None:
         return
     os.close(fd)
     os._exit(70)
-
-
-# ---------------------------------------------------------------- shared inputs
-
-
-class ModelFile:
-    """A model a worker loads from a (shared) path."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def load(self) -> ModelProto:
-        return load_model(self.path)
-
-
-class ArrayFiles:
-    """A dict of arrays a worker memory-maps from ``.npy`` files (no copy per process)."""
-
-    def __init__(self, paths: Mapping[str, str]):
-        self.paths = dict(paths)
-
-    def load(self) -> Dict[str, np.ndarray]:
-        return {k: np.load(p, mmap_mode="r") for k, p in self.paths.items()}
-
-
-class BatchFiles:
-    """Batches spooled to ``.npz`` files, replayed in order: one-shot data made shareable as is."""
-
-    def __init__(self, paths: Sequence[str]):
-        self.paths = list(paths)
-
-    def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
-        for path in self.paths:
-            with np.load(path) as saved:
-                yield {k: saved[k] for k in saved.files}
-
-
-def resolve_local(value):
-    """What a worker computes with: a loaded model or memory-mapped arrays; anything else as is."""
-    if isinstance(value, (ModelFile, ArrayFiles)):
-        return value.load()
-    if isinstance(value, bytes):
-        return onnx.load_from_string(value)
-    return value
-
-
-def _is_path_like_data(value) -> bool:
-    from ..data import ImageFolder
-
-    return isinstance(value, (str, os.PathLike, ImageFolder))
-
-
-def _absolute(value):
-    from dataclasses import replace
-
-    from ..data import ImageFolder
-
-    if isinstance(value, ImageFolder):
-        return replace(value, root=os.path.abspath(value.root))
-    return os.path.abspath(value)
 
 
 # ---------------------------------------------------------------- executors
@@ -177,45 +133,6 @@ class SerialExecutor(Executor):
             yield task, fn(task, inputs)
 
 
-class _Workspace:
-    """A temporary folder holding a sweep's models and in-memory data as files for local workers."""
-
-    def __init__(self):
-        self.folder = Path(tempfile.mkdtemp(prefix="nabn-sweep-"))
-        self._count = 0
-
-    def _path(self, stem: str) -> Path:
-        self._count += 1
-        return self.folder / f"{self._count}-{stem}"
-
-    def share(self, value):
-        if isinstance(value, ModelProto):
-            path = self._path("model.onnx")
-            save_model(value, path)
-            return ModelFile(os.fspath(path))
-        if value is None or _is_path_like_data(value):
-            return None if value is None else _absolute(value)
-        if isinstance(value, Mapping):
-            paths = {}
-            for i, (key, array) in enumerate(value.items()):
-                path = self._path(f"array{i}.npy")
-                np.save(path, np.asarray(array), allow_pickle=False)
-                paths[key] = os.fspath(path)
-            return ArrayFiles(paths)
-        if isinstance(value, Iterable) or hasattr(value, "get_next"):
-            batch_paths = []
-            for feeds in feed_dicts(value):
-                path = self._path("batch.npz")
-                arrays: Dict[str, Any] = dict(feeds)  # Any: np.savez's stub checks **arrays against allow_pickle
-                np.savez(path, **arrays)
-                batch_paths.append(os.fspath(path))
-            return BatchFiles(batch_paths)
-        return value
-
-    def close(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
 def _init_worker(threads: int) -> None:
     """A local worker's sessions use ``threads`` threads per operator, so N workers share the cores."""
     from ..runtime import THREADS_ENV
@@ -223,22 +140,14 @@ def _init_worker(threads: int) -> None:
     os.environ.setdefault(THREADS_ENV, str(threads))
 
 
-#: Per worker process: the inputs of the sweep it last worked for, loaded once (keyed by ``inputs.key``).
-_LOADED: Dict[str, object] = {}
-
-
-def _loaded(inputs, resolve: Callable[[object], object]):
-    """``inputs`` with its models loaded and data mapped, once per sweep and worker process, not per chip."""
-    hit = _LOADED.get(inputs.key)
-    if hit is None:
-        _LOADED.clear()
-        hit = _LOADED[inputs.key] = inputs.map_shared(resolve)
-    return hit
+#: Names this module had before :mod:`nabn_onnx.evaluation.shipping` took them (tests use them here).
+_Workspace = Workspace
+_LOADED = LOADED
 
 
 def _run_local(fn, task, inputs):
     """Worker side of :class:`ProcessExecutor`."""
-    return fn(task, _loaded(inputs, resolve_local))
+    return fn(task, loaded(inputs, resolve_local))
 
 
 class ProcessExecutor(Executor):
@@ -262,7 +171,7 @@ class ProcessExecutor(Executor):
 
     def run(self, fn, tasks, inputs):
         """Run the tasks in local worker processes, sharing the inputs through a temporary folder."""
-        workspace = _Workspace()
+        workspace = Workspace()
         try:
             shared = inputs.map_shared(workspace.share)
             yield from self._run(fn, list(tasks), shared)
@@ -389,8 +298,8 @@ class RayExecutor(Executor):
                         "the model is over protobuf's 2 GB limit: run the sweep with --jobs, which hands workers a file"
                     )
                 return ray.put(value.SerializeToString())
-            if value is None or _is_path_like_data(value):
-                return None if value is None else _absolute(value)
+            if value is None or is_path_like_data(value):
+                return None if value is None else absolute(value)
             if isinstance(value, Mapping):
                 return ray.put({k: np.asarray(v) for k, v in value.items()})
             if isinstance(value, Iterable) or hasattr(value, "get_next"):
@@ -428,18 +337,6 @@ class RayExecutor(Executor):
                 ray.cancel(ref, force=True)
 
 
-def feed_dicts(value) -> Iterator[Dict[str, np.ndarray]]:
-    """The batches of a one-shot source (a ``CalibrationDataReader`` or an iterable of feed dicts), labels kept."""
-    from ..data import LABELS_KEY, reader_batches, split_labels
-
-    source = reader_batches(value) if hasattr(value, "get_next") else (split_labels(b) for b in value)
-    for batch in source:
-        feeds = dict(batch.feeds)
-        if batch.labels is not None:
-            feeds[LABELS_KEY] = batch.labels
-        yield feeds
-
-
 def _run_ray(fn, task, inputs):
     """Worker side of :class:`RayExecutor`: fetch the shared inputs from the object store, then run the chip."""
     import ray
@@ -454,7 +351,7 @@ def _run_ray(fn, task, inputs):
             value = ray.get(value)
         return resolve_local(value)
 
-    return fn(task, _loaded(inputs, resolve))
+    return fn(task, loaded(inputs, resolve))
 
 
 def _import_ray():

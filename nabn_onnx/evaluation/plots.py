@@ -57,7 +57,7 @@ def _draw_sweep(ax, report: SweepReport, title: Optional[str]) -> None:
         high = 100 * np.array([s[f"{key}_max"] for s in stats])
         ax.plot(etas, mean, "o-", color=color, label=f"{label} (mean)")
         ax.fill_between(etas, low, high, color=color, alpha=0.2, label=f"{label} (min-max over chips)")
-    ax.axhline(100 * report.clean, color="black", linestyle="--", linewidth=1, label="clean")
+    ax.axhline(100 * report.clean_of(), color="black", linestyle="--", linewidth=1, label="clean")
     ax.set_xlabel(f"noise scale η ({str(report.settings['noise']).upper()})")
     ax.set_ylabel(f"{report.metric} (%)")
     ax.set_ylim(0, 102)
@@ -78,8 +78,13 @@ def plot_sweep(
         reports: one report, or several drawn side by side.
         path: the image file (``.png``, ``.svg``, ``.pdf``).
         titles: one title per report (default: model name and chip count).
+
+    Raises:
+        NabnError: a report of several methods or test sets (plot each one's rows apart).
     """
     reports = [reports] if isinstance(reports, SweepReport) else list(reports)
+    if any(report.multi for report in reports):
+        raise NabnError("plot_sweep draws one method on one test set; this sweep has several")
     plt = pyplot()
     figure, axes = plt.subplots(1, len(reports), figsize=(5 * len(reports), 4), squeeze=False)
     for i, (ax, report) in enumerate(zip(axes[0], reports)):

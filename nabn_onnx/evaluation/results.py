@@ -230,7 +230,11 @@ def _what(key: str) -> str:
 def _check_clean(path: Path, found: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
     """Refuse to resume when the clean metric moved: the test data (or how it is read) changed."""
     before, clean = found.get("clean"), wanted.get("clean")
-    if before is not None and clean is not None and float(before) != float(clean):
+    if isinstance(before, dict) or isinstance(clean, dict):  # several test sets: a figure per set
+        moved = before is not None and clean is not None and before != clean
+    else:
+        moved = before is not None and clean is not None and float(before) != float(clean)
+    if moved:
         raise NabnError(
             f"cannot resume {path}: the clean model now scores {clean!r} on the test data, "
             f"{before!r} when the file was started (other test data?); use a new results file"
