@@ -16,6 +16,7 @@ from .calibration import (
     CalibrationResult,
     Calibrator,
     Estimator,
+    InjectConfig,
     NabnSession,
     SplitConfig,
     TemporalNoise,
@@ -24,19 +25,22 @@ from .calibration import (
 from .data import IMAGENET_MEAN, IMAGENET_STD, ImageFolder
 from .errors import DataError, ModelError, NabnError, NoiseConfigError, NothingToDoError
 from .evaluation import (
+    CheckConfig,
     CheckReport,
+    DiagnoseConfig,
+    DriftConfig,
     EvalConfig,
     SweepPlan,
     SweepSettings,
     Threshold,
     check,
     diagnose,
+    drift_sweep,
     evaluate,
     make_executor,
     run_sweep,
     sweep,
 )
-from .evaluation.drift import drift_sweep
 from .model import load_model, save_model
 from .noise import (
     AddNoise,
@@ -69,10 +73,14 @@ __all__ = [
     "Calibrator",
     "CalibrationConfig",
     "SplitConfig",
+    "InjectConfig",
     "DataSettings",
     "LayerSelection",
     "RuntimeSettings",
     "EvalConfig",
+    "CheckConfig",
+    "DiagnoseConfig",
+    "DriftConfig",
     "NabnSession",
     "TemporalNoise",
     "CalibrationReport",
