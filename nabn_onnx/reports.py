@@ -50,10 +50,15 @@ class Report:
         """Write the report in the format ``path``'s suffix names, atomically.
 
         Raises:
-            NabnError: a suffix this report does not write.
+            NabnError: a suffix this report does not write, or the file cannot be written
+                (nothing is left at ``path`` then: the write is atomic).
         """
         path = check_report_path(path, self.suffixes(), self.NAME)
-        return atomic_write_text(path, getattr(self, self.FORMATS[path.suffix])())
+        text = getattr(self, self.FORMATS[path.suffix])()
+        try:
+            return atomic_write_text(path, text)
+        except OSError as exc:  # a full disk, a read-only folder: the user's to fix, in one line
+            raise NabnError(f"cannot write {self.NAME} {path}: {exc.strerror or exc}") from None
 
 
 def check_report_path(path: Union[str, Path], suffixes: Sequence[str], name: str = "report") -> Path:

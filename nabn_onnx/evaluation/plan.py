@@ -94,6 +94,19 @@ class ChipTask:
         return f"{self.noise} eta={self.eta:g} seed={self.seed}"
 
 
+#: The most chips one sweep runs: past this, a typo (``--seeds 1000000000``) would exhaust memory
+#: listing the chips, long before the first one ran.
+MAX_CHIPS = 100_000
+
+
+def _check_chip_count(count: int) -> None:
+    if count > MAX_CHIPS:
+        raise NabnError(
+            f"a sweep of {count} chips (etas x seeds) is more than {MAX_CHIPS:,}; give fewer seeds or etas, "
+            "or split the sweep into several results files"
+        )
+
+
 @dataclass(frozen=True)
 class SweepPlan:
     """What a sweep covers: one noise kind and its settings, over etas x seeds.
@@ -131,7 +144,11 @@ class SweepPlan:
 
         ``device`` parameters are given as a mapping.
         """
-        seed_list = range(int(seeds)) if isinstance(seeds, (int, np.integer)) else seeds
+        if isinstance(seeds, (int, np.integer)):
+            _check_chip_count(len(etas) * int(seeds))
+            seed_list: Sequence[int] = range(int(seeds))
+        else:
+            seed_list = seeds
         return cls(
             noise,
             tuple(float(e) for e in etas),
@@ -150,6 +167,7 @@ class SweepPlan:
             raise NabnError("a sweep needs at least one seed")
         if not self.etas:
             raise NabnError("a sweep needs at least one eta")
+        _check_chip_count(len(self.etas) * len(self.seeds))
         tasks = [
             ChipTask(self.noise, eta, seed, self.sigma_t, self.sigma_s, self.temporal, self.include_bias, self.device)
             for eta in self.etas

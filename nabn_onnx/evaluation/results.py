@@ -50,7 +50,7 @@ from typing import Any, BinaryIO, Dict, List, Mapping, Tuple, Union
 
 from ..errors import NabnError
 
-__all__ = ["ResultsFile", "FORMAT", "VERSION", "chip_key"]
+__all__ = ["ResultsFile", "FORMAT", "VERSION", "chip_key", "check_results_path"]
 
 FORMAT = "nabn-onnx-sweep"
 VERSION = 1
@@ -63,7 +63,10 @@ ChipKey = Tuple[str, float, int]
 
 def chip_key(row: Mapping[str, Any]) -> ChipKey:  # Any: rows are read from JSON
     """``(noise, eta, seed)`` of a row: what identifies a chip."""
-    return (str(row["noise"]), float(row["eta"]), int(row["seed"]))
+    seed, eta = row["seed"], float(row["eta"])
+    if isinstance(seed, bool) or not isinstance(seed, (int, float)) or seed != int(seed) or eta != eta:
+        raise ValueError(f"not a chip: seed {seed!r}, eta {eta!r}")
+    return (str(row["noise"]), eta, int(seed))
 
 
 def _normalize(value):
@@ -96,8 +99,7 @@ class ResultsFile:
         """
         path = Path(path)
         header = _normalize({"kind": "header", "format": FORMAT, "version": VERSION, **header})
-        if not path.parent.is_dir():
-            raise NabnError(f"cannot write results to {path}: folder {path.parent} does not exist")
+        check_results_path(path)
         # O_APPEND: every line lands at the end of the file, whatever else writes to it
         handle: BinaryIO = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644), "r+b")
         try:
@@ -154,6 +156,20 @@ class ResultsFile:
         return header, list(rows.values())
 
 
+def check_results_path(path: Union[str, Path]) -> None:
+    """Refuse, before any work, a results path that cannot hold a results file.
+
+    Raises:
+        NabnError: its folder does not exist, or it exists and is not a regular file (a FIFO
+            would block the sweep forever, ``/dev/null`` cannot be synced, ``/dev/full`` fails).
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise NabnError(f"cannot write results to {path}: folder {path.parent} does not exist")
+    if path.exists() and not path.is_file():
+        raise NabnError(f"results file {path} is not a regular file (a folder, FIFO or device); choose a file")
+
+
 def _lock(handle: BinaryIO, path: Path) -> None:
     """Hold an exclusive lock on the results file while this sweep writes it (released on close)."""
     if sys.platform == "win32":  # no flock; one sweep per file is then the user's to keep
@@ -200,10 +216,28 @@ def _read(path: Path) -> Tuple[Dict[str, object], Dict[ChipKey, Dict[str, object
     for number, obj in enumerate(objects[1:], 2):
         if obj.get("kind") == "chip":
             try:
-                rows.setdefault(chip_key(obj), obj)
-            except (KeyError, TypeError, ValueError):
-                raise NabnError(f"{path} line {number} is a chip without noise, eta and seed") from None
+                key = chip_key(obj)
+            except (KeyError, TypeError, ValueError, OverflowError):
+                raise NabnError(
+                    f"{path} line {number} is a chip without a valid noise, eta and seed "
+                    f"(seed {obj.get('seed')!r}, eta {obj.get('eta')!r}): the file is damaged; "
+                    "remove that line or use a new results file"
+                ) from None
+            for field in ("vanilla", "nabn"):
+                if not _is_metric(obj.get(field)):
+                    raise NabnError(
+                        f"{path} line {number}: the chip's {field!r} is {obj.get(field, 'missing')!r}, not a metric: "
+                        "the file is damaged; remove that line or use a new results file"
+                    )
+            rows.setdefault(key, obj)
     return objects[0], rows, good
+
+
+def _is_metric(value: object) -> bool:
+    """A metric as a row holds it: a number, or (several methods or test sets) a mapping of metrics."""
+    if isinstance(value, Mapping):
+        return bool(value) and all(_is_metric(v) for v in value.values())
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_header(path: Path, found: Mapping[str, object], wanted: Mapping[str, object]) -> None:

@@ -55,7 +55,7 @@ from ..progress import Progress
 from ..runtime import check_providers
 from .executors import Executor, SerialExecutor
 from .plan import PLAN_KEYWORDS, ChipTask, SweepPlan, SweepSettings, metric_name, parse_floats, plan_and_settings
-from .results import ResultsFile
+from .results import ResultsFile, check_results_path
 from .runner import ChipRunner, SweepInputs, clear_state, run_chip
 from .sweep_report import SweepReport
 
@@ -173,6 +173,8 @@ def run_sweep(
     tasks = plan.tasks()
     if resume and results is None:
         raise NabnError("--resume needs --results: the file of the sweep to continue")
+    if results is not None:
+        check_results_path(results)
     if not isinstance(executor, SerialExecutor):
         _check_picklable(settings)
     if settings.providers:
