@@ -19,7 +19,7 @@ from onnx import external_data_helper, numpy_helper
 
 from nabn_onnx import load_model, save_model
 from nabn_onnx.cli import main
-from nabn_onnx.model.io import _write_model
+from nabn_onnx.model import serialize_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import bench_large
@@ -109,7 +109,7 @@ def test_streamed_serialization_is_byte_identical(stored) -> None:
     """The writer that never holds the whole serialized model writes exactly protobuf's bytes."""
     _, _, model, _ = stored
     buffer = io.BytesIO()
-    _write_model(model, buffer)
+    serialize_model(model, buffer)
     assert buffer.getvalue() == model.SerializeToString()
 
 
