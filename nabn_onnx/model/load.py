@@ -42,7 +42,7 @@ def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
 
     Args:
         model: path to an ``.onnx`` file, a loaded ``ModelProto`` (used as is, not copied) or
-            an ``onnx_graphsurgeon.Graph`` (exported to a new ``ModelProto``, see :mod:`nabn_onnx.gsgraph`).
+            an ``onnx_graphsurgeon.Graph`` (exported to a new ``ModelProto``, see :mod:`nabn_onnx.model.gsgraph`).
         check: run ``onnx.checker`` on the model.
 
     Returns:

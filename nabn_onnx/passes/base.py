@@ -6,7 +6,7 @@ of hundreds of megabytes per pass would dominate the run time); the base checks 
 returned model is the one passed in, and callers that must keep the input copy it once.
 
 A pass also takes an ``onnx_graphsurgeon.Graph``: the base exports it to a ``ModelProto``,
-runs the pass on that, and returns the result as a new graph (:mod:`nabn_onnx.gsgraph`,
+runs the pass on that, and returns the result as a new graph (:mod:`nabn_onnx.model.gsgraph`,
 provenance kept); the graph passed in is left as it was.
 """
 
