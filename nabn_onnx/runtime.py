@@ -141,7 +141,7 @@ def make_session(
         providers: execution providers, in order of preference; CPU by default.
         intra_op_threads: threads per operator (0: onnxruntime's default, one per core).
         extra_initializers: initializers of ``model`` kept elsewhere (see
-            :func:`nabn_onnx.io.without_large_initializers`).
+            :func:`nabn_onnx.model.without_large_initializers`).
         batch: the model's :class:`BatchPlan`; a fixed batch that :func:`plan_batch`
             verified can be freed is made symbolic in the session's copy (``model`` is untouched).
         quiet: no onnxruntime log at all (for probing runs whose failure is an answer).

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 
-import nabn_onnx.model.io as nabn_io
+import nabn_onnx.model.save as nabn_save
 from nabn_onnx import ModelError, load_model, save_model
 from nabn_onnx.cli import main
 
@@ -100,7 +100,7 @@ def test_failure_in_the_writer(folder: Path, monkeypatch, external: bool) -> Non
             kwargs["data"].write(b"\0" * 5000)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(nabn_io, "_write_model", dies_midway)
+    monkeypatch.setattr(nabn_save, "serialize_model", dies_midway)
     with pytest.raises(ModelError, match=r"cannot write .*No space left"):
         save_model(model, folder / "out.onnx", external_data=external)
     _assert_clean_failure(folder, before, model, reference)
@@ -111,7 +111,7 @@ def test_cannot_open_the_temporary_file(folder: Path, monkeypatch, external: boo
     model = load_model(folder / "model.onnx")
     reference = _weights(model)
     before = _fingerprint(folder)
-    monkeypatch.setattr(nabn_io, "open", _disk_full, raising=False)
+    monkeypatch.setattr(nabn_save, "open", _disk_full, raising=False)
     with pytest.raises(ModelError, match=r"cannot write .*No space left"):
         save_model(model, folder / "out.onnx", external_data=external)
     _assert_clean_failure(folder, before, model, reference)
@@ -122,7 +122,7 @@ def test_disk_full_halfway_through_inline_write(folder: Path, monkeypatch) -> No
     reference = _weights(model)
     before = _fingerprint(folder)
     real_open = open
-    monkeypatch.setattr(nabn_io, "open", lambda *a, **k: _HalfWriter(real_open(*a, **k)), raising=False)
+    monkeypatch.setattr(nabn_save, "open", lambda *a, **k: _HalfWriter(real_open(*a, **k)), raising=False)
     with pytest.raises(ModelError, match="No space left"):
         save_model(model, folder / "out.onnx", external_data=False)
     _assert_clean_failure(folder, before, model, reference)
@@ -157,7 +157,7 @@ def test_disk_full_halfway_through_external_data(folder: Path, monkeypatch) -> N
             return opened[-1]
         return fh
 
-    monkeypatch.setattr(nabn_io, "open", data_fails, raising=False)
+    monkeypatch.setattr(nabn_save, "open", data_fails, raising=False)
     with pytest.raises(ModelError, match="No space left"):
         save_model(model, folder / "out.onnx", external_data=True)
     assert opened and opened[0].calls == 5
@@ -175,7 +175,7 @@ def _fail_nth_replace(monkeypatch, failing_call: int, code: int, message: str):
             raise OSError(code, message)
         return real_replace(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(nabn_io.os, "replace", flaky)
+    monkeypatch.setattr(nabn_save.os, "replace", flaky)
     return real_replace
 
 
@@ -208,7 +208,7 @@ def test_failed_overwrite_keeps_the_old_output(folder: Path, monkeypatch, failin
     real_replace = _fail_nth_replace(monkeypatch, failing_call, errno.EIO, "Input/output error")
     with pytest.raises(ModelError):
         save_model(new, folder / "out.onnx", external_data=True)
-    monkeypatch.setattr(nabn_io.os, "replace", real_replace)
+    monkeypatch.setattr(nabn_save.os, "replace", real_replace)
     _assert_clean_failure(folder, before, new, reference)
     assert load_model(folder / "out.onnx").SerializeToString() == old_bytes
 
@@ -221,7 +221,7 @@ def test_interrupt_leaves_nothing(folder: Path, monkeypatch) -> None:
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(nabn_io.os, "replace", interrupted)
+    monkeypatch.setattr(nabn_save.os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save_model(model, folder / "out.onnx")
     assert _fingerprint(folder) == before
@@ -234,10 +234,10 @@ def test_cli_failure_mid_save(folder: Path, monkeypatch, capsys, command: str, w
     np.savez(folder / "data.npz", input=images(16))
     before = _fingerprint(folder)
     if where == "replace":
-        monkeypatch.setattr(nabn_io.os, "replace", _disk_full)
+        monkeypatch.setattr(nabn_save.os, "replace", _disk_full)
     else:
         real_open = open
-        monkeypatch.setattr(nabn_io, "open", lambda *a, **k: _HalfWriter(real_open(*a, **k)), raising=False)
+        monkeypatch.setattr(nabn_save, "open", lambda *a, **k: _HalfWriter(real_open(*a, **k)), raising=False)
     argv = [command, str(folder / "model.onnx"), "-o", str(folder / "out.onnx")]
     if command == "inject":
         argv += ["--noise", "add", "--eta", "0.001"]

@@ -181,9 +181,9 @@ def test_absurd_input_shape_is_harmless(tmp_path: Path) -> None:
 
 def _field(number: int, payload: bytes) -> bytes:
     """One length-delimited protobuf field."""
-    from nabn_onnx.model.io import _varint
+    from nabn_onnx.model import encode_varint
 
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return encode_varint(number << 3 | 2) + encode_varint(len(payload)) + payload
 
 
 def test_deeply_nested_subgraphs(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from onnx import external_data_helper, numpy_helper
 
 from nabn_onnx import load_model, save_model
 from nabn_onnx.cli import main
-from nabn_onnx.model.io import _write_model
+from nabn_onnx.model import serialize_model
 
 from builders import build_resnet50, weight_bytes
 
@@ -107,7 +107,7 @@ def test_streamed_serialization_is_byte_identical(stored) -> None:
     """The writer that never holds the whole serialized model writes exactly protobuf's bytes."""
     _, _, model, _ = stored
     buffer = io.BytesIO()
-    _write_model(model, buffer)
+    serialize_model(model, buffer)
     assert buffer.getvalue() == model.SerializeToString()
 
 

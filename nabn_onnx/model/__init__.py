@@ -1,10 +1,47 @@
-"""Everything about a ModelProto: load (with the hostile-input checks), save, provenance, graphsurgeon, traversal."""
+"""Everything about a ModelProto, one job per module.
 
-from .graph import *  # noqa: F403
-from .graph import __all__ as _graph
+* :mod:`.load`: :func:`load_model` with the hostile-input checks and onnx's checker.
+* :mod:`.save`: :func:`save_model` (atomic, streamed, external data above 2 GB).
+* :mod:`.files`: atomic file writes and the output-path guards run before any work.
+* :mod:`.provenance`: the ``nabn.*`` records in ``metadata_props``.
+* :mod:`.initializers`: initializer and opset helpers, copies without the large weights.
+* :mod:`.normalize`: the normalizing rewrites :func:`load_model` applies (Constant weights, Identity renames).
+* :mod:`.traversal`: walking a graph and its subgraphs.
+* :mod:`.layers`: the analog layers, their BatchNorms, selection and skip summaries.
+* :mod:`.gsgraph`: onnx-graphsurgeon graphs in and out.
+"""
+
+from .files import *  # noqa: F403
+from .files import __all__ as _files
 from .gsgraph import *  # noqa: F403
 from .gsgraph import __all__ as _gsgraph
-from .io import *  # noqa: F403
-from .io import __all__ as _io
+from .initializers import *  # noqa: F403
+from .initializers import __all__ as _initializers
+from .layers import *  # noqa: F403
+from .layers import __all__ as _layers
+from .load import *  # noqa: F403
+from .load import __all__ as _load
+from .normalize import *  # noqa: F403
+from .normalize import __all__ as _normalize
+from .provenance import *  # noqa: F403
+from .provenance import __all__ as _provenance
+from .save import *  # noqa: F403
+from .save import __all__ as _save
+from .traversal import *  # noqa: F403
+from .traversal import __all__ as _traversal
 
-__all__ = list(dict.fromkeys([*_io, *_graph, *_gsgraph]))
+__all__ = list(
+    dict.fromkeys(
+        [
+            *_load,
+            *_save,
+            *_files,
+            *_provenance,
+            *_initializers,
+            *_normalize,
+            *_traversal,
+            *_layers,
+            *_gsgraph,
+        ]
+    )
+)

@@ -15,7 +15,7 @@ graph's ``name`` and ``doc_string``. So :func:`from_model` appends to the graph'
 ``doc_string`` one line holding, as JSON, the model fields the graph has no place for
 (``metadata_props``, the model's ``doc_string``, ``model_version``, ``domain``, the
 producer, the graph's own ``metadata_props``), and :func:`to_model`,
-:func:`nabn_onnx.io.load_model` and every pass (:func:`restore_model_fields`) move them
+:func:`nabn_onnx.model.load_model` and every pass (:func:`restore_model_fields`) move them
 back, leaving the ``doc_string`` as it was. A graph we return and the user saves with ``gs.export_onnx`` thus
 still carries its records in the file, and a model made noisy by ``inject`` is still refused a
 second draw.
@@ -156,7 +156,7 @@ def from_model(proto: ModelProto, like: Any) -> Union[ModelProto, GsGraph]:
 def returns_like(arg: str = "model") -> Callable[[_F], _F]:
     """Decorate a call so that, when its ``arg`` is an onnx-graphsurgeon graph, its model comes back as one.
 
-    The call itself takes the graph through :func:`nabn_onnx.io.load_model`; this converts
+    The call itself takes the graph through :func:`nabn_onnx.model.load_model`; this converts
     what it returns: a ``ModelProto``, or the ``model`` field of a result (``PassResult``,
     ``CalibrationResult``). For paths and ``ModelProto`` the call is unchanged.
 

@@ -6,7 +6,7 @@ of hundreds of megabytes per pass would dominate the run time); the base checks 
 returned model is the one passed in, and callers that must keep the input copy it once.
 
 A pass also takes an ``onnx_graphsurgeon.Graph``: the base exports it to a ``ModelProto``,
-runs the pass on that, and returns the result as a new graph (:mod:`nabn_onnx.gsgraph`,
+runs the pass on that, and returns the result as a new graph (:mod:`nabn_onnx.model.gsgraph`,
 provenance kept); the graph passed in is left as it was.
 """
 
@@ -15,13 +15,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Union
+from typing import Any, Dict, List, Union
 
 from onnx import ModelProto
 
 from ..model import GsGraph, from_model, is_gs_graph, restore_model_fields, to_model
 
-__all__ = ["Pass", "PassResult", "PreconditionError", "PostconditionError"]
+__all__ = ["Pass", "PassResult", "PreconditionError", "PostconditionError", "Sequential"]
 
 
 class PreconditionError(Exception):
@@ -89,3 +89,31 @@ class Pass(abc.ABC):
     @abc.abstractmethod
     def call(self, model: ModelProto) -> PassResult:
         """Transform ``model``; implemented by each pass."""
+
+
+class Sequential(Pass):
+    """Run passes in order on one model, as onnx-ir's ``Sequential``.
+
+    Each pass gets the model the one before returned. The result is ``modified`` when any
+    pass modified the model; ``details["results"]`` holds each pass's :class:`PassResult`.
+    The sequence works in place when all its passes do.
+
+    Args:
+        *passes: the passes, in the order they run.
+    """
+
+    def __init__(self, *passes: Pass):
+        if not passes:
+            raise ValueError("Sequential needs at least one pass")
+        self.passes = passes
+        self.in_place = all(p.in_place for p in passes)
+
+    def call(self, model: ModelProto) -> PassResult:
+        """Run every pass in order; ``modified`` if any of them modified the model."""
+        results: List[PassResult] = []
+        current: Union[ModelProto, GsGraph] = model
+        for step in self.passes:
+            result = step(current)
+            results.append(result)
+            current = result.model
+        return PassResult(current, any(r.modified for r in results), {"results": results})

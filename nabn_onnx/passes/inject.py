@@ -20,15 +20,14 @@ from typing import List, Optional
 from onnx import ModelProto, numpy_helper
 
 from ..model import (
-    bypass_initializer_identities,
     find_analog_layers,
-    lift_constant_weights,
     read_record,
     record,
     select_layers,
 )
 from ..noise import NoiseModel
 from .base import Pass, PassResult
+from .normalize import NormalizeWeightsPass
 
 __all__ = ["InjectWeightNoisePass", "noisy_tensor_names"]
 
@@ -72,10 +71,10 @@ class InjectWeightNoisePass(Pass):
             logger.debug("model already carries injected noise (%s); not injecting again", already)
             return PassResult(model, False, {"tensors": [], "already": already})
         # a model from plain onnx.load may hold its weights in Constant nodes (load_model lifts them)
-        normalized = lift_constant_weights(model) + bypass_initializer_identities(model)
+        normalized = NormalizeWeightsPass()(model).modified
         names = noisy_tensor_names(model, self.noise.include_bias, self.include, self.exclude)
         if not names:
-            return PassResult(model, normalized > 0, {"tensors": []})
+            return PassResult(model, normalized, {"tensors": []})
         inits = {t.name: t for t in model.graph.initializer}
         for name in names:
             weight = numpy_helper.to_array(inits[name])

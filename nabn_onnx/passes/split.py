@@ -11,7 +11,7 @@ consumers and graph outputs stay untouched. The algebra of BatchNormalization is
 ``Y = (Y' - mean) / sqrt(var + eps) * scale + B``. Two ways to keep ``Y == Y'``:
 
 * **placeholder** (no data): ``mean = 0, var = 1 - eps, scale = 1, B = 0`` with ``eps``
-  a power of two chosen per dtype (:func:`placeholder_epsilon`: ``2**-17`` for float32 and
+  a power of two chosen per dtype (:func:`nabn_onnx.passes.identity_bn.placeholder_epsilon`: ``2**-17`` for float32 and
   float64, ``2**-11`` for float16, ``2**-8`` for bfloat16) so that both ``1 - eps`` and
   ``var + eps = 1`` are exact in the layer's dtype: the node is the identity bit for bit,
   and so is onnxruntime's Conv+BatchNormalization fusion of it (weights times 1, bias
@@ -44,39 +44,24 @@ from onnx import ModelProto, NodeProto, helper, numpy_helper
 from ..model import (
     AnalogLayer,
     GraphIndex,
-    bypass_initializer_identities,
     find_analog_layers,
-    lift_constant_weights,
     read_record,
     record,
     select_layers,
 )
 from .base import Pass, PassResult
+from .identity_bn import (
+    BN_PARAMETERS,
+    PLACEHOLDER_EPSILON,
+    identity_parameters,
+    placeholder_epsilon,
+    placeholder_parameters,
+)
+from .normalize import NormalizeWeightsPass
 
 __all__ = ["SplitBatchNormPass", "PLACEHOLDER_EPSILON", "placeholder_epsilon", "select_layers", "bn_param_names"]
 
 logger = logging.getLogger(__name__)
-
-#: A power of two, so that ``1 - eps`` and ``(1 - eps) + eps == 1`` are exact in float32.
-PLACEHOLDER_EPSILON = 2.0**-17
-#: The same per dtype: the largest power of two whose ``1 - eps`` the type still represents
-#: exactly, capped at float32's (a larger epsilon than needed would change tiny variances).
-_EPSILON_BY_DTYPE = {
-    np.dtype(np.float16): 2.0**-11,
-    np.dtype(np.float32): PLACEHOLDER_EPSILON,
-    np.dtype(np.float64): PLACEHOLDER_EPSILON,
-}
-
-
-def placeholder_epsilon(dtype) -> float:
-    """The placeholder epsilon for a layer of this dtype (see the module docstring)."""
-    dtype = np.dtype(dtype)
-    if dtype in _EPSILON_BY_DTYPE:
-        return _EPSILON_BY_DTYPE[dtype]
-    if dtype.name == "bfloat16":  # ml_dtypes: 8 bits of precision
-        return 2.0**-8
-    return PLACEHOLDER_EPSILON
-
 
 _INSERTED_SUFFIX = "/nabn_bn"
 
@@ -118,12 +103,12 @@ class SplitBatchNormPass(Pass):
     def call(self, model: ModelProto) -> PassResult:
         """Insert an identity BatchNorm after every selected analog layer that has none."""
         # a model from plain onnx.load may hold its weights in Constant nodes (load_model lifts them)
-        normalized = lift_constant_weights(model) + bypass_initializer_identities(model)
+        normalized = NormalizeWeightsPass()(model).modified
         layers = select_layers(find_analog_layers(model), self.include, self.exclude)
         todo = [x for x in layers if x.bn is None and x.skip_reason is None]
         skipped = {x.name: x.skip_reason for x in layers if x.bn is None and x.skip_reason is not None}
         if not todo:
-            return PassResult(model, normalized > 0, {"inserted": [], "skipped": skipped})
+            return PassResult(model, normalized, {"inserted": [], "skipped": skipped})
         index = GraphIndex(model)
         names_taken = set(index.producer) | set(index.initializers) | {n.name for n in model.graph.node}
         names_taken |= {i.name for i in model.graph.input}
@@ -171,11 +156,7 @@ class SplitBatchNormPass(Pass):
             mean, var = (np.asarray(a, dtype=np.float64).reshape(-1) for a in self.stats[layer.name])
             if mean.shape != (channels,) or var.shape != (channels,):
                 raise ValueError(f"statistics for {layer.name} have {mean.shape[0]} channels, expected {channels}")
-            scale = np.sqrt(var + eps)
-            return tuple(a.astype(dtype) for a in (scale, mean, mean, var))
-        return (
-            np.ones(channels, dtype),
-            np.zeros(channels, dtype),
-            np.zeros(channels, dtype),
-            np.full(channels, 1.0 - eps, dtype),
-        )
+            measured = identity_parameters(mean, var, eps)
+            return tuple(measured[key].astype(dtype) for key in BN_PARAMETERS)
+        placeholder = placeholder_parameters(channels, eps, dtype)
+        return tuple(placeholder[key] for key in BN_PARAMETERS)

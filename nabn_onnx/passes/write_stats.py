@@ -19,13 +19,25 @@ from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ..model import GraphIndex
 from .base import Pass, PassResult
+from .identity_bn import BN_PARAMETERS, is_placeholder
 
-__all__ = ["WriteBatchNormStatsPass", "BN_SCALE", "BN_BIAS", "BN_MEAN", "BN_VAR"]
+__all__ = [
+    "WriteBatchNormStatsPass",
+    "BN_SCALE",
+    "BN_BIAS",
+    "BN_MEAN",
+    "BN_VAR",
+    "read_bn_params",
+    "bn_params",
+    "bn_epsilon",
+    # defined in identity_bn; kept importable from here for callers written before it moved
+    "is_placeholder",
+]
 
 logger = logging.getLogger(__name__)
 
 BN_SCALE, BN_BIAS, BN_MEAN, BN_VAR = 1, 2, 3, 4
-_SLOTS = {"scale": BN_SCALE, "bias": BN_BIAS, "mean": BN_MEAN, "var": BN_VAR}
+_SLOTS = dict(zip(BN_PARAMETERS, (BN_SCALE, BN_BIAS, BN_MEAN, BN_VAR)))
 
 
 class WriteBatchNormStatsPass(Pass):
@@ -86,24 +98,6 @@ def bn_params(node, inits: Dict[str, TensorProto]) -> Dict[str, Optional[np.ndar
         tensor = inits.get(node.input[slot])
         params[key] = None if tensor is None else numpy_helper.to_array(tensor).astype(np.float64)
     return params
-
-
-def is_placeholder(params: Dict[str, Optional[np.ndarray]], eps: float) -> bool:
-    """Whether BatchNorm parameters are split's exact-identity placeholder (any float dtype).
-
-    ``mean 0, scale 1, bias 0`` and ``var + eps == 1`` (the placeholder variance is
-    ``1 - eps`` with an ``eps`` chosen per dtype so that both are exact, see
-    :func:`nabn_onnx.passes.split.placeholder_epsilon`). Such a BatchNorm returns its input
-    bit for bit: onnxruntime computes ``scale / sqrt(var + eps) = 1`` exactly.
-    """
-    if any(v is None for v in params.values()):
-        return False
-    return bool(
-        np.all(params["scale"] == 1.0)
-        and np.all(params["bias"] == 0.0)
-        and np.all(params["mean"] == 0.0)
-        and np.all(params["var"] + np.float64(np.float32(eps)) == 1.0)
-    )
 
 
 def bn_epsilon(node) -> float:

@@ -18,7 +18,8 @@ import onnx
 from onnx import ModelProto, NodeProto, TensorProto
 
 from ..errors import NabnError
-from .io import read_record, weightless_copy
+from .initializers import weightless_copy
+from .provenance import read_record
 
 __all__ = [
     "ANALOG_OPS",
@@ -171,13 +172,6 @@ def _type_name(data_type: int) -> str:
     return TensorProto.DataType.Name(data_type) if data_type in TensorProto.DataType.values() else str(data_type)
 
 
-def _numel(tensor: TensorProto) -> int:
-    count = 1
-    for dim in tensor.dims:
-        count *= dim
-    return count
-
-
 def _channels(node: NodeProto, weight: TensorProto) -> Optional[int]:
     dims = list(weight.dims)
     if node.op_type == "Conv":
@@ -197,7 +191,7 @@ def find_analog_layers(model: ModelProto, ranks: Optional[Dict[str, int]] = None
     """Describe every analog layer of the main graph, in graph order.
 
     Args:
-        model: the model (Constant weights already lifted by :func:`nabn_onnx.io.load_model`).
+        model: the model (Constant weights already lifted by :func:`nabn_onnx.model.load_model`).
         ranks: tensor ranks from :func:`infer_ranks` (computed when omitted and needed).
 
     Returns:

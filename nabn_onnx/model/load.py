@@ -1,0 +1,228 @@
+"""Loading a model, ready for the passes, and refusing a hostile or broken one.
+
+:func:`load_model` reads a model (with its external data, whose locations are checked to
+stay inside the model's folder), lifts weights stored as ``Constant`` nodes into
+initializers and bypasses Identity renames of them (:mod:`nabn_onnx.model.normalize`),
+runs onnx's checker (:func:`check_model`) and refuses what would fail later, far from the
+load: text that is not UTF-8, BatchNorms in training mode, initializers whose data does
+not match their dims.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import onnx
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError
+from onnx import ModelProto, TensorProto, external_data_helper
+
+from ..errors import ModelError
+from .gsgraph import GsGraph, is_gs_graph, restore_model_fields, to_model
+from .initializers import default_opset, weightless_copy
+from .normalize import bypass_initializer_identities, lift_constant_weights
+from .traversal import all_nodes
+
+__all__ = ["ModelLike", "MIN_OPSET", "load_model", "check_model"]
+
+
+#: A model the public calls take: a path, a ``ModelProto`` or an ``onnx_graphsurgeon.Graph``.
+ModelLike = Union[str, os.PathLike, ModelProto, GsGraph]
+
+
+#: BatchNormalization's signature is stable from opset 9 on (``spatial`` was dropped).
+MIN_OPSET = 9
+
+
+def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
+    """Load a model from a path (or take a ``ModelProto`` or an onnx-graphsurgeon graph), ready for the passes.
+
+    Args:
+        model: path to an ``.onnx`` file, a loaded ``ModelProto`` (used as is, not copied) or
+            an ``onnx_graphsurgeon.Graph`` (exported to a new ``ModelProto``, see :mod:`nabn_onnx.model.gsgraph`).
+        check: run ``onnx.checker`` on the model.
+
+    Returns:
+        The model with external data loaded and ``Constant`` weights lifted into initializers.
+
+    Raises:
+        ModelError: the file is missing, not ONNX, fails the checker, points outside its
+            folder for external data, or uses an opset older than :data:`MIN_OPSET`.
+    """
+    if isinstance(model, ModelProto):
+        proto = model
+    elif is_gs_graph(model):
+        proto = to_model(model)
+    else:
+        path = Path(model)
+        if not path.exists():
+            raise ModelError(f"model file not found: {path}")
+        if not path.is_file():
+            raise ModelError(f"model path is not a file: {path}")
+        try:
+            proto = onnx.load_model(str(path), load_external_data=False)
+        except (DecodeError, ValueError, RuntimeError, TypeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+        except OSError as exc:
+            raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if not proto.HasField("graph"):
+            raise ModelError(f"{path} is not an ONNX model: it has no graph")
+        if any(external_data_helper.uses_external_data(t) for t in external_data_helper._get_all_tensors(proto)):
+            _check_external_locations(proto, path.parent)
+            try:
+                external_data_helper.load_external_data_for_model(proto, str(path.parent))
+            except (OSError, ValueError) as exc:
+                raise ModelError(f"cannot read the external data of {path}: {exc}") from None
+    if not proto.HasField("graph"):
+        raise ModelError("the model has no graph")
+    restore_model_fields(proto)  # saved with gs.export_onnx from a graph nabn-onnx returned
+    _check_utf8(proto)
+    opset = default_opset(proto)
+    if opset < MIN_OPSET:
+        raise ModelError(
+            f"the model uses opset {opset}; nabn-onnx needs opset {MIN_OPSET} or newer "
+            "(convert it with onnx.version_converter.convert_version)"
+        )
+    _refuse_training_mode(proto)
+    lift_constant_weights(proto)
+    bypass_initializer_identities(proto)
+    if check:
+        check_model(proto)
+    _check_initializer_sizes(proto)
+    return proto
+
+
+def check_model(model: ModelProto, *, full: bool = False) -> None:
+    """Run onnx's checker, turning its failure into a one-line :class:`ModelError`.
+
+    The checker sees the model without its large weights (see :func:`weightless_copy`);
+    :func:`load_model` checks those separately.
+    """
+    try:
+        onnx.checker.check_model(weightless_copy(model), full_check=full)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"the model fails onnx's checker: {first}") from None
+    except UnicodeDecodeError:  # the checker's message quotes a name that is not valid UTF-8
+        raise ModelError("the model fails onnx's checker: it holds names or strings that are not valid UTF-8") from None
+
+
+def _check_external_locations(model: ModelProto, base_dir: Path) -> None:
+    """Refuse external-data locations that leave the model's folder (``..``, absolute, symlinks)."""
+    base = base_dir.resolve()
+    for tensor in external_data_helper._get_all_tensors(model):  # onnx's own walker
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        try:
+            info = external_data_helper.ExternalDataInfo(tensor)
+        except ValueError as exc:
+            raise ModelError(f"tensor '{tensor.name}' has unreadable external-data fields ({exc})") from None
+        for key in ("offset", "length"):
+            if getattr(info, key, None) is not None and getattr(info, key) < 0:
+                raise ModelError(f"tensor '{tensor.name}' has a negative external-data {key} ({getattr(info, key)})")
+        location = info.location
+        if not location or os.path.isabs(location) or Path(location).drive:
+            raise ModelError(
+                f"tensor '{tensor.name}' stores its data at '{location}': external data must be a relative "
+                "path inside the model's folder"
+            )
+        target = (base / location).resolve()
+        if base not in target.parents and target != base:
+            raise ModelError(
+                f"tensor '{tensor.name}' points outside the model's folder ('{location}' resolves to {target}); "
+                "refusing to read it"
+            )
+        if not target.is_file():
+            raise ModelError(
+                f"tensor '{tensor.name}' stores its data in '{location}', which does not exist next to the model"
+            )
+
+
+#: Types whose elements are packed below one byte (raw size is not numel * itemsize).
+_PACKED_TYPES = {
+    getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2") if hasattr(TensorProto, n)
+}
+
+
+def _check_initializer_sizes(model: ModelProto) -> None:
+    """Refuse initializers whose stored data does not match their dims (a corrupt or hostile file).
+
+    onnx's checker does not compare ``raw_data`` with ``dims`` and is skipped above 2 GB;
+    without this a pass would fail deep inside numpy on the first such weight.
+    """
+    known = set(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
+    for tensor in model.graph.initializer:
+        if tensor.data_type not in known:
+            raise ModelError(
+                f"initializer '{tensor.name}' has an unknown data type ({tensor.data_type}); the file is corrupt"
+            )
+        if any(d < 0 for d in tensor.dims):
+            raise ModelError(f"initializer '{tensor.name}' has negative dims {list(tensor.dims)}; the file is corrupt")
+        if tensor.data_type in _PACKED_TYPES or tensor.data_type == TensorProto.STRING:
+            continue
+        if external_data_helper.uses_external_data(tensor):
+            continue
+        numel = 1
+        for d in tensor.dims:
+            numel *= d
+        field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+        if tensor.HasField("raw_data") and len(getattr(tensor, field)):
+            raise ModelError(
+                f"initializer '{tensor.name}' stores its values twice (raw_data and {field}); the file is corrupt"
+            )
+        if tensor.HasField("raw_data"):
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+            stored, wanted, unit = len(tensor.raw_data), numel * itemsize, "bytes"
+        else:
+            per = 2 if tensor.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128) else 1
+            stored, wanted, unit = len(getattr(tensor, field)), numel * per, "values"
+        if stored != wanted:
+            raise ModelError(
+                f"initializer '{tensor.name}' stores {stored} {unit} but its dims {list(tensor.dims)} need {wanted}; "
+                "the file is corrupt or truncated"
+            )
+
+
+def _check_utf8(message, where: str = "model") -> None:
+    """Refuse string fields that are not valid UTF-8.
+
+    Protobuf parses them anyway and hands them to Python as ``bytes`` (or fails when one is
+    read), which would surface far from the load. Only string and message fields are
+    visited, so tensor bytes are never copied.
+    """
+    for field in message.DESCRIPTOR.fields:
+        if field.type not in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE):
+            continue
+        repeated = field.is_repeated
+        if not repeated and not message.HasField(field.name):
+            continue
+        try:
+            value = getattr(message, field.name)
+            bad = field.type == FieldDescriptor.TYPE_STRING and any(
+                isinstance(v, bytes) for v in (value if repeated else (value,))
+            )
+        except UnicodeDecodeError:  # some protobuf back ends fail on read instead of returning bytes
+            bad = True
+        if bad:
+            raise ModelError(f"{where}.{field.name} holds text that is not valid UTF-8; the file is corrupt")
+        if field.type == FieldDescriptor.TYPE_STRING:
+            continue
+        for item in value if repeated else (value,):
+            _check_utf8(item, f"{where}.{field.name}")
+
+
+def _refuse_training_mode(model: ModelProto) -> None:
+    """A BatchNormalization exported in training mode would recompute its statistics on every batch."""
+    for node in all_nodes(model.graph):
+        if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx"):
+            continue
+        flagged = any(a.name == "training_mode" and a.i != 0 for a in node.attribute)
+        if flagged or any(node.output[1:]):
+            how = "training_mode=1" if flagged else "it has running-statistics outputs"
+            raise ModelError(
+                f"BatchNormalization '{node.name or node.output[0]}' is in training mode ({how}); export the model "
+                "in eval mode (PyTorch: model.eval() before torch.onnx.export)"
+            )
