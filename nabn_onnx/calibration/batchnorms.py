@@ -1,9 +1,8 @@
 """The BatchNorm parameters a calibration reads and writes: names, running statistics, identities.
 
-:func:`identity_values` and :func:`placeholder_values` hold the identity-BatchNorm
-arithmetic that ``passes/split.py`` and ``passes/write_stats.py`` also hold; they are kept
-apart here, two small functions, so that they can be pointed at the one helper in
-:mod:`nabn_onnx.passes` once it exists.
+:func:`identity_values` and :func:`placeholder_values` apply the identity-BatchNorm
+arithmetic of :mod:`nabn_onnx.passes.identity_bn` (its one home, shared with the split and
+the write-back passes) to the BatchNorms of a calibration.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from onnx import ModelProto
 
 from ..errors import NabnError
 from ..model import batchnorm_nodes
+from ..passes import identity_parameters, placeholder_parameters
 
 __all__ = ["Stats", "BNValues", "name_batchnorms", "running_stats", "identity_values", "placeholder_values"]
 
@@ -66,17 +66,9 @@ def identity_values(stats: Stats, eps_of: Dict[str, float]) -> BNValues:
 
     ``mean = mu, var = s2, scale = sqrt(s2 + eps), B = mu`` (see ``passes/split.py``).
     """
-    out = {}
-    for name, (mean, var) in stats.items():
-        out[name] = {"scale": np.sqrt(var + eps_of[name]), "bias": mean, "mean": mean, "var": var}
-    return out
+    return {name: identity_parameters(mean, var, eps_of[name]) for name, (mean, var) in stats.items()}
 
 
 def placeholder_values(channels: int, eps: float) -> Dict[str, np.ndarray]:
     """The exact-identity placeholder of an inserted BatchNorm (``var = 1 - eps``, exact in its dtype)."""
-    return {
-        "scale": np.ones(channels),
-        "bias": np.zeros(channels),
-        "mean": np.zeros(channels),
-        "var": np.full(channels, 1.0 - np.float64(np.float32(eps))),
-    }
+    return placeholder_parameters(channels, eps)

@@ -24,8 +24,9 @@ from ..model import (
     select_layers,
     skip_summary,
 )
+from ..passes import is_placeholder
 from ..passes.split import SplitBatchNormPass
-from ..passes.write_stats import bn_epsilon, is_placeholder, read_bn_params
+from ..passes.write_stats import bn_epsilon, read_bn_params
 from ..runtime import plan_batch
 from .batchnorms import name_batchnorms
 from .config import CalibrationConfig

@@ -40,8 +40,9 @@ import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ..model import default_opset
+from ..passes import is_placeholder
 from ..passes.base import Pass, PassResult, PreconditionError
-from ..passes.write_stats import bn_epsilon, bn_params, is_placeholder
+from ..passes.write_stats import bn_epsilon, bn_params
 
 __all__ = ["ExposeBatchNormStatsPass", "StatOutputs"]
 
