@@ -17,7 +17,7 @@ from .groups import (
     say,
     selection_args,
 )
-from .paths import default_output, guard_paths, report_suffix
+from .paths import default_output, guard_paths, report_suffix, report_suffixes
 
 __all__ = ["add_parser", "run"]
 
@@ -63,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
 def run(args: argparse.Namespace) -> int:
     """Run the command on parsed ``args``; returns the exit code."""
     parser = args.subparser
-    from ..calibration import Estimator, calibrate
+    from ..calibration import CalibrationReport, Estimator, calibrate
     from ..model import save_model
 
     noise = noise_from_args(args, parser)
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.model, output)
     guard_paths(args, output)
     if args.report:
-        report_suffix(args.report, (".json", ".md"))
+        report_suffix(args.report, report_suffixes(CalibrationReport))
     if args.momentum is not None and args.estimator != "ema":
         parser.error("--momentum applies to --estimator ema only; the cumulative estimator has no momentum")
     estimator = Estimator(

@@ -23,7 +23,7 @@ from .groups import (
     runtime_args,
     say,
 )
-from .paths import report_suffix
+from .paths import FILE_SUFFIXES, report_suffix
 
 __all__ = ["add_parser", "run"]
 
@@ -89,8 +89,8 @@ def _run(args: argparse.Namespace) -> int:
     thresholds += [parse_threshold(t, "max") for t in args.max or []]
     if not thresholds:
         raise NabnError("give at least one threshold: --min top1=0.95 (or --max NAME=VALUE)")
-    report_path = report_suffix(args.report, (".json",))
-    junit_path = report_suffix(args.junit, (".xml",))
+    report_path = report_suffix(args.report, FILE_SUFFIXES["check --report"])
+    junit_path = report_suffix(args.junit, FILE_SUFFIXES["check --junit"])
     seeds = parse_seeds(args.seeds)
     kind, device, etas = chip_grid_noise(args, parser)
     report = check(

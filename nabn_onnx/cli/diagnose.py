@@ -17,7 +17,7 @@ from .groups import (
     runtime_args,
     say,
 )
-from .paths import report_suffix
+from .paths import FILE_SUFFIXES, report_suffix, report_suffixes
 
 __all__ = ["add_parser", "run"]
 
@@ -50,11 +50,11 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
 def run(args: argparse.Namespace) -> int:
     """Run the command on parsed ``args``; returns the exit code."""
     parser = args.subparser
-    from ..evaluation import diagnose
+    from ..evaluation import DiagnoseReport, diagnose
 
     noise = noise_from_args(args, parser)
-    report_path = report_suffix(args.report, (".json", ".md"))
-    plot_path = report_suffix(args.plot, (".png", ".svg", ".pdf"))
+    report_path = report_suffix(args.report, report_suffixes(DiagnoseReport))
+    plot_path = report_suffix(args.plot, FILE_SUFFIXES["plot"])
     report = diagnose(
         args.model,
         data_source(args.data, args),

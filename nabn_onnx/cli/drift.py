@@ -6,7 +6,7 @@ import argparse
 
 from ..errors import NabnError
 from .groups import DEVICE_CHOICES, data_source, device_args, device_options, image_args, method_arg, parse_seeds, say
-from .paths import report_suffix
+from .paths import FILE_SUFFIXES, report_suffix, report_suffixes
 
 __all__ = ["add_parser", "run"]
 
@@ -51,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
 
 def run(args: argparse.Namespace) -> int:
     """Run the command on parsed ``args``; returns the exit code."""
-    from ..evaluation.drift import drift_sweep, parse_times
+    from ..evaluation.drift import DriftReport, drift_sweep, parse_times
     from ..noise import DEVICE_MODELS, DeviceNoise, make_noise
 
     file_kind, options = device_options(args)
@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     device = make_noise(kind, args.eta, include_bias=args.include_bias, **options)
     assert isinstance(device, DeviceNoise)  # kind is one of DEVICE_MODELS
     seeds = parse_seeds(args.seeds)
-    report_path = report_suffix(args.report, (".json", ".md", ".csv"))
-    plot_path = report_suffix(args.plot, (".png", ".svg", ".pdf"))
+    report_path = report_suffix(args.report, report_suffixes(DriftReport))
+    plot_path = report_suffix(args.plot, FILE_SUFFIXES["plot"])
     report = drift_sweep(
         args.model,
         data_source(args.calib, args),

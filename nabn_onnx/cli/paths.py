@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 from ..errors import NabnError
 from ..model import check_output_folder, check_paths
+from ..reports import Report
 
 #: the command-line options that name an input file, and what each is
 INPUT_OPTIONS = {
@@ -41,6 +42,27 @@ def guard_paths(args, output: Optional[Path] = None) -> None:
 def default_output(model: Path, suffix: str) -> Path:
     """``MODEL<suffix>.onnx`` beside the input model."""
     return model.with_name(model.stem + suffix + ".onnx")
+
+
+#: What each file option may end in, in one place, for the files whose type does not name its
+#: own formats: a report on :class:`nabn_onnx.reports.Report` answers for itself
+#: (:func:`report_suffixes`), the others are listed here by class name until they move onto it.
+FILE_SUFFIXES: Dict[str, Tuple[str, ...]] = {
+    "SweepReport": (".json", ".md", ".csv"),
+    "DriftReport": (".json", ".md", ".csv"),
+    "DiagnoseReport": (".json", ".md"),
+    # check --report is JSON only, whatever else CheckReport writes (--junit's XML)
+    "check --report": (".json",),
+    "check --junit": (".xml",),
+    "plot": (".png", ".svg", ".pdf"),
+}
+
+
+def report_suffixes(report_type: type) -> Tuple[str, ...]:
+    """The suffixes a report type writes: its ``FORMATS`` when a :class:`Report`, else :data:`FILE_SUFFIXES`."""
+    if issubclass(report_type, Report):
+        return tuple(report_type.suffixes())
+    return FILE_SUFFIXES[report_type.__name__]
 
 
 def report_suffix(path: Optional[str], allowed: Sequence[str]) -> Optional[Path]:

@@ -23,7 +23,7 @@ from .groups import (
     runtime_args,
     say,
 )
-from .paths import report_suffix
+from .paths import FILE_SUFFIXES, report_suffix, report_suffixes
 
 __all__ = ["add_parser", "run"]
 
@@ -57,12 +57,12 @@ def run(args: argparse.Namespace) -> int:
     parser = args.subparser
     from ..calibration import DEFAULT_ESTIMATOR
     from ..evaluation.executors import make_executor
-    from ..evaluation.sweep import SweepPlan, SweepSettings, run_sweep
+    from ..evaluation.sweep import SweepPlan, SweepReport, SweepSettings, run_sweep
 
     kind, device, etas = chip_grid_noise(args, parser)
     seeds = parse_seeds(args.seeds)
-    report_path = report_suffix(args.report, (".json", ".md", ".csv"))
-    plot_path = report_suffix(args.plot, (".png", ".svg", ".pdf"))
+    report_path = report_suffix(args.report, report_suffixes(SweepReport))
+    plot_path = report_suffix(args.plot, FILE_SUFFIXES["plot"])
     if args.resume and not args.results:
         parser.error("--resume needs --results FILE.jsonl")
     if args.results:
