@@ -17,15 +17,37 @@ from typing import Optional, Sequence
 
 from .. import __version__
 from ..errors import NabnError
-from . import analog, calibrate, check, devices, diagnose, drift, evaluate, inject, inspect, split, sweep
+from .analog import add_parser as add_analog
+from .calibrate import add_parser as add_calibrate
+from .check import add_parser as add_check
+from .devices import add_parser as add_devices
+from .diagnose import add_parser as add_diagnose
+from .drift import add_parser as add_drift
+from .evaluate import add_parser as add_evaluate
+from .inject import add_parser as add_inject
+from .inspect import add_parser as add_inspect
 from .paths import guard_paths
+from .split import add_parser as add_split
+from .sweep import add_parser as add_sweep
 
 __all__ = ["build_parser", "main", "COMMANDS"]
 
 logger = logging.getLogger("nabn_onnx")
 
-#: the command modules, in the order ``nabn-onnx --help`` lists them
-COMMANDS = (split, inject, calibrate, inspect, analog, devices, evaluate, sweep, drift, diagnose, check)
+#: each command module's ``add_parser``, in the order ``nabn-onnx --help`` lists the commands
+COMMANDS = (
+    add_split,
+    add_inject,
+    add_calibrate,
+    add_inspect,
+    add_analog,
+    add_devices,
+    add_evaluate,
+    add_sweep,
+    add_drift,
+    add_diagnose,
+    add_check,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     common.add_argument("-v", "--verbose", action="store_true", help="log details (DEBUG)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
-        command.add_parser(subparsers, common)
+    for add_parser in COMMANDS:
+        add_parser(subparsers, common)
     return parser
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..analog import insert_analog_io, strip_analog_io
 from ..model import check_output
 from ..passes.analog_io import AnalogIO
-from .groups import data_source, image_args, say, selection_args
+from .groups import ImageFolderGroup, LayerSelectionGroup, say
 from .paths import default_output, guard_paths
 
 __all__ = ["add_parser", "run"]
@@ -43,8 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         default=None,
         help="store the output's weights in OUTPUT.data beside it (automatic above 2 GB)",
     )
-    selection_args(p)
-    image_args(p)
+    LayerSelectionGroup.add(p)
+    ImageFolderGroup.add(p)
     p.set_defaults(func=run, subparser=p)
 
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     )
     result = insert_analog_io(
         args.model,
-        data_source(args.data, args),
+        ImageFolderGroup.parse(args.data, args),
         settings,
         include=args.include,
         exclude=args.exclude,

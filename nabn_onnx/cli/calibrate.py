@@ -7,15 +7,13 @@ from pathlib import Path
 
 from ..model import check_output
 from .groups import (
+    LayerSelectionGroup,
+    MethodGroup,
+    ModelOutputGroup,
+    NoiseGroup,
+    RuntimeGroup,
     calibration_config,
-    method_arg,
-    model_output_args,
-    noise_args,
-    noise_from_args,
-    providers_of,
-    runtime_args,
     say,
-    selection_args,
 )
 from .paths import default_output, guard_paths, report_suffix, report_suffixes
 
@@ -27,8 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p = subparsers.add_parser("calibrate", parents=[common], help="re-estimate BatchNorm statistics on a noisy chip")
     p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
     p.add_argument("--data", required=True, help="calibration data (.npz keyed by input name)")
-    noise_args(p, required=False)
-    method_arg(p)
+    NoiseGroup.add(p, required=False)
+    MethodGroup.add(p)
     p.add_argument(
         "--estimator",
         choices=["cumulative", "ema"],
@@ -54,9 +52,9 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         help="metric for --test (top1, top5, miou, pixel-acc, map50, mar50, or DECODER:METRIC such as "
         "picodet:map50 or dbnet:miou; default top1)",
     )
-    model_output_args(p, default="MODEL.nabn.onnx")
-    selection_args(p)
-    runtime_args(p)
+    ModelOutputGroup.add(p, default="MODEL.nabn.onnx")
+    LayerSelectionGroup.add(p)
+    RuntimeGroup.add(p)
     p.set_defaults(func=run, subparser=p)
 
 
@@ -66,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from ..calibration import CalibrationReport, Estimator, calibrate
     from ..model import save_model
 
-    noise = noise_from_args(args, parser)
+    noise = NoiseGroup.parse(args, parser)
     output = Path(args.output) if args.output else default_output(Path(args.model), ".nabn")
     check_output(args.model, output)
     guard_paths(args, output)
@@ -94,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             reference=args.reference,
             metric=args.metric,
             batch_size=args.batch_size,
-            providers=providers_of(args),
+            providers=RuntimeGroup.parse(args),
         )
     # saved only once everything that can fail on the user's input has run, so an error leaves no file
     save_model(result.model, output, external_data=args.external_data)

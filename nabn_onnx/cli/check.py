@@ -10,17 +10,13 @@ import sys
 
 from ..errors import NabnError
 from .groups import (
-    chip_grid_args,
-    chip_grid_noise,
-    data_source,
-    image_args,
-    method_arg,
-    metric_reading_args,
-    output_arg,
-    parallel_args,
+    ChipGridGroup,
+    ImageFolderGroup,
+    MethodGroup,
+    MetricReadingGroup,
+    ParallelGroup,
+    RuntimeGroup,
     parse_seeds,
-    providers_of,
-    runtime_args,
     say,
 )
 from .paths import FILE_SUFFIXES, report_suffix
@@ -56,16 +52,16 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         action="store_true",
         help="judge each chip after NaBN calibration on --data (default: the noisy chip as it is)",
     )
-    chip_grid_args(p, default_seeds=3)
-    method_arg(p)
-    metric_reading_args(p)
+    ChipGridGroup.add(p, default_seeds=3)
+    MethodGroup.add(p)
+    MetricReadingGroup.add(p)
     p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
     p.add_argument("--test-batches", type=int, help="evaluate on at most this many batches")
     p.add_argument("--report", help="write the verdict and every chip's numbers as JSON")
     p.add_argument("--junit", help="write JUnit XML (one test case per chip and threshold) for CI test reports")
-    image_args(p)
-    runtime_args(p)
-    parallel_args(p, resumable=False)
+    ImageFolderGroup.add(p)
+    RuntimeGroup.add(p)
+    ParallelGroup.add(p, resumable=False)
     p.set_defaults(func=run, subparser=p)
 
 
@@ -92,11 +88,11 @@ def _run(args: argparse.Namespace) -> int:
     report_path = report_suffix(args.report, FILE_SUFFIXES["check --report"])
     junit_path = report_suffix(args.junit, FILE_SUFFIXES["check --junit"])
     seeds = parse_seeds(args.seeds)
-    kind, device, etas = chip_grid_noise(args, parser)
+    kind, device, etas = ChipGridGroup.parse(args, parser)
     report = check(
         args.model,
-        data_source(args.data, args),
-        data_source(args.test, args),
+        ImageFolderGroup.parse(args.data, args),
+        ImageFolderGroup.parse(args.test, args),
         thresholds,
         calibrated=args.calibrated,
         noise=kind,
@@ -111,11 +107,11 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         calib_batches=args.max_batches,
         test_batches=args.test_batches,
-        output=output_arg(args),
+        output=MetricReadingGroup.parse(args),
         ignore_index=args.ignore_index,
         ignore_background=args.ignore_background,
         show_progress=not args.quiet,
-        providers=providers_of(args),
+        providers=RuntimeGroup.parse(args),
         executor=make_executor(args.jobs, args.ray),
     )
     if report_path:

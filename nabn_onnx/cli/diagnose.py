@@ -7,16 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from .groups import (
-    calibration_config,
-    data_source,
-    image_args,
-    method_arg,
-    noise_args,
-    noise_from_args,
-    runtime_args,
-    say,
-)
+from .groups import ImageFolderGroup, MethodGroup, NoiseGroup, RuntimeGroup, calibration_config, say
 from .paths import FILE_SUFFIXES, report_suffix, report_suffixes
 
 __all__ = ["add_parser", "run"]
@@ -29,8 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     )
     p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
     p.add_argument("--data", required=True, help="calibration data (.npz or image folder)")
-    noise_args(p, required=True)
-    method_arg(p)
+    NoiseGroup.add(p, required=True)
+    MethodGroup.add(p)
     p.add_argument(
         "--at",
         choices=["bn", "activation"],
@@ -42,8 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("--max-batches", type=int)
     p.add_argument("--report", help="write the table (.json or .md)")
     p.add_argument("--plot", help="bar chart with the ratio line (.png, .svg or .pdf; needs matplotlib)")
-    image_args(p)
-    runtime_args(p)
+    ImageFolderGroup.add(p)
+    RuntimeGroup.add(p)
     p.set_defaults(func=run, subparser=p)
 
 
@@ -52,12 +43,12 @@ def run(args: argparse.Namespace) -> int:
     parser = args.subparser
     from ..evaluation import DiagnoseReport, diagnose
 
-    noise = noise_from_args(args, parser)
+    noise = NoiseGroup.parse(args, parser)
     report_path = report_suffix(args.report, report_suffixes(DiagnoseReport))
     plot_path = report_suffix(args.plot, FILE_SUFFIXES["plot"])
     report = diagnose(
         args.model,
-        data_source(args.data, args),
+        ImageFolderGroup.parse(args.data, args),
         calibration_config(args, noise),
         at=args.at,
         bins=args.bins,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import NabnError
-from .groups import DEVICE_CHOICES, data_source, device_args, device_options, image_args, method_arg, parse_seeds, say
+from .groups import DEVICE_CHOICES, DeviceGroup, ImageFolderGroup, MethodGroup, parse_seeds, say
 from .paths import FILE_SUFFIXES, report_suffix, report_suffixes
 
 __all__ = ["add_parser", "run"]
@@ -38,14 +38,14 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         default=2,
         help="passes over the calibration data the dynamic session serves before the test (default 2)",
     )
-    device_args(p)
-    method_arg(p)
+    DeviceGroup.add(p)
+    MethodGroup.add(p)
     p.add_argument("--metric", default="top1", help="top1 (default), top5, ...")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
     p.add_argument("--report", help="write the results (.json, .md or .csv)")
     p.add_argument("--plot", help="accuracy against time (.png, .svg or .pdf; needs matplotlib)")
-    image_args(p)
+    ImageFolderGroup.add(p)
     p.set_defaults(func=run, subparser=p)
 
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.drift import DriftReport, drift_sweep, parse_times
     from ..noise import DEVICE_MODELS, DeviceNoise, make_noise
 
-    file_kind, options = device_options(args)
+    file_kind, options = DeviceGroup.parse(args)
     kind = args.noise or file_kind or "pcm"
     if kind not in DEVICE_MODELS:
         raise NabnError(f"drift needs a device model ({', '.join(DEVICE_MODELS)}), got {kind!r}")
@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     plot_path = report_suffix(args.plot, FILE_SUFFIXES["plot"])
     report = drift_sweep(
         args.model,
-        data_source(args.calib, args),
-        data_source(args.test, args),
+        ImageFolderGroup.parse(args.calib, args),
+        ImageFolderGroup.parse(args.test, args),
         device=device,
         times=parse_times(args.times),
         seeds=seeds,

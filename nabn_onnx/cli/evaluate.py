@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..progress import Progress
-from .groups import data_source, image_args, metric_args, output_arg, providers_of, runtime_args, say
+from .groups import ImageFolderGroup, MetricGroup, MetricReadingGroup, RuntimeGroup, say
 
 __all__ = ["add_parser", "run"]
 
@@ -18,11 +18,11 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     )
     p.add_argument("model", help="input .onnx model")
     p.add_argument("--data", required=True, help="labelled test data: .npz with 'labels', or an image folder")
-    metric_args(p, several=True)
+    MetricGroup.add(p, several=True)
     p.add_argument("--max-batches", type=int)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    image_args(p)
-    runtime_args(p)
+    ImageFolderGroup.add(p)
+    RuntimeGroup.add(p)
     p.set_defaults(func=run, subparser=p)
 
 
@@ -30,10 +30,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the command on parsed ``args``; returns the exit code."""
     from ..evaluation import Evaluator
 
-    evaluator = Evaluator(args.model, output=output_arg(args), providers=providers_of(args))
+    evaluator = Evaluator(args.model, output=MetricReadingGroup.parse(args), providers=RuntimeGroup.parse(args))
     with Progress("evaluating", None, enabled=not args.quiet) as bar:
         result = evaluator.run(
-            data_source(args.data, args),
+            ImageFolderGroup.parse(args.data, args),
             args.metric,
             batch_size=args.batch_size,
             max_batches=args.max_batches,

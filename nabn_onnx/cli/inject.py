@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..model import check_output
-from .groups import model_output_args, noise_args, noise_from_args, noise_suffix, say
+from .groups import ModelOutputGroup, NoiseGroup, noise_suffix, say
 from .paths import default_output, guard_paths
 
 __all__ = ["add_parser", "run"]
@@ -17,10 +17,10 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     """Add the command's parser; ``common`` holds the options every command shares."""
     p = subparsers.add_parser("inject", parents=[common], help="write one simulated chip's noisy weights")
     p.add_argument("model", help="input .onnx model")
-    noise_args(p, required=True)
+    NoiseGroup.add(p, required=True)
     p.add_argument("--include", metavar="REGEX", help="only layers whose name matches get noise")
     p.add_argument("--exclude", metavar="REGEX", help="layers whose name matches stay clean")
-    model_output_args(p, default="MODEL.<noise><eta>.seed<S>.onnx")
+    ModelOutputGroup.add(p, default="MODEL.<noise><eta>.seed<S>.onnx")
     p.set_defaults(func=run, subparser=p)
 
 
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     parser = args.subparser
     from ..api import inject
 
-    noise = noise_from_args(args, parser)
+    noise = NoiseGroup.parse(args, parser)
     output = Path(args.output) if args.output else default_output(Path(args.model), noise_suffix(noise))
     check_output(args.model, output)
     guard_paths(args, output)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .groups import selection_args
+from .groups import LayerSelectionGroup
 
 __all__ = ["add_parser", "run"]
 
@@ -13,7 +13,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     """Add the command's parser; ``common`` holds the options every command shares."""
     p = subparsers.add_parser("inspect", parents=[common], help="list analog layers and their BatchNorms")
     p.add_argument("model", help="input .onnx model")
-    selection_args(p)
+    LayerSelectionGroup.add(p)
     p.set_defaults(func=run, subparser=p)
 
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..model import check_output
-from .groups import model_output_args, providers_of, runtime_args, say, selection_args
+from .groups import LayerSelectionGroup, ModelOutputGroup, RuntimeGroup, say
 from .paths import default_output, guard_paths
 
 __all__ = ["add_parser", "run"]
@@ -19,9 +19,9 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("model", help="input .onnx model")
     p.add_argument("--data", help="calibration .npz: measure clean statistics for the inserted BatchNorms")
     p.add_argument("--batch-size", type=int, default=64)
-    model_output_args(p, default="MODEL.split.onnx")
-    selection_args(p)
-    runtime_args(p)
+    ModelOutputGroup.add(p, default="MODEL.split.onnx")
+    LayerSelectionGroup.add(p)
+    RuntimeGroup.add(p)
     p.set_defaults(func=run, subparser=p)
 
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         output=output,
         show_progress=not args.quiet,
         external_data=args.external_data,
-        providers=providers_of(args),
+        providers=RuntimeGroup.parse(args),
     )
     inserted = result.details.get("inserted", [])
     skipped = result.details.get("skipped", {})

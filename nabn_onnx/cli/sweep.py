@@ -10,17 +10,14 @@ from pathlib import Path
 
 from ..model import check_output_folder
 from .groups import (
-    chip_grid_args,
-    chip_grid_noise,
-    data_source,
-    image_args,
-    method_arg,
-    metric_args,
-    output_arg,
-    parallel_args,
+    ChipGridGroup,
+    ImageFolderGroup,
+    MethodGroup,
+    MetricGroup,
+    MetricReadingGroup,
+    ParallelGroup,
+    RuntimeGroup,
     parse_seeds,
-    providers_of,
-    runtime_args,
     say,
 )
 from .paths import FILE_SUFFIXES, report_suffix, report_suffixes
@@ -34,9 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
     p.add_argument("--calib", required=True, help="calibration data (.npz or image folder)")
     p.add_argument("--test", required=True, help="labelled test data (.npz with 'labels' or image folder)")
-    chip_grid_args(p, default_seeds=5)
-    method_arg(p)
-    metric_args(p, several=False)
+    ChipGridGroup.add(p, default_seeds=5)
+    MethodGroup.add(p)
+    MetricGroup.add(p, several=False)
     p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
     p.add_argument(
         "--reuse-sessions",
@@ -46,9 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     )
     p.add_argument("--report", help="write the results (.json, .md or .csv)")
     p.add_argument("--plot", help="accuracy against eta (.png, .svg or .pdf; needs matplotlib)")
-    parallel_args(p)
-    image_args(p)
-    runtime_args(p)
+    ParallelGroup.add(p)
+    ImageFolderGroup.add(p)
+    RuntimeGroup.add(p)
     p.set_defaults(func=run, subparser=p)
 
 
@@ -59,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.executors import make_executor
     from ..evaluation.sweep import SweepPlan, SweepReport, SweepSettings, run_sweep
 
-    kind, device, etas = chip_grid_noise(args, parser)
+    kind, device, etas = ChipGridGroup.parse(args, parser)
     seeds = parse_seeds(args.seeds)
     report_path = report_suffix(args.report, report_suffixes(SweepReport))
     plot_path = report_suffix(args.plot, FILE_SUFFIXES["plot"])
@@ -77,14 +74,14 @@ def run(args: argparse.Namespace) -> int:
         include_bias=args.include_bias,
         device=device or None,
     )
-    providers = providers_of(args)
+    providers = RuntimeGroup.parse(args)
     settings = SweepSettings(
         method=args.method,
         metric=args.metric,
         estimator=DEFAULT_ESTIMATOR,
         batch_size=args.batch_size,
         calib_batches=args.max_batches,
-        output=output_arg(args),
+        output=MetricReadingGroup.parse(args),
         ignore_index=args.ignore_index,
         ignore_background=args.ignore_background,
         reuse_sessions=args.reuse_sessions,
@@ -92,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
     )
     report = run_sweep(
         args.model,
-        data_source(args.calib, args),
-        data_source(args.test, args),
+        ImageFolderGroup.parse(args.calib, args),
+        ImageFolderGroup.parse(args.test, args),
         plan,
         settings,
         executor=make_executor(args.jobs, args.ray),
