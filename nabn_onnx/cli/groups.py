@@ -13,9 +13,40 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 from ..errors import NabnError
-from ..noise import DEVICE_MODELS, NOISE_MODELS, make_noise
+from ..noise import DEVICE_MODELS, NOISE_MODELS, NoiseModel, make_noise
+
+if TYPE_CHECKING:
+    from ..calibration.config import CalibrationConfig
+    from ..data import ImageFolder
+
+__all__ = [
+    "DEVICE_CHOICES",
+    "DEVICE_FLAGS",
+    "NOISE_CHOICES",
+    "NOISE_DEFAULTS",
+    "PAPER_ONLY",
+    "ChipGridGroup",
+    "DeviceGroup",
+    "ImageFolderGroup",
+    "LayerSelectionGroup",
+    "MethodGroup",
+    "MetricGroup",
+    "MetricReadingGroup",
+    "ModelOutputGroup",
+    "NoiseGroup",
+    "ParallelGroup",
+    "RuntimeGroup",
+    "calibration_config",
+    "check_kind",
+    "noise_suffix",
+    "parse_seeds",
+    "refuse_device_options",
+    "refuse_paper_only",
+    "say",
+]
 
 #: the --noise choices: every model nabn_onnx.noise registers (the paper's mul/add, then the device models)
 NOISE_CHOICES = list(NOISE_MODELS)
@@ -54,14 +85,14 @@ NOISE_DEFAULTS = {"eta": None, "sigma_t": 0.2, "sigma_s": 0.1, "seed": 0, "tempo
 DEVICE_FLAGS = ("t_inference", "compensation", "levels", "stuck_min", "stuck_max", "clip_sigma")
 
 
-def noise_suffix(noise) -> str:
+def noise_suffix(noise: Any) -> str:
     """The default output name's part that names the chip, e.g. ``.mul0.04.seed0``."""
     t = getattr(noise, "t_inference", None)
     scale = f"{noise.eta:g}" if t is None else f".t{t:g}" + ("" if noise.eta == 1 else f".eta{noise.eta:g}")
     return f".{noise.kind}{scale}.seed{noise.seed}"
 
 
-def parse_seeds(text: str):
+def parse_seeds(text: str) -> Union[int, List[int]]:
     """``--seeds``: a count K (seeds 0..K-1) or a comma-separated list (sweep, drift and check)."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -72,7 +103,7 @@ def parse_seeds(text: str):
     return values if "," in text else values[0]
 
 
-def calibration_config(args, noise, **fields):
+def calibration_config(args: argparse.Namespace, noise: Optional[NoiseModel], **fields: Any) -> CalibrationConfig:
     """The :class:`CalibrationConfig` of the calibrate and diagnose commands' argument groups."""
     from ..calibration.config import CalibrationConfig
     from ..settings import DataSettings, LayerSelection, RuntimeSettings
@@ -121,7 +152,7 @@ class DeviceGroup:
         )
 
     @staticmethod
-    def parse(args):
+    def parse(args: argparse.Namespace) -> Tuple[Any, Dict[str, Any]]:
         """``(kind or None, {parameter: value})`` from --device, the device flags and --set."""
         from ..noise import load_device_file
 
@@ -176,7 +207,7 @@ class NoiseGroup:
         DeviceGroup.add(parser)
 
     @staticmethod
-    def parse(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    def parse(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Optional[NoiseModel]:
         """The noise model the flags describe, or None; a noise setting without --noise is a usage error."""
         file_kind, options = DeviceGroup.parse(args)
         kind = args.noise or file_kind
@@ -243,7 +274,7 @@ class ChipGridGroup:
         DeviceGroup.add(parser)
 
     @staticmethod
-    def parse(args, parser):
+    def parse(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Tuple[str, Dict[str, Any], List[float]]:
         """``(noise kind, device parameters, etas)`` of a sweep or a gate, checked."""
         from ..evaluation.sweep import parse_floats
 
@@ -312,7 +343,7 @@ class RuntimeGroup:
         )
 
     @staticmethod
-    def parse(args: argparse.Namespace):
+    def parse(args: argparse.Namespace) -> Any:
         """The execution providers --providers names (None: the default)."""
         from ..runtime import parse_providers
 
@@ -380,7 +411,7 @@ class ImageFolderGroup:
         group.add_argument("--layout", choices=["NCHW", "NHWC"], help="input layout (default: guessed from the model)")
 
     @staticmethod
-    def parse(path: str, args):
+    def parse(path: str, args: argparse.Namespace) -> Union[str, ImageFolder]:
         """``path`` as given, or an :class:`ImageFolder` with the image options when it is a folder."""
         options = {"resize": args.resize, "layout": args.layout}
         if args.crop:
@@ -439,7 +470,7 @@ class MetricReadingGroup:
         parser.add_argument("--batch-size", type=int, default=64)
 
     @staticmethod
-    def parse(args: argparse.Namespace):
+    def parse(args: argparse.Namespace) -> Union[int, str, None]:
         """--output-name as the metric takes it: an index when it is a number, else a name."""
         name = args.output_name
         return int(name) if name is not None and name.lstrip("-").isdigit() else name

@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..api import inject
 
     noise = NoiseGroup.parse(args, parser)
+    assert noise is not None  # inject requires --noise: NoiseGroup.parse exits otherwise
     output = Path(args.output) if args.output else default_output(Path(args.model), noise_suffix(noise))
     check_output(args.model, output)
     guard_paths(args, output)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 from ..errors import NabnError
 from ..model import check_output_folder, check_paths
 from ..reports import Report
+
+__all__ = [
+    "FILE_SUFFIXES",
+    "INPUT_OPTIONS",
+    "OUTPUT_OPTIONS",
+    "default_output",
+    "guard_paths",
+    "report_suffix",
+    "report_suffixes",
+]
 
 #: the command-line options that name an input file, and what each is
 INPUT_OPTIONS = {
@@ -30,7 +41,7 @@ OUTPUT_OPTIONS = {
 }
 
 
-def guard_paths(args, output: Optional[Path] = None) -> None:
+def guard_paths(args: argparse.Namespace, output: Optional[Path] = None) -> None:
     """Refuse any output (``output``, the default model output, and every output option) that names an input."""
     inputs = {label: getattr(args, name, None) for name, label in INPUT_OPTIONS.items()}
     outputs = {label: getattr(args, name, None) for name, label in OUTPUT_OPTIONS.items()}
