@@ -6,6 +6,10 @@ call takes (``NoiseGroup.parse`` a noise model, ``ChipGridGroup.parse`` the chip
 ``DeviceGroup.parse`` device parameters, ``ImageFolderGroup.parse`` a data source,
 ``RuntimeGroup.parse`` the providers, ``MetricReadingGroup.parse`` the output a metric reads).
 The groups are stateless (static methods): the parsed values live on the argparse namespace.
+
+The module is above 450 lines because it holds every shared group, most of it option
+declarations with their help texts; the noise, device and chip-grid groups share their checks
+(:func:`check_kind`, :func:`refuse_device_options`, :func:`refuse_paper_only`) and belong together.
 """
 
 from __future__ import annotations
