@@ -9,6 +9,7 @@ try:
 except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
+from .analog import insert_analog_io, strip_analog_io
 from .api import inject, inspect_model, split
 from .calibration import (
     CalibrationConfig,
@@ -70,6 +71,8 @@ __all__ = [
     "split",
     "inject",
     "inspect_model",
+    "insert_analog_io",
+    "strip_analog_io",
     "Calibrator",
     "CalibrationConfig",
     "SplitConfig",
