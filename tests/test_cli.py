@@ -173,3 +173,20 @@ def test_paper_spreads_with_a_device_model_are_refused(files, capsys, command):
         main(args)
     assert info.value.code == 2
     assert "--sigma-t apply to the paper's mul/add noise, not to the device model 'pcm'" in capsys.readouterr().err
+
+
+def test_calib_batches_is_the_spelling_of_sweep_check_and_drift(caplog):
+    """One spelling per concept: the library's calib_batches is --calib-batches; --max-batches still works there."""
+    from nabn_onnx.cli import build_parser
+
+    parser = build_parser()
+    base = ["--calib", "c.npz", "--test", "t.npz"]
+    for command in ("sweep", "drift"):
+        assert parser.parse_args([command, "m.onnx", *base, "--calib-batches", "3"]).calib_batches == 3
+        with caplog.at_level("WARNING"):
+            assert parser.parse_args([command, "m.onnx", *base, "--max-batches", "2"]).calib_batches == 2
+        assert "--max-batches is renamed --calib-batches" in caplog.text
+        caplog.clear()
+    check = ["check", "m.onnx", "--data", "c.npz", "--test", "t.npz", "--min", "top1=0.5"]
+    assert parser.parse_args([*check, "--calib-batches", "4"]).calib_batches == 4
+    assert "--calib-batches" not in parser.parse_args(["calibrate", "m.onnx", "--data", "c.npz"]).__dict__

@@ -10,6 +10,7 @@ import sys
 
 from ..errors import NabnError
 from .groups import (
+    CalibBatchesGroup,
     ChipGridGroup,
     ImageFolderGroup,
     MethodGroup,
@@ -55,7 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     ChipGridGroup.add(p, default_seeds=3)
     MethodGroup.add(p)
     MetricReadingGroup.add(p)
-    p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
+    CalibBatchesGroup.add(p)
     p.add_argument("--test-batches", type=int, help="evaluate on at most this many batches")
     p.add_argument("--report", help="write the verdict and every chip's numbers as JSON")
     p.add_argument("--junit", help="write JUnit XML (one test case per chip and threshold) for CI test reports")
@@ -105,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
         temporal=args.temporal,
         include_bias=args.include_bias,
         batch_size=args.batch_size,
-        calib_batches=args.max_batches,
+        calib_batches=args.calib_batches,
         test_batches=args.test_batches,
         output=MetricReadingGroup.parse(args),
         ignore_index=args.ignore_index,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import NabnError
-from .groups import DEVICE_CHOICES, DeviceGroup, ImageFolderGroup, MethodGroup, parse_seeds, say
+from .groups import DEVICE_CHOICES, CalibBatchesGroup, DeviceGroup, ImageFolderGroup, MethodGroup, parse_seeds, say
 from .paths import FILE_SUFFIXES, report_suffix, report_suffixes
 
 __all__ = ["add_parser", "run"]
@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     MethodGroup.add(p)
     p.add_argument("--metric", default="top1", help="top1 (default), top5, ...")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
+    CalibBatchesGroup.add(p)
     p.add_argument("--report", help="write the results (.json, .md or .csv)")
     p.add_argument("--plot", help="accuracy against time (.png, .svg or .pdf; needs matplotlib)")
     ImageFolderGroup.add(p)
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         momentum=args.momentum,
         warmup=args.warmup,
         batch_size=args.batch_size,
-        calib_batches=args.max_batches,
+        calib_batches=args.calib_batches,
         show_progress=not args.quiet,
     )
     if report_path:

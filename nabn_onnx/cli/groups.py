@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
@@ -32,7 +33,9 @@ __all__ = [
     "NOISE_CHOICES",
     "NOISE_DEFAULTS",
     "PAPER_ONLY",
+    "CalibBatchesGroup",
     "ChipGridGroup",
+    "RenamedFlag",
     "DeviceGroup",
     "ImageFolderGroup",
     "LayerSelectionGroup",
@@ -478,3 +481,39 @@ class MetricReadingGroup:
         """--output-name as the metric takes it: an index when it is a number, else a name."""
         name = args.output_name
         return int(name) if name is not None and name.lstrip("-").isdigit() else name
+
+
+class RenamedFlag(argparse.Action):
+    """An old spelling of a flag: it still works, stores into the new flag's dest, and says the new name once."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        """Store the value under the new flag's dest and log the new spelling."""
+        logging.getLogger(__name__).warning(
+            "%s is renamed %s; the old spelling goes in a later release", option_string, self.new
+        )
+        setattr(namespace, self.dest, values)
+
+
+class CalibBatchesGroup:
+    """``--calib-batches`` (the library's ``calib_batches``) of the commands with calibration and test data.
+
+    ``--max-batches`` is its former spelling on these commands and keeps working (with a
+    warning); commands with one data set keep ``--max-batches`` (the library's ``max_batches``).
+    """
+
+    @staticmethod
+    def add(parser: argparse.ArgumentParser) -> None:
+        """Declare ``--calib-batches`` and the hidden old spelling."""
+        parser.add_argument("--calib-batches", type=int, help="calibrate on at most this many batches")
+        parser.add_argument(
+            "--max-batches",
+            dest="calib_batches",
+            type=int,
+            action=RenamedFlag,
+            new="--calib-batches",
+            help=argparse.SUPPRESS,
+        )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..model import check_output_folder
 from .groups import (
+    CalibBatchesGroup,
     ChipGridGroup,
     ImageFolderGroup,
     MethodGroup,
@@ -34,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     ChipGridGroup.add(p, default_seeds=5)
     MethodGroup.add(p)
     MetricGroup.add(p, several=False)
-    p.add_argument("--max-batches", type=int, help="calibrate on at most this many batches")
+    CalibBatchesGroup.add(p)
     p.add_argument(
         "--reuse-sessions",
         action="store_true",
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         metric=args.metric,
         estimator=DEFAULT_ESTIMATOR,
         batch_size=args.batch_size,
-        calib_batches=args.max_batches,
+        calib_batches=args.calib_batches,
         output=MetricReadingGroup.parse(args),
         ignore_index=args.ignore_index,
         ignore_background=args.ignore_background,
