@@ -1,10 +1,18 @@
-"""Calibration and test data: feeds, sources (npz, readers, image folders), batching."""
+"""Calibration and test data: feeds, sources (npz, readers, image folders), batching.
+
+Modules: ``feeds`` (input specs, Batch), ``reading`` (sources, batching, validation),
+``spool`` (``replayable``), ``fingerprint`` (``data_fingerprint``), ``images`` (image folders).
+"""
 
 from .feeds import *  # noqa: F403
 from .feeds import __all__ as _feeds
+from .fingerprint import *  # noqa: F403
+from .fingerprint import __all__ as _fingerprint
 from .images import *  # noqa: F403
 from .images import __all__ as _images
 from .reading import *  # noqa: F403
 from .reading import __all__ as _reading
+from .spool import *  # noqa: F403
+from .spool import __all__ as _spool
 
-__all__ = list(dict.fromkeys([*_reading, *_feeds, *_images]))
+__all__ = list(dict.fromkeys([*_reading, *_spool, *_fingerprint, *_feeds, *_images]))

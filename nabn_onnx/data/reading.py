@@ -1,4 +1,6 @@
-"""Calibration and test data: sources, batching and validation.
+"""Calibration and test data: sources (npz, mappings, readers, iterables), batching and validation.
+
+The one-shot spool (``replayable``) is in spool.py, ``data_fingerprint`` in fingerprint.py.
 
 Accepted everywhere data is taken:
 
@@ -16,14 +18,11 @@ kind and finiteness. Problems raise :class:`~nabn_onnx.errors.DataError` with on
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -32,14 +31,12 @@ from ..logs import warn_once
 from .feeds import Batch, InputSpec, input_specs
 
 __all__ = [
-    "data_fingerprint",
     "InputSpec",
     "input_specs",
     "Batch",
     "iter_batches",
     "DataLike",
     "LABELS_KEY",
-    "replayable",
     "count_samples",
     "npz_header",
     "check_batching",
@@ -355,153 +352,3 @@ def iter_batches(
             )
     if count == 0:
         raise DataError("the data holds no samples")
-
-
-class _Spool:
-    """A one-shot batch source made re-readable by spooling its batches to a temporary folder.
-
-    The first pass reads the source and writes each batch (``.npz``) as it goes; later
-    passes read them back from disk, so memory stays at one batch however long the stream.
-    """
-
-    def __init__(self, source):
-        self._source = source
-        self._folder: Optional[str] = None
-        self._count = 0
-        self._complete = False
-        self._exhausted = False
-
-    def __iter__(self) -> Iterator[Mapping[str, np.ndarray]]:
-        if self._complete:
-            folder = self._folder
-            if folder is None:
-                raise DataError("a one-shot data source was read again after it was closed")
-            for i in range(self._count):
-                with np.load(os.path.join(folder, f"{i}.npz")) as saved:
-                    yield {k: saved[k] for k in saved.files}
-            if not self._exhausted:
-                raise DataError(
-                    f"a one-shot data source was read only partly ({self._count} batch(es)) and a later pass "
-                    "asked for more; give a re-readable source (an .npz file, a dict or a list of batches)"
-                )
-            return
-        if self._folder is not None:
-            raise DataError("a one-shot data source was read twice while its first pass was unfinished")
-        self._folder = tempfile.mkdtemp(prefix="nabn-spool-")
-        source = (
-            reader_batches(self._source)
-            if hasattr(self._source, "get_next")
-            else (split_labels(b) for b in self._source)
-        )
-        try:
-            for batch in source:
-                feeds: Dict[str, Any] = dict(batch.feeds)  # Any: np.savez's stub checks **arrays against allow_pickle
-                if batch.labels is not None:
-                    feeds[LABELS_KEY] = batch.labels
-                np.savez(os.path.join(self._folder, f"{self._count}.npz"), **feeds)
-                self._count += 1
-                yield feeds
-            self._exhausted = True
-        finally:
-            # Also when the reader stopped early (``max_batches``): later passes, which stop at
-            # the same batch, replay what was read. A pass that wants more is refused in
-            # ``__iter__`` rather than given a shorter stream.
-            self._complete = True
-
-    def close(self) -> None:
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-            self._folder = None
-
-    def __del__(self):
-        self.close()
-
-
-def replayable(data: DataLike) -> DataLike:
-    """``data`` itself when it can be read more than once; a spooled wrapper otherwise.
-
-    Paths, mappings and sequences are re-readable. A ``CalibrationDataReader`` or an
-    iterator is read once and its batches spooled to a temporary folder for later passes.
-    """
-    if isinstance(data, (str, os.PathLike, Mapping, list, tuple, _Spool)):
-        return data
-    if hasattr(data, "get_next") or (isinstance(data, Iterable) and iter(data) is data):
-        return _Spool(data)
-    return data
-
-
-#: files up to this size are digested whole; larger ones by size and their first and last block
-_WHOLE_FILE_BYTES = 256 << 20
-_BLOCK_BYTES = 1 << 20
-#: an image is digested by its size and its first and last block of this many bytes
-_IMAGE_BLOCK_BYTES = 64 << 10
-
-
-def data_fingerprint(data: DataLike) -> str:
-    """A digest of what ``data`` holds, to tell one data set from another (a resumed sweep's check).
-
-    * an ``.npz`` (any file): its bytes; above 256 MiB its size and first and last MiB;
-    * an image folder (path or :class:`~nabn_onnx.images.ImageFolder`): each image's path
-      relative to the folder, size, first and last 64 KiB, and the preprocessing settings;
-    * a dict of arrays or a sequence of batches: every array's name, dtype, shape and bytes;
-    * a one-shot reader or iterator made re-readable by :func:`replayable`: the batches it
-      gives, read once more from its spool.
-
-    Contents, not names or times: a copy of the same data in another folder has the same
-    fingerprint, and any changed byte (within the blocks read of a large file) a new one.
-    """
-    digest = hashlib.sha256()
-    from .images import ImageFolder
-
-    if isinstance(data, ImageFolder):
-        settings = {k: getattr(data, k) for k in ("resize", "crop", "mean", "std", "layout")}
-        digest.update(repr(sorted(settings.items())).encode())
-        _digest_folder(digest, Path(data.root))
-    elif isinstance(data, (str, os.PathLike)):
-        path = Path(data)
-        if path.is_dir():
-            _digest_folder(digest, path)
-        else:
-            _digest_file(digest, path)
-    elif isinstance(data, Mapping):
-        _digest_arrays(digest, data)
-    elif isinstance(data, Iterable) and not hasattr(data, "get_next") and iter(data) is not data:
-        for number, batch in enumerate(data):
-            digest.update(f"batch {number}".encode())
-            _digest_arrays(digest, batch if isinstance(batch, Mapping) else {"": batch})
-    else:
-        raise DataError(
-            f"cannot fingerprint one-shot data of type {type(data).__name__}: make it re-readable first (replayable)"
-        )
-    return digest.hexdigest()[:16]
-
-
-def _digest_file(digest, path: Path) -> None:
-    size = path.stat().st_size
-    digest.update(f"file {size}".encode())
-    with open(path, "rb") as fh:
-        if size <= _WHOLE_FILE_BYTES:
-            for block in iter(lambda: fh.read(_BLOCK_BYTES), b""):
-                digest.update(block)
-        else:
-            digest.update(fh.read(_BLOCK_BYTES))
-            fh.seek(size - _BLOCK_BYTES)
-            digest.update(fh.read(_BLOCK_BYTES))
-
-
-def _digest_folder(digest, root: Path) -> None:
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        size = path.stat().st_size
-        digest.update(f"{path.relative_to(root).as_posix()} {size}".encode())
-        with open(path, "rb") as fh:
-            digest.update(fh.read(_IMAGE_BLOCK_BYTES))
-            if size > 2 * _IMAGE_BLOCK_BYTES:
-                fh.seek(size - _IMAGE_BLOCK_BYTES)
-                digest.update(fh.read(_IMAGE_BLOCK_BYTES))
-
-
-def _digest_arrays(digest, arrays: Mapping[str, Any]) -> None:
-    for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name} {array.dtype.str} {array.shape}".encode())
-        digest.update(array.tobytes())
