@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import NabnError
 from ..model import check_output
 from .groups import (
     LayerSelectionGroup,
@@ -95,10 +96,16 @@ def run(args: argparse.Namespace) -> int:
             providers=RuntimeGroup.parse(args),
         )
     # saved only once everything that can fail on the user's input has run, so an error leaves no file
+    written = [path for path in (output, output.with_name(output.name + ".data")) if not path.exists()]
     save_model(result.model, output, external_data=args.external_data)
     if args.report:
         result.report.test = gain
-        result.report.write(args.report)
+        try:
+            result.report.write(args.report)
+        except NabnError:  # all of the command's outputs or none: the model goes too
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
     say(args, result.report.summary() + f"; wrote {output}")
     if gain is not None:
         clean = "n/a" if gain["clean"] is None else f"{100 * gain['clean']:.1f}%"

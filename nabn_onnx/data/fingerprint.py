@@ -62,6 +62,8 @@ def data_fingerprint(data: DataLike) -> str:
 
 
 def _digest_file(digest, path: Path) -> None:
+    if not path.is_file():
+        raise DataError(f"data {path} is not a regular file (a FIFO or device); give an .npz file or an image folder")
     size = path.stat().st_size
     digest.update(f"file {size}".encode())
     with open(path, "rb") as fh:

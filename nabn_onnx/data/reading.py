@@ -108,6 +108,8 @@ def _open_npz(
 ) -> Tuple[Dict[str, _NpzMember], Optional[_NpzMember], zipfile.ZipFile]:
     if not path.exists():
         raise DataError(f"data file not found: {path}")
+    if not path.is_file():  # a FIFO would block the open forever, a device never end
+        raise DataError(f"data {path} is not a regular file (a FIFO or device); give an .npz file or an image folder")
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:

@@ -124,6 +124,11 @@ def _check_external_locations(model: ModelProto, base_dir: Path) -> None:
             if getattr(info, key, None) is not None and getattr(info, key) < 0:
                 raise ModelError(f"tensor '{tensor.name}' has a negative external-data {key} ({getattr(info, key)})")
         location = info.location
+        if "\x00" in (location or ""):
+            raise ModelError(
+                f"tensor '{tensor.name}' has an external-data location with a NUL byte ({location!r}); "
+                "the model file is damaged"
+            )
         if not location or os.path.isabs(location) or Path(location).drive:
             raise ModelError(
                 f"tensor '{tensor.name}' stores its data at '{location}': external data must be a relative "

@@ -73,6 +73,10 @@ def load_device_file(path) -> Dict[str, object]:
     from pathlib import Path
 
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO blocks forever, /dev/zero never ends
+        raise NoiseConfigError(
+            f"device file {path} is not a regular file (a FIFO or device); give a .json or .toml file"
+        )
     try:
         text = path.read_bytes()
     except OSError as exc:
