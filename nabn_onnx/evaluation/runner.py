@@ -210,7 +210,8 @@ def run_chip(task: ChipTask, inputs: SweepInputs) -> Dict[str, object]:
     Returns:
         ``{"noise", "eta", "seed", "vanilla", "nabn", "seconds": {...}, "worker": "host:pid"}``.
         With several methods or test sets, ``"vanilla"`` is ``{test: value}`` and ``"nabn"``
-        is ``{method: {test: value}}``.
+        is ``{method: {test: value}}``, and ``"chosen"`` is ``{method: statistics it wrote}``
+        (what ``"auto"`` chose).
     """
     crash_hook(task.seed)
     state = _STATE.get(inputs.key)
@@ -227,9 +228,12 @@ def run_chip(task: ChipTask, inputs: SweepInputs) -> Dict[str, object]:
     t1 = time.perf_counter()
     calibrate_seconds = nabn_seconds = 0.0
     nabn: Dict[str, Dict[str, float]] = {}
+    chosen: Dict[str, str] = {}
     for method in methods:
         t2 = time.perf_counter()
-        calibrated = state.calibrators[method].with_noise(noise)(state.prepared, inputs.calib).model
+        result = state.calibrators[method].with_noise(noise)(state.prepared, inputs.calib)
+        calibrated = result.model
+        chosen[method] = result.report.chosen
         t3 = time.perf_counter()
         nabn[method] = {name: state.nabn[method].run(calibrated, data) for name, data in tests}
         calibrate_seconds += t3 - t2
@@ -240,7 +244,7 @@ def run_chip(task: ChipTask, inputs: SweepInputs) -> Dict[str, object]:
         nabn_value: object = nabn
     else:
         vanilla_value, nabn_value = vanilla["test"], nabn[methods[0]]["test"]
-    return {
+    record: Dict[str, object] = {
         "noise": noise.kind,
         "eta": noise.eta,
         "seed": noise.seed,
@@ -249,3 +253,7 @@ def run_chip(task: ChipTask, inputs: SweepInputs) -> Dict[str, object]:
         "seconds": {"vanilla": t1 - t0, "calibrate": calibrate_seconds, "nabn": nabn_seconds, "sessions": sessions},
         "worker": f"{socket.gethostname()}:{os.getpid()}",
     }
+    if inputs.multi:
+        # which statistics each method wrote ("auto" picks one); a one-method record stays as it was
+        record["chosen"] = chosen
+    return record

@@ -275,8 +275,16 @@ def _report_rows(row: Mapping[str, Any], multi: bool) -> List[Dict[str, Any]]:
     chip = {"noise": row["noise"], "eta": float(row["eta"]), "seed": int(row["seed"])}
     if not multi:
         return [{**chip, "vanilla": row["vanilla"], "nabn": row["nabn"]}]
+    chosen = row.get("chosen", {})  # absent in results files written before it was recorded
     return [
-        {**chip, "vanilla": vanilla, "nabn": row["nabn"][method][test], "test": test, "method": method}
+        {
+            **chip,
+            "vanilla": vanilla,
+            "nabn": row["nabn"][method][test],
+            "test": test,
+            "method": method,
+            **({"chosen": chosen[method]} if method in chosen else {}),
+        }
         for test, vanilla in row["vanilla"].items()
         for method in row["nabn"]
     ]

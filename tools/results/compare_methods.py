@@ -34,8 +34,17 @@ GRIDS = {
 METHODS = ("paper", "delta", "auto")
 
 
-def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
-    return 100.0 * nb.evaluate(model, {"input": x, "labels": y}, "top1", batch_size=256)
+def method_means(report) -> dict:
+    """Mean test accuracy (%) per eta: ``{eta: {"vanilla", "paper", "delta", "auto"}}`` and auto's picks."""
+    means, picks = {}, {}
+    for eta in dict.fromkeys(row["eta"] for row in report.rows):
+        rows = [row for row in report.rows if row["eta"] == eta]
+        acc = {"vanilla": [100.0 * r["vanilla"] for r in rows if r["method"] == METHODS[0]]}
+        for method in METHODS:
+            acc[method] = [100.0 * r["nabn"] for r in rows if r["method"] == method]
+        means[eta] = {m: float(np.mean(v)) for m, v in acc.items()}
+        picks[eta] = [r["chosen"] for r in rows if r["method"] == "auto"]
+    return means, picks
 
 
 def main(argv=None) -> int:
@@ -60,8 +69,6 @@ def main(argv=None) -> int:
         grids = {}
         for kind, eta in (item.split(":") for item in args.grid.split(",")):
             grids.setdefault(kind, []).append(float(eta))
-    with np.load(args.test) as test:
-        x, y = test["input"], test["labels"]
     lines = [
         (
             "| model | noise | eta | batches | clean | vanilla | paper | delta | auto | auto chose "
@@ -74,20 +81,22 @@ def main(argv=None) -> int:
     limits = [None] + [int(v) for v in args.max_batches.split(",") if v.strip()]
     for name in args.models.split(","):
         path = SAMPLES / f"{name}.onnx"
-        clean = accuracy(nb.load_model(path), x, y)
         for kind, etas, limit in [(k, e, m) for m in limits for k, e in grids.items()]:
+            # one sweep per (model, noise kind, batch limit): split once, every method on each chip
+            report = nb.sweep(
+                path,
+                args.calib,
+                args.test,
+                noise=kind,
+                etas=etas,
+                seeds=args.seeds,
+                method=METHODS,
+                calib_batches=limit,
+            )
+            clean = 100.0 * report.clean["test"]
+            means, chose_by_eta = method_means(report)
             for eta in etas:
-                acc = {m: [] for m in ("vanilla", *METHODS)}
-                chose = []
-                for seed in range(args.seeds):
-                    noise = nb.make_noise(kind, eta, seed=seed)
-                    acc["vanilla"].append(accuracy(nb.inject(path, noise).model, x, y))
-                    for method in METHODS:
-                        result = nb.calibrate(path, args.calib, noise=noise, method=method, max_batches=limit)
-                        acc[method].append(accuracy(result.model, x, y))
-                        if method == "auto":
-                            chose.append(result.report.chosen)
-                mean = {m: float(np.mean(v)) for m, v in acc.items()}
+                mean, chose = means[float(eta)], chose_by_eta[float(eta)]
                 margin = mean["auto"] - max(mean["vanilla"], mean["paper"])
                 worst = min(worst, margin)
                 picks = ", ".join(f"{c} x{chose.count(c)}" for c in sorted(set(chose)))

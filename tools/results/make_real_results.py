@@ -17,6 +17,12 @@ with the library calls ``split`` / ``inject``-equivalent pass / ``calibrate`` / 
 that the CLI's ``sweep`` makes (one calibration per chip and method, every test set
 evaluated on the same calibrated model). Raw numbers go to ``<cache>/results_real.json``
 (per task, so tasks can be rerun one by one); the markdown is rendered from that file.
+
+Why not :func:`nabn_onnx.run_sweep` (issue 18): DBNet and PicoDet are scored by metrics that
+give several numbers from one evaluation (``dbnet:miou,dbnet:pixel-acc``,
+``picodet:map50,picodet:mar50``), and a sweep takes a one-number metric; MobileNet-v2 runs
+its noise kinds on two model files in one chip-major order, and the per-task JSON above is
+the store the page is rendered from.
 """
 
 from __future__ import annotations

@@ -10,10 +10,11 @@ PaddleOCR's training data:
 
 * clean accuracy;
 * for every noise model and eta, for every chip seed: ``vanilla`` (the noisy chip with the
-  original statistics, :func:`nabn_onnx.inject`) and each calibration method
-  (:func:`nabn_onnx.calibrate` with the same noise, so the same chip);
+  original statistics) and each calibration method on the same chip, by one
+  :func:`nabn_onnx.sweep` of all the methods per noise model;
 * a Markdown table of the mean over seeds, with ``auto - max(vanilla, paper)`` per row;
-* at eta = 0, each method's accuracy and largest output difference from the original model.
+* at eta = 0, each method's accuracy and largest output difference from the original model
+  (an output difference, not a test-set score, so not a sweep: :func:`identity_check`).
 
 Run from the repository root (about 7 minutes on two idle cores)::
 
@@ -36,7 +37,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import ModelProto
 
-from nabn_onnx import calibrate, evaluate, inject, load_model, make_noise
+from nabn_onnx import calibrate, evaluate, load_model, make_noise, sweep
 from nabn_onnx.calibration import METHODS
 from tools.common import atomic_write_text
 
@@ -90,27 +91,41 @@ def run_grid(
     methods: Sequence[str],
     batch_size: int,
 ) -> Dict[Tuple[str, float], Dict[str, list]]:
-    """Accuracy of vanilla and of each method for every (noise, eta) and seed; also auto's choices."""
-    results: Dict[Tuple[str, float], Dict[str, list]] = {}
+    """Accuracy of vanilla and of each method for every (noise, eta) and seed; also auto's choices.
+
+    One :func:`nabn_onnx.sweep` per noise kind, every method on each chip (split once).
+    """
+    etas: Dict[str, List[float]] = {}
     for kind, eta in grid:
-        row: Dict[str, list] = {name: [] for name in ("vanilla", *methods, "chosen")}
-        for seed in seeds:
-            started = time.perf_counter()
-            noise = make_noise(kind, eta, seed=seed)
-            row["vanilla"].append(evaluate(inject(model, noise).model, test, batch_size=batch_size))
-            for method in methods:
-                result = calibrate(model, calib, noise=noise, method=method, batch_size=batch_size)
-                row[method].append(evaluate(result.model, test, batch_size=batch_size))
-                if method == "auto":
-                    row["chosen"].append(result.report.chosen)
-            print(
-                f"{kind} eta={eta:g} seed={seed}: "
-                + ", ".join(f"{name} {100 * row[name][-1]:.2f}" for name in ("vanilla", *methods))
-                + (f" (auto chose {row['chosen'][-1]})" if row["chosen"] else "")
-                + f" [{time.perf_counter() - started:.0f}s]",
-                flush=True,
-            )
-        results[(kind, eta)] = row
+        etas.setdefault(kind, []).append(eta)
+    results: Dict[Tuple[str, float], Dict[str, list]] = {}
+    for kind, kind_etas in etas.items():
+        report = sweep(
+            model,
+            calib,
+            test,
+            noise=kind,
+            etas=kind_etas,
+            seeds=list(seeds),
+            method=tuple(methods),
+            batch_size=batch_size,
+        )
+        for eta in kind_etas:
+            row: Dict[str, list] = {name: [] for name in ("vanilla", *methods, "chosen")}
+            for seed in seeds:
+                chip = {r["method"]: r for r in report.rows if r["eta"] == float(eta) and r["seed"] == seed}
+                row["vanilla"].append(chip[methods[0]]["vanilla"])
+                for method in methods:
+                    row[method].append(chip[method]["nabn"])
+                if "auto" in chip:
+                    row["chosen"].append(chip["auto"]["chosen"])
+                print(
+                    f"{kind} eta={eta:g} seed={seed}: "
+                    + ", ".join(f"{name} {100 * row[name][-1]:.2f}" for name in ("vanilla", *methods))
+                    + (f" (auto chose {row['chosen'][-1]})" if row["chosen"] else ""),
+                    flush=True,
+                )
+            results[(kind, eta)] = row
     return results
 
 
