@@ -289,3 +289,17 @@ def test_sweep_is_run_sweep_with_keywords(classifier, tmp_path):
     assert by_keywords.rows == by_objects.rows
     again = sweep(model, calib, test, noise="mul", etas=[0.4], seeds=2, method="paper", results=results, resume=True)
     assert again.resumed == 2 and again.rows == by_objects.rows
+
+
+def test_a_several_method_sweep_says_which_statistics_each_method_wrote(classifier):
+    """``chosen`` per row (what auto picked; a plain method writes its own), only when several methods ran."""
+    from nabn_onnx.calibration import CANDIDATES
+    from nabn_onnx.evaluation import SweepPlan, SweepSettings, run_sweep
+
+    model, calib, test = classifier
+    plan = SweepPlan.of("mul", [0.5], [0, 1])
+    both = run_sweep(model, calib, test, plan, SweepSettings(method=("paper", "auto")))
+    assert [r["chosen"] for r in both.rows if r["method"] == "paper"] == ["paper", "paper"]
+    assert all(r["chosen"] in CANDIDATES for r in both.rows if r["method"] == "auto")
+    alone = run_sweep(model, calib, test, plan, SweepSettings(method="auto"))
+    assert all("chosen" not in r for r in alone.rows)  # one method: the rows are as they were
