@@ -1,59 +1,25 @@
-"""Small helpers the scripts share, on onnx and numpy only (not nabn_onnx's internals, which move).
+"""Small helpers the scripts share.
 
-* :func:`atomic_write_text`: write a generated page in one step (a temporary file, then a rename).
-* :func:`batchnorm_nodes`, :func:`name_batchnorms`, :func:`read_bn_stats`,
-  :func:`write_bn_stats`: the BatchNorm statistics of a model, read and written by node name,
-  for the experiments that compute statistics themselves.
+* :func:`atomic_write_text`, :func:`batchnorm_nodes`, :func:`name_batchnorms`: the library's own
+  (re-exported from ``nabn_onnx.model`` and ``nabn_onnx.calibration``, whose package names are stable).
+* :func:`read_bn_stats`, :func:`write_bn_stats`: the BatchNorm statistics of a model, read and
+  written by node name, for the experiments that compute statistics themselves.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-from typing import Dict, Iterable, List, Union
+from typing import Dict, Iterable
 
 import numpy as np
-from onnx import ModelProto, NodeProto, helper, numpy_helper
+from onnx import ModelProto, helper, numpy_helper
+
+from nabn_onnx.calibration import name_batchnorms
+from nabn_onnx.model import atomic_write_text, batchnorm_nodes
 
 __all__ = ["atomic_write_text", "batchnorm_nodes", "name_batchnorms", "read_bn_stats", "write_bn_stats"]
 
 #: BatchNormalization inputs: X, scale, B, input_mean, input_var.
 _SLOTS = {"scale": 1, "bias": 2, "mean": 3, "var": 4}
-
-
-def atomic_write_text(path: Union[str, os.PathLike], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def batchnorm_nodes(model: ModelProto) -> List[NodeProto]:
-    """The BatchNormalization nodes of the main graph, in graph order."""
-    return [n for n in model.graph.node if n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx")]
-
-
-def name_batchnorms(model: ModelProto) -> int:
-    """Give every unnamed BatchNormalization a unique name (its output's); returns how many (in place)."""
-    taken = {n.name for n in model.graph.node if n.name}
-    count = 0
-    for node in batchnorm_nodes(model):
-        if not node.name:
-            name = node.output[0]
-            while name in taken:
-                name += "_"
-            node.name = name
-            taken.add(name)
-            count += 1
-    return count
 
 
 def read_bn_stats(model: ModelProto, names: Iterable[str]) -> Dict[str, Dict[str, np.ndarray]]:

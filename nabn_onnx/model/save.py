@@ -18,7 +18,7 @@ from typing import BinaryIO, Optional, Sequence, Union
 from onnx import ModelProto, TensorProto, external_data_helper
 
 from ..errors import ModelError
-from .files import sync_file, sync_folder
+from .files import check_output_folder, sync_file, sync_folder
 from .initializers import model_size_bytes, set_field
 
 __all__ = ["save_model", "serialize_model", "encode_varint", "PROTOBUF_LIMIT", "EXTERNAL_THRESHOLD"]
@@ -65,11 +65,8 @@ def save_model(
         ModelError: the target folder does not exist or is not writable.
     """
     path = Path(path)
+    check_output_folder(path)
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ModelError(f"output folder does not exist: {folder}")
-    if path.is_dir():
-        raise ModelError(f"output path is a folder: {path}")
     use_external = _should_use_external(model, external_data)
     try:
         with tempfile.TemporaryDirectory(prefix=".nabn-", dir=folder) as tmp:

@@ -1,22 +1,7 @@
 """Weight-noise models of analog PIM devices.
 
-The paper's models (Section III), with noise scale ``eta``:
-
-* temporal fluctuation ``N_T ~ N(eta, (sigma_t * eta)^2)``, drawn per inference batch;
-* spatial fluctuation ``N_S ~ N(1, sigma_s^2)``, drawn once per chip instance;
-* **MUL**: ``W + W * N_T * N_S``;  **ADD**: ``W + N_T * N_S``.
-
-``N_S`` is drawn per weight element. Whether ``N_T`` is drawn per element or once per layer
-the paper does not say: ``temporal="element"`` (default) or ``"layer"``.
-
-A realization depends only on ``seed`` and each weight's name and shape (hashed into the
-seed sequence), never on the rest of the graph: ``inject`` on an exported model and the
-noise inside ``calibrate`` on its split version therefore simulate the same chip. The
-spatial draw is fixed per (seed, weight); the temporal draw is also indexed by ``draw``
-(0 for a baked file, 0, 1, 2, ... for per-batch re-draws).
-
-Other device models plug in by subclassing :class:`NoiseModel` (override :meth:`combine`,
-or :meth:`apply` for a model of another shape) and registering in :data:`NOISE_MODELS`.
+The paper's MUL and ADD models (Section III; the draws and their seeding are described in
+:mod:`nabn_onnx.noise.base`) and aihwkit's device models, behind one interface, :class:`NoiseModel`.
 
 Modules: ``base`` (NoiseModel, weight_rng), ``paper`` (MulNoise, AddNoise), ``device``
 (DeviceNoise, the shared tile flow), ``pcm``, ``rram`` (Wan 2022 and CMO/HfOx), ``ideal``,
