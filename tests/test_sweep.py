@@ -15,6 +15,8 @@ import pytest
 from nabn_onnx import NabnError, calibrate, sweep
 from nabn_onnx.cli import main
 from nabn_onnx.evaluation.evaluate import Evaluator
+from nabn_onnx.evaluation.runner import one_number
+from nabn_onnx.evaluation.sweep_report import ROW_KEYS
 from nabn_onnx.model import set_initializer
 
 from builders import small_cnn
@@ -112,8 +114,12 @@ def test_sweep_rejects_bad_settings(classifier):
         sweep(model, calib, test, noise="mul", etas=[-0.1], seeds=1)
     with pytest.raises(NabnError, match="unknown noise"):
         sweep(model, calib, test, noise="gauss", etas=[0.1], seeds=1)
+    # a metric that gives several numbers is swept number by number (it used to be refused here);
+    # where a sweep still needs one number, the refusal is the one it was
+    several = sweep(model, calib, test, noise="mul", etas=[0.1], seeds=1, metric=["top1", "top2"])
+    assert [r["metric"] for r in several.rows] == ["top1", "top2"] and several.metric == "top1,top2"
     with pytest.raises(NabnError, match="one number"):
-        sweep(model, calib, test, noise="mul", etas=[0.1], seeds=1, metric=["top1", "top2"])
+        one_number({"top1": 0.5, "top2": 0.7})
 
 
 def test_cli_sweep_writes_report_and_plot(classifier, tmp_path, capsys):
@@ -303,3 +309,44 @@ def test_a_several_method_sweep_says_which_statistics_each_method_wrote(classifi
     assert all(r["chosen"] in CANDIDATES for r in both.rows if r["method"] == "auto")
     alone = run_sweep(model, calib, test, plan, SweepSettings(method="auto"))
     assert all("chosen" not in r for r in alone.rows)  # one method: the rows are as they were
+
+
+def test_a_several_number_metric_gives_per_metric_the_numbers_of_one_metric_sweeps(classifier, tmp_path):
+    from nabn_onnx.evaluation import SweepPlan, SweepSettings, run_sweep
+
+    model, calib, test = classifier
+    plan = SweepPlan.of("mul", [0.3, 0.6], [0, 1])
+    results = tmp_path / "r.jsonl"
+    both = run_sweep(model, calib, test, plan, SweepSettings(method="paper", metric="top1,top2"), results=results)
+    assert both.multi and both.several_metrics and both.metric == "top1,top2"
+    assert [(r["eta"], r["seed"], r["metric"]) for r in both.rows] == [
+        (eta, seed, metric) for eta in (0.3, 0.6) for seed in (0, 1) for metric in ("top1", "top2")
+    ]
+    for metric in ("top1", "top2"):
+        alone = run_sweep(model, calib, test, plan, SweepSettings(method="paper", metric=metric))
+        assert [{k: r[k] for k in ROW_KEYS} for r in both.rows if r["metric"] == metric] == alone.rows
+        assert both.clean == {"test": {"top1": both.clean_of(metric="top1"), "top2": both.clean_of(metric="top2")}}
+        assert both.clean_of("test", metric) == alone.clean
+    top1 = [r["nabn"] for r in both.rows if r["metric"] == "top1"]
+    top2 = [r["nabn"] for r in both.rows if r["metric"] == "top2"]
+    assert top1 != top2, "the metrics must differ to mean anything"
+    as_tuple = run_sweep(model, calib, test, plan, SweepSettings(method="paper", metric=("top1", "top2")))
+    assert as_tuple.rows == both.rows
+    stats = both.by_eta()
+    assert [(s["eta"], s["metric"], s["chips"]) for s in stats] == [
+        (eta, metric, 2) for eta in (0.3, 0.6) for metric in ("top1", "top2")
+    ]
+    rows = list(csv.DictReader(io.StringIO(both.to_csv())))
+    assert len(rows) == 8 and "metric" in rows[0]
+    assert all(float(row["clean"]) == both.clean_of(row["test"], row["metric"]) for row in rows)
+    markdown = both.to_markdown()
+    assert "| Model (top1) | test |" in markdown and "| Model (top2) | test |" in markdown
+    assert "(top" in both.summary()
+    header = json.loads(results.read_text().splitlines()[0])
+    assert header["metric"] == "top1,top2" and header["clean"] == both.clean
+    lines = results.read_text().splitlines()
+    results.write_text("\n".join(lines[:3]) + "\n")  # two chips done, as if the sweep died
+    resumed = run_sweep(
+        model, calib, test, plan, SweepSettings(method="paper", metric="top1,top2"), results=results, resume=True
+    )
+    assert resumed.resumed == 2 and resumed.rows == both.rows

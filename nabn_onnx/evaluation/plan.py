@@ -42,10 +42,15 @@ def parse_floats(text: str, what: str = "value") -> List[float]:
     return values
 
 
-def metric_name(metric: MetricLike) -> str:
-    """A metric's name as reports and results files record it: the name given, or the object's name."""
+def metric_name(metric: Union[MetricLike, Sequence[MetricLike]]) -> str:
+    """A metric's name as reports and results files record it: the name given, or the object's name.
+
+    Several metrics in a list or tuple: their names joined by commas.
+    """
     if isinstance(metric, str):
         return metric
+    if isinstance(metric, (list, tuple)) and len(metric) > 1:
+        return ",".join(metric_name(m) for m in metric)
     return getattr(metric, "name", None) or getattr(metric, "__name__", None) or type(metric).__name__
 
 
@@ -199,9 +204,11 @@ class SweepSettings:
         method: calibration method, ``"paper"``, ``"delta"`` or ``"auto"`` (see :func:`~nabn_onnx.calibrate`),
             or several methods as a tuple: each chip is then calibrated once per method, and each
             report row says its method.
-        metric: a one-number metric (``"top1"``, ``"top5"``, ``"miou"``, ``"pixel-acc"``, a
+        metric: the metric (``"top1"``, ``"top5"``, ``"miou"``, ``"pixel-acc"``, a
             :class:`~nabn_onnx.evaluation.metrics.Metric` or a callable; a name for parallel sweeps
-            unless the object pickles).
+            unless the object pickles), or a metric that gives several numbers (names joined by
+            commas, ``"dbnet:miou,dbnet:pixel-acc"``, or a tuple of metrics): each report row
+            then says its ``metric``.
         estimator: how calibration combines batch statistics.
         batch_size: samples per batch for file and dict data.
         calib_batches: calibrate on at most this many batches.
@@ -214,7 +221,7 @@ class SweepSettings:
     """
 
     method: Union[str, Tuple[str, ...]] = "auto"
-    metric: MetricLike = "top1"
+    metric: Union[MetricLike, Tuple[MetricLike, ...]] = "top1"
     estimator: Estimator = DEFAULT_ESTIMATOR
     batch_size: int = 64
     calib_batches: Optional[int] = None

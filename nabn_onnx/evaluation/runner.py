@@ -14,7 +14,9 @@ overridable initializers (see :mod:`nabn_onnx.evaluation.sweep` for what that co
 
 A sweep of several calibration methods calibrates each chip once per method, with that
 method's own calibrator and NaBN runner, so each method's numbers are those of a
-one-method sweep; a sweep of several test sets evaluates each model on each of them.
+one-method sweep; a sweep of several test sets evaluates each model on each of them; a
+metric that gives several numbers (``"dbnet:miou,dbnet:pixel-acc"``) gives them all from
+the one evaluation of each model on each test set.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from onnx import ModelProto, numpy_helper
@@ -39,7 +41,16 @@ from .evaluate import Evaluator, OutputLike
 from .executors import crash_hook
 from .plan import ChipTask, SweepSettings
 
-__all__ = ["ChipRunner", "ChipState", "SweepInputs", "run_chip", "clear_state", "bn_param_names"]
+__all__ = [
+    "ChipRunner",
+    "ChipState",
+    "SweepInputs",
+    "run_chip",
+    "clear_state",
+    "bn_param_names",
+    "MetricValue",
+    "one_number",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +73,22 @@ def _initializer_values(model: ModelProto, names: Iterable[str]) -> Dict[str, np
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in wanted}
 
 
-def _scalar(value) -> float:
+#: What a chip's evaluation gives: one number, or ``{metric name: number}`` for a metric that gives several.
+MetricValue = Union[float, Dict[str, float]]
+
+
+def _value(value) -> MetricValue:
+    if isinstance(value, dict):
+        return {str(name): float(number) for name, number in value.items()}
+    return float(value)
+
+
+def one_number(value: MetricValue) -> float:
+    """``value`` when it is one number.
+
+    Raises:
+        NabnError: ``value`` holds several numbers (the metric's names are in the message).
+    """
     if isinstance(value, dict):
         raise NabnError(f"a sweep needs a metric that gives one number, got {sorted(value)}")
     return float(value)
@@ -95,19 +121,23 @@ class ChipRunner:
         self.session_seconds += time.perf_counter() - started
         return evaluator
 
-    def run(self, model: ModelProto, test: DataLike) -> float:
-        """Evaluate ``model``, which differs from earlier ones only in the values of ``names``."""
+    def run(self, model: ModelProto, test: DataLike) -> MetricValue:
+        """Evaluate ``model``, which differs from earlier ones only in the values of ``names``.
+
+        Returns:
+            The metric: a float, or ``{name: float}`` when it gives several numbers.
+        """
         if not self.reuse:
-            return _scalar(self._build(model, ()).run(test, **self.eval_options).value)
+            return _value(self._build(model, ()).run(test, **self.eval_options).value)
         if self.evaluator is None:
             self.names = self.names_of(model)
             self.evaluator = self._build(model, self.names)
             self.structure = _structure(model)
         elif _structure(model) != self.structure:
             logger.warning("a chip's graph differs from the first chip's; evaluating it with its own session")
-            return _scalar(self._build(model, ()).run(test, **self.eval_options).value)
+            return _value(self._build(model, ()).run(test, **self.eval_options).value)
         feeds = _initializer_values(model, self.names)
-        return _scalar(self.evaluator.run(test, feeds=feeds, **self.eval_options).value)
+        return _value(self.evaluator.run(test, feeds=feeds, **self.eval_options).value)
 
 
 @dataclass(frozen=True)
@@ -126,6 +156,8 @@ class SweepInputs:
         weights: the analog weights that get noise.
         settings: how each chip is measured.
         test_names: the names of several test sets (empty: ``test`` is the one test set).
+        metric_names: the names of the numbers a metric that gives several gives (empty: the
+            metric gives one number).
     """
 
     key: str
@@ -136,11 +168,26 @@ class SweepInputs:
     weights: Tuple[str, ...]
     settings: SweepSettings
     test_names: Tuple[str, ...] = ()
+    metric_names: Tuple[str, ...] = ()
 
     @property
     def multi(self) -> bool:
-        """Whether chips are measured per method and test set (several of either)."""
-        return bool(self.test_names) or len(self.settings.methods) > 1
+        """Whether chips are measured per method and test set (several of either, or several metrics)."""
+        return bool(self.test_names) or len(self.settings.methods) > 1 or bool(self.metric_names)
+
+    def measure(self, runner: ChipRunner, model: ModelProto, data: DataLike) -> MetricValue:
+        """``runner``'s metric of ``model`` on ``data``: one number, or one per name of :attr:`metric_names`.
+
+        Raises:
+            NabnError: the metric gives several numbers where the sweep expects one, or other ones.
+        """
+        value = runner.run(model, data)
+        if not self.metric_names:
+            return one_number(value)
+        if not isinstance(value, dict) or tuple(value) != self.metric_names:
+            got = sorted(value) if isinstance(value, dict) else "one number"
+            raise NabnError(f"the sweep's metric gave {got}, not {list(self.metric_names)}")
+        return value
 
     def test_sets(self) -> List[Tuple[str, object]]:
         """``(name, data)`` of every test set (the one test set is named ``"test"``)."""
@@ -211,7 +258,8 @@ def run_chip(task: ChipTask, inputs: SweepInputs) -> Dict[str, object]:
         ``{"noise", "eta", "seed", "vanilla", "nabn", "seconds": {...}, "worker": "host:pid"}``.
         With several methods or test sets, ``"vanilla"`` is ``{test: value}`` and ``"nabn"``
         is ``{method: {test: value}}``, and ``"chosen"`` is ``{method: statistics it wrote}``
-        (what ``"auto"`` chose).
+        (what ``"auto"`` chose). With a metric that gives several numbers, so it is too, each
+        ``value`` then being ``{metric: number}``.
     """
     crash_hook(task.seed)
     state = _STATE.get(inputs.key)
@@ -224,10 +272,10 @@ def run_chip(task: ChipTask, inputs: SweepInputs) -> Dict[str, object]:
     tests = inputs.test_sets()
     t0 = time.perf_counter()
     noisy = InjectWeightNoisePass(noise)(copy.deepcopy(state.clean)).model
-    vanilla = {name: state.vanilla.run(noisy, data) for name, data in tests}
+    vanilla = {name: inputs.measure(state.vanilla, noisy, data) for name, data in tests}
     t1 = time.perf_counter()
     calibrate_seconds = nabn_seconds = 0.0
-    nabn: Dict[str, Dict[str, float]] = {}
+    nabn: Dict[str, Dict[str, MetricValue]] = {}
     chosen: Dict[str, str] = {}
     for method in methods:
         t2 = time.perf_counter()
@@ -235,7 +283,7 @@ def run_chip(task: ChipTask, inputs: SweepInputs) -> Dict[str, object]:
         calibrated = result.model
         chosen[method] = result.report.chosen
         t3 = time.perf_counter()
-        nabn[method] = {name: state.nabn[method].run(calibrated, data) for name, data in tests}
+        nabn[method] = {name: inputs.measure(state.nabn[method], calibrated, data) for name, data in tests}
         calibrate_seconds += t3 - t2
         nabn_seconds += time.perf_counter() - t3
     sessions = state.session_seconds - sessions_before

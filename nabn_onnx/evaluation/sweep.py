@@ -8,8 +8,10 @@ paper's noise model and measures
   calibration data, with the chosen method (or each of several methods).
 
 Both are evaluated on the test data (or each of several named test sets), as in the
-paper's Tables I-II. The fused BatchNorms of the model are split out once, with clean
-statistics measured once, so each chip costs one calibration pass per method.
+paper's Tables I-II, with a metric that gives one number or several
+(``"dbnet:miou,dbnet:pixel-acc"``: rows then name their ``metric``). The fused BatchNorms
+of the model are split out once, with clean statistics measured once, so each chip costs
+one calibration pass per method.
 
 Two entry points, one convention: :func:`run_sweep` takes the settings as objects (a
 :class:`~nabn_onnx.evaluation.plan.SweepPlan` and a
@@ -56,7 +58,7 @@ from ..runtime import check_providers
 from .executors import Executor, SerialExecutor
 from .plan import PLAN_KEYWORDS, ChipTask, SweepPlan, SweepSettings, metric_name, parse_floats, plan_and_settings
 from .results import ResultsFile, check_results_path
-from .runner import ChipRunner, SweepInputs, clear_state, run_chip
+from .runner import ChipRunner, MetricValue, SweepInputs, clear_state, one_number, run_chip
 from .sweep_report import SweepReport
 
 __all__ = [
@@ -144,7 +146,10 @@ def run_sweep(
     Several calibration methods (``settings.method`` a tuple) or several test sets
     (``tests``) measure every chip with each method on each test set; the report's rows then
     name their ``"method"`` and ``"test"``, and each method's numbers are those of a sweep of
-    that method alone.
+    that method alone. A metric that gives several numbers (``settings.metric`` such as
+    ``"dbnet:miou,dbnet:pixel-acc"`` or a sequence of metrics) does the same per number: rows
+    also name their ``"metric"``, ``clean`` is ``{test: {metric: number}}``, and each
+    metric's numbers are those of a sweep of that metric alone.
 
     Args:
         model: path or ``ModelProto`` (BatchNorm kept or fused; not modified).
@@ -161,7 +166,7 @@ def run_sweep(
 
     Returns:
         A :class:`SweepReport` with one row per chip of the plan, in plan order (per chip,
-        one row per test set and method when there are several).
+        one row per test set, method and metric when there are several).
 
     Raises:
         NabnError: bad model, data or settings, or a results file of another sweep.
@@ -185,20 +190,22 @@ def run_sweep(
         check_batching(data, settings.batch_size, settings.test_batches)
     calib = replayable(calib)
     named = [(name, replayable(data)) for name, data in named]
-    multi = len(named) > 1 or len(settings.methods) > 1
     proto = load_model(copy.deepcopy(model) if isinstance(model, ModelProto) else model)
     weights = noisy_tensor_names(proto, include_bias=plan.include_bias)
     if not weights:
         raise NabnError("the model has no analog layer with a constant weight: nothing to put noise on")
     runner = _ChipRunner(False, lambda _: weights, settings.output, settings.providers, settings.eval_options())
     cleans = {name: runner.run(proto, data) for name, data in named}
-    clean: Union[float, Dict[str, float]] = cleans if multi else cleans[named[0][0]]
+    metrics = _metric_names(cleans)
+    multi = len(named) > 1 or len(settings.methods) > 1 or bool(metrics)
+    clean: Union[float, Dict[str, MetricValue]] = cleans if multi else one_number(cleans[named[0][0]])
+    metric_label = _metric_label(settings, metrics)
     store = None
     if results is not None:
         header: Dict[str, object] = {
             "model": _model_name(model, proto),
             "fingerprint": _fingerprint(proto),
-            "metric": metric_name(settings.metric),
+            "metric": metric_label,
             "method": settings.method if isinstance(settings.method, str) else list(settings.method),
             "settings": plan.shared_settings(),
             "measure": settings.describe(),
@@ -208,7 +215,7 @@ def run_sweep(
         }
         store = ResultsFile.open(results, header, resume=resume)
     try:
-        done = {} if store is None else {k: _report_rows(r, multi) for k, r in store.rows.items()}
+        done = {} if store is None else {k: _report_rows(r, multi, metrics) for k, r in store.rows.items()}
         todo = [t for t in tasks if t.key not in done]
         resumed = len(tasks) - len(todo)
         timing = {"calibrate": 0.0, "vanilla": 0.0, "nabn": 0.0, "sessions": 0.0}
@@ -231,6 +238,7 @@ def run_sweep(
                 tuple(weights),
                 settings,
                 test_names=tuple(name for name, _ in named) if len(named) > 1 else (),
+                metric_names=metrics,
             )
             with Progress(f"sweep {plan.noise}", len(tasks), enabled=show_progress, initial=resumed) as bar:
                 try:
@@ -239,7 +247,7 @@ def run_sweep(
                             store.append(row)
                         for part, seconds in row["seconds"].items():
                             timing[part] = timing.get(part, 0.0) + seconds
-                        done[task.key] = _report_rows(row, multi)
+                        done[task.key] = _report_rows(row, multi, metrics)
                         bar.update()
                 finally:
                     clear_state()  # the serial executor's models and sessions
@@ -250,7 +258,7 @@ def run_sweep(
             store.close()
     report = SweepReport(
         _model_name(model, proto),
-        metric_name(settings.metric),
+        metric_label,
         settings.method_label,
         make_noise(
             plan.noise,
@@ -270,12 +278,46 @@ def run_sweep(
     return report
 
 
-def _report_rows(row: Mapping[str, Any], multi: bool) -> List[Dict[str, Any]]:
-    """The report rows of one chip's record: one, or one per (test set, method)."""
+def _metric_names(cleans: Mapping[str, MetricValue]) -> Tuple[str, ...]:
+    """The names of the numbers the metric gives, from the clean model's figures (empty: one number)."""
+    values = list(cleans.values())
+    if not any(isinstance(v, dict) for v in values):
+        return ()
+    names = tuple(values[0]) if isinstance(values[0], dict) else ()
+    if any(not isinstance(v, dict) or tuple(v) != names for v in values):
+        got = "; ".join(f"{name}: {sorted(v) if isinstance(v, dict) else 'one number'}" for name, v in cleans.items())
+        raise NabnError(f"the metric must give the same numbers on every test set, got {got}")
+    return names
+
+
+def _metric_label(settings: SweepSettings, metrics: Tuple[str, ...]) -> str:
+    """The metric as reports and results files record it: as given, or its numbers' names joined by commas."""
+    if metrics and not isinstance(settings.metric, str):
+        return ",".join(metrics)
+    return metric_name(settings.metric)
+
+
+def _report_rows(row: Mapping[str, Any], multi: bool, metrics: Tuple[str, ...] = ()) -> List[Dict[str, Any]]:
+    """The report rows of one chip's record: one, or one per (test set, method[, metric])."""
     chip = {"noise": row["noise"], "eta": float(row["eta"]), "seed": int(row["seed"])}
     if not multi:
         return [{**chip, "vanilla": row["vanilla"], "nabn": row["nabn"]}]
     chosen = row.get("chosen", {})  # absent in results files written before it was recorded
+    if metrics:
+        return [
+            {
+                **chip,
+                "vanilla": vanilla[metric],
+                "nabn": row["nabn"][method][test][metric],
+                "test": test,
+                "method": method,
+                "metric": metric,
+                **({"chosen": chosen[method]} if method in chosen else {}),
+            }
+            for test, vanilla in row["vanilla"].items()
+            for method in row["nabn"]
+            for metric in metrics
+        ]
     return [
         {
             **chip,
@@ -311,7 +353,7 @@ def sweep(
     ``"add"`` or a device model), ``etas``, ``seeds`` (a count ``K`` for seeds ``0..K-1``, or
     the seeds), ``sigma_t``, ``sigma_s``, ``temporal``, ``include_bias``, ``device`` (a device
     model's parameters, e.g. ``{"t_inference": 3600}``) for the plan; every field of
-    :class:`SweepSettings` (``method``, a name or a tuple of names, ``metric``,
+    :class:`SweepSettings` (``method``, a name or a tuple of names, ``metric``, one or several,
     ``estimator``, ``batch_size``, ``calib_batches``, ``test_batches``, ``output``,
     ``ignore_index``, ``ignore_background``, ``reuse_sessions``, ``providers``) for the
     settings. Every other argument is :func:`run_sweep`'s: chips run serially unless an
@@ -332,7 +374,7 @@ def sweep(
         **options: the plan's and the settings' fields as keywords.
 
     Returns:
-        A :class:`SweepReport` with one row per (eta, seed) (and test set and method, when several).
+        A :class:`SweepReport` with one row per (eta, seed) (and test set, method and metric, when several).
 
     Raises:
         NabnError: bad model, data or settings (one-line message).

@@ -4,7 +4,9 @@ A :class:`SweepReport` writes JSON, Markdown (the paper's Tables I-II) and CSV t
 one report base (:class:`~nabn_onnx.reports.Report`). A sweep of several calibration methods
 or several test sets gives rows that also name their ``method`` and ``test``; its summaries
 and tables are then per (noise, eta, test, method), and ``clean`` holds one figure per test
-set. A one-method, one-test-set sweep has neither key and a single ``clean`` figure.
+set. A metric that gives several numbers adds a third key, ``metric``, to every row (and to
+the summaries and tables), and ``clean`` then holds ``{test: {metric: number}}``. A
+one-method, one-test-set, one-number sweep has none of these keys and a single ``clean`` figure.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Union
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -24,6 +26,8 @@ __all__ = ["SweepReport", "ROW_KEYS", "spread"]
 ROW_KEYS = ("noise", "eta", "seed", "vanilla", "nabn")
 #: What a row of a several-method or several-test-set sweep adds: its test set and its method.
 _MULTI_KEYS = ("test", "method")
+#: What a row of a sweep whose metric gives several numbers adds besides: which number it holds.
+_METRIC_KEY = "metric"
 
 
 def spread(values: Sequence[float]) -> Dict[str, float]:
@@ -47,9 +51,11 @@ class SweepReport(Report):
         method: calibration method (several: their names joined by commas).
         settings: the noise settings shared by every chip (kind, sigma_t, sigma_s, ...).
         clean: the metric of the clean model; with several methods or test sets, one figure
-            per test set (by name).
+            per test set (by name); with a metric that gives several numbers, ``{test: {metric: number}}``.
         rows: one ``{"noise", "eta", "seed", "vanilla", "nabn"}`` per chip; with several
-            methods or test sets, one per (chip, test set, method), with ``"test"`` and ``"method"``.
+            methods or test sets, one per (chip, test set, method), with ``"test"`` and ``"method"``;
+            with a metric that gives several numbers, one per (chip, test set, method, metric),
+            with ``"metric"`` too.
         seconds: wall time, and its parts (``"calibrate"``, ``"vanilla"``, ``"nabn"``, ``"sessions"``).
         reuse_sessions: whether chips shared sessions.
         executor: where the chips ran (``"serial"``, ``"2 local processes"``, ``"Ray (local)"``).
@@ -62,7 +68,7 @@ class SweepReport(Report):
     metric: str
     method: str
     settings: Dict[str, Any]  # JSON-able records, as read back from results files
-    clean: Union[float, Dict[str, float]]
+    clean: Union[float, Dict[str, Union[float, Dict[str, float]]]]
     rows: List[Dict[str, Any]] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
     reuse_sessions: bool = False
@@ -74,14 +80,27 @@ class SweepReport(Report):
         """Whether rows name their test set and method (a sweep of several of either)."""
         return bool(self.rows) and "method" in self.rows[0]
 
-    def clean_of(self, test: Optional[str] = None) -> float:
-        """The clean model's figure on test set ``test`` (the only one when None)."""
+    @property
+    def several_metrics(self) -> bool:
+        """Whether rows name their ``metric`` (a metric that gives several numbers)."""
+        return bool(self.rows) and _METRIC_KEY in self.rows[0]
+
+    def clean_of(self, test: Optional[str] = None, metric: Optional[str] = None) -> float:
+        """The clean model's figure on test set ``test`` (the first when None), of ``metric`` (the first when None)."""
         if isinstance(self.clean, dict):
-            return self.clean[test if test is not None else next(iter(self.clean))]
+            value = self.clean[test if test is not None else next(iter(self.clean))]
+            if isinstance(value, dict):
+                return value[metric if metric is not None else next(iter(value))]
+            return value
         return self.clean
 
+    def _multi_keys(self) -> Tuple[str, ...]:
+        if not self.multi:
+            return ()
+        return (*_MULTI_KEYS, _METRIC_KEY) if self.several_metrics else _MULTI_KEYS
+
     def _group_keys(self) -> tuple:
-        return ("noise", "eta", *(_MULTI_KEYS if self.multi else ()))
+        return ("noise", "eta", *self._multi_keys())
 
     def by_eta(self) -> List[Dict[str, Any]]:
         """Per (noise, eta): chip count and mean, std (sample, ddof=1), min and max of vanilla and nabn.
@@ -119,12 +138,12 @@ class SweepReport(Report):
 
     def to_csv(self) -> str:
         """One CSV row per chip (and test set and method), with the clean model's figure on each."""
-        keys = (*ROW_KEYS, *_MULTI_KEYS) if self.multi else ROW_KEYS
+        keys = (*ROW_KEYS, *self._multi_keys())
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow([*keys, "clean"])
         for row in self.rows:
-            writer.writerow([*(row[k] for k in keys), self.clean_of(row.get("test"))])
+            writer.writerow([*(row[k] for k in keys), self.clean_of(row.get("test"), row.get(_METRIC_KEY))])
         return buffer.getvalue()
 
     def table(self, label: Optional[str] = None) -> str:
@@ -135,6 +154,11 @@ class SweepReport(Report):
         """
         stats = self.by_eta()
         label = label or self.model
+        if self.several_metrics:
+            return "\n\n".join(
+                self._multi_table([s for s in stats if s[_METRIC_KEY] == metric], label, metric)
+                for metric in dict.fromkeys(s[_METRIC_KEY] for s in stats)
+            )
         if self.multi:
             return self._multi_table(stats, label)
         header = "| Model | " + " | ".join(f"{s['noise'].upper()} η={s['eta']:g}" for s in stats) + " |"
@@ -145,7 +169,7 @@ class SweepReport(Report):
         return "\n".join(lines)
 
     @staticmethod
-    def _multi_table(stats: List[Dict[str, Any]], label: str) -> str:
+    def _multi_table(stats: List[Dict[str, Any]], label: str, metric: Optional[str] = None) -> str:
         columns = list(dict.fromkeys((s["noise"], s["eta"]) for s in stats))
         tests = list(dict.fromkeys(s["test"] for s in stats))
         methods = list(dict.fromkeys(s["method"] for s in stats))
@@ -155,7 +179,8 @@ class SweepReport(Report):
             picked = [index[(noise, eta, test, method)] for noise, eta in columns]
             return " | ".join(f"{100 * s[f'{key}_mean']:.2f} ± {100 * s[f'{key}_std']:.2f}" for s in picked)
 
-        header = "| Model | test | " + " | ".join(f"{noise.upper()} η={eta:g}" for noise, eta in columns) + " |"
+        first = "Model" if metric is None else f"Model ({metric})"
+        header = f"| {first} | test | " + " | ".join(f"{noise.upper()} η={eta:g}" for noise, eta in columns) + " |"
         lines = [header, "|---|---|" + "---:|" * len(columns)]
         for test in tests:
             lines.append(f"| {label} | {test} | {cells('vanilla', test, methods[0])} |")
@@ -165,7 +190,12 @@ class SweepReport(Report):
 
     def _clean_text(self) -> str:
         if isinstance(self.clean, dict):
-            return ", ".join(f"{100 * value:.2f}% on {name}" for name, value in self.clean.items())
+            return ", ".join(
+                ", ".join(f"{100 * v:.2f}% {metric} on {name}" for metric, v in value.items())
+                if isinstance(value, dict)
+                else f"{100 * value:.2f}% on {name}"
+                for name, value in self.clean.items()
+            )
         return f"{100 * self.clean:.2f}%"
 
     def to_markdown(self) -> str:
@@ -197,6 +227,8 @@ class SweepReport(Report):
         where = f"at {worst['noise']} eta={worst['eta']:g}"
         if self.multi:
             where += f" on {worst['test']} with {worst['method']}"
+        if self.several_metrics:
+            where += f" ({worst[_METRIC_KEY]})"
         etas = len({(s["noise"], s["eta"]) for s in stats})
         return (
             f"swept {etas} eta(s) x {len(self.rows) // max(len(stats), 1)} chip(s) of {self.model}: clean "
