@@ -73,3 +73,35 @@ def test_fidelity_section_summarizes_per_chip_scores():
     assert "`auto` keeps 99.87% mIoU with the clean model's mask against vanilla's 98.40%" in text
     assert "(worst chip 99.86 against 98.30)" in text
     assert "(91.56% of the clean mask)" in text
+
+
+def test_task_rows_gather_a_sweeps_rows_per_chip_as_the_page_stores_them():
+    """A several-method, several-number sweep's rows become one row per chip: ``{test/metric: value}`` per column."""
+    from types import SimpleNamespace
+
+    chip = {"noise": "mul", "eta": 0.1, "seed": 0}
+    rows = [
+        {**chip, "vanilla": v, "nabn": n, "test": "test", "method": method, "metric": metric}
+        for method, metric, v, n in (
+            ("paper", "dbnet:miou", 0.87, 0.86),
+            ("paper", "dbnet:pixel-acc", 0.98, 0.97),
+            ("auto", "dbnet:miou", 0.87, 0.89),
+            ("auto", "dbnet:pixel-acc", 0.98, 0.99),
+        )
+    ]
+    gathered = make_real_results.task_rows(SimpleNamespace(rows=rows), ("paper", "auto"), ["dbnet"])
+    assert gathered == [
+        {
+            **chip,
+            "vanilla": {"dbnet/dbnet:miou": 0.87, "dbnet/dbnet:pixel-acc": 0.98},
+            "paper": {"dbnet/dbnet:miou": 0.86, "dbnet/dbnet:pixel-acc": 0.97},
+            "auto": {"dbnet/dbnet:miou": 0.89, "dbnet/dbnet:pixel-acc": 0.99},
+        }
+    ]
+    # a one-number metric on several test sets: keyed by test set alone, as MobileNet-v2's rows are
+    one = [{**chip, "vanilla": 0.5, "nabn": 0.9, "test": test, "method": "auto"} for test in ("agreement", "top1-20")]
+    assert make_real_results.task_rows(SimpleNamespace(rows=one), ("auto",), ["agreement", "top1-20"]) == [
+        {**chip, "vanilla": {"agreement": 0.5, "top1-20": 0.5}, "auto": {"agreement": 0.9, "top1-20": 0.9}}
+    ]
+    assert make_real_results.flat({"dbnet:miou": 0.5}, "dbnet") == {"dbnet/dbnet:miou": 0.5}
+    assert make_real_results.flat(0.5, "agreement") == {"agreement": 0.5}

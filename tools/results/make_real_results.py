@@ -13,22 +13,20 @@ into the model once and measures
 * one column per calibration method (``paper``: Algorithm 1 as published; ``auto``: the
   default): the same chip after :func:`nabn_onnx.calibrate` on the calibration data,
 
-with the library calls ``split`` / ``inject``-equivalent pass / ``calibrate`` / ``Evaluator``
-that the CLI's ``sweep`` makes (one calibration per chip and method, every test set
-evaluated on the same calibrated model). Raw numbers go to ``<cache>/results_real.json``
-(per task, so tasks can be rerun one by one); the markdown is rendered from that file.
-
-Why not :func:`nabn_onnx.run_sweep` (issue 18): DBNet and PicoDet are scored by metrics that
-give several numbers from one evaluation (``dbnet:miou,dbnet:pixel-acc``,
-``picodet:map50,picodet:mar50``), and a sweep takes a one-number metric; MobileNet-v2 runs
-its noise kinds on two model files in one chip-major order, and the per-task JSON above is
-the store the page is rendered from.
+with :func:`nabn_onnx.run_sweep`, the library call behind the CLI's ``sweep`` (one
+calibration per chip and method, every test set evaluated on the same calibrated model;
+DBNet's and PicoDet's metrics give several numbers, ``dbnet:miou,dbnet:pixel-acc`` and
+``picodet:map50,picodet:mar50``, which a sweep reports per metric). Each sweep appends its
+chips to ``<cache>/results_real.<task>.<noise>.jsonl``, which a rerun resumes (chips already
+there are not run again). MobileNet-v2 runs its noise kinds on two model files, one sweep
+per chip seed and noise kind, in chip-major order. The rows are also gathered per task in
+``<cache>/results_real.<task>.json`` (so tasks can be rerun one by one); the markdown is
+rendered from those files.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -37,8 +35,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from nabn_onnx import InjectWeightNoisePass, calibrate, diagnose, load_model, make_noise, split
-from nabn_onnx.evaluation import Evaluator
+from nabn_onnx import diagnose, make_noise, run_sweep
+from nabn_onnx.evaluation import SweepPlan, SweepSettings
 from tools.samples.make_real_models import DEFAULT_CACHE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,19 +97,34 @@ LIMITS_RUNS = (
 )
 
 
-def values(result) -> Dict[str, float]:
-    return dict(result) if isinstance(result, dict) else {"value": float(result)}
+def results_file(cache: Path, name: str, kind: str) -> Path:
+    """The sweep's JSON-lines results file of one task and noise kind (what a rerun resumes)."""
+    return cache / f"results_real.{name}.{kind}.jsonl"
 
 
-def evaluate_all(model, task: dict, cache: Path) -> Dict[str, float]:
-    """Every test set of ``task`` on one session of ``model``: ``{test/metric: value}``."""
-    evaluator = Evaluator(model)
-    out = {}
-    for test, path in task["tests"].items():
-        result = evaluator.run(str(cache / path), task["metric"], batch_size=task["batch_size"]).value
-        for name, value in values(result).items():
-            out[test if name == "value" else f"{test}/{name}"] = value
-    return out
+def flat(values, test: str, metric: Optional[str] = None) -> Dict[str, float]:
+    """``{test: value}`` for a one-number metric, ``{test/metric: value}`` for each number of several."""
+    if isinstance(values, dict):
+        return {f"{test}/{name}": float(value) for name, value in values.items()}
+    return {test if metric is None else f"{test}/{metric}": float(values)}
+
+
+def task_rows(report, methods, tests: List[str]) -> List[dict]:
+    """The page's rows of one sweep: per chip, ``vanilla`` and each method as ``{test[/metric]: value}``.
+
+    ``tests`` are the sweep's test set names: a sweep's rows of one test set name it ``"test"``
+    (its ``clean`` uses the name given).
+    """
+    rows: Dict[tuple, dict] = {}
+    for r in report.rows:
+        test = r["test"] if len(tests) > 1 else tests[0]
+        chip = rows.setdefault(
+            (r["noise"], r["eta"], r["seed"]),
+            {"noise": r["noise"], "eta": r["eta"], "seed": r["seed"], "vanilla": {}, **{m: {} for m in methods}},
+        )
+        chip["vanilla"].update(flat(r["vanilla"], test, r.get("metric")))
+        chip[r["method"]].update(flat(r["nabn"], test, r.get("metric")))
+    return list(rows.values())
 
 
 def run_task(
@@ -125,57 +138,55 @@ def run_task(
 ) -> dict:
     """Clean, vanilla and calibrated metrics of one task over its grids and ``seeds`` chips.
 
-    Rows of ``previous`` (an earlier, interrupted run with the same methods) are kept and
-    not recomputed; ``save(result)`` is called after every chip.
+    One :func:`nabn_onnx.run_sweep` per chip seed and noise kind (chip-major: every eta gets
+    its first chip before any gets a second, so an interrupted run still covers the whole
+    grid), each appending to the task's results file of that kind
+    (:func:`results_file`), which a rerun resumes: chips already there are not run again.
+    ``previous`` (the task's stored JSON) only carries its time over; ``save(result)`` is
+    called after every sweep.
     """
     task = TASKS[name]
-    done = {}
-    if previous and previous.get("methods") == list(methods):
-        done = {(r["noise"], r["eta"], r["seed"]): r for r in previous["rows"]}
-    calib = str(cache / task["calib"])
+    grids = grids or task["grids"]
+    tests = {test: str(cache / path) for test, path in task["tests"].items()}
+    settings = SweepSettings(method=tuple(methods), metric=task["metric"], batch_size=task["batch_size"])
     started = time.perf_counter()
-    rows = []
+    earlier = (previous or {}).get("seconds", 0) if (previous or {}).get("methods") == list(methods) else 0
+    rows: List[dict] = []
     result = {"rows": rows, "seeds": seeds, "methods": list(methods), "models": {}}
-    prepared_by_kind = {}
-    for kind in grids or task["grids"]:
-        file = task.get("models", {}).get(kind, task["model"])
-        proto = load_model(str(cache / file))
-        clean = evaluate_all(proto, task, cache)
-        result.setdefault("clean", clean)
-        result["models"][kind] = {"file": file, "clean": clean}
-        print(f"[{name}] {file}: clean {clean}", flush=True)
-        prepared_by_kind[kind] = (proto, split(proto, calib, batch_size=task["batch_size"]).model)
-    # Chip-major order: every eta gets its first chip before any gets a second, so an
-    # interrupted run still covers the whole grid.
     for seed in range(seeds):
-        for kind, etas in (grids or task["grids"]).items():
-            proto, prepared = prepared_by_kind[kind]
-            for eta in etas:
-                if (kind, eta, seed) in done:
-                    rows.append(done[(kind, eta, seed)])
-                    continue
-                chip = make_noise(kind, eta, seed=seed)
-                noisy = InjectWeightNoisePass(chip)(copy.deepcopy(proto)).model
-                row = {"noise": kind, "eta": eta, "seed": seed, "vanilla": evaluate_all(noisy, task, cache)}
-                for method in methods:
-                    calibrated = calibrate(
-                        prepared, calib, noise=chip, method=method, batch_size=task["batch_size"]
-                    ).model
-                    row[method] = evaluate_all(calibrated, task, cache)
+        for kind, etas in grids.items():
+            file = task.get("models", {}).get(kind, task["model"])
+            store = results_file(cache, name, kind)
+            report = run_sweep(
+                str(cache / file),
+                str(cache / task["calib"]),
+                None,
+                SweepPlan.of(kind, etas, [seed]),
+                settings,
+                tests=tests,
+                results=store,
+                resume=store.exists(),
+            )
+            clean: Dict[str, float] = {}
+            for test, value in report.clean.items():  # type: ignore[union-attr]
+                clean.update(flat(value, test))
+            if kind not in result["models"]:
+                result.setdefault("clean", clean)
+                result["models"][kind] = {"file": file, "clean": clean}
+                print(f"[{name}] {file}: clean {clean}", flush=True)
+            for row in task_rows(report, methods, list(tests)):
                 rows.append(row)
                 print(
-                    f"[{name}] {kind} {eta} seed {seed}: "
+                    f"[{name}] {kind} {row['eta']} seed {seed}: "
                     + "; ".join(
                         f"{k} {' '.join(f'{100 * v:.1f}' for v in row[k].values())}" for k in ("vanilla", *methods)
                     ),
                     flush=True,
                 )
-                result["seconds"] = round(time.perf_counter() - started + (previous or {}).get("seconds", 0), 1)
-                if save:
-                    # rows of the earlier run not reached yet are saved too, so stopping loses none
-                    later = [r for r in done.values() if all(r is not x for x in rows)]
-                    save({**result, "rows": rows + later})
-    result["seconds"] = round(time.perf_counter() - started + (previous or {}).get("seconds", 0), 1)
+            result["seconds"] = round(time.perf_counter() - started + earlier, 1)
+            if save:
+                save(result)
+    result["seconds"] = round(time.perf_counter() - started + earlier, 1)
     return result
 
 
