@@ -34,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("--test", required=True, help="labelled test data (.npz with 'labels' or image folder)")
     ChipGridGroup.add(p, default_seeds=5)
     MethodGroup.add(p)
-    MetricGroup.add(p, several=False)
+    MetricGroup.add(p, several=True)
     CalibBatchesGroup.add(p)
     p.add_argument(
         "--reuse-sessions",
