@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 from ..analog import insert_analog_io, strip_analog_io
-from ..model import check_output
 from ..passes.analog_io import AnalogIO
 from .groups import ImageFolderGroup, LayerSelectionGroup, say
 from .paths import default_output, guard_paths
@@ -53,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
     parser = args.subparser
     default = ".digital" if args.strip else ".analog"
     output = Path(args.output) if args.output else default_output(Path(args.model), default)
-    check_output(args.model, output)
     guard_paths(args, output)
     started = time.perf_counter()
     if args.strip:

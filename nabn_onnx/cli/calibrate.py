@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from ..errors import NabnError
-from ..model import check_output
 from .groups import (
     LayerSelectionGroup,
     MethodGroup,
@@ -67,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
 
     noise = NoiseGroup.parse(args, parser)
     output = Path(args.output) if args.output else default_output(Path(args.model), ".nabn")
-    check_output(args.model, output)
     guard_paths(args, output)
     if args.report:
         report_suffix(args.report, report_suffixes(CalibrationReport))

@@ -6,7 +6,6 @@ import argparse
 import time
 from pathlib import Path
 
-from ..model import check_output
 from .groups import ModelOutputGroup, NoiseGroup, noise_suffix, say
 from .paths import default_output, guard_paths
 
@@ -32,7 +31,6 @@ def run(args: argparse.Namespace) -> int:
     noise = NoiseGroup.parse(args, parser)
     assert noise is not None  # inject requires --noise: NoiseGroup.parse exits otherwise
     output = Path(args.output) if args.output else default_output(Path(args.model), noise_suffix(noise))
-    check_output(args.model, output)
     guard_paths(args, output)
     started = time.perf_counter()
     result = inject(

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Type
 
-from ..errors import NabnError
 from ..model import check_output_folder, check_paths
-from ..reports import Report
+from ..reports import Report, check_report_path
 
 __all__ = [
     "FILE_SUFFIXES",
@@ -42,10 +41,14 @@ OUTPUT_OPTIONS = {
 
 
 def guard_paths(args: argparse.Namespace, output: Optional[Path] = None) -> None:
-    """Refuse any output (``output``, the default model output, and every output option) that names an input."""
+    """Refuse any output (``output``, the model a command writes, and every output option) that names an input.
+
+    ``output`` (the given ``-o`` or the default name) must also go into an existing folder.
+    """
     inputs = {label: getattr(args, name, None) for name, label in INPUT_OPTIONS.items()}
     outputs = {label: getattr(args, name, None) for name, label in OUTPUT_OPTIONS.items()}
     if output is not None:
+        check_output_folder(output)
         outputs["-o/--output"] = output
     check_paths(inputs, outputs)
 
@@ -55,13 +58,8 @@ def default_output(model: Path, suffix: str) -> Path:
     return model.with_name(model.stem + suffix + ".onnx")
 
 
-#: What each file option may end in, in one place, for the files whose type does not name its
-#: own formats: a report on :class:`nabn_onnx.reports.Report` answers for itself
-#: (:func:`report_suffixes`), the others are listed here by class name until they move onto it.
+#: What the files that are not reports may end in (a report answers for itself: :func:`report_suffixes`).
 FILE_SUFFIXES: Dict[str, Tuple[str, ...]] = {
-    "SweepReport": (".json", ".md", ".csv"),
-    "DriftReport": (".json", ".md", ".csv"),
-    "DiagnoseReport": (".json", ".md"),
     # check --report is JSON only, whatever else CheckReport writes (--junit's XML)
     "check --report": (".json",),
     "check --junit": (".xml",),
@@ -69,19 +67,15 @@ FILE_SUFFIXES: Dict[str, Tuple[str, ...]] = {
 }
 
 
-def report_suffixes(report_type: type) -> Tuple[str, ...]:
-    """The suffixes a report type writes: its ``FORMATS`` when a :class:`Report`, else :data:`FILE_SUFFIXES`."""
-    if issubclass(report_type, Report):
-        return tuple(report_type.suffixes())
-    return FILE_SUFFIXES[report_type.__name__]
+def report_suffixes(report_type: Type[Report]) -> Tuple[str, ...]:
+    """The suffixes a report type writes (its ``FORMATS``)."""
+    return tuple(report_type.suffixes())
 
 
 def report_suffix(path: Optional[str], allowed: Sequence[str]) -> Optional[Path]:
     """``path`` as a Path once its suffix is one of ``allowed`` and its folder exists (None stays None)."""
     if path is None:
         return None
-    out = Path(path)
-    if out.suffix not in allowed:
-        raise NabnError(f"report must end in {', '.join(allowed)}, got {out.name}")
+    out = check_report_path(path, allowed)
     check_output_folder(out)
     return out

@@ -6,7 +6,6 @@ import argparse
 import time
 from pathlib import Path
 
-from ..model import check_output
 from .groups import LayerSelectionGroup, ModelOutputGroup, RuntimeGroup, say
 from .paths import default_output, guard_paths
 
@@ -30,7 +29,6 @@ def run(args: argparse.Namespace) -> int:
     from ..api import split
 
     output = Path(args.output) if args.output else default_output(Path(args.model), ".split")
-    check_output(args.model, output)
     guard_paths(args, output)
     started = time.perf_counter()
     result = split(

@@ -6,6 +6,7 @@ refuse an output that cannot be written or that would overwrite an input.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -173,15 +174,31 @@ def _same_file(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _external_files(model: Path) -> set:
-    """The files the model's external data lives in (empty when it cannot be read: loading will say why)."""
+def _external_files(model: Path) -> frozenset:
+    """The files the model's external data lives in (empty when it cannot be read: loading will say why).
+
+    Reading them parses the model (without its weights); the path guards of one command ask
+    for the same model several times (the CLI's guard, then the library call's), so the
+    answer is kept per file version (its resolved path, inode, size and modification time).
+    """
     try:
-        proto = onnx.load_model(str(model), load_external_data=False)
+        stat = model.stat()
+    except OSError:
+        return frozenset()
+    return _external_files_of(str(model.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _external_files_of(model: str, inode: int, size: int, mtime_ns: int) -> frozenset:
+    """:func:`_external_files` of one version of a file (``inode``, ``size`` and ``mtime_ns`` key the cache)."""
+    try:
+        proto = onnx.load_model(model, load_external_data=False)
         tensors = [
             t
             for t in external_data_helper._get_all_tensors(proto)  # onnx's own walker
             if external_data_helper.uses_external_data(t)
         ]
-        return {(model.parent / external_data_helper.ExternalDataInfo(t).location).resolve() for t in tensors}
+        folder = Path(model).parent
+        return frozenset((folder / external_data_helper.ExternalDataInfo(t).location).resolve() for t in tensors)
     except Exception:  # a broken model is reported by load_model, with its own message
-        return set()
+        return frozenset()
