@@ -28,7 +28,7 @@ from .job import CalibrationJob
 from .measure import Measured, collect_stats, fill_inserted_stats, measure
 from .methods import CANDIDATES, METHOD_REGISTRY, Method, get_method, new_stats
 from .report import CalibrationReport, CalibrationResult, LayerShift
-from .scoring import FALLBACK, SEVERE, OutputDivergence, choose_candidate, pick_candidate, score_candidates
+from .scoring import FALLBACK, SEVERE, OutputDivergence, pick_candidate, score_candidates
 from .stats import DEFAULT_ESTIMATOR, Estimator, RunningStats
 from .statsgraph import ExposeBatchNormStatsPass
 
@@ -63,7 +63,6 @@ __all__ = [
     "SEVERE",
     "FALLBACK",
     "OutputDivergence",
-    "choose_candidate",
     "pick_candidate",
     # new public names
     "SplitOptions",

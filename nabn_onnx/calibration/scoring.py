@@ -28,7 +28,7 @@ no sample at all is refused (it would be 0 for every candidate and choose blindl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from onnx import ModelProto
@@ -51,7 +51,6 @@ __all__ = [
     "NothingScoredError",
     "Scored",
     "score_candidates",
-    "choose_candidate",
     "pick_candidate",
     "SEVERE",
     "FALLBACK",
@@ -307,29 +306,6 @@ def score_candidates(
             raise NothingScoredError("no sample to score the candidates on")
         scores[name] = meter.result()
     return Scored(scorer.pick(scores), scores, scored)
-
-
-def choose_candidate(
-    clean_session,
-    model: ModelProto,
-    candidates: Dict[str, BNValues],
-    data: DataLike,
-    reading: Reading,
-    *,
-    select: Optional[Selector],
-    progress: Optional[Progress] = None,
-) -> Tuple[str, Dict[str, float]]:
-    """``(best, scores)`` of the candidates against the clean model.
-
-    :func:`score_candidates` with an :class:`OutputDivergenceScorer` (``auto``'s scoring).
-
-    Raises:
-        NothingScoredError: (a ``ValueError``) no sample was scored (the caller must score in-sample instead).
-    """
-    scored = score_candidates(
-        model, candidates, data, reading, OutputDivergenceScorer(clean_session), select=select, progress=progress
-    )
-    return scored.chosen, scored.scores
 
 
 def pick_candidate(scores: Dict[str, float]) -> str:
