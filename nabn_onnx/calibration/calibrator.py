@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -180,34 +181,56 @@ class Calibrator:
     ) -> CalibrationResult:
         """Calibrate ``model`` on ``data`` (arguments as for :func:`calibrate`)."""
         started = time.perf_counter()
-        self.check(model, data, reference, output)
+        steps: Dict[str, float] = {}
+
+        @contextmanager
+        def step(name: str) -> Iterator[None]:
+            begun = time.perf_counter()
+            try:
+                yield
+            finally:
+                steps[name] = steps.get(name, 0.0) + time.perf_counter() - begun
+
+        with step("check"):
+            self.check(model, data, reference, output)
         reuse = self.reuse_clean and reference is None
         cached = self._clean.get(CleanRun.key(model, data)) if reuse else None
         if cached is not None and not cached.matches(model, data):
             cached = None
         with once_per_job():
-            job = self.prepare(model, reference)
-            source, data = data, replayable(data)
-            self.plan_holdout(job, data)
+            with step("prepare"):
+                job = self.prepare(model, reference)
+                source, data = data, replayable(data)
+                self.plan_holdout(job, data)
             with self.progress(job, data) as bar:
-                self.measure_inserted(job, data, bar)
+                with step("measure_inserted"):
+                    self.measure_inserted(job, data, bar)
                 if cached is not None and not job.placeholders:
                     job.clean_run, clean_session = cached.run, cached.session
                     bar.update(count_batches(data, self.config.data.batch_size, self.config.data.max_batches) or 0)
                 else:
-                    self.measure_clean(job, data, bar)
-                    clean_session = self.clean_session(job)
+                    with step("measure_clean"):
+                        self.measure_clean(job, data, bar)
+                    with step("clean_session"):
+                        clean_session = self.clean_session(job)
                     if reuse and not job.placeholders:
                         self._clean[CleanRun.key(model, source)] = CleanRun(model, source, job.clean_run, clean_session)
-                self.put_noise(job)
-                self.measure_noisy(job, data, bar)
-                self.choose(job, data, clean_session, bar)
+                with step("put_noise"):
+                    self.put_noise(job)
+                with step("measure_noisy"):
+                    self.measure_noisy(job, data, bar)
+                with step("choose"):
+                    self.choose(job, data, clean_session, bar)
                 del clean_session
-            layers = self.write_back(job)
+            with step("write_back"):
+                layers = self.write_back(job)
         report = self.report(job, layers, started)
         if output is not None:
-            save_model(job.model, output, external_data=external_data)
+            with step("save"):
+                save_model(job.model, output, external_data=external_data)
+        report.steps = {name: seconds for name, seconds in steps.items() if not _skipped(job, name)}
         report.seconds = time.perf_counter() - started
+        logger.debug("calibrate: %s", ", ".join(f"{name} {seconds:.2f}s" for name, seconds in report.steps.items()))
         return CalibrationResult(job.model, report)
 
     # ---- the steps, in order
@@ -360,6 +383,17 @@ class Calibrator:
     def _chip_guard_applies(self, job: CalibrationJob) -> bool:
         """``auto`` was asked for on a chip without its clean model: :func:`~.choice.guard_chip` checks ``paper``."""
         return job.mode == "chip" and get_method(self.config.method).chooses
+
+
+def _skipped(job: CalibrationJob, name: str) -> bool:
+    """Steps that had nothing to do on this job (left out of the report's timings)."""
+    if name == "measure_inserted":
+        return not job.placeholders
+    if name in ("measure_clean", "clean_session"):
+        return not job.strategy.needs_clean
+    if name == "put_noise":
+        return job.mode != "simulated"
+    return False
 
 
 def _unchanged(noisy: Tuple[np.ndarray, np.ndarray], clean: Tuple[np.ndarray, np.ndarray]) -> bool:

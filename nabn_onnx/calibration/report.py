@@ -67,6 +67,9 @@ class CalibrationReport(Report):
         batch: how the model's batch dimension was handled.
         test: the task metric of the clean, noisy and calibrated model on labelled test data
             (``{"metric", "clean", "noisy", "calibrated"}``), when it was measured.
+        steps: wall seconds of each step that had work to do, in the order run (``check``,
+            ``prepare``, ``measure_inserted``, ``measure_clean``, ``clean_session``, ``put_noise``,
+            ``measure_noisy``, ``choose``, ``write_back``, ``save``): where a chip's time goes.
     """
 
     FORMATS: ClassVar[Dict[str, str]] = {".json": "to_json", ".md": "to_markdown"}
@@ -88,6 +91,7 @@ class CalibrationReport(Report):
     note: str = ""
     batch: str = "dynamic batch"
     test: Optional[Dict[str, object]] = None
+    steps: Dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, object]:
         """JSON-able form of the report (what ``--report`` writes)."""
@@ -105,6 +109,7 @@ class CalibrationReport(Report):
             "batches": self.batches,
             "samples": self.samples,
             "seconds": round(self.seconds, 3),
+            "steps": {name: round(seconds, 3) for name, seconds in self.steps.items()},
             "inserted": self.inserted,
             "layers": [vars(layer) for layer in self.layers],
             "left": self.left,
@@ -151,6 +156,11 @@ class CalibrationReport(Report):
             )
         return line
 
+    def step_lines(self) -> List[str]:
+        """One line per timed step, with its share of the whole job (``calibrate -v`` prints them)."""
+        total = self.seconds or sum(self.steps.values()) or 1.0
+        return [f"  {name:<17} {seconds:8.2f}s {100 * seconds / total:5.1f}%" for name, seconds in self.steps.items()]
+
     def to_markdown(self) -> str:
         """The report as a Markdown table, one row per BatchNorm."""
         lines = [
@@ -165,6 +175,9 @@ class CalibrationReport(Report):
             lines.append(
                 f"| {layer.bn} | {layer.origin} | {layer.channels} | {layer.mean_shift:.4f} | {layer.var_ratio:.4f} |"
             )
+        if self.steps:
+            lines += ["", "| step | seconds |", "|---|---:|"]
+            lines += [f"| {name} | {seconds:.2f} |" for name, seconds in self.steps.items()]
         if self.left:
             lines += ["", "| left alone | why |", "|---|---|"]
             lines += [f"| {name} | {why} |" for name, why in self.left.items()]

@@ -105,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
                 path.unlink(missing_ok=True)
             raise
     say(args, result.report.summary() + f"; wrote {output}")
+    if args.verbose:
+        say(args, "time by step:\n" + "\n".join(result.report.step_lines()))
     if gain is not None:
         clean = "n/a" if gain["clean"] is None else f"{100 * gain['clean']:.1f}%"
         say(

@@ -58,7 +58,20 @@ THREADS_ENV = "NABN_INTRA_OP_THREADS"
 
 #: report keys whose values depend on the run (time, machine, version), not on the computation
 VOLATILE = frozenset(
-    {"seconds", "time", "times", "elapsed", "version", "executor", "worker", "workers", "host", "hostname", "pid"}
+    {
+        "seconds",
+        "steps",
+        "time",
+        "times",
+        "elapsed",
+        "version",
+        "executor",
+        "worker",
+        "workers",
+        "host",
+        "hostname",
+        "pid",
+    }
 )
 
 Digests = Dict[str, str]
