@@ -8,12 +8,15 @@ dispatches to it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from onnx import ModelProto, helper
 
-__all__ = ["InputSpec", "input_specs", "Batch"]
+__all__ = ["InputSpec", "input_specs", "Batch", "LABELS_KEY"]
+
+LABELS_KEY = "labels"
+"""The key of the labels beside the model's inputs (an ``.npz`` member, a mapping or feed dict entry)."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,30 @@ class InputSpec:
     name: str
     dtype: np.dtype
     shape: Tuple[Optional[int], ...]
+
+    def misfit(self, shape: Sequence[int], dtype: np.dtype) -> Optional[str]:
+        """Why an array of ``shape`` and ``dtype`` cannot feed this input, or None when it can.
+
+        The one rule for batches and for ``.npz`` headers (checked before a row is read): the
+        dtype kind must match (any integer for any integer), the rank must match, and so must
+        every fixed dimension after the first (the first is the batch). The reason reads on
+        from the array's name: ``has shape (2, 3) but the model expects rank 4 (N, 1, 8, 8)``.
+        """
+        dtype = np.dtype(dtype)
+        if dtype.kind != self.dtype.kind and not (dtype.kind in "iu" and self.dtype.kind in "iu"):
+            return f"is {dtype} but the model expects {self.dtype}"
+        shape = tuple(shape)
+        if self.shape and len(shape) != len(self.shape):
+            return f"has shape {shape} but the model expects rank {len(self.shape)} {self.shape_text}"
+        for axis, (got, want) in enumerate(zip(shape, self.shape)):
+            if want is not None and got != want and axis > 0:
+                return f"has shape {shape} but the model expects {self.shape_text}"
+        return None
+
+    @property
+    def shape_text(self) -> str:
+        """The shape as ``(N, 1, 8, 8)``, free dimensions as N."""
+        return "(" + ", ".join("N" if d is None else str(d) for d in self.shape) + ")"
 
 
 def input_specs(model: ModelProto) -> List[InputSpec]:

@@ -17,12 +17,26 @@ model: ``crop`` is the model's fixed input size and ``resize`` the crop's longer
 for torchvision's ImageNet models use ``resize=256, crop=224`` with
 ``mean=IMAGENET_MEAN, std=IMAGENET_STD``. Pillow is imported only when images are read
 (``pip install nabn-onnx[images]``).
+
+Limits, checked from each image's header before it is decoded (a 141-byte PNG can say
+1x20000, and resizing it to a 224 short side would make a 224x4480000 image), so that one
+image costs at most about 128 MiB decoded (an 8192x4096 RGB PNG: under 1 s, and 210 to
+240 MB peak for the whole process) and a bad one is refused in one line naming the file:
+
+* aspect ratio at most 16:1 against the crop's own proportions (``_MAX_ASPECT``): beyond it
+  the center crop keeps less than a sixteenth of the picture;
+* decoded pixels at most 2**25 (33.5 million, e.g. 8192x4096), or 64 times the crop's area
+  when that is larger (``_MAX_PIXELS``, ``_PIXELS_PER_CROP``); a larger JPEG is decoded at
+  1/2, 1/4 or 1/8 scale (Pillow's ``draft``, still at least the resized size) and refused
+  only if that is still too large. The resized image is held to the same bound. Pillow's
+  own decompression-bomb limit (``Image.MAX_IMAGE_PIXELS`` twice over) still applies.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
@@ -42,6 +56,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 """torchvision's ImageNet channel standard deviations (RGB, after scaling to [0, 1])."""
 _LAYOUTS = ("NCHW", "NHWC")
+#: longest side over shortest, relative to the crop's proportions, beyond which an image is refused
+_MAX_ASPECT = 16
+#: decoded pixels allowed per image: this many, or _PIXELS_PER_CROP times the crop's area if more
+_MAX_PIXELS = 1 << 25
+_PIXELS_PER_CROP = 64
 
 Size = Union[int, Tuple[int, int]]
 
@@ -142,18 +161,60 @@ class ImageFolder:
     def _load(self, path: Path, channels: int, crop: Tuple[int, int]) -> np.ndarray:
         image_module = _pillow()
         try:
-            with image_module.open(path) as image:
-                image = image.convert("L" if channels == 1 else "RGB")
-                short = self.resize or max(crop)
-                scale = short / min(image.size)
-                size = (max(crop[1], round(image.size[0] * scale)), max(crop[0], round(image.size[1] * scale)))
+            with warnings.catch_warnings():  # the bound below is tighter than Pillow's warning
+                warnings.simplefilter("ignore", image_module.DecompressionBombWarning)
+                opened = image_module.open(path)  # reads the header only
+            with opened as image:
+                size = self._resized_size(path, image, crop)
+                mode = "L" if channels == 1 else "RGB"
+                if image.mode != mode:  # converting to its own mode would copy it
+                    image = image.convert(mode)
                 image = image.resize(size, image_module.BILINEAR)
                 left, top = (size[0] - crop[1]) // 2, (size[1] - crop[0]) // 2
                 image = image.crop((left, top, left + crop[1], top + crop[0]))
                 array = np.asarray(image, dtype=np.float32) / 255.0
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, image_module.DecompressionBombError) as exc:
             raise DataError(f"cannot read image {path}: {exc}") from None
         return array.reshape(crop[0], crop[1], channels)
+
+    def _resized_size(self, path: Path, image, crop: Tuple[int, int]) -> Tuple[int, int]:
+        """The (width, height) to resize to, after refusing, from the header, an image too thin or too large.
+
+        A JPEG above the pixel bound is set to decode at a reduced scale (``draft``) first.
+        """
+        width, height = image.size
+        if min(width, height) < 1:
+            raise DataError(f"image {path} is {width}x{height}: it has no pixels")
+        ratio = (width / height) / (crop[1] / crop[0])
+        if max(ratio, 1 / ratio) > _MAX_ASPECT:
+            raise DataError(
+                f"image {path} is {width}x{height}: its proportions are {max(ratio, 1 / ratio):.0f} times those "
+                f"of the {crop[1]}x{crop[0]} crop, beyond the {_MAX_ASPECT} that resize and center crop allow"
+            )
+        limit = max(_MAX_PIXELS, _PIXELS_PER_CROP * crop[0] * crop[1])
+        if width * height > limit:
+            image.draft(None, self._scaled(image.size, crop))  # JPEG only; others are left as they are
+            drafted = image.size
+            if drafted[0] * drafted[1] > limit:
+                smaller = f" (still {drafted[0]}x{drafted[1]} at reduced scale)" if drafted != (width, height) else ""
+                raise DataError(
+                    f"image {path} is {width}x{height} ({width * height} pixels){smaller}, above the {limit} pixels "
+                    f"an image may decode to for a {crop[1]}x{crop[0]} crop"
+                )
+            width, height = image.size
+        size = self._scaled((width, height), crop)
+        if size[0] * size[1] > limit:
+            raise DataError(
+                f"image {path} would be resized to {size[0]}x{size[1]}, above the {limit} pixels allowed for a "
+                f"{crop[1]}x{crop[0]} crop; give a smaller resize"
+            )
+        return size
+
+    def _scaled(self, size: Tuple[int, int], crop: Tuple[int, int]) -> Tuple[int, int]:
+        """(width, height) of an image of ``size`` once its shorter side is resized (never below the crop)."""
+        short = self.resize or max(crop)
+        scale = short / min(size)
+        return max(crop[1], round(size[0] * scale)), max(crop[0], round(size[1] * scale))
 
     def _normalizer(self, channels: int) -> Tuple[np.ndarray, np.ndarray]:
         out = []

@@ -1,6 +1,7 @@
 """Calibration and test data: sources (npz, mappings, readers, iterables), batching and validation.
 
-The one-shot spool (``replayable``) is in spool.py, ``data_fingerprint`` in fingerprint.py.
+The ``.npz`` reader (every member's header checked before a row is read) is in npz.py, the
+one-shot spool (``replayable``) in spool.py, ``data_fingerprint`` in fingerprint.py.
 
 Accepted everywhere data is taken:
 
@@ -22,13 +23,14 @@ import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from ..errors import DataError
 from ..logs import warn_once
-from .feeds import Batch, InputSpec, input_specs
+from .feeds import LABELS_KEY, Batch, InputSpec, input_specs
+from .npz import npz_batches, npz_header
 
 __all__ = [
     "InputSpec",
@@ -38,7 +40,6 @@ __all__ = [
     "DataLike",
     "LABELS_KEY",
     "count_samples",
-    "npz_header",
     "check_batching",
     "reader_batches",
     "split_labels",
@@ -46,15 +47,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LABELS_KEY = "labels"
 DataLike = Union[str, os.PathLike, Mapping[str, np.ndarray], Iterable[Mapping[str, np.ndarray]], object]
-
-
-def npz_header(fh) -> Tuple[Tuple[int, ...], bool, np.dtype]:
-    """``(shape, fortran_order, dtype)`` of the ``.npy`` stream ``fh``, which is left at the start of the data."""
-    version = np.lib.format.read_magic(fh)
-    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    return reader(fh)
 
 
 def count_samples(data: DataLike) -> Optional[int]:
@@ -63,86 +56,11 @@ def count_samples(data: DataLike) -> Optional[int]:
         try:
             with zipfile.ZipFile(data) as archive, archive.open(archive.namelist()[0]) as fh:
                 return int(npz_header(fh)[0][0])
-        except (zipfile.BadZipFile, OSError, ValueError, IndexError):
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, IndexError, RuntimeError, NotImplementedError):
             return None
     if isinstance(data, Mapping) and data:
         return len(next(iter(data.values())))
     return None
-
-
-class _NpzMember:
-    """One array of an ``.npz`` archive, read row block by row block without loading it whole."""
-
-    def __init__(self, archive: zipfile.ZipFile, member: str, path: Path):
-        self.archive, self.member, self.path = archive, member, path
-        with archive.open(member) as fh:
-            self.shape, self.fortran, self.dtype = npz_header(fh)
-        if self.dtype.hasobject:
-            raise DataError(f"{path}: array '{member[:-4]}' holds Python objects; store plain numeric arrays")
-        if not self.shape:
-            raise DataError(f"{path}: array '{member[:-4]}' is a scalar; the first axis must be samples")
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def blocks(self, size: int) -> Iterator[np.ndarray]:
-        if self.fortran:  # column-major: rows are not contiguous, read it whole
-            with self.archive.open(self.member) as fh:
-                array = np.lib.format.read_array(fh, allow_pickle=False)
-            for start in range(0, len(array), size):
-                yield array[start : start + size]
-            return
-        row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        with self.archive.open(self.member) as fh:
-            npz_header(fh)
-            for start in range(0, self.shape[0], size):
-                count = min(size, self.shape[0] - start)
-                raw = fh.read(count * row)
-                if len(raw) != count * row:
-                    raise DataError(f"{self.path}: array '{self.member[:-4]}' is truncated")
-                yield np.frombuffer(raw, dtype=self.dtype).reshape((count, *self.shape[1:]))
-
-
-def _open_npz(
-    path: Path, specs: Sequence[InputSpec]
-) -> Tuple[Dict[str, _NpzMember], Optional[_NpzMember], zipfile.ZipFile]:
-    if not path.exists():
-        raise DataError(f"data file not found: {path}")
-    if not path.is_file():  # a FIFO would block the open forever, a device never end
-        raise DataError(f"data {path} is not a regular file (a FIFO or device); give an .npz file or an image folder")
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(f"{path} is not a readable .npz file ({exc})") from None
-    members = {name[:-4]: name for name in archive.namelist() if name.endswith(".npy")}
-    labels = _NpzMember(archive, members.pop(LABELS_KEY), path) if LABELS_KEY in members else None
-    names = [s.name for s in specs]
-    if len(specs) == 1 and len(members) == 1:
-        arrays = {names[0]: _NpzMember(archive, next(iter(members.values())), path)}
-    else:
-        missing = [n for n in names if n not in members]
-        extra = [k for k in members if k not in names]
-        if missing or extra:
-            raise DataError(
-                f"{path}: keys {sorted(members)} do not match the model's inputs {names}"
-                + (f" (missing {missing})" if missing else "")
-                + (f" (unexpected {extra})" if extra else "")
-            )
-        arrays = {n: _NpzMember(archive, members[n], path) for n in names}
-    lengths = {len(a) for a in arrays.values()} | ({len(labels)} if labels is not None else set())
-    if len(lengths) > 1:
-        raise DataError(f"{path}: arrays disagree on the number of samples ({sorted(lengths)})")
-    return arrays, labels, archive
-
-
-def _npz_batches(path: Path, specs: Sequence[InputSpec], batch_size: int) -> Iterator[Batch]:
-    arrays, labels, archive = _open_npz(path, specs)
-    with archive:
-        streams = {n: a.blocks(batch_size) for n, a in arrays.items()}
-        label_stream = labels.blocks(batch_size) if labels is not None else None
-        for blocks in zip(*streams.values()):
-            feeds = dict(zip(streams.keys(), blocks))
-            yield Batch(feeds, next(label_stream) if label_stream is not None else None)
 
 
 def _mapping_batches(data: Mapping[str, np.ndarray], specs: Sequence[InputSpec], batch_size: int) -> Iterator[Batch]:
@@ -225,7 +143,7 @@ def _raw_batches(data: DataLike, specs: Sequence[InputSpec], batch_size: int) ->
             return image_folder_batches(path, specs, batch_size)
         if path.suffix != ".npz":
             raise DataError(f"data must be an .npz file or an image folder, got {path}")
-        return _npz_batches(path, specs, batch_size)
+        return npz_batches(path, specs, batch_size)
     from .images import ImageFolder
 
     if isinstance(data, ImageFolder):
@@ -251,21 +169,11 @@ def _check_batch(batch: Batch, specs: Sequence[InputSpec], number: int) -> Batch
     sizes = set()
     for spec in specs:
         array = np.asarray(batch.feeds[spec.name])
-        if array.dtype.kind != spec.dtype.kind and not (array.dtype.kind in "iu" and spec.dtype.kind in "iu"):
-            raise DataError(f"batch {number}: input '{spec.name}' is {array.dtype} but the model expects {spec.dtype}")
+        reason = spec.misfit(array.shape, array.dtype)
+        if reason:
+            raise DataError(f"batch {number}: input '{spec.name}' {reason}")
         if array.dtype != spec.dtype:
             array = array.astype(spec.dtype)
-        if spec.shape and array.ndim != len(spec.shape):
-            raise DataError(
-                f"batch {number}: input '{spec.name}' has shape {array.shape} but the model expects rank "
-                f"{len(spec.shape)} {_shape_text(spec.shape)}"
-            )
-        for axis, (got, want) in enumerate(zip(array.shape, spec.shape)):
-            if want is not None and got != want and axis > 0:
-                raise DataError(
-                    f"batch {number}: input '{spec.name}' has shape {array.shape} but the model expects "
-                    f"{_shape_text(spec.shape)}"
-                )
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise DataError(f"batch {number}: input '{spec.name}' contains NaN or Inf")
         batch.feeds[spec.name] = np.ascontiguousarray(array)
@@ -275,10 +183,6 @@ def _check_batch(batch: Batch, specs: Sequence[InputSpec], number: int) -> Batch
     if batch.labels is not None and len(batch.labels) != next(iter(sizes)):
         raise DataError(f"batch {number}: {len(batch.labels)} labels for {next(iter(sizes))} samples")
     return batch
-
-
-def _shape_text(shape: Sequence[Optional[int]]) -> str:
-    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
 
 
 def check_batching(data: DataLike, batch_size: int, max_batches: Optional[int], min_batch: int = 1) -> None:
