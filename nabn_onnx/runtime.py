@@ -10,7 +10,8 @@ float32 rounding only (the statistics tests compare with a float64 numpy referen
 measured, never fires on a training-mode BatchNormalization (it has extra outputs).
 Models are handed to onnxruntime as a file with external data in a temporary folder of
 the system's temporary directory (never the user's folder), which halves the session's
-peak memory and covers models over protobuf's 2 GB limit.
+peak memory and covers models over protobuf's 2 GB limit; the folder is named after this
+process, so one a ``kill -9`` leaves is removed by a later run (:mod:`nabn_onnx.tempfiles`).
 
 **Fixed batch dimensions.** Plain ``torch.onnx.export`` without ``dynamic_axes`` and many
 third-party exports fix the batch to 1 or 8, and detection heads often bake that batch
@@ -36,7 +37,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Mapping, Optional, Sequence
@@ -47,6 +47,7 @@ from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from .errors import ModelError, NabnError
 from .model import save_model, without_large_initializers
+from .tempfiles import owned_temp_folder
 
 __all__ = [
     "make_session",
@@ -175,7 +176,8 @@ def make_session(
         light, weights = without_large_initializers(model)
         _free_batch(light, batch.fixed)
         model, extra_initializers = light, list(extra_initializers) + weights
-    tmp = tempfile.mkdtemp(prefix="nabn-")
+    # named after this process: what a kill -9 leaves here, the next run removes (nabn_onnx.tempfiles)
+    tmp = owned_temp_folder("nabn-session-")
     try:
         path = Path(tmp) / "model.onnx"
         save_model(model, path, external_data=True, extra_initializers=extra_initializers)

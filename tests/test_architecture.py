@@ -90,7 +90,17 @@ def test_data_flows_one_way(module: str, forbidden: str):
 #: The layers, lowest first: a module may import its own layer and the layers below, never above
 #: (lazy imports inside functions included). ``nabn_onnx`` itself only re-exports the public API.
 LAYERS = [
-    ("foundation", ["nabn_onnx.errors", "nabn_onnx.logs", "nabn_onnx.progress", "nabn_onnx.settings"]),
+    (
+        "foundation",
+        [
+            "nabn_onnx.errors",
+            "nabn_onnx.logs",
+            "nabn_onnx.progress",
+            "nabn_onnx.settings",
+            "nabn_onnx.processes",
+            "nabn_onnx.tempfiles",
+        ],
+    ),
     ("model", ["nabn_onnx.model", "nabn_onnx.reports"]),
     ("devices, data and sessions", ["nabn_onnx.noise", "nabn_onnx.data", "nabn_onnx.runtime"]),
     ("passes", ["nabn_onnx.passes"]),
