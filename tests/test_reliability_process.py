@@ -1,9 +1,10 @@
-"""Reliability of processes (issue item 14).
+"""Reliability, processes and memory (issue items 12 and 14).
 
 * What a killed run leaves behind (a session's model copy, a parallel sweep's shared folder,
   a partial output) is named after its owner process, and a later run removes it once the
   owner is gone and it is old, and nothing else; the workers of a parallel sweep end when
   their parent is killed.
+* A batch that cannot fit in memory is refused in one line before any data is read.
 
 Runs that get killed, or that would eat the machine's memory on a regression, run in child
 processes with a time limit (and an address-space bound).
@@ -23,6 +24,8 @@ import numpy as np
 import onnx
 import pytest
 
+from nabn_onnx.cli import main
+from nabn_onnx.memory import MEMORY_ENV, sample_memory
 from nabn_onnx.processes import Owner, this_process
 from nabn_onnx.tempfiles import PARTIAL_PREFIX, STALE_AGE, clean_stale, owner_of
 
@@ -46,6 +49,7 @@ def ws(tmp_path: Path) -> Path:
 def _env(temp: Path) -> Dict[str, str]:
     """The environment of a child run: this checkout's package, ``temp`` as the system temporary folder."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(temp), NABN_INTRA_OP_THREADS="1")
+    env.pop(MEMORY_ENV, None)
     return env
 
 
@@ -263,3 +267,88 @@ def _alive(pid: int) -> bool:
     if os.path.exists(f"/proc/{pid}/stat"):
         return bool(_running([pid]))
     return True
+
+
+# --------------------------------------------------------------------------- 12: batches that cannot fit
+
+
+def test_the_estimate_follows_the_live_activations():
+    """small_cnn at 8x8: the input is 256 bytes a sample; conv2's and conv3's outputs and relu1's (kept for the
+    skip connection) are alive at once, 3 x 8 channels x 64 pixels x 4 bytes."""
+    for model in (small_cnn(), _fixed(small_cnn(), 4)):
+        memory = sample_memory(model)
+        assert memory is not None and (memory.data, memory.activations) == (256, 6144)
+
+
+def _fixed(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = batch
+    return model
+
+
+def test_a_batch_over_the_memory_is_refused_naming_the_batch_that_fits(ws: Path, capsys, monkeypatch):
+    # a sample: 2 x 256 bytes of data + 2 x 6144 bytes of activations = 12,800 bytes
+    monkeypatch.setenv(MEMORY_ENV, "100K")
+    np.savez(ws / "many.npz", input=images(128), labels=np.arange(128) % 4)
+    code = main(["evaluate", str(ws / "model.onnx"), "--data", str(ws / "many.npz"), "--batch-size", "64"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith("nabn-onnx evaluate: error: a batch of 64 sample(s) needs about 1 MB"), err
+    assert "largest batch size that fits is 8" in err
+    # fewer samples than the batch size make one smaller batch, which fits
+    assert main(["evaluate", str(ws / "model.onnx"), "--data", str(ws / "test.npz"), "--batch-size", "64"]) == 1
+    np.savez(ws / "few.npz", input=images(6), labels=np.arange(6) % 4)
+    assert main(["evaluate", str(ws / "model.onnx"), "--data", str(ws / "few.npz"), "--batch-size", "64", "-q"]) == 0
+    monkeypatch.setenv(MEMORY_ENV, "off")
+    assert main(["evaluate", str(ws / "model.onnx"), "--data", str(ws / "many.npz"), "--batch-size", "64", "-q"]) == 0
+
+
+@pytest.mark.parametrize(
+    "command, fixed",
+    [("calibrate", True), ("evaluate", False), ("sweep", False)],
+)
+def test_a_huge_declared_input_is_refused_in_one_line_before_reading_data(tmp_path: Path, command: str, fixed: bool):
+    """Issue item 12: a model declaring 8192x8192 images, batches of 64 from an image folder."""
+    image = pytest.importorskip("PIL.Image")
+    model = small_cnn(size=8192)
+    onnx.save(_fixed(model, 1) if fixed else model, tmp_path / "huge.onnx")
+    for cls in ("a", "b"):
+        (tmp_path / "images" / cls).mkdir(parents=True)
+        for i in range(3):
+            image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "images" / cls / f"{i}.png")
+    (tmp_path / "tmp").mkdir()
+    data = tmp_path / "images"
+    argv: List[object] = {
+        "calibrate": [
+            "calibrate",
+            tmp_path / "huge.onnx",
+            "--data",
+            data,
+            "--noise",
+            "mul",
+            "--eta",
+            "0.1",
+            "-o",
+            tmp_path / "o.onnx",
+        ],
+        "evaluate": ["evaluate", tmp_path / "huge.onnx", "--data", data],
+        "sweep": [
+            "sweep",
+            tmp_path / "huge.onnx",
+            "--calib",
+            data,
+            "--test",
+            data,
+            "--noise",
+            "mul",
+            "--eta",
+            "0.1",
+            "--seeds",
+            "1",
+        ],
+    }[command]
+    done = _cli([*argv, "--batch-size", "64"], _env(tmp_path / "tmp"), memory=4 << 30)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith(f"nabn-onnx {command}: error: a batch of "), lines[0]
+    assert "needs about" in lines[0] and "of memory available" in lines[0] and "1x1x8192x8192" in lines[0]
