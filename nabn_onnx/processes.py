@@ -2,11 +2,11 @@
 
 A process id alone does not name a process: ids are reused. :class:`Owner` adds the
 process's start time (clock ticks after boot, field 22 of ``/proc/<pid>/stat``; 0 where
-there is no ``/proc``) and a short digest of the host name, so a temporary file named
-after its owner (:mod:`nabn_onnx.tempfiles`) can later be told apart from one of a live
-process, here or on another machine sharing the folder. Whenever an answer is uncertain
-(another host, no ``/proc``, not POSIX), :meth:`Owner.alive` says the owner may be alive,
-and nothing of it is ever removed.
+there is no ``/proc``) and a short digest of the host name and process-id namespace, so a
+temporary file named after its owner (:mod:`nabn_onnx.tempfiles`) can later be told apart
+from one of a live process, here or on another machine (or container) sharing the folder.
+Whenever an answer is uncertain (another host or container, no ``/proc``, not POSIX),
+:meth:`Owner.alive` says the owner may be alive, and nothing of it is ever removed.
 
 :func:`exit_with_parent` ties a worker process's life to its parent's: a parallel sweep
 whose parent is killed (``kill -9``, out of memory) must not leave workers that go on
@@ -39,7 +39,16 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _host() -> str:
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+    """Six hex digits naming this machine and process-id namespace: a pid means something only within both.
+
+    Two containers may share a folder and a host name while numbering their processes
+    apart; the namespace's inode (``/proc/self/ns/pid``) tells them apart.
+    """
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return hashlib.sha256(f"{socket.gethostname()}/{namespace}".encode()).hexdigest()[:6]
 
 
 def process_start(pid: int) -> Optional[int]:
@@ -64,7 +73,7 @@ class Owner:
     Attributes:
         pid: its process id.
         start: its start time (:func:`process_start`; 0 when unknown).
-        host: six hex digits of the SHA-256 of its host name.
+        host: six hex digits of the SHA-256 of its host name and process-id namespace.
     """
 
     pid: int

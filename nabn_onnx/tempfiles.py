@@ -9,7 +9,7 @@ same folder removes the entries of that naming (:func:`clean_stale`) whose owner
 certainly no longer runs **and** that nobody has written to for :data:`STALE_AGE`
 seconds. Nothing else is ever removed: not a name of another form (older versions' names,
 a user's files), not a symbolic link, not another user's entry, not the entry of a live
-process or of another host.
+process or of another host or container (whose processes cannot be looked up from here).
 
 Prefixes in use (the system temporary folder: :data:`TEMP_PREFIXES`; beside an output:
 :data:`PARTIAL_PREFIX`):
