@@ -6,7 +6,7 @@ CLI prints it and exits 1. Any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["NabnError", "ModelError", "DataError", "NoiseConfigError", "NothingToDoError"]
+__all__ = ["NabnError", "ModelError", "DataError", "NoiseConfigError", "NothingToDoError", "ResourceError"]
 
 
 class NabnError(Exception):
@@ -27,3 +27,7 @@ class NoiseConfigError(NabnError):
 
 class NothingToDoError(NabnError):
     """The model has nothing the requested operation applies to."""
+
+
+class ResourceError(NabnError):
+    """The job needs more of the machine than it has (a batch larger than the memory available)."""

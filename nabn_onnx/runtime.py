@@ -10,7 +10,8 @@ float32 rounding only (the statistics tests compare with a float64 numpy referen
 measured, never fires on a training-mode BatchNormalization (it has extra outputs).
 Models are handed to onnxruntime as a file with external data in a temporary folder of
 the system's temporary directory (never the user's folder), which halves the session's
-peak memory and covers models over protobuf's 2 GB limit.
+peak memory and covers models over protobuf's 2 GB limit; the folder is named after this
+process, so one a ``kill -9`` leaves is removed by a later run (:mod:`nabn_onnx.tempfiles`).
 
 **Fixed batch dimensions.** Plain ``torch.onnx.export`` without ``dynamic_axes`` and many
 third-party exports fix the batch to 1 or 8, and detection heads often bake that batch
@@ -36,7 +37,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Mapping, Optional, Sequence
@@ -46,7 +46,9 @@ import onnxruntime as ort
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from .errors import ModelError, NabnError
+from .memory import SampleMemory, available_memory, check_batch, sample_memory
 from .model import save_model, without_large_initializers
+from .tempfiles import owned_temp_folder
 
 __all__ = [
     "make_session",
@@ -175,7 +177,8 @@ def make_session(
         light, weights = without_large_initializers(model)
         _free_batch(light, batch.fixed)
         model, extra_initializers = light, list(extra_initializers) + weights
-    tmp = tempfile.mkdtemp(prefix="nabn-")
+    # named after this process: what a kill -9 leaves here, the next run removes (nabn_onnx.tempfiles)
+    tmp = owned_temp_folder("nabn-session-")
     try:
         path = Path(tmp) / "model.onnx"
         save_model(model, path, external_data=True, extra_initializers=extra_initializers)
@@ -223,16 +226,26 @@ class BatchPlan:
         fixed: the batch size the model's inputs fix, or None when the batch is free.
         free: sessions get a symbolic batch (the rewrite verified, or nothing was fixed).
         reason: why a fixed batch could not be freed ("" otherwise).
+        memory: what one sample needs (:func:`nabn_onnx.memory.sample_memory`; None: unknown).
     """
 
     fixed: Optional[int] = None
     free: bool = True
     reason: str = ""
+    memory: Optional[SampleMemory] = None
 
     @property
     def chunk(self) -> Optional[int]:
         """Samples per run when runs must be cut to the fixed batch; None when any size runs."""
         return None if self.free or self.fixed is None else self.fixed
+
+    def check_memory(self, data: object, batch_size: int) -> None:
+        """Refuse in one line, before any of ``data`` is read, batches of ``batch_size`` that would not fit in memory.
+
+        Raises:
+            ResourceError: the estimate (:func:`nabn_onnx.memory.check_batch`) exceeds the memory available.
+        """
+        check_batch(self.memory, data, batch_size, run=self.chunk, least=self.chunk or 1)
 
     def describe(self) -> str:
         """A few words for summaries and logs."""
@@ -341,14 +354,21 @@ def plan_batch(model: ModelProto, providers: Optional[Sequence[str]] = None, see
 
     A model whose inputs fix the batch gets a symbolic batch when the rewritten graph, run
     on ``2 * fixed + 1`` seeded random samples at once, gives the same outputs as the
-    original run one fixed batch at a time (the last one padded); otherwise runs are chunked.
+    original run one fixed batch at a time (the last one padded); otherwise (also when those
+    samples would not fit in memory) runs are chunked. The plan carries the memory estimate.
     """
+    memory = sample_memory(model)
     fixed = fixed_batch(model)
     if fixed is None:
-        return DYNAMIC
+        return BatchPlan(memory=memory)
     specs = _real_inputs(model)
     rng = np.random.default_rng(seed)
     total = 2 * fixed + 1
+    available = available_memory()
+    if memory is not None and available is not None and memory.batch_bytes(total) > available:
+        return BatchPlan(
+            fixed, False, f"verifying a symbolic batch runs {total} samples at once, more than fit in memory", memory
+        )
     feeds = {}
     for value in specs:
         tensor_type = value.type.tensor_type
@@ -356,7 +376,9 @@ def plan_batch(model: ModelProto, providers: Optional[Sequence[str]] = None, see
         dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
         inner = [d for d in dims[1:] if d is not None]
         if len(inner) < len(dims[1:]) or np.dtype(dtype).kind != "f":
-            return BatchPlan(fixed, False, "inputs with free inner dimensions or non-float inputs cannot be checked")
+            return BatchPlan(
+                fixed, False, "inputs with free inner dimensions or non-float inputs cannot be checked", memory
+            )
         feeds[value.name] = rng.standard_normal([total, *inner]).astype(dtype)
     try:
         basic = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -371,7 +393,7 @@ def plan_batch(model: ModelProto, providers: Optional[Sequence[str]] = None, see
         ort.capi.onnxruntime_pybind11_state.InvalidArgument,
     ) as exc:
         logger.debug("a symbolic batch does not run: %s", exc)
-        return BatchPlan(fixed, False, "the graph does not run with another batch size")
+        return BatchPlan(fixed, False, "the graph does not run with another batch size", memory)
     for a, b in zip(want, got):
         if (
             a.shape != b.shape
@@ -383,9 +405,9 @@ def plan_batch(model: ModelProto, providers: Optional[Sequence[str]] = None, see
             )
             or (a.dtype.kind != "f" and not np.array_equal(a, b))
         ):
-            return BatchPlan(fixed, False, "the graph mixes the samples of a batch when the batch is freed")
+            return BatchPlan(fixed, False, "the graph mixes the samples of a batch when the batch is freed", memory)
     logger.info("batch fixed to %d in the file: sessions run it with a symbolic batch (verified)", fixed)
-    return BatchPlan(fixed, True)
+    return BatchPlan(fixed, True, memory=memory)
 
 
 def chunks(feeds: Mapping[str, np.ndarray], size: int, pad: bool) -> Iterator[tuple]:

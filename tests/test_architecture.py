@@ -90,9 +90,19 @@ def test_data_flows_one_way(module: str, forbidden: str):
 #: The layers, lowest first: a module may import its own layer and the layers below, never above
 #: (lazy imports inside functions included). ``nabn_onnx`` itself only re-exports the public API.
 LAYERS = [
-    ("foundation", ["nabn_onnx.errors", "nabn_onnx.logs", "nabn_onnx.progress", "nabn_onnx.settings"]),
+    (
+        "foundation",
+        [
+            "nabn_onnx.errors",
+            "nabn_onnx.logs",
+            "nabn_onnx.progress",
+            "nabn_onnx.settings",
+            "nabn_onnx.processes",
+            "nabn_onnx.tempfiles",
+        ],
+    ),
     ("model", ["nabn_onnx.model", "nabn_onnx.reports"]),
-    ("devices, data and sessions", ["nabn_onnx.noise", "nabn_onnx.data", "nabn_onnx.runtime"]),
+    ("devices, data and sessions", ["nabn_onnx.noise", "nabn_onnx.data", "nabn_onnx.runtime", "nabn_onnx.memory"]),
     ("passes", ["nabn_onnx.passes"]),
     ("calibration", ["nabn_onnx.calibration"]),
     ("single-model operations", ["nabn_onnx.api", "nabn_onnx.analog"]),

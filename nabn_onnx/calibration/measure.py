@@ -85,6 +85,8 @@ def measure(
         reading.providers,
     )
     plan = reading.plan if reading.plan is not None else plan_batch(model, providers)
+    # before the first batch is read: a batch too large is one line, not a MemoryError minutes in
+    plan.check_memory(data, batch_size)
     train, tap = list(train), list(tap)
     if train and plan.chunk == 1:
         raise NabnError(

@@ -131,6 +131,7 @@ class Evaluator:
         if unknown:
             raise NabnError(f"cannot feed {unknown[:3]}: not among the overridable initializers of this evaluator")
         metrics = make_metrics(metric, ignore_index=ignore_index, ignore_background=ignore_background)
+        self.plan.check_memory(data, batch_size)  # before the first batch is read: a batch too large is one line
         batches = samples = 0
         # A decoded metric may read every output of the model (a detector's score and box heads).
         every = any(getattr(m, "all_outputs", False) for m in metrics.values())

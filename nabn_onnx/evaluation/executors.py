@@ -19,6 +19,10 @@ Each worker's sessions get ``cores / N`` threads per operator (one per CPU a Ray
 holds), so N workers do not each start one thread per core; onnxruntime's results do not
 depend on it (the tests compare rows exactly).
 
+A worker process ends when its parent does (a parent killed with ``kill -9`` leaves no
+worker computing chips nobody reads: :func:`nabn_onnx.processes.exit_with_parent`), and the
+shared folder a killed parent leaves is removed by a later run (:mod:`nabn_onnx.tempfiles`).
+
 A worker process that dies (killed, out of memory, a crashing native library) costs
 only the chips it was running: Ray retries them (``max_retries``, a system failure such
 as :class:`ray.exceptions.WorkerCrashedError`), and :class:`ProcessExecutor` rebuilds its
@@ -34,6 +38,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, TypeVar, Union
@@ -42,6 +47,7 @@ import numpy as np
 from onnx import ModelProto
 
 from ..errors import NabnError
+from ..processes import exit_with_parent
 from .shipping import (
     LOADED,
     ArrayFiles,
@@ -133,10 +139,17 @@ class SerialExecutor(Executor):
             yield task, fn(task, inputs)
 
 
-def _init_worker(threads: int) -> None:
-    """A local worker's sessions use ``threads`` threads per operator, so N workers share the cores."""
+def _init_worker(threads: int, parent: Optional[int] = None, death_signal: bool = False) -> None:
+    """Set up a local worker: its sessions use ``threads`` threads per operator, and it ends with process ``parent``.
+
+    A worker left running after its parent is killed would go on computing chips nobody
+    reads (see :func:`nabn_onnx.processes.exit_with_parent`; ``death_signal`` only when the
+    pool was made by the main thread, which lives as long as the parent process).
+    """
     from ..runtime import THREADS_ENV
 
+    if parent is not None:
+        exit_with_parent(parent, death_signal=death_signal)
     os.environ.setdefault(THREADS_ENV, str(threads))
 
 
@@ -184,8 +197,14 @@ class ProcessExecutor(Executor):
         context = multiprocessing.get_context("spawn")
         while queue:
             threads = max(1, (os.cpu_count() or 1) // self.jobs)
+            # Workers are started by the thread that submits (this one, in run_sweep's loop), so the
+            # kernel's parent-death signal fires when the process ends only if this is the main thread.
+            main = threading.current_thread() is threading.main_thread()
             pool = ProcessPoolExecutor(
-                max_workers=self.jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)
+                max_workers=self.jobs,
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(threads, os.getpid(), main),
             )
             running: Dict[Future, int] = {}
             broken = finished = False

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Sequence
 
@@ -20,6 +19,7 @@ import onnx
 from onnx import ModelProto
 
 from ..model import load_model, save_model
+from ..tempfiles import owned_temp_folder
 
 __all__ = [
     "ModelFile",
@@ -97,10 +97,14 @@ def absolute(value):
 
 
 class Workspace:
-    """A temporary folder holding a sweep's models and in-memory data as files for local workers."""
+    """A temporary folder holding a sweep's models and in-memory data as files for local workers.
+
+    The folder is named after this process, so the next run removes it when this one is
+    killed before :meth:`close` (:mod:`nabn_onnx.tempfiles`).
+    """
 
     def __init__(self):
-        self.folder = Path(tempfile.mkdtemp(prefix="nabn-sweep-"))
+        self.folder = Path(owned_temp_folder("nabn-sweep-"))
         self._count = 0
 
     def _path(self, stem: str) -> Path:
