@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from typing import Any, Dict, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
 from ..errors import DataError
+from ..tempfiles import owned_temp_folder
 from .reading import LABELS_KEY, DataLike, reader_batches, split_labels
 
 __all__ = ["replayable"]
@@ -45,7 +45,7 @@ class _Spool:
             return
         if self._folder is not None:
             raise DataError("a one-shot data source was read twice while its first pass was unfinished")
-        self._folder = tempfile.mkdtemp(prefix="nabn-spool-")
+        self._folder = owned_temp_folder("nabn-spool-")
         source = (
             reader_batches(self._source)
             if hasattr(self._source, "get_next")
