@@ -93,8 +93,12 @@ def atomic_write_text(path: Union[str, os.PathLike], text: str) -> Path:
 def check_output_folder(path: Union[str, os.PathLike]) -> None:
     """Fail before the work, not after it, when an output cannot be written there.
 
+    The folder is probed by creating and removing an empty file in it: permission bits
+    tell nothing when running as root, and neither they nor ``os.access`` know a read-only
+    mount, a full quota or a folder that refuses new files (``/sys``).
+
     Raises:
-        ModelError: the folder does not exist or the path is a folder.
+        ModelError: the folder does not exist or is not writable, or the path is a folder.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
@@ -102,6 +106,12 @@ def check_output_folder(path: Union[str, os.PathLike]) -> None:
         raise ModelError(f"output folder does not exist: {folder}")
     if path.is_dir():
         raise ModelError(f"output path is a folder: {path}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nabn-probe-", dir=folder)
+    except OSError as exc:
+        raise ModelError(f"cannot write to the output folder {folder}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def check_output(
