@@ -13,12 +13,13 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from onnx import TensorProto, external_data_helper, helper
 from test_reliability import _bounded_cli, _one_line
 
 from nabn_onnx.cli import main
@@ -154,3 +155,169 @@ def test_a_really_unwritable_folder_through_the_cli_process(ws: Path):
     folder = _unwritable_system_folder()
     done = _bounded_cli(["split", ws / "model.onnx", "-o", folder / "nabn-s.onnx"])
     assert done.returncode == 1 and f"output folder {folder}" in _one_line(done.stderr, "split")
+
+
+# --------------------------------------------------------------------------- 6: external data through links
+
+
+def _save_external(model: onnx.ModelProto, folder: Path, location: str = "weights.bin") -> Path:
+    """``model`` (not changed: onnx.save converts what it is given) saved with its weights in ``location``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    onnx.save(copy, path, save_as_external_data=True, location=location, size_threshold=0)
+    return path
+
+
+def _set_entries(path: Path, name: str, entries: Dict[str, str], drop: tuple = ()) -> None:
+    """Set external-data entries of the tensor ``name`` in the model file ``path`` (or of every external one)."""
+    model = onnx.load(path, load_external_data=False)
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor) or (name and tensor.name != name):
+            continue
+        kept = [(e.key, e.value) for e in tensor.external_data if e.key not in entries and e.key not in drop]
+        del tensor.external_data[:]
+        for key, value in kept + list(entries.items()):
+            tensor.external_data.add(key=key, value=value)
+    path.write_bytes(model.SerializeToString())
+
+
+def _initializers(path: Path) -> Dict[str, bytes]:
+    model = onnx.load(path)
+    return {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in model.graph.initializer}
+
+
+@pytest.mark.parametrize("link", ["file", "file in a subfolder", "subfolder"])
+def test_external_data_through_a_link_inside_the_folder_is_followed(tmp_path: Path, capsys, link: str):
+    model = small_cnn(seed=3, with_bn=True)
+    plain = _save_external(model, tmp_path / "plain")
+    path = _save_external(model, tmp_path / "linked")
+    folder = path.parent
+    (folder / "store").mkdir()
+    if link == "file":
+        os.replace(folder / "weights.bin", folder / "weights-v1.bin")
+        (folder / "weights.bin").symlink_to("weights-v1.bin")
+    elif link == "file in a subfolder":
+        os.replace(folder / "weights.bin", folder / "store" / "weights-v1.bin")
+        (folder / "weights.bin").symlink_to(Path("store") / "weights-v1.bin")
+    else:
+        os.replace(folder / "weights.bin", folder / "store" / "weights.bin")
+        (folder / "current").symlink_to("store")
+        _set_entries(path, "", {"location": "current/weights.bin"})
+    done = _bounded_cli(["inspect", path])
+    assert done.returncode == 0, done.stderr
+    assert "analog layer" in done.stdout and done.stderr == ""
+    for out, source in ((tmp_path / "a.onnx", path), (tmp_path / "b.onnx", plain)):
+        code, _out, err = _run(capsys, ["split", source, "-o", out, "-q"])
+        assert code == 0, err
+    assert _initializers(tmp_path / "a.onnx") == _initializers(tmp_path / "b.onnx")
+    np.savez(tmp_path / "data.npz", input=images(SAMPLES))
+    code, _out, err = _run(capsys, [*_calibrate(tmp_path, path), "-o", tmp_path / "c.onnx"])
+    assert code == 0 and (tmp_path / "c.onnx").is_file(), err
+
+
+def test_external_data_through_a_link_leaving_the_folder_is_one_line(tmp_path: Path, capsys):
+    path = _save_external(small_cnn(seed=3), tmp_path / "model")
+    os.replace(path.parent / "weights.bin", tmp_path / "elsewhere.bin")
+    (path.parent / "weights.bin").symlink_to(tmp_path / "elsewhere.bin")
+    for command in ("inspect", "split"):
+        code, _out, err = _run(capsys, [command, path])
+        line = _one_line(err, command)
+        assert code == 1 and "'weights.bin' is a symbolic link" in line and "outside the model's folder" in line
+
+
+# --------------------------------------------------------------------------- 9: claims checked before reading
+
+
+def _claim(folder: Path, entries: Dict[str, str], size: Optional[int], drop: tuple = ()) -> Path:
+    """The small CNN whose ``fc_b`` (dims [10], 40 bytes) keeps its data in ``w.bin`` with ``entries``.
+
+    ``w.bin`` starts with the real 40 bytes and is ``size`` bytes long (sparse beyond them); None: no file.
+    """
+    path = _save_external(small_cnn(seed=3), folder)
+    raw = (folder / "weights.bin").read_bytes()
+    model = onnx.load(path, load_external_data=False)
+    tensor = next(t for t in model.graph.initializer if t.name == "fc_b")
+    info = external_data_helper.ExternalDataInfo(tensor)
+    if size is not None:
+        with open(folder / "w.bin", "wb") as fh:
+            fh.write(raw[info.offset : info.offset + info.length])
+            fh.truncate(size)
+    wanted = {"location": "w.bin", "offset": "0", "length": "40", **entries}
+    _set_entries(path, "fc_b", {k: v for k, v in wanted.items() if k not in drop}, drop)
+    return path
+
+
+@pytest.mark.parametrize(
+    "entries, size, drop",
+    [
+        ({"length": str(3 << 30)}, 3 << 30, ()),
+        ({}, 3 << 30, ("length",)),
+        ({"length": str(6 << 30)}, 6 << 30, ()),
+    ],
+    ids=["3 GiB length", "3 GiB file, no length", "6 GiB length"],
+)
+def test_a_bias_claiming_gibibytes_is_refused_before_reading(tmp_path: Path, entries, size: int, drop):
+    path = _claim(tmp_path / "m", entries, size, drop)
+    assert (tmp_path / "m" / "w.bin").stat().st_blocks * 512 < 1 << 20, "the test file should be sparse"
+    for command in ("inspect", "split"):
+        done = _bounded_cli([command, path])
+        line = _one_line(done.stderr, command)
+        assert done.returncode == 1 and "'fc_b'" in line and "nothing was read" in line
+
+
+@pytest.mark.parametrize(
+    "entries, size, words",
+    [
+        ({"length": "100"}, 40, "claims 100 bytes of external data but its dims [10] need 40"),
+        ({"offset": "100"}, 40, "from byte 100 of 'w.bin', which holds 40 bytes"),
+        ({"offset": "8"}, 20, "from byte 8 of 'w.bin', which holds 20 bytes"),
+        ({"foo": "bar", "length": "400"}, 40, "claims 400 bytes"),
+    ],
+    ids=["length beyond the file", "offset beyond the file", "range past the end", "unknown key, no warning"],
+)
+def test_external_claims_that_do_not_fit_the_file_are_one_line(tmp_path: Path, capsys, entries, size, words):
+    path = _claim(tmp_path / "m", entries, size)
+    code, _out, err = _run(capsys, ["inspect", path])
+    line = _one_line(err, "inspect")
+    assert code == 1 and words in line and "nothing was read" in line
+
+
+def test_external_data_in_a_fifo_is_named_as_such(tmp_path: Path, capsys):
+    path = _claim(tmp_path / "m", {}, None)
+    os.mkfifo(tmp_path / "m" / "w.bin")
+    done = _bounded_cli(["inspect", path])
+    assert done.returncode == 1 and "special file" in _one_line(done.stderr, "inspect")
+
+
+def test_string_tensors_in_external_data_are_refused(tmp_path: Path, capsys):
+    model = small_cnn(seed=3)
+    strings = helper.make_tensor("labels", TensorProto.STRING, [2], [b"ab", b"cd"])
+    strings.ClearField("string_data")
+    strings.data_location = TensorProto.EXTERNAL
+    strings.external_data.add(key="location", value="s.bin")
+    strings.external_data.add(key="length", value="4")
+    model.graph.initializer.append(strings)
+    (tmp_path / "s.bin").write_bytes(b"abcd")
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    code, _out, err = _run(capsys, ["inspect", tmp_path / "m.onnx"])
+    assert code == 1 and "'labels' has string data stored as external data" in _one_line(err, "inspect")
+
+
+@pytest.mark.parametrize(
+    "entries, size, words",
+    [
+        ({"offset": "-8"}, 40, "non-negative"),
+        ({"length": "-4"}, 40, "non-negative"),
+        ({"length": "ten"}, 40, "unreadable external-data fields"),
+        ({"length": "1e3"}, 40, "unreadable external-data fields"),
+        ({}, None, "does not exist next to the model"),
+    ],
+    ids=["negative offset", "negative length", "non-numeric length", "float length", "missing file"],
+)
+def test_external_fields_that_make_no_sense_stay_one_line(tmp_path: Path, capsys, entries, size, words):
+    """These were one line before the claims were checked (onnx's own checks); they must stay so."""
+    path = _claim(tmp_path / "m", entries, size)
+    code, _out, err = _run(capsys, ["inspect", path])
+    assert code == 1 and words in _one_line(err, "inspect")

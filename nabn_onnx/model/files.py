@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Callable, List, Mapping, Optional, Tuple, Union
 
 import onnx
-from onnx import external_data_helper
 
 from ..errors import ModelError
+from .external import external_data_info, external_tensors
 from .load import ModelLike
 
 __all__ = [
@@ -203,12 +203,7 @@ def _external_files_of(model: str, inode: int, size: int, mtime_ns: int) -> froz
     """:func:`_external_files` of one version of a file (``inode``, ``size`` and ``mtime_ns`` key the cache)."""
     try:
         proto = onnx.load_model(model, load_external_data=False)
-        tensors = [
-            t
-            for t in external_data_helper._get_all_tensors(proto)  # onnx's own walker
-            if external_data_helper.uses_external_data(t)
-        ]
         folder = Path(model).parent
-        return frozenset((folder / external_data_helper.ExternalDataInfo(t).location).resolve() for t in tensors)
+        return frozenset((folder / external_data_info(t).location).resolve() for t in external_tensors(proto))
     except Exception:  # a broken model is reported by load_model, with its own message
         return frozenset()

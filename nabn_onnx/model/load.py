@@ -1,7 +1,7 @@
 """Loading a model, ready for the passes, and refusing a hostile or broken one.
 
-:func:`load_model` reads a model (with its external data, whose locations are checked to
-stay inside the model's folder), lifts weights stored as ``Constant`` nodes into
+:func:`load_model` reads a model (with its external data, each tensor's claim on it checked
+first: :mod:`nabn_onnx.model.external`), lifts weights stored as ``Constant`` nodes into
 initializers and bypasses Identity renames of them (:mod:`nabn_onnx.model.normalize`),
 runs onnx's checker (:func:`check_model`) and refuses what would fail later, far from the
 load: text that is not UTF-8, BatchNorms in training mode, initializers whose data does
@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 from onnx import ModelProto, TensorProto, external_data_helper
 
 from ..errors import ModelError
+from .external import external_tensors, load_external_data
 from .gsgraph import GsGraph, is_gs_graph, restore_model_fields, to_model
 from .initializers import default_opset, weightless_copy
 from .normalize import bypass_initializer_identities, lift_constant_weights
@@ -50,7 +51,8 @@ def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
 
     Raises:
         ModelError: the file is missing, not ONNX, fails the checker, points outside its
-            folder for external data, or uses an opset older than :data:`MIN_OPSET`.
+            folder for external data or claims more of it than its dims need (nothing is
+            read then), or uses an opset older than :data:`MIN_OPSET`.
     """
     if isinstance(model, ModelProto):
         proto = model
@@ -70,12 +72,8 @@ def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
             raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
         if not proto.HasField("graph"):
             raise ModelError(f"{path} is not an ONNX model: it has no graph")
-        if any(external_data_helper.uses_external_data(t) for t in external_data_helper._get_all_tensors(proto)):
-            _check_external_locations(proto, path.parent)
-            try:
-                external_data_helper.load_external_data_for_model(proto, str(path.parent))
-            except (OSError, ValueError) as exc:
-                raise ModelError(f"cannot read the external data of {path}: {exc}") from None
+        if external_tensors(proto):
+            load_external_data(proto, path)
     if not proto.HasField("graph"):
         raise ModelError("the model has no graph")
     restore_model_fields(proto)  # saved with gs.export_onnx from a graph nabn-onnx returned
@@ -108,42 +106,6 @@ def check_model(model: ModelProto, *, full: bool = False) -> None:
         raise ModelError(f"the model fails onnx's checker: {first}") from None
     except UnicodeDecodeError:  # the checker's message quotes a name that is not valid UTF-8
         raise ModelError("the model fails onnx's checker: it holds names or strings that are not valid UTF-8") from None
-
-
-def _check_external_locations(model: ModelProto, base_dir: Path) -> None:
-    """Refuse external-data locations that leave the model's folder (``..``, absolute, symlinks)."""
-    base = base_dir.resolve()
-    for tensor in external_data_helper._get_all_tensors(model):  # onnx's own walker
-        if not external_data_helper.uses_external_data(tensor):
-            continue
-        try:
-            info = external_data_helper.ExternalDataInfo(tensor)
-        except ValueError as exc:
-            raise ModelError(f"tensor '{tensor.name}' has unreadable external-data fields ({exc})") from None
-        for key in ("offset", "length"):
-            if getattr(info, key, None) is not None and getattr(info, key) < 0:
-                raise ModelError(f"tensor '{tensor.name}' has a negative external-data {key} ({getattr(info, key)})")
-        location = info.location
-        if "\x00" in (location or ""):
-            raise ModelError(
-                f"tensor '{tensor.name}' has an external-data location with a NUL byte ({location!r}); "
-                "the model file is damaged"
-            )
-        if not location or os.path.isabs(location) or Path(location).drive:
-            raise ModelError(
-                f"tensor '{tensor.name}' stores its data at '{location}': external data must be a relative "
-                "path inside the model's folder"
-            )
-        target = (base / location).resolve()
-        if base not in target.parents and target != base:
-            raise ModelError(
-                f"tensor '{tensor.name}' points outside the model's folder ('{location}' resolves to {target}); "
-                "refusing to read it"
-            )
-        if not target.is_file():
-            raise ModelError(
-                f"tensor '{tensor.name}' stores its data in '{location}', which does not exist next to the model"
-            )
 
 
 #: Types whose elements are packed below one byte (raw size is not numel * itemsize).
