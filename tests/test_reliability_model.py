@@ -22,7 +22,9 @@ import pytest
 from onnx import TensorProto, external_data_helper, helper
 from test_reliability import _bounded_cli, _one_line
 
+import nabn_onnx.model.load as load_module
 from nabn_onnx.cli import main
+from nabn_onnx.model import save_model, serialize_model, weightless_copy
 
 from builders import images, small_cnn
 
@@ -321,3 +323,132 @@ def test_external_fields_that_make_no_sense_stay_one_line(tmp_path: Path, capsys
     path = _claim(tmp_path / "m", entries, size)
     code, _out, err = _run(capsys, ["inspect", path])
     assert code == 1 and words in _one_line(err, "inspect")
+
+
+# --------------------------------------------------------------------------- 13: text too large to copy
+
+#: The limits while testing: values of 2 MiB stand for values above 64 MiB.
+TEXT_LIMIT, TOTAL_LIMIT = 1 << 20, 4 << 20
+
+
+def _with_text(kind: str, size: int) -> onnx.ModelProto:
+    model = small_cnn(seed=3, with_bn=True)
+    text = "x" * size
+    if kind == "metadata value":
+        model.metadata_props.add(key="notes", value=text)
+    elif kind == "model doc string":
+        model.doc_string = text
+    elif kind == "graph doc string":
+        model.graph.doc_string = text
+    elif kind == "node doc string":
+        model.graph.node[0].doc_string = text
+    elif kind == "string initializer":
+        model.graph.initializer.append(helper.make_tensor("labels", TensorProto.STRING, [1], [text.encode()]))
+    elif kind == "many strings":
+        count = size // 1000
+        model.graph.initializer.append(helper.make_tensor("labels", TensorProto.STRING, [count], [b"y" * 1000] * count))
+    elif kind == "node attribute":
+        model.graph.node[1].attribute.append(helper.make_attribute("note", text.encode()))
+    elif kind == "several values":
+        for i in range(5):
+            model.metadata_props.add(key=f"part{i}", value=text[: size // 2])
+    return model
+
+
+@pytest.fixture
+def low_limits(monkeypatch):
+    monkeypatch.setattr(load_module, "MAX_TEXT_BYTES", TEXT_LIMIT, raising=False)
+    monkeypatch.setattr(load_module, "MAX_TOTAL_TEXT_BYTES", TOTAL_LIMIT, raising=False)
+
+
+KINDS = [
+    "metadata value",
+    "model doc string",
+    "graph doc string",
+    "node doc string",
+    "string initializer",
+    "many strings",
+    "node attribute",
+    "several values",
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_text_above_the_limit_is_refused_in_one_line(tmp_path: Path, capsys, low_limits, kind: str):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(_with_text(kind, 2 * TEXT_LIMIT).SerializeToString())
+    code, _out, err = _run(capsys, ["inspect", path])
+    line = _one_line(err, "inspect")
+    assert code == 1 and "MiB of text" in line and "refuses" in line
+    if kind == "metadata value":
+        assert "'notes'" in line
+
+
+@pytest.mark.parametrize("command", ["split", "calibrate"])
+def test_text_above_the_limit_is_refused_before_any_work(ws: Path, capsys, low_limits, sessions, command: str):
+    path = ws / "m.onnx"
+    path.write_bytes(_with_text("metadata value", 2 * TEXT_LIMIT).SerializeToString())
+    argv = ["split", path, "-q"] if command == "split" else _calibrate(ws, path)
+    code, _out, err = _run(capsys, [*argv, "-o", ws / "out.onnx"])
+    assert code == 1 and "MiB of text" in _one_line(err, command)
+    assert sessions == [] and not (ws / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("kind", ["metadata value", "graph doc string", "node doc string"])
+def test_text_below_the_limit_still_works(tmp_path: Path, capsys, low_limits, kind: str):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(_with_text(kind, TEXT_LIMIT // 2).SerializeToString())
+    code, _out, err = _run(capsys, ["split", path, "-o", tmp_path / "out.onnx", "-q"])
+    assert code == 0, err
+    out = onnx.load(tmp_path / "out.onnx")
+    kept = {
+        "metadata value": lambda m: {p.key: p.value for p in m.metadata_props}["notes"],
+        "graph doc string": lambda m: m.graph.doc_string,
+        "node doc string": lambda m: m.graph.node[0].doc_string,
+    }[kind]
+    assert kept(out) == "x" * (TEXT_LIMIT // 2)
+
+
+def test_the_checker_copy_holds_no_text():
+    """The copy onnx's checker and shape inference get (and serialize again) leaves text out, keys kept."""
+    model = _with_text("metadata value", 1000)
+    model.doc_string = "m" * 1000
+    model.graph.doc_string = "g" * 1000
+    model.graph.node[0].doc_string = "n" * 1000
+    model.graph.initializer.append(helper.make_tensor("labels", TensorProto.STRING, [1], [b"z" * 100_000]))
+    light = weightless_copy(model)
+    assert light.doc_string == "" and light.graph.doc_string == ""
+    assert all(node.doc_string == "" for node in light.graph.node)
+    assert [(p.key, p.value) for p in light.metadata_props] == [("notes", "")]
+    assert "labels" not in {t.name for t in light.graph.initializer}
+    assert "labels" in {i.name for i in light.graph.input}
+    onnx.checker.check_model(light)
+
+
+def test_the_streamed_writer_keeps_protobufs_bytes_with_text():
+    """Text is written field by field; the bytes are still exactly protobuf's."""
+    import io
+
+    model = _with_text("metadata value", 5000)
+    model.doc_string = "é" * 300
+    model.graph.doc_string = "g" * 70_000
+    model.graph.node[0].doc_string = "n"
+    model.graph.input[0].doc_string = "the input"
+    model.model_version = 0
+    buffer = io.BytesIO()
+    serialize_model(model, buffer)
+    assert buffer.getvalue() == model.SerializeToString()
+
+
+def test_a_copy_for_onnxruntime_can_leave_text_out(tmp_path: Path):
+    model = _with_text("metadata value", 5000)
+    model.doc_string = "m" * 100
+    model.graph.doc_string = "g" * 100
+    model.graph.node[0].doc_string = "n" * 100
+    save_model(model, tmp_path / "light.onnx", external_data=False, text=False)
+    light = onnx.load(tmp_path / "light.onnx")
+    assert light.doc_string == light.graph.doc_string == light.graph.node[0].doc_string == ""
+    assert [(p.key, p.value) for p in light.metadata_props] == [("notes", "")]
+    light.doc_string, light.graph.doc_string, light.graph.node[0].doc_string = "m" * 100, "g" * 100, "n" * 100
+    light.metadata_props[0].value = "x" * 5000
+    assert light == model
