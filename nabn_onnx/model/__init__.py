@@ -1,6 +1,7 @@
 """Everything about a ModelProto, one job per module.
 
 * :mod:`.load`: :func:`load_model` with the hostile-input checks and onnx's checker.
+* :mod:`.external`: external data, every tensor's claim on its file checked before it is read.
 * :mod:`.save`: :func:`save_model` (atomic, streamed, external data above 2 GB).
 * :mod:`.files`: atomic file writes and the output-path guards run before any work.
 * :mod:`.provenance`: the ``nabn.*`` records in ``metadata_props``.
@@ -11,6 +12,8 @@
 * :mod:`.gsgraph`: onnx-graphsurgeon graphs in and out.
 """
 
+from .external import *  # noqa: F403
+from .external import __all__ as _external
 from .files import *  # noqa: F403
 from .files import __all__ as _files
 from .gsgraph import *  # noqa: F403
@@ -34,6 +37,7 @@ __all__ = list(
     dict.fromkeys(
         [
             *_load,
+            *_external,
             *_save,
             *_files,
             *_provenance,

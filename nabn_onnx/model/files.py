@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Callable, List, Mapping, Optional, Tuple, Union
 
 import onnx
-from onnx import external_data_helper
 
 from ..errors import ModelError
+from .external import external_data_info, external_tensors
 from .load import ModelLike
 
 __all__ = [
@@ -93,8 +93,12 @@ def atomic_write_text(path: Union[str, os.PathLike], text: str) -> Path:
 def check_output_folder(path: Union[str, os.PathLike]) -> None:
     """Fail before the work, not after it, when an output cannot be written there.
 
+    The folder is probed by creating and removing an empty file in it: permission bits
+    tell nothing when running as root, and neither they nor ``os.access`` know a read-only
+    mount, a full quota or a folder that refuses new files (``/sys``).
+
     Raises:
-        ModelError: the folder does not exist or the path is a folder.
+        ModelError: the folder does not exist or is not writable, or the path is a folder.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
@@ -102,6 +106,12 @@ def check_output_folder(path: Union[str, os.PathLike]) -> None:
         raise ModelError(f"output folder does not exist: {folder}")
     if path.is_dir():
         raise ModelError(f"output path is a folder: {path}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nabn-probe-", dir=folder)
+    except OSError as exc:
+        raise ModelError(f"cannot write to the output folder {folder}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def check_output(
@@ -193,12 +203,7 @@ def _external_files_of(model: str, inode: int, size: int, mtime_ns: int) -> froz
     """:func:`_external_files` of one version of a file (``inode``, ``size`` and ``mtime_ns`` key the cache)."""
     try:
         proto = onnx.load_model(model, load_external_data=False)
-        tensors = [
-            t
-            for t in external_data_helper._get_all_tensors(proto)  # onnx's own walker
-            if external_data_helper.uses_external_data(t)
-        ]
         folder = Path(model).parent
-        return frozenset((folder / external_data_helper.ExternalDataInfo(t).location).resolve() for t in tensors)
+        return frozenset((folder / external_data_info(t).location).resolve() for t in external_tensors(proto))
     except Exception:  # a broken model is reported by load_model, with its own message
         return frozenset()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, Collection, List, Tuple, Union
 
 import numpy as np
 import onnx
@@ -70,26 +70,33 @@ _CHECK_KEEP_ELEMENTS = 1024
 
 
 def weightless_copy(model: ModelProto) -> ModelProto:
-    """A copy of ``model`` without its weights' data: large initializers become graph inputs of the same type and shape.
+    """A copy of ``model`` without its weights' data or its free text, for the checker and for shape inference.
 
-    Everything else is kept, ``metadata_props`` included, and initializers of up to
-    :data:`_CHECK_KEEP_ELEMENTS` elements stay (shape inference reads shape constants).
-    For the checker and for shape inference, whatever the size of the weights.
+    Large initializers become graph inputs of the same type and shape; initializers of up to
+    :data:`_CHECK_KEEP_ELEMENTS` elements stay (shape inference reads shape constants) unless
+    they are strings of more than :data:`_CHECK_KEEP_TEXT` bytes. The doc strings of the
+    model, its graph and the graph's nodes are left out, and ``metadata_props`` keep their
+    keys (the checker refuses duplicates) with empty values: neither the checker nor shape
+    inference reads them.
 
     onnx's checker serializes the model it is given and parses it again in C++, two extra
-    copies of every weight; the weights' own consistency is checked by
+    copies of everything in it; the weights' own consistency is checked by
     :func:`nabn_onnx.model.load_model`'s size checks instead. This also lets models above 2 GB be checked.
     """
     light = ModelProto()
-    copy_fields(model, light, skip="graph")
+    copy_fields(model, light, skip=("graph", "doc_string", "metadata_props"))
+    for prop in model.metadata_props:
+        light.metadata_props.add(key=prop.key)
     graph = model.graph
-    copy_fields(graph, light.graph, skip="initializer")
+    copy_fields(graph, light.graph, skip=("initializer", "doc_string", "node"))
+    for node in graph.node:
+        copy_fields(node, light.graph.node.add(), skip="doc_string")
     listed = {i.name for i in graph.input}
     for tensor in graph.initializer:
         numel = 1
         for d in tensor.dims:
             numel *= d
-        if numel <= _CHECK_KEEP_ELEMENTS:
+        if numel <= _CHECK_KEEP_ELEMENTS and _text_bytes(tensor) <= _CHECK_KEEP_TEXT:
             light.graph.initializer.append(tensor)
         elif tensor.name not in listed:
             light.graph.input.append(
@@ -98,16 +105,26 @@ def weightless_copy(model: ModelProto) -> ModelProto:
     return light
 
 
-def copy_fields(src: Any, dst: Any, skip: str) -> None:
-    """Copy every set field of the protobuf message ``src`` into ``dst`` except the field named ``skip``.
+#: String initializers above this many bytes leave the checker's copy, whatever their element count.
+_CHECK_KEEP_TEXT = 1 << 16
+
+
+def _text_bytes(tensor: TensorProto) -> int:
+    """Bytes of a string tensor's elements (0 for other types), read one element at a time."""
+    return sum(len(s) for s in tensor.string_data) if tensor.data_type == TensorProto.STRING else 0
+
+
+def copy_fields(src: Any, dst: Any, skip: Union[str, Collection[str]]) -> None:
+    """Copy every set field of the protobuf message ``src`` into ``dst`` except the fields named in ``skip``.
 
     Args:
         src: the message to copy from.
         dst: a message of the same type to copy into.
-        skip: the name of the field left out (``"graph"``, ``"initializer"``).
+        skip: the name of the field left out (``"graph"``, ``"initializer"``), or several names.
     """
+    skipped = {skip} if isinstance(skip, str) else set(skip)
     for field, value in src.ListFields():
-        if field.name != skip:
+        if field.name not in skipped:
             set_field(dst, field, value)
 
 

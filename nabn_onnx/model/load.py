@@ -1,11 +1,11 @@
 """Loading a model, ready for the passes, and refusing a hostile or broken one.
 
-:func:`load_model` reads a model (with its external data, whose locations are checked to
-stay inside the model's folder), lifts weights stored as ``Constant`` nodes into
+:func:`load_model` reads a model (with its external data, each tensor's claim on it checked
+first: :mod:`nabn_onnx.model.external`), lifts weights stored as ``Constant`` nodes into
 initializers and bypasses Identity renames of them (:mod:`nabn_onnx.model.normalize`),
 runs onnx's checker (:func:`check_model`) and refuses what would fail later, far from the
-load: text that is not UTF-8, BatchNorms in training mode, initializers whose data does
-not match their dims.
+load: text that is not UTF-8 or larger than :data:`MAX_TEXT_BYTES`, BatchNorms in training
+mode, initializers whose data does not match their dims.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from google.protobuf.message import DecodeError
 from onnx import ModelProto, TensorProto, external_data_helper
 
 from ..errors import ModelError
+from .external import external_tensors, load_external_data
 from .gsgraph import GsGraph, is_gs_graph, restore_model_fields, to_model
 from .initializers import default_opset, weightless_copy
 from .normalize import bypass_initializer_identities, lift_constant_weights
 from .traversal import all_nodes
 
-__all__ = ["ModelLike", "MIN_OPSET", "load_model", "check_model"]
+__all__ = ["ModelLike", "MIN_OPSET", "MAX_TEXT_BYTES", "MAX_TOTAL_TEXT_BYTES", "load_model", "check_model"]
 
 
 #: A model the public calls take: a path, a ``ModelProto`` or an ``onnx_graphsurgeon.Graph``.
@@ -35,6 +36,17 @@ ModelLike = Union[str, os.PathLike, ModelProto, GsGraph]
 
 #: BatchNormalization's signature is stable from opset 9 on (``spatial`` was dropped).
 MIN_OPSET = 9
+
+
+#: The most text one value of a model may hold: a string field (a doc string, a
+#: ``metadata_props`` value, a name), one attribute's strings or one string tensor's elements
+#: together. Real models hold kilobytes there (a label list, a tokenizer's vocabulary); each
+#: step that copies or serializes the model copies such text again, so 300 MB of it cost
+#: gigabytes before this limit.
+MAX_TEXT_BYTES = 64 << 20
+
+#: The most text a whole model may hold (every value of :data:`MAX_TEXT_BYTES` together).
+MAX_TOTAL_TEXT_BYTES = 256 << 20
 
 
 def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
@@ -50,7 +62,9 @@ def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
 
     Raises:
         ModelError: the file is missing, not ONNX, fails the checker, points outside its
-            folder for external data, or uses an opset older than :data:`MIN_OPSET`.
+            folder for external data or claims more of it than its dims need (nothing is
+            read then), holds a text value above :data:`MAX_TEXT_BYTES` or more than
+            :data:`MAX_TOTAL_TEXT_BYTES` of text, or uses an opset older than :data:`MIN_OPSET`.
     """
     if isinstance(model, ModelProto):
         proto = model
@@ -70,16 +84,17 @@ def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
             raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
         if not proto.HasField("graph"):
             raise ModelError(f"{path} is not an ONNX model: it has no graph")
-        if any(external_data_helper.uses_external_data(t) for t in external_data_helper._get_all_tensors(proto)):
-            _check_external_locations(proto, path.parent)
-            try:
-                external_data_helper.load_external_data_for_model(proto, str(path.parent))
-            except (OSError, ValueError) as exc:
-                raise ModelError(f"cannot read the external data of {path}: {exc}") from None
+        if external_tensors(proto):
+            load_external_data(proto, path)
     if not proto.HasField("graph"):
         raise ModelError("the model has no graph")
     restore_model_fields(proto)  # saved with gs.export_onnx from a graph nabn-onnx returned
-    _check_utf8(proto)
+    text = _check_text(proto)
+    if text > MAX_TOTAL_TEXT_BYTES:
+        raise ModelError(
+            f"the model holds {text / 2**20:.0f} MiB of text (names, doc strings, metadata, strings); nabn-onnx "
+            f"refuses more than {MAX_TOTAL_TEXT_BYTES >> 20} MiB (a damaged or hostile file?)"
+        )
     opset = default_opset(proto)
     if opset < MIN_OPSET:
         raise ModelError(
@@ -108,42 +123,6 @@ def check_model(model: ModelProto, *, full: bool = False) -> None:
         raise ModelError(f"the model fails onnx's checker: {first}") from None
     except UnicodeDecodeError:  # the checker's message quotes a name that is not valid UTF-8
         raise ModelError("the model fails onnx's checker: it holds names or strings that are not valid UTF-8") from None
-
-
-def _check_external_locations(model: ModelProto, base_dir: Path) -> None:
-    """Refuse external-data locations that leave the model's folder (``..``, absolute, symlinks)."""
-    base = base_dir.resolve()
-    for tensor in external_data_helper._get_all_tensors(model):  # onnx's own walker
-        if not external_data_helper.uses_external_data(tensor):
-            continue
-        try:
-            info = external_data_helper.ExternalDataInfo(tensor)
-        except ValueError as exc:
-            raise ModelError(f"tensor '{tensor.name}' has unreadable external-data fields ({exc})") from None
-        for key in ("offset", "length"):
-            if getattr(info, key, None) is not None and getattr(info, key) < 0:
-                raise ModelError(f"tensor '{tensor.name}' has a negative external-data {key} ({getattr(info, key)})")
-        location = info.location
-        if "\x00" in (location or ""):
-            raise ModelError(
-                f"tensor '{tensor.name}' has an external-data location with a NUL byte ({location!r}); "
-                "the model file is damaged"
-            )
-        if not location or os.path.isabs(location) or Path(location).drive:
-            raise ModelError(
-                f"tensor '{tensor.name}' stores its data at '{location}': external data must be a relative "
-                "path inside the model's folder"
-            )
-        target = (base / location).resolve()
-        if base not in target.parents and target != base:
-            raise ModelError(
-                f"tensor '{tensor.name}' points outside the model's folder ('{location}' resolves to {target}); "
-                "refusing to read it"
-            )
-        if not target.is_file():
-            raise ModelError(
-                f"tensor '{tensor.name}' stores its data in '{location}', which does not exist next to the model"
-            )
 
 
 #: Types whose elements are packed below one byte (raw size is not numel * itemsize).
@@ -191,32 +170,59 @@ def _check_initializer_sizes(model: ModelProto) -> None:
             )
 
 
-def _check_utf8(message, where: str = "model") -> None:
-    """Refuse string fields that are not valid UTF-8.
+def _check_text(message, where: str = "model") -> int:
+    """Refuse text that is not valid UTF-8, and text values above :data:`MAX_TEXT_BYTES`; return the text's size.
 
-    Protobuf parses them anyway and hands them to Python as ``bytes`` (or fails when one is
-    read), which would surface far from the load. Only string and message fields are
-    visited, so tensor bytes are never copied.
+    Protobuf parses bad UTF-8 anyway and hands it to Python as ``bytes`` (or fails when it
+    is read), which would surface far from the load. Only string and bytes fields and
+    messages are visited, and tensors' ``raw_data`` (checked against their dims) is never
+    read, so weights are not copied; each text value is read once, one at a time. Sizes
+    are counted in characters for text (at most its UTF-8 bytes) and in bytes for bytes.
     """
+    total = 0
     for field in message.DESCRIPTOR.fields:
-        if field.type not in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE):
+        if field.type not in _TEXT_TYPES or (field.type == FieldDescriptor.TYPE_BYTES and field.name == "raw_data"):
             continue
         repeated = field.is_repeated
         if not repeated and not message.HasField(field.name):
             continue
         try:
             value = getattr(message, field.name)
-            bad = field.type == FieldDescriptor.TYPE_STRING and any(
-                isinstance(v, bytes) for v in (value if repeated else (value,))
-            )
+            items = value if repeated else (value,)
+            bad = field.type == FieldDescriptor.TYPE_STRING and any(isinstance(v, bytes) for v in items)
         except UnicodeDecodeError:  # some protobuf back ends fail on read instead of returning bytes
             bad = True
         if bad:
             raise ModelError(f"{where}.{field.name} holds text that is not valid UTF-8; the file is corrupt")
-        if field.type == FieldDescriptor.TYPE_STRING:
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            size = sum(len(v) for v in items)  # characters of a str: at most its UTF-8 bytes
+            if size > MAX_TEXT_BYTES:
+                raise ModelError(
+                    f"{where}{_label(message)}.{field.name} holds {size / 2**20:.0f} MiB of text; nabn-onnx refuses "
+                    f"text values above {MAX_TEXT_BYTES >> 20} MiB (a damaged or hostile file?)"
+                )
+            total += size
             continue
-        for item in value if repeated else (value,):
-            _check_utf8(item, f"{where}.{field.name}")
+        for index, item in enumerate(items):
+            total += _check_text(item, f"{where}.{field.name}[{index}]" if repeated else f"{where}.{field.name}")
+    return total
+
+
+#: The field types :func:`_check_text` reads.
+_TEXT_TYPES = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES, FieldDescriptor.TYPE_MESSAGE)
+
+
+def _label(message) -> str:
+    """`` ('<key or name>')`` of a message that has a short key or name, for error messages; else empty."""
+    for key in ("key", "name"):
+        if key in message.DESCRIPTOR.fields_by_name:
+            try:
+                value = getattr(message, key)
+            except UnicodeDecodeError:
+                return ""
+            if value and len(value) <= 200:
+                return f" ({value!r})"
+    return ""
 
 
 def _refuse_training_mode(model: ModelProto) -> None:

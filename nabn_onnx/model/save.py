@@ -13,13 +13,15 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Optional, Sequence, Union
+from typing import Any, BinaryIO, List, Optional, Sequence, Tuple, Union
 
-from onnx import ModelProto, TensorProto, external_data_helper
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from onnx import ModelProto, StringStringEntryProto, TensorProto, external_data_helper
 
 from ..errors import ModelError
 from .files import check_output_folder, sync_file, sync_folder
-from .initializers import model_size_bytes, set_field
+from .initializers import copy_fields, model_size_bytes, set_field
 
 __all__ = ["save_model", "serialize_model", "encode_varint", "PROTOBUF_LIMIT", "EXTERNAL_THRESHOLD"]
 
@@ -42,6 +44,7 @@ def save_model(
     *,
     external_data: Optional[bool] = None,
     extra_initializers: Sequence[TensorProto] = (),
+    text: bool = True,
 ) -> Path:
     """Write ``model`` to ``path`` atomically.
 
@@ -57,6 +60,10 @@ def save_model(
             ``None`` to decide by size.
         extra_initializers: initializers written after the model's own, read where they
             are (see :func:`without_large_initializers`).
+        text: ``False`` leaves out the doc strings of the model, its graph and the graph's
+            nodes and inputs and outputs, and the values of ``metadata_props`` (keys are
+            kept): for a copy only onnxruntime reads, which would otherwise hold that text
+            for the life of its session.
 
     Returns:
         The path written.
@@ -74,13 +81,13 @@ def save_model(
             if use_external:
                 data_name = path.name + ".data"
                 with open(tmp_model, "wb") as fh, open(Path(tmp) / data_name, "wb") as data:
-                    serialize_model(model, fh, data=data, location=data_name, extra=extra_initializers)
+                    serialize_model(model, fh, data=data, location=data_name, extra=extra_initializers, text=text)
                     sync_file(fh)
                     sync_file(data)
                 _replace_pair(Path(tmp), tmp_model, path, data_name)
             else:
                 with open(tmp_model, "wb") as fh:
-                    serialize_model(model, fh, extra=extra_initializers)
+                    serialize_model(model, fh, extra=extra_initializers, text=text)
                     sync_file(fh)
                 os.replace(tmp_model, path)
             sync_folder(folder)
@@ -113,14 +120,70 @@ def encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _split_fields(message, number: int):
-    """Two copies of ``message``: its fields numbered below ``number`` and above it."""
-    head, tail = type(message)(), type(message)()
-    for field, value in message.ListFields():
-        if field.number == number:
+#: A serialized stretch of a message: a tag (and length), what follows it (bytes, or a
+#: submessage serialized only when written), and the size of the two.
+_Piece = Tuple[bytes, Union[bytes, Message], int]
+
+
+def _pieces(message: Any, number: int, *, after: bool, text: bool = True) -> List[_Piece]:
+    """``message``'s fields numbered below ``number`` (above it with ``after``), as they serialize.
+
+    A submessage (a node, a ``metadata_props`` entry) is kept as itself behind its tag and
+    length and serialized when written, and text is encoded straight to its bytes, one field
+    at a time: nothing is copied into another message first, so a large doc string or
+    metadata value costs one copy at a time, not three. Without ``text``, doc strings are
+    left out (the message's own and its submessages') and ``metadata_props`` keep their keys only.
+    """
+    pieces: List[_Piece] = []
+    for field in sorted(message.DESCRIPTOR.fields, key=lambda f: f.number):
+        if field.number == number or (field.number > number) != after:
             continue
-        set_field(head if field.number < number else tail, field, value)
-    return head, tail
+        if field.is_repeated and not len(getattr(message, field.name)):
+            continue
+        if not field.is_repeated and not message.HasField(field.name):
+            continue
+        if not text and field.name == "doc_string":
+            continue
+        tag = encode_varint(field.number << 3 | 2)
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            value = getattr(message, field.name)
+            for item in value if field.is_repeated else (value,):
+                item = item if text else _without_text(item)
+                size = item.ByteSize()
+                head = tag + encode_varint(size)
+                pieces.append((head, item, len(head) + size))
+        elif field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES) and not field.is_repeated:
+            data = getattr(message, field.name)
+            data = data.encode("utf-8") if isinstance(data, str) else data
+            head = tag + encode_varint(len(data))
+            pieces.append((head, data, len(head) + len(data)))
+        else:  # numbers and repeated text: protobuf encodes the one field
+            single = type(message)()
+            set_field(single, field, getattr(message, field.name))
+            head = single.SerializeToString()
+            pieces.append((head, b"", len(head)))
+    return pieces
+
+
+def _without_text(item: Message) -> Message:
+    """``item`` without its doc string (a ``metadata_props`` entry: with its key only), or itself if it has none."""
+    if isinstance(item, StringStringEntryProto):
+        return StringStringEntryProto(key=item.key) if item.value else item
+    if "doc_string" in item.DESCRIPTOR.fields_by_name and item.HasField("doc_string"):
+        light = type(item)()
+        copy_fields(item, light, skip="doc_string")
+        return light
+    return item
+
+
+def _pieces_size(pieces: Sequence[_Piece]) -> int:
+    return sum(size for _, _, size in pieces)
+
+
+def _write_pieces(fh: BinaryIO, pieces: Sequence[_Piece]) -> None:
+    for head, body, _ in pieces:
+        fh.write(head)
+        fh.write(body if isinstance(body, bytes) else body.SerializeToString())
 
 
 def _external_stub(tensor: TensorProto, location: str, offset: int, length: int) -> TensorProto:
@@ -145,6 +208,7 @@ def serialize_model(
     data: Optional[BinaryIO] = None,
     location: str = "",
     extra: Sequence[TensorProto] = (),
+    text: bool = True,
 ) -> None:
     """Serialize ``model`` into ``fh`` one initializer at a time, never the whole model at once.
 
@@ -155,10 +219,11 @@ def serialize_model(
     file named ``location`` beside the model), every initializer of at least
     :data:`EXTERNAL_THRESHOLD` bytes of ``raw_data`` is written there, page-aligned, and
     referenced from the model. ``extra`` initializers follow the model's own. ``model``
-    itself is never modified.
+    itself is never modified. Without ``text``, doc strings and ``metadata_props`` values
+    are left out (see :func:`save_model`).
     """
-    model_head, model_tail = _split_fields(model, _MODEL_GRAPH)
-    graph_head, graph_tail = _split_fields(model.graph, _GRAPH_INITIALIZER)
+    graph_head = _pieces(model.graph, _GRAPH_INITIALIZER, after=False, text=text)
+    graph_tail = _pieces(model.graph, _GRAPH_INITIALIZER, after=True, text=text)
     pieces = []  # (tensor, stub or None, serialized size)
     offset = 0
     for tensor in itertools.chain(model.graph.initializer, extra):
@@ -174,17 +239,17 @@ def serialize_model(
                 offset += len(raw)
             del raw
         pieces.append((tensor, stub, (stub or tensor).ByteSize()))
-    head, tail = graph_head.SerializeToString(), graph_tail.SerializeToString()
     inits = sum(1 + len(encode_varint(size)) + size for _, _, size in pieces)
-    fh.write(model_head.SerializeToString())
+    _write_pieces(fh, _pieces(model, _MODEL_GRAPH, after=False, text=text))
     if model.HasField("graph"):
-        fh.write(encode_varint(_MODEL_GRAPH << 3 | 2) + encode_varint(len(head) + inits + len(tail)))
-        fh.write(head)
+        graph_size = _pieces_size(graph_head) + inits + _pieces_size(graph_tail)
+        fh.write(encode_varint(_MODEL_GRAPH << 3 | 2) + encode_varint(graph_size))
+        _write_pieces(fh, graph_head)
         for tensor, stub, size in pieces:
             fh.write(encode_varint(_GRAPH_INITIALIZER << 3 | 2) + encode_varint(size))
             fh.write((stub or tensor).SerializeToString())
-        fh.write(tail)
-    fh.write(model_tail.SerializeToString())
+        _write_pieces(fh, graph_tail)
+    _write_pieces(fh, _pieces(model, _MODEL_GRAPH, after=True, text=text))
 
 
 def _replace_pair(tmp: Path, tmp_model: Path, path: Path, data_name: str) -> None:
