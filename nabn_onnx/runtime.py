@@ -45,6 +45,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
+from .arena import arena_is_shared
 from .errors import ModelError, NabnError
 from .memory import SampleMemory, available_memory, check_batch, sample_memory
 from .model import save_model, without_large_initializers
@@ -162,6 +163,8 @@ def make_session(
     # the same speed (tools/bench_real_calibrate.py). The arena stays: without it every run
     # faults its activations in again (1.6x slower).
     options.enable_mem_pattern = False
+    if arena_is_shared():
+        options.add_session_config_entry("session.use_env_allocators", "1")
     options.intra_op_num_threads = intra_op_threads or int(os.environ.get(THREADS_ENV, "0") or 0)
     options.log_severity_level = 4 if quiet else 3
     # Priority-based order runs a statistics graph's side branches (taps) as soon as their
@@ -170,9 +173,8 @@ def make_session(
     if hasattr(ort, "ExecutionOrder"):
         options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     providers = check_providers(providers)
-    # Handing onnxruntime a file with external data, rather than model.SerializeToString(),
-    # avoids two transient copies of the weights (protobuf's buffer and the Python bytes):
-    # on a 100 MB model the session's peak drops from +285 MB to +106 MB (tools/bench_large.py).
+    # A file with external data, not model.SerializeToString(), avoids two transient copies of the
+    # weights: on a 100 MB model the session's peak is +106 MB, not +285 MB (tools/bench_large.py).
     if batch is not None and batch.free:
         light, weights = without_large_initializers(model)
         _free_batch(light, batch.fixed)
@@ -181,7 +183,7 @@ def make_session(
     tmp = owned_temp_folder("nabn-session-")
     try:
         path = Path(tmp) / "model.onnx"
-        save_model(model, path, external_data=True, extra_initializers=extra_initializers)
+        save_model(model, path, external_data=True, extra_initializers=extra_initializers, text=False)
         return ort.InferenceSession(os.fspath(path), options, providers=providers)
     except (
         ort.capi.onnxruntime_pybind11_state.Fail,

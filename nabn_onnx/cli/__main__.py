@@ -2,8 +2,8 @@
 
 import sys
 
-from . import main
+from . import run
 
 __all__: list = []
 
-sys.exit(main())
+sys.exit(run())

@@ -15,6 +15,7 @@ from typing import Any, Callable, List, Mapping, Optional, Tuple, Union
 import onnx
 
 from ..errors import ModelError
+from ..tempfiles import PARTIAL_PREFIX, clean_stale_once, owned_prefix
 from .external import external_data_info, external_tensors
 from .load import ModelLike
 
@@ -65,7 +66,8 @@ def atomic_write_bytes(path: Union[str, os.PathLike], write: Callable[[str], Non
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ModelError(f"output folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=".nabn-", suffix=path.suffix, dir=folder)
+    clean_stale_once(folder, (PARTIAL_PREFIX,))  # partials a killed run left here (tempfiles)
+    fd, tmp = tempfile.mkstemp(prefix=owned_prefix(PARTIAL_PREFIX), suffix=path.suffix, dir=folder)
     os.close(fd)
     try:
         write(tmp)
@@ -107,7 +109,7 @@ def check_output_folder(path: Union[str, os.PathLike]) -> None:
     if path.is_dir():
         raise ModelError(f"output path is a folder: {path}")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".nabn-probe-", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=owned_prefix(PARTIAL_PREFIX), suffix=".probe", dir=folder)
     except OSError as exc:
         raise ModelError(f"cannot write to the output folder {folder}: {exc.strerror or exc}") from None
     os.close(fd)

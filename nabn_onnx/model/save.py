@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from onnx import ModelProto, StringStringEntryProto, TensorProto, external_data_helper
 
 from ..errors import ModelError
+from ..tempfiles import PARTIAL_PREFIX, clean_stale_once, owned_prefix
 from .files import check_output_folder, sync_file, sync_folder
 from .initializers import copy_fields, model_size_bytes, set_field
 
@@ -76,7 +77,8 @@ def save_model(
     folder = path.parent if str(path.parent) else Path(".")
     use_external = _should_use_external(model, external_data)
     try:
-        with tempfile.TemporaryDirectory(prefix=".nabn-", dir=folder) as tmp:
+        clean_stale_once(folder, (PARTIAL_PREFIX,))  # partials a killed run left here (tempfiles)
+        with tempfile.TemporaryDirectory(prefix=owned_prefix(PARTIAL_PREFIX), dir=folder) as tmp:
             tmp_model = Path(tmp) / path.name
             if use_external:
                 data_name = path.name + ".data"
