@@ -57,6 +57,10 @@ HELP_ONLY = {
 RUNS = {
     "tools.bench.profile_calibrate": ("{samples}/resnet_fused.onnx {calib} --batch-size 32 --max-batches 2", []),
     "tools.bench.bench_calibrate": ("--batches 1 --repeats 1 --no-torch", []),
+    "tools.bench.bench_stats_graph": (
+        "{samples}/mobilenet_fused.onnx {calib} --samples 32 --batch-size 16 --repeat 1 --profile",
+        [],
+    ),
     "tools.bench.bench_large": ("--width 0.1 --steps split --formats inline", []),
     "tools.bench.bench_graphsurgeon": ("--width 0.1 --steps 'to_model,split gs.Graph'", []),
     "tools.bench.bench_real_calibrate": (
