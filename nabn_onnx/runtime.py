@@ -45,7 +45,6 @@ import numpy as np
 import onnxruntime as ort
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
-from .arena import arena_is_shared
 from .errors import ModelError, NabnError
 from .memory import SampleMemory, available_memory, check_batch, sample_memory
 from .model import save_model, without_large_initializers
@@ -163,8 +162,6 @@ def make_session(
     # the same speed (tools/bench_real_calibrate.py). The arena stays: without it every run
     # faults its activations in again (1.6x slower).
     options.enable_mem_pattern = False
-    if arena_is_shared():
-        options.add_session_config_entry("session.use_env_allocators", "1")
     options.intra_op_num_threads = intra_op_threads or int(os.environ.get(THREADS_ENV, "0") or 0)
     options.log_severity_level = 4 if quiet else 3
     # Priority-based order runs a statistics graph's side branches (taps) as soon as their

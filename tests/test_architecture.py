@@ -102,10 +102,7 @@ LAYERS = [
         ],
     ),
     ("model", ["nabn_onnx.model", "nabn_onnx.reports"]),
-    (
-        "devices, data and sessions",
-        ["nabn_onnx.noise", "nabn_onnx.data", "nabn_onnx.runtime", "nabn_onnx.memory", "nabn_onnx.arena"],
-    ),
+    ("devices, data and sessions", ["nabn_onnx.noise", "nabn_onnx.data", "nabn_onnx.runtime", "nabn_onnx.memory"]),
     ("passes", ["nabn_onnx.passes"]),
     ("calibration", ["nabn_onnx.calibration"]),
     ("single-model operations", ["nabn_onnx.api", "nabn_onnx.analog"]),

@@ -55,26 +55,3 @@ def test_calibrate_verbose_prints_the_steps_and_the_report_records_them(tmp_path
     assert main([*argv, "-o", str(tmp_path / "q.onnx"), "-q"]) == 0
     assert "time by step" not in capsys.readouterr().out
     assert np.isfinite(list(recorded.values())).all()
-
-
-def test_the_command_shares_one_arena_and_writes_what_the_library_writes(tmp_path: Path):
-    """``nabn-onnx`` (its own process) shares one onnxruntime arena across sessions; numbers do not move."""
-    import subprocess
-    import sys
-
-    out = tmp_path / "cli.onnx"
-    argv = ["calibrate", str(FUSED), "--data", str(CALIB), "--noise", "mul", "--eta", "0.2", "--max-batches", "4"]
-    code = (
-        "import sys, nabn_onnx.cli as c, nabn_onnx.arena as a; "
-        "r = c.run(); print('shared', a.arena_is_shared()); sys.exit(r)"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, *argv, "-o", str(out), "-q"], capture_output=True, text=True, cwd=ROOT
-    )
-    assert done.returncode == 0, done.stderr
-    assert "shared True" in done.stdout
-    from nabn_onnx.arena import arena_is_shared
-
-    assert not arena_is_shared(), "the library (this process) must not share an arena unless asked"
-    library = nb.calibrate(str(FUSED), str(CALIB), noise=nb.make_noise("mul", 0.2), max_batches=4).model
-    assert onnx.load(out).graph.SerializeToString() == library.graph.SerializeToString()

@@ -84,18 +84,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2 if args.command == "check" else 1  # check: 1 means a chip missed a threshold
 
 
-def run() -> int:
-    """The ``nabn-onnx`` console command: :func:`main` in a process of its own.
-
-    The process ends with the command, so its onnxruntime sessions share one memory arena
-    (:func:`nabn_onnx.arena.share_arena`), which ``main`` called from a library user's
-    process does not do.
-    """
-    from ..arena import share_arena
-
-    share_arena()
-    return main()
-
-
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(main())

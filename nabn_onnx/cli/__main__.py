@@ -2,8 +2,8 @@
 
 import sys
 
-from . import run
+from . import main
 
 __all__: list = []
 
-sys.exit(run())
+sys.exit(main())
