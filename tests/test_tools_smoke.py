@@ -88,6 +88,7 @@ RUNS = {
         ["ocr.md"],
     ),
     "tools.results.make_results": ("--quick --out {tmp}", ["results.md", "results.json"]),
+    "tools.results.auto_grid": ("--only resnet_fused --seeds 1 --out {tmp}/auto.md", ["auto.md"]),
 }
 
 #: Imported by no script's --help: the optional stacks CI does not install.

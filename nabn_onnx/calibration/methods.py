@@ -31,9 +31,12 @@ statistics measured on the noisy (``noisy``) and the clean (``clean``) model:
 * ``"none"``: the reference statistics, unchanged.
 * ``"auto"`` (default; needs the clean model): writes no statistics of its own but chooses
   among :data:`CANDIDATES` (``delta``, ``blend``, ``paper``, ``none``), each estimated on
-  part of the calibration data and scored without labels on the rest
-  (:mod:`.scoring`, :mod:`.holdout`, :mod:`.choice`). Without a clean model it means
-  ``paper``, checked against ``none`` by the chip guard.
+  part of the calibration data and scored on the rest by the divergence of its outputs
+  from the clean model's, sample by sample; a candidate replaces a simpler one only when
+  it is better beyond the noise of those samples, and on labelled classifier data top-1
+  can overrule the divergence the same way (:mod:`.scoring`, :mod:`.holdout`,
+  :func:`.choice.decide`). Without a clean model it means ``paper``, checked against
+  ``none`` by the chip guard.
 
 ``paper``, ``delta`` and ``auto`` are the public :data:`~.config.METHODS` (``selectable``);
 ``blend`` and ``none`` are ``auto``'s candidates only. A new method is one class here,

@@ -15,9 +15,12 @@ guard (:mod:`.choice`) both use it:
   * any other float output by its normalized squared error,
     ``sum((y - y_clean)^2) / sum((y_clean - mean(y_clean))^2)``.
 
-  Scores of several outputs add up. The lowest score wins; ties go to the earlier
-  candidate. When even the lowest score is above :data:`SEVERE`, the noise is too strong for
-  the score to rank candidates, and :data:`FALLBACK` (Algorithm 1) is chosen.
+  Scores of several outputs add up. Each sample's score is kept too
+  (:meth:`Meter.per_sample`), and on labelled classifier data each sample's top-1
+  (:class:`ChoiceMeter`), for ``auto``'s paired test (:func:`~.choice.decide`). On the
+  means alone (:func:`pick_candidate`) the lowest score wins, ties going to the earlier
+  candidate; when even the lowest score is above :data:`SEVERE`, the noise is too strong
+  for the score to rank candidates, and :data:`FALLBACK` (Algorithm 1) is chosen.
 * :class:`Top1Scorer` (the chip guard, labels needed): top-1 accuracy of the model's
   first output on the labels; ``paper`` is kept unless ``none`` is strictly better.
 
@@ -27,7 +30,7 @@ no sample at all is refused (it would be 0 for every candidate and choose blindl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -46,6 +49,9 @@ __all__ = [
     "Scorer",
     "Meter",
     "OutputDivergenceScorer",
+    "ChoiceMeter",
+    "Reference",
+    "is_classifier_of",
     "Top1Scorer",
     "UnscorableError",
     "NothingScoredError",
@@ -88,6 +94,14 @@ class Meter:
         """The candidate's score so far."""
         raise NotImplementedError
 
+    def per_sample(self) -> Optional[np.ndarray]:
+        """The score of every scored sample, in order (their mean is :meth:`result`), or None if not kept."""
+        return None
+
+    def task(self) -> Optional[np.ndarray]:
+        """The task metric of every scored sample (higher is better) when the data allow one, else None."""
+        return None
+
 
 def _as_distribution(y: np.ndarray) -> np.ndarray:
     y = y.astype(np.float64)
@@ -98,27 +112,42 @@ def _as_distribution(y: np.ndarray) -> np.ndarray:
 
 
 class OutputDivergence(Meter):
-    """Streams the divergence of one candidate's outputs from the clean outputs."""
+    """Streams the divergence of one candidate's outputs from the clean outputs, overall and per sample.
+
+    A sample's score is its KL divergence (rank-2 outputs) plus its squared error scaled by
+    the clean outputs' total spread, so the mean of :meth:`per_sample` is :meth:`result`.
+    When an output's first axis is not the batch's (one row per part), the part is one unit.
+    """
 
     def __init__(self):
         self.kl_sum = 0.0
         self.kl_count = 0
         self.err = 0.0
         self.spread = 0.0
+        self._kl_units: List[np.ndarray] = []
+        self._err_units: List[np.ndarray] = []
 
     def update(self, clean: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> None:
         """Add one batch: the clean model's outputs and the candidate's, output by output."""
-        for c, y in zip(clean, candidate):
-            if c.dtype.kind != "f":
-                continue
+        floats = [(c, y) for c, y in zip(clean, candidate) if c.dtype.kind == "f"]
+        rows = {c.shape[0] if c.ndim else -1 for c, _ in floats}
+        units = rows.pop() if len(rows) == 1 and min(rows, default=-1) > 0 else 1
+        kl_units, err_units = np.zeros(units), np.zeros(units)
+        for c, y in floats:
             if c.ndim == 2:
                 p, q = _as_distribution(c), _as_distribution(y)
-                self.kl_sum += float(np.sum(p * (np.log(p) - np.log(q))))
+                terms = p * (np.log(p) - np.log(q))
+                self.kl_sum += float(np.sum(terms))
                 self.kl_count += c.shape[0]
+                kl_units += terms.sum(axis=1) if units > 1 else float(np.sum(terms))
             else:
                 c64 = c.astype(np.float64)
-                self.err += float(np.sum((y.astype(np.float64) - c64) ** 2))
+                sq = (y.astype(np.float64) - c64) ** 2
+                self.err += float(np.sum(sq))
                 self.spread += float(np.sum((c64 - c64.mean()) ** 2))
+                err_units += sq.reshape(units, -1).sum(axis=1)
+        self._kl_units.append(kl_units)
+        self._err_units.append(err_units)
 
     def result(self) -> float:
         """The candidate's score so far (lower is better)."""
@@ -127,6 +156,15 @@ class OutputDivergence(Meter):
             score += self.err / self.spread
         return score
 
+    def per_sample(self) -> np.ndarray:
+        """Each scored sample's (or unit's) share of :meth:`result`, scaled so that their mean is the score."""
+        kl = np.concatenate(self._kl_units) if self._kl_units else np.zeros(0)
+        err = np.concatenate(self._err_units) if self._err_units else np.zeros(0)
+        scores = kl * (kl.size / self.kl_count) if self.kl_count else np.zeros_like(kl)
+        if self.spread > 0:
+            scores = scores + err * (err.size / self.spread)
+        return scores
+
 
 class _Top1(Meter):
     """Streams the top-1 accuracy of one candidate's logits on the labels."""
@@ -134,17 +172,35 @@ class _Top1(Meter):
     def __init__(self):
         self.hits = 0
         self.total = 0
+        self._right: List[np.ndarray] = []
 
     def update(self, expected: Any, outputs: Sequence[np.ndarray]) -> None:
         labels = expected
-        (logits,) = outputs
-        if logits.ndim != 2 or len(logits) != len(labels) or labels.dtype.kind not in "iu":
+        logits = outputs[0]
+        if not is_classifier_of(logits, labels):
             raise UnscorableError("the model is not a classifier of these labels")
-        self.hits += int((logits.argmax(axis=1) == labels).sum())
+        right = logits.argmax(axis=1) == labels
+        self.hits += int(right.sum())
         self.total += len(labels)
+        self._right.append(right.astype(np.float64))
 
     def result(self) -> float:
         return self.hits / self.total
+
+    def per_sample(self) -> np.ndarray:
+        """1 for every scored sample the candidate classifies right, else 0."""
+        return np.concatenate(self._right) if self._right else np.zeros(0)
+
+
+def is_classifier_of(logits: np.ndarray, labels: Optional[np.ndarray]) -> bool:
+    """Whether ``logits`` (an output) are class scores ``(N, C)`` of the integer ``labels`` ``(N,)``."""
+    return (
+        labels is not None
+        and labels.ndim == 1
+        and labels.dtype.kind in "iu"
+        and logits.ndim == 2
+        and len(logits) == len(labels)
+    )
 
 
 class Scorer:
@@ -175,37 +231,87 @@ class Scorer:
         raise NotImplementedError
 
 
+@dataclass
+class Reference:
+    """What ``auto``'s candidates are compared with on one scored part.
+
+    Attributes:
+        outputs: the clean model's outputs.
+        labels: the part's labels, None when the data has none.
+    """
+
+    outputs: List[np.ndarray]
+    labels: Optional[np.ndarray]
+
+
+class ChoiceMeter(Meter):
+    """``auto``'s meter: divergence from the clean outputs and, on labelled classifier data, top-1 per sample.
+
+    The top-1 is kept while every scored part has integer labels ``(N,)`` that the model's
+    first output classifies (``(N, C)``); otherwise :meth:`task` is None.
+    """
+
+    def __init__(self):
+        self.divergence = OutputDivergence()
+        self.top1: Optional[_Top1] = _Top1()
+
+    def update(self, expected: Reference, outputs: Sequence[np.ndarray]) -> None:
+        """Add one part: the clean outputs and labels, and the candidate's outputs."""
+        self.divergence.update(expected.outputs, outputs)
+        if self.top1 is not None:
+            if outputs and is_classifier_of(outputs[0], expected.labels):
+                self.top1.update(expected.labels, outputs)
+            else:
+                self.top1 = None
+
+    def result(self) -> float:
+        """The mean divergence (lower is better)."""
+        return self.divergence.result()
+
+    def per_sample(self) -> np.ndarray:
+        """Each scored sample's divergence (:meth:`OutputDivergence.per_sample`)."""
+        return self.divergence.per_sample()
+
+    def task(self) -> Optional[np.ndarray]:
+        """1 or 0 per scored sample: classified right (on labelled classifier data), else None."""
+        return None if self.top1 is None or not self.top1.total else self.top1.per_sample()
+
+
 class OutputDivergenceScorer(Scorer):
     """``auto``'s scorer: divergence from the clean model's outputs (lower is better, :func:`pick_candidate`).
 
-    The clean outputs are kept between candidates when they are small (a classifier's),
-    recomputed otherwise.
+    With ``labels`` (the default) the calibration data's labels are also read: on a
+    classifier each candidate's top-1 is kept per sample (:class:`ChoiceMeter`). The clean
+    outputs are kept between candidates when they are small (a classifier's), recomputed
+    otherwise.
     """
 
-    def __init__(self, clean_session):
-        """Args: clean_session: onnxruntime session of the clean model (reference outputs)."""
+    def __init__(self, clean_session, labels: bool = True):
+        """Args: clean_session: onnxruntime session of the clean model (reference outputs); labels: read them."""
         self.clean_session = clean_session
+        self.labels = labels
         self._cache: Optional[Dict[int, List[np.ndarray]]] = {}
         self._cached_bytes = 0
 
-    def new_meter(self) -> OutputDivergence:
-        """A fresh :class:`OutputDivergence`."""
-        return OutputDivergence()
+    def new_meter(self) -> ChoiceMeter:
+        """A fresh :class:`ChoiceMeter`."""
+        return ChoiceMeter()
 
-    def expected(self, index: int, part: Batch, chunk: Optional[int]) -> List[np.ndarray]:
-        """The clean model's outputs on ``part``."""
+    def expected(self, index: int, part: Batch, chunk: Optional[int]) -> Reference:
+        """The clean model's outputs on ``part``, and its labels."""
+        labels = np.asarray(part.labels) if self.labels and part.labels is not None else None
         if self._cache is not None and index in self._cache:
-            return self._cache[index]
+            return Reference(self._cache[index], labels)
         reference = run_chunked(self.clean_session, None, part.feeds, chunk)
         if self._cache is not None:
             self._cached_bytes += sum(r.nbytes for r in reference)
             self._cache = None if self._cached_bytes > _CACHE_LIMIT else self._cache
             if self._cache is not None:
                 self._cache[index] = reference
-        return reference
+        return Reference(reference, labels)
 
     def pick(self, scores: Dict[str, float]) -> str:
-        """:func:`pick_candidate`."""
+        """:func:`pick_candidate` on the mean scores alone (:func:`decide` uses the per-sample scores)."""
         return pick_candidate(scores)
 
 
@@ -239,14 +345,20 @@ class Scored:
     """What :func:`score_candidates` found.
 
     Attributes:
-        chosen: the winning candidate (:meth:`Scorer.pick`).
+        chosen: the winning candidate (:meth:`Scorer.pick`, on the mean scores).
         scores: each candidate's score.
         samples: samples each candidate was scored on.
+        per_sample: each candidate's score per scored sample (same order for every
+            candidate), where the meter keeps them.
+        task: each candidate's task metric per scored sample (higher is better), when every
+            candidate has one (labelled classifier data), else None.
     """
 
     chosen: str
     scores: Dict[str, float]
     samples: int
+    per_sample: Dict[str, np.ndarray] = field(default_factory=dict)
+    task: Optional[Dict[str, np.ndarray]] = None
 
 
 def score_candidates(
@@ -284,6 +396,8 @@ def score_candidates(
     plan = reading.plan if reading.plan is not None else DYNAMIC
     providers, batch_size, max_batches = reading.providers, reading.batch_size, reading.max_batches
     scores: Dict[str, float] = {}
+    per_sample: Dict[str, np.ndarray] = {}
+    task: Optional[Dict[str, np.ndarray]] = {}
     scored = 0
     for name, values in candidates.items():
         WriteBatchNormStatsPass(values)(model)
@@ -305,7 +419,11 @@ def score_candidates(
         if not scored:
             raise NothingScoredError("no sample to score the candidates on")
         scores[name] = meter.result()
-    return Scored(scorer.pick(scores), scores, scored)
+        samples, labelled = meter.per_sample(), meter.task()
+        if samples is not None:
+            per_sample[name] = samples
+        task = None if task is None or labelled is None else {**task, name: labelled}
+    return Scored(scorer.pick(scores), scores, scored, per_sample, task)
 
 
 def pick_candidate(scores: Dict[str, float]) -> str:
