@@ -20,10 +20,9 @@ import onnx
 import onnxruntime
 import pytest
 from onnx import TensorProto, external_data_helper, helper
-from test_reliability import _bounded_cli, _one_line
+from test_reliability import _bounded_cli, _one_line, _run
 
 import nabn_onnx.model.load as load_module
-from nabn_onnx.cli import main
 from nabn_onnx.model import save_model, serialize_model, weightless_copy
 
 from builders import images, small_cnn
@@ -52,15 +51,6 @@ def sessions(monkeypatch) -> List[str]:
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
     return built
-
-
-def _run(capsys, argv: List[object]):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _calibrate(ws: Path, model: Optional[Path] = None) -> List[object]:
