@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Optional
 
 import numpy as np
 import onnx
@@ -108,19 +108,27 @@ def test_a_fifo_is_refused_not_waited_on(ws: Path, where: str):
     assert "not a regular file" in done.stderr and done.stderr.count("\n") == 1
 
 
-def _bounded_cli(argv: List[object]) -> subprocess.CompletedProcess:
-    """The CLI in a child process with 2 GiB of address space and a minute: a regression fails, not the machine."""
+def _bounded_cli(
+    argv: List[object], *, memory: Optional[int] = 4 << 30, env: Optional[Dict[str, str]] = None
+) -> subprocess.CompletedProcess:
+    """The CLI in a child process with ``memory`` bytes of address space (None: no bound) and two minutes.
+
+    A regression fails the test, not the machine.
+    """
 
     def limit() -> None:
-        import resource
+        if memory is not None:
+            import resource
 
-        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
     return subprocess.run(
         [sys.executable, "-m", "nabn_onnx.cli", *map(str, argv)],
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=ROOT,
+        env=env,
         preexec_fn=limit,
     )
 

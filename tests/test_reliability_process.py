@@ -18,11 +18,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import onnx
 import pytest
+from test_reliability import _bounded_cli
 
 from nabn_onnx.cli import main
 from nabn_onnx.memory import MEMORY_ENV, sample_memory
@@ -51,24 +52,6 @@ def _env(temp: Path) -> Dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(temp), NABN_INTRA_OP_THREADS="1")
     env.pop(MEMORY_ENV, None)
     return env
-
-
-def _cli(argv: List[object], env: Dict[str, str], memory: Optional[int] = None) -> subprocess.CompletedProcess:
-    def limit() -> None:
-        if memory is not None:
-            import resource
-
-            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-
-    return subprocess.run(
-        [sys.executable, "-m", "nabn_onnx.cli", *map(str, argv)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=env,
-        preexec_fn=limit,
-    )
 
 
 def _children(pid: int) -> List[int]:
@@ -166,7 +149,7 @@ def test_a_killed_sweeps_workers_end_and_its_folder_is_removed_by_the_next_run(w
     owner = owner_of(left[0].name, ["nabn-sweep-"])
     assert owner is not None and (owner.pid, owner.host) == (parent.pid, this_process().host), left[0].name
     _age(left[0], 2 * STALE_AGE)
-    done = _cli(["evaluate", ws / "model.onnx", "--data", ws / "test.npz", "-q"], _env(temp))
+    done = _bounded_cli(["evaluate", ws / "model.onnx", "--data", ws / "test.npz", "-q"], memory=None, env=_env(temp))
     assert done.returncode == 0, done.stderr
     assert not left[0].exists(), "the next run kept the folder of the killed sweep"
 
@@ -194,7 +177,7 @@ def test_the_next_run_removes_only_old_leftovers_of_ended_processes(ws: Path):
     target = _make(ws / "target", age=old)
     link = temp / f"nabn-session-{dead.tag()}-link0000"
     link.symlink_to(target)
-    done = _cli(["evaluate", ws / "model.onnx", "--data", ws / "test.npz", "-q"], _env(temp))
+    done = _bounded_cli(["evaluate", ws / "model.onnx", "--data", ws / "test.npz", "-q"], memory=None, env=_env(temp))
     assert done.returncode == 0, done.stderr
     assert [p.name for p in removed if p.exists()] == []
     assert [p.name for p in kept if not p.exists()] == []
@@ -347,7 +330,7 @@ def test_a_huge_declared_input_is_refused_in_one_line_before_reading_data(tmp_pa
             "1",
         ],
     }[command]
-    done = _cli([*argv, "--batch-size", "64"], _env(tmp_path / "tmp"), memory=4 << 30)
+    done = _bounded_cli([*argv, "--batch-size", "64"], env=_env(tmp_path / "tmp"))
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
     assert lines[0].startswith(f"nabn-onnx {command}: error: a batch of "), lines[0]
