@@ -160,19 +160,9 @@ class SampleMemory:
 
 def samples_in(data: object) -> Optional[int]:
     """Samples in ``data`` when they can be counted without reading it (``.npz``, a mapping, an image folder)."""
-    from .data import ImageFolder, count_samples
+    from .data import count_samples
 
-    found = count_samples(data)
-    if found is not None:
-        return found
-    if isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
-        data = ImageFolder(data)
-    if isinstance(data, ImageFolder):
-        try:
-            return len(data.files()[0])
-        except NabnError:  # reading the data will say what is wrong with it
-            return None
-    return None
+    return count_samples(data)
 
 
 def check_batch(

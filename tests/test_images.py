@@ -137,3 +137,140 @@ def test_mean_and_std_may_be_bare_numbers(tmp_path):
     assert (bare.mean, bare.std) == ((0.5,), (2.0,))
     with pytest.raises(DataError, match="std must not contain 0"):
         ImageFolder(tmp_path, std=0.0)
+
+
+# ---- decoded once: a calibration reads its data up to seven times (issue 19)
+
+
+def _photo_folder(root: Path, count: int = 10, size=(14, 11)) -> Path:
+    """RGB images of varied sizes in two class folders (the decode path Pillow really takes)."""
+    rng = np.random.default_rng(3)
+    for i in range(count):
+        shape = (size[0] + i % 3, size[1] + i % 2, 3)
+        _write(root / f"c{i % 2}" / f"{i:02d}.png", rng.integers(0, 256, shape))
+    return root
+
+
+RGB_NCHW = [InputSpec("input", np.dtype(np.float32), (None, 3, 8, 8))]
+
+
+def _batches(source, batch_size=4, **kwargs):
+    return list(iter_batches(source, RGB_NCHW, batch_size=batch_size, **kwargs))
+
+
+def _same(a, b) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.feeds.keys() == y.feeds.keys()
+        for key in x.feeds:
+            assert x.feeds[key].dtype == y.feeds[key].dtype
+            np.testing.assert_array_equal(x.feeds[key], y.feeds[key])
+        np.testing.assert_array_equal(x.labels, y.labels)
+
+
+def test_decoded_folder_decodes_once_and_replays_the_same_batches(tmp_path, monkeypatch):
+    from nabn_onnx.data import DecodedFolder, count_samples, decoded_once
+
+    folder = ImageFolder(_photo_folder(tmp_path / "val"), resize=9, crop=8, mean=(0.4, 0.5, 0.6), std=0.2)
+    direct = _batches(folder)
+    decoded = decoded_once(folder)
+    assert isinstance(decoded, DecodedFolder) and count_samples(decoded) == 10
+    assert count_samples(tmp_path / "val") == 10  # a folder path is counted too (auto holds out whole batches)
+    calls = []
+    real = ImageFolder._finish
+    monkeypatch.setattr(ImageFolder, "_finish", lambda self, *a: calls.append(a[0]) or real(self, *a))
+    first = _batches(decoded)
+    assert len(calls) == 10
+    _same(first, direct)
+    second, third = _batches(decoded), _batches(decoded)
+    assert len(calls) == 10, "later passes must read the decoded batches back, not decode again"
+    _same(second, direct)
+    _same(third, direct)
+    # another batching of the same folder is decoded (once) on its own
+    _same(_batches(decoded, batch_size=3), _batches(folder, batch_size=3))
+    assert len(calls) == 10 + 10 + 10  # the wrapper's new batching, then the direct read
+    _batches(decoded, batch_size=3)
+    assert len(calls) == 30
+    spool = decoded._spool
+    assert spool is not None and Path(spool).is_dir()
+    decoded.close()
+    assert not Path(spool).exists()
+    _same(_batches(decoded), direct)  # closed: decoded again, same batches
+
+
+def test_decoded_folder_continues_a_pass_that_stopped_early(tmp_path, monkeypatch):
+    from nabn_onnx.data import decoded_once
+
+    folder = ImageFolder(_photo_folder(tmp_path / "val"), resize=9, crop=8)
+    decoded = decoded_once(folder)
+    calls = []
+    real = ImageFolder._finish
+    monkeypatch.setattr(ImageFolder, "_finish", lambda self, *a: calls.append(a[0]) or real(self, *a))
+    _same(_batches(decoded, max_batches=1), _batches(folder, max_batches=1))
+    # iter_batches reads one batch ahead (a last batch too small is dropped): 2 of 3 raw batches, each
+    assert len(calls) == 8 + 8
+    _same(_batches(decoded), _batches(folder))
+    assert len(calls) == 16 + 2 + 10  # the wrapper decodes only the third batch (2 images)
+
+
+def test_decoded_folder_falls_back_to_decoding_when_the_disk_refuses(tmp_path, monkeypatch):
+    from nabn_onnx.data import decoded_once
+
+    folder = ImageFolder(_photo_folder(tmp_path / "val"), resize=9, crop=8)
+    direct = _batches(folder)
+    decoded = decoded_once(folder)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    _same(_batches(decoded), direct)
+    _same(_batches(decoded), direct)
+    assert decoded._spool is None
+
+
+def test_decoding_on_threads_keeps_order_and_the_first_bad_image(tmp_path):
+    import nabn_onnx.data.images as images
+
+    root = _photo_folder(tmp_path / "val", count=12)
+    folder = ImageFolder(root, resize=9, crop=8)
+    paths = folder.files()[0]
+    serial = [folder._load(p, 3, (8, 8)) for p in paths]
+    threaded = folder._load_all(paths, 3, (8, 8))
+    for a, b in zip(serial, threaded):
+        np.testing.assert_array_equal(a, b)
+    assert images._DECODE_THREADS >= 2
+    (paths[5]).write_bytes(b"\x89PNG\r\n\x1a\n" + b"broken" * 10)
+    (paths[9]).write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match=f"cannot read image {paths[5]}"):
+        folder._load_all(paths, 3, (8, 8))
+
+
+def test_calibrate_and_split_take_an_image_folder_with_its_options(tmp_path, capsys):
+    import onnx
+
+    model = small_cnn(seed=0, size=8)
+    onnx.save(model, tmp_path / "m.onnx")
+    _photo_folder(tmp_path / "imgs", count=16)
+    image_options = ["--resize", "9", "--crop", "8", "--mean", "0.5", "--std", "0.25"]  # gray model
+    common = [str(tmp_path / "m.onnx"), "--data", str(tmp_path / "imgs"), *image_options, "-q"]
+    assert main(["split", *common, "--batch-size", "8", "-o", str(tmp_path / "s.onnx")]) == 0
+    assert main(["calibrate", *common, "--noise", "mul", "--eta", "0.1", "--batch-size", "4",
+                 "--test", str(tmp_path / "imgs"), "-o", str(tmp_path / "c.onnx")]) == 0  # fmt: skip
+    assert (tmp_path / "s.onnx").exists() and (tmp_path / "c.onnx").exists()
+    assert not list(Path(tmp_path).glob("**/nabn-spool-*"))
+    # the same statistics as the folder read through the Python API with the same preprocessing
+    from nabn_onnx import calibrate
+
+    source = ImageFolder(tmp_path / "imgs", resize=9, crop=8, mean=0.5, std=0.25)
+    from nabn_onnx.noise import MulNoise
+
+    result = calibrate(model, source, noise=MulNoise(eta=0.1, seed=0), batch_size=4)
+    from onnx import numpy_helper
+
+    saved = {t.name: numpy_helper.to_array(t) for t in onnx.load(tmp_path / "c.onnx").graph.initializer}
+    for tensor in result.model.graph.initializer:
+        np.testing.assert_array_equal(numpy_helper.to_array(tensor), saved[tensor.name])
+    capsys.readouterr()
+    assert main(["calibrate", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "x.npz"), "--mean", "0.5"]) != 0
+    assert "--mean apply to image folders only" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from ..data import DataLike, check_batching, replayable
+from ..data import DataLike, check_batching, decoded_once, replayable
 from ..errors import NabnError
 from ..logs import once_per_job, warn_once
 from ..model import (
@@ -200,7 +200,8 @@ class Calibrator:
         with once_per_job():
             with step("prepare"):
                 job = self.prepare(model, reference)
-                source, data = data, replayable(data)
+                # image folders are decoded on the first pass only (the job reads its data up to 7 times)
+                source, data = data, decoded_once(replayable(data))
                 self.plan_holdout(job, data)
             with self.progress(job, data) as bar:
                 with step("measure_inserted"):
@@ -222,6 +223,8 @@ class Calibrator:
                 with step("choose"):
                     self.choose(job, data, clean_session, bar)
                 del clean_session
+                if hasattr(data, "close"):
+                    data.close()  # the decoded images' folder (see decoded_once)
             with step("write_back"):
                 layers = self.write_back(job)
         report = self.report(job, layers, started)

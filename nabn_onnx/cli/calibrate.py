@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import NabnError
 from .groups import (
+    ImageFolderGroup,
     LayerSelectionGroup,
     MethodGroup,
     ModelOutputGroup,
@@ -24,7 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     """Add the command's parser; ``common`` holds the options every command shares."""
     p = subparsers.add_parser("calibrate", parents=[common], help="re-estimate BatchNorm statistics on a noisy chip")
     p.add_argument("model", help="input .onnx model (BatchNorm kept or fused)")
-    p.add_argument("--data", required=True, help="calibration data (.npz keyed by input name)")
+    p.add_argument(
+        "--data", required=True, help="calibration data: .npz keyed by input name, or an image folder (see below)"
+    )
     NoiseGroup.add(p, required=False)
     MethodGroup.add(p)
     p.add_argument(
@@ -45,7 +48,11 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("--max-batches", type=int)
     p.add_argument("--reference", help="the clean model, when MODEL is already noisy")
     p.add_argument("--report", help="write the per-layer report (.json or .md)")
-    p.add_argument("--test", help="labelled test .npz: report the metric of the clean, noisy and calibrated model")
+    p.add_argument(
+        "--test",
+        help="labelled test .npz or image folder of class subfolders: report the metric of the clean, noisy and "
+        "calibrated model",
+    )
     p.add_argument(
         "--metric",
         default="top1",
@@ -54,6 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     )
     ModelOutputGroup.add(p, default="MODEL.nabn.onnx")
     LayerSelectionGroup.add(p)
+    ImageFolderGroup.add(p)
     RuntimeGroup.add(p)
     p.set_defaults(func=run, subparser=p)
 
@@ -78,15 +86,17 @@ def run(args: argparse.Namespace) -> int:
         momentum=0.999 if args.momentum is None else args.momentum,
     )
     config = calibration_config(args, noise, estimator=estimator)
-    result = calibrate(args.model, args.data, config, reference=args.reference)
+    data = ImageFolderGroup.parse(args.data, args)
+    test = ImageFolderGroup.parse(args.test, args) if args.test else None
+    result = calibrate(args.model, data, config, reference=args.reference)
     gain = None
-    if args.test:
+    if test is not None:
         from ..evaluation.evaluate import measure_gain
 
         gain = measure_gain(
             args.model,
             result.model,
-            args.test,
+            test,
             noise=noise,
             reference=args.reference,
             metric=args.metric,

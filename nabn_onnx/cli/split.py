@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .groups import LayerSelectionGroup, ModelOutputGroup, RuntimeGroup, say
+from .groups import ImageFolderGroup, LayerSelectionGroup, ModelOutputGroup, RuntimeGroup, say
 from .paths import default_output, guard_paths
 
 __all__ = ["add_parser", "run"]
@@ -16,10 +16,14 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     """Add the command's parser; ``common`` holds the options every command shares."""
     p = subparsers.add_parser("split", parents=[common], help="insert a BatchNormalization after each analog layer")
     p.add_argument("model", help="input .onnx model")
-    p.add_argument("--data", help="calibration .npz: measure clean statistics for the inserted BatchNorms")
+    p.add_argument(
+        "--data",
+        help="calibration .npz or image folder: measure clean statistics for the inserted BatchNorms",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     ModelOutputGroup.add(p, default="MODEL.split.onnx")
     LayerSelectionGroup.add(p)
+    ImageFolderGroup.add(p)
     RuntimeGroup.add(p)
     p.set_defaults(func=run, subparser=p)
 
@@ -33,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     result = split(
         args.model,
-        data=args.data,
+        data=ImageFolderGroup.parse(args.data, args) if args.data else None,
         include=args.include,
         exclude=args.exclude,
         batch_size=args.batch_size,

@@ -51,7 +51,22 @@ DataLike = Union[str, os.PathLike, Mapping[str, np.ndarray], Iterable[Mapping[st
 
 
 def count_samples(data: DataLike) -> Optional[int]:
-    """Samples in ``data`` when they can be counted without reading it (``.npz`` or a mapping); None otherwise."""
+    """Samples in ``data`` when they can be counted without reading it; None otherwise.
+
+    An ``.npz`` (its first header), a mapping, an image folder (its image files, listed not
+    decoded) can be counted; a reader or an iterator cannot.
+    """
+    from .images import DecodedFolder, ImageFolder
+
+    if isinstance(data, DecodedFolder):
+        data = data.folder
+    if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
+        data = ImageFolder(data)
+    if isinstance(data, ImageFolder):
+        try:
+            return len(data.files()[0])
+        except DataError:  # reading the data will say what is wrong with it
+            return None
     if isinstance(data, (str, os.PathLike)) and Path(data).suffix == ".npz" and Path(data).is_file():
         try:
             with zipfile.ZipFile(data) as archive, archive.open(archive.namelist()[0]) as fh:
@@ -144,9 +159,9 @@ def _raw_batches(data: DataLike, specs: Sequence[InputSpec], batch_size: int) ->
         if path.suffix != ".npz":
             raise DataError(f"data must be an .npz file or an image folder, got {path}")
         return npz_batches(path, specs, batch_size)
-    from .images import ImageFolder
+    from .images import DecodedFolder, ImageFolder
 
-    if isinstance(data, ImageFolder):
+    if isinstance(data, (ImageFolder, DecodedFolder)):
         return data.batches(specs, batch_size)
     if hasattr(data, "get_next"):
         return _rebatch(reader_batches(data), batch_size)
