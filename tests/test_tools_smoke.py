@@ -64,7 +64,7 @@ RUNS = {
     "tools.bench.bench_large": ("--width 0.1 --steps split --formats inline", []),
     "tools.bench.bench_graphsurgeon": ("--width 0.1 --steps 'to_model,split gs.Graph'", []),
     "tools.bench.bench_real_calibrate": (
-        "--models resnet50 --width 0.1 --samples 4 --only plain,inject --json {tmp}/bench.json",
+        "--models resnet50 --width 0.1 --samples 8 --only plain,inject,calibrate-images --json {tmp}/bench.json",
         ["bench.json"],
     ),
     "tools.bench.bench_sweep": ("--chips 1 --scale-chips 1 --etas 0.1 --no-ray --calib {calib} --test {test}", []),

@@ -10,6 +10,9 @@ inference pass over the same data:
   ``.npz`` read with ``numpy.load``, every batch of 64 run: the baseline;
 * ``calibrate`` of the fused model with ``--noise mul --eta 0.1 --seed 0``: default
   (``auto``), ``--method paper``, ``--method delta``;
+* ``calibrate-images``: the default calibrate with the same crops as an image folder
+  (320x320 JPEGs written from them, resized and center-cropped back to 224 with ImageNet's
+  mean and std): what decoding adds to a calibration;
 * ``split --data`` (the prepared model), ``calibrate prepared --method paper`` (Algorithm 1
   over a prepared model: one pass), ``inject prepared`` (the chip) and ``calibrate chip``
   (chip mode, Algorithm 1 only), ``inject`` of the fused model, ``evaluate chip`` (top-1 on
@@ -74,6 +77,10 @@ MEMORY_TARGET, MEMORY_GOAL = 2.5, 1.5
 MEMORY_TARGET_OF = dict.fromkeys(("calibrate-auto", "calibrate-paper", "calibrate-delta", "split-data"), 1.5)
 #: The bound on |ours - PyTorch| / max(1, |PyTorch|) of tools/reference/torch_reference.py.
 TORCH_TOLERANCE = 1e-4
+
+#: ImageNet normalization (the crops of the real-model cache are normalized with it)
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGE_OPTIONS = ["--crop", "224", "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD))]
 
 PLAIN_SCRIPT = """
 import sys, numpy as np, onnxruntime as ort
@@ -288,6 +295,10 @@ def commands(model: Path, data: Path, work: Path, with_torch: bool) -> List[Tupl
                 str(out),
             ],
         ),
+        (
+            "calibrate-images",
+            [*cli, "calibrate", str(model), "--data", str(work / "images"), *IMAGE_OPTIONS, *NOISE, *bs, "-q", "-o", str(out)],
+        ),
         ("split-data", [*cli, "split", str(model), "--data", str(data), *bs, "-q", "-o", str(prepared)]),
         (
             "calibrate-prepared",
@@ -321,6 +332,25 @@ def commands(model: Path, data: Path, work: Path, with_torch: bool) -> List[Tupl
     return rows
 
 
+def write_images(data: Path, folder: Path) -> bool:
+    """The calibration crops as 320x320 JPEGs in ``folder`` (so ``calibrate-images`` decodes, resizes and crops).
+
+    False when Pillow is missing (the row is then skipped).
+    """
+    try:
+        from PIL import Image
+    except ImportError:
+        return False
+    folder.mkdir(exist_ok=True)
+    with np.load(data) as arrays:
+        crops = arrays["input"]
+    mean, std = np.asarray(MEAN).reshape(3, 1, 1), np.asarray(STD).reshape(3, 1, 1)
+    for i, crop in enumerate(crops):
+        pixels = np.clip((crop * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        Image.fromarray(pixels).resize((320, 320), Image.BILINEAR).save(folder / f"{i:04d}.jpg", quality=92)
+    return True
+
+
 def bench_model(
     label: str,
     model: Path,
@@ -346,6 +376,9 @@ def bench_model(
                 selected.add(name)
     for name, argv in commands(model, data, work, with_torch=label == "mobilenet"):
         if (selected is not None and name not in selected) or name in skip:
+            continue
+        if name == "calibrate-images" and not write_images(data, work / "images"):
+            print(f"  {label}: {name} skipped (no Pillow: pip install nabn-onnx[images])", file=sys.stderr)
             continue
         print(f"  {label}: {name} ...", end="", flush=True, file=sys.stderr)
         if name == "pytorch":
