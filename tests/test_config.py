@@ -286,3 +286,37 @@ def test_inject_takes_its_config_or_the_old_keywords():
         nb.inject(KEPT)
     with pytest.raises(TypeError, match="unexpected keyword argument 'layer'"):
         nb.inject(KEPT, NOISE, layer="conv")
+
+
+def test_the_scored_parts_are_read_once_for_all_candidates(monkeypatch):
+    """auto reads its held-out parts once and keeps them for the other candidates (re-reads them when too large)."""
+    from nabn_onnx.calibration import scoring
+
+    real = scoring.iter_batches
+    reads = []
+
+    def counted(*args, **kwargs):
+        reads.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "iter_batches", counted)
+    kept = nb.calibrate(KEPT, CALIB, noise=NOISE, max_batches=4)
+    assert len(reads) == 1
+    monkeypatch.setattr(scoring, "_CACHE_LIMIT", 0)  # nothing kept: one read per candidate
+    reads.clear()
+    reread = nb.calibrate(KEPT, CALIB, noise=NOISE, max_batches=4)
+    assert len(reads) == 4
+    assert kept.report.scores == reread.report.scores and kept.report.chosen == reread.report.chosen
+
+
+def test_a_kept_held_out_slice_does_not_hold_its_whole_batch():
+    from nabn_onnx.calibration.holdout import holdout_split
+    from nabn_onnx.calibration.scoring import _owned
+    from nabn_onnx.data import Batch
+
+    batch = Batch({"x": np.arange(80, dtype=np.float32).reshape(8, 10)}, np.arange(8))
+    _, held = holdout_split(batch)
+    owned = _owned(held)
+    assert owned.feeds["x"].base is None and owned.labels.base is None
+    np.testing.assert_array_equal(owned.feeds["x"], batch.feeds["x"][6:])
+    assert _owned(owned) is owned
