@@ -51,7 +51,7 @@ from typing import Dict, List, Optional
 import onnx
 from onnx import ModelProto, helper
 
-from .errors import NabnError, ResourceError
+from .errors import ResourceError
 from .model import weightless_copy
 
 __all__ = [

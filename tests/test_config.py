@@ -320,3 +320,41 @@ def test_a_kept_held_out_slice_does_not_hold_its_whole_batch():
     assert owned.feeds["x"].base is None and owned.labels.base is None
     np.testing.assert_array_equal(owned.feeds["x"], batch.feeds["x"][6:])
     assert _owned(owned) is owned
+
+
+def _counting(function, calls):
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return function(*args, **kwargs)
+
+    return counted
+
+
+def test_reuse_clean_on_a_fused_model_measures_the_clean_side_once(monkeypatch):
+    """A fused model: the inserted BatchNorms' statistics, the clean pass and the clean outputs are reused per chip."""
+    import sys
+
+    from nabn_onnx.calibration import scoring
+
+    passes, runs = [], []
+    real_run = scoring.run_chunked
+    # every pass over the data: the tap (through collect_stats) and the training-mode passes (the calibrator's)
+    for module in ("nabn_onnx.calibration.measure", "nabn_onnx.calibration.calibrator"):
+        real_measure = sys.modules[module].measure  # the package exports a function of that name: sys.modules
+        monkeypatch.setattr(sys.modules[module], "measure", _counting(real_measure, passes))
+    monkeypatch.setattr(scoring, "run_chunked", _counting(real_run, runs))
+    config = CalibrationConfig(data=DataSettings(64, 4))
+    shared = Calibrator(config, reuse_clean=True)
+    chips = [nb.make_noise("mul", 0.2, seed=s) for s in range(3)]
+    reused = [shared.with_noise(chip)(FUSED, CALIB) for chip in chips]
+    # chip 0: clean statistics, clean pass, noisy pass; then the noisy pass alone. Scoring: 4 candidates on
+    # the one held-out batch, and the clean outputs once
+    assert (len(passes), len(runs)) == (3 + 1 + 1, 5 + 4 + 4)
+    assert reused[1].report.steps.get("measure_clean") is None
+    fresh = [nb.calibrate(FUSED, CALIB, config.replace(noise=chip)) for chip in chips]
+    assert (len(passes), len(runs)) == (5 + 9, 13 + 15)
+    for a, b in zip(reused, fresh):
+        assert a.report.chosen == b.report.chosen and a.report.scores == b.report.scores
+        assert a.report.inserted == b.report.inserted and a.report.inserted
+        wa, wb = _weights(a.model), _weights(b.model)
+        assert wa.keys() == wb.keys() and all(np.array_equal(wa[n], wb[n]) for n in wa)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -45,7 +45,7 @@ from ..passes.inject import InjectWeightNoisePass
 from ..passes.write_stats import WriteBatchNormStatsPass, bn_epsilon, read_bn_params
 from ..progress import Progress
 from ..runtime import SERVE, make_session
-from .batchnorms import placeholder_values, running_stats
+from .batchnorms import Stats, placeholder_values, running_stats
 from .choice import choose_by_score, guard_chip
 from .config import CalibrationConfig, CalibrationOptions, Reading
 from .holdout import count_batches, holdout_mode
@@ -116,12 +116,18 @@ class CleanRun:
         data: the data object passed (before it was made replayable).
         run: the clean model's train-mode statistics.
         session: ``auto``'s clean reference session, or None.
+        measured: the clean statistics of the BatchNorms this calibrator inserted (a fused
+            model), None when it inserted none.
+        references: ``auto``'s clean reference outputs on the scored parts (the scorer's
+            cache, filled by the first chip; the same for every chip).
     """
 
     model: object
     data: object
     run: Optional[Measured]
     session: object
+    measured: Optional[Stats] = None
+    references: Optional[dict] = field(default_factory=dict)
 
     @staticmethod
     def key(model: object, data: object) -> Tuple[int, int]:
@@ -203,25 +209,29 @@ class Calibrator:
                 # image folders are decoded on the first pass only (the job reads its data up to 7 times)
                 source, data = data, decoded_once(replayable(data))
                 self.plan_holdout(job, data)
+            if cached is not None and sorted(cached.measured or {}) != sorted(job.placeholders):
+                cached = None  # not the same split (it cannot differ for one model and config, but never guess)
             with self.progress(job, data) as bar:
+                per_pass = count_batches(data, self.config.data.batch_size, self.config.data.max_batches) or 0
                 with step("measure_inserted"):
-                    self.measure_inserted(job, data, bar)
-                if cached is not None and not job.placeholders:
+                    self.measure_inserted(job, data, bar, known=cached.measured if cached is not None else None)
+                if cached is not None:
                     job.clean_run, clean_session = cached.run, cached.session
-                    bar.update(count_batches(data, self.config.data.batch_size, self.config.data.max_batches) or 0)
+                    bar.update(per_pass * (1 + bool(job.placeholders)))
                 else:
                     with step("measure_clean"):
                         self.measure_clean(job, data, bar)
                     with step("clean_session"):
                         clean_session = self.clean_session(job)
-                    if reuse and not job.placeholders:
-                        self._clean[CleanRun.key(model, source)] = CleanRun(model, source, job.clean_run, clean_session)
+                    if reuse:
+                        cached = CleanRun(model, source, job.clean_run, clean_session, job.measured or None)
+                        self._clean[CleanRun.key(model, source)] = cached
                 with step("put_noise"):
                     self.put_noise(job)
                 with step("measure_noisy"):
                     self.measure_noisy(job, data, bar)
                 with step("choose"):
-                    self.choose(job, data, clean_session, bar)
+                    self.choose(job, data, clean_session, bar, references=cached.references if cached else None)
                 del clean_session
                 if hasattr(data, "close"):
                     data.close()  # the decoded images' folder (see decoded_once)
@@ -268,11 +278,19 @@ class Calibrator:
         total = None if per_pass is None else passes * per_pass + scoring
         return Progress("calibrating", total, enabled=self.config.runtime.show_progress)
 
-    def measure_inserted(self, job: CalibrationJob, data: DataLike, bar: Optional[Progress] = None) -> None:
-        """Clean statistics of the BatchNorms inserted without them, written into both models."""
+    def measure_inserted(
+        self, job: CalibrationJob, data: DataLike, bar: Optional[Progress] = None, known: Optional[Stats] = None
+    ) -> None:
+        """Clean statistics of the BatchNorms inserted without them, written into both models.
+
+        ``known``: the same statistics measured by an earlier call of a ``reuse_clean``
+        calibrator (written without reading the data).
+        """
         if job.placeholders:
             assert job.clean is not None, "prepare inserts placeholders only with a clean model"
-            fill_inserted_stats(job.model, job.clean, job.placeholders, data, self._reading(job), progress=bar)
+            job.measured = fill_inserted_stats(
+                job.model, job.clean, job.placeholders, data, self._reading(job), progress=bar, known=known
+            )
         job.reference = running_stats(read_bn_params(job.model), job.names)
 
     def measure_clean(self, job: CalibrationJob, data: DataLike, bar: Optional[Progress] = None) -> None:
@@ -308,12 +326,24 @@ class Calibrator:
                 "measured on it say nothing about real data; calibrate on real inputs",
             )
 
-    def choose(self, job: CalibrationJob, data: DataLike, clean_session=None, bar: Optional[Progress] = None) -> None:
-        """Which statistics to write: the method's, ``auto``'s best candidate, or the chip guard's."""
+    def choose(
+        self,
+        job: CalibrationJob,
+        data: DataLike,
+        clean_session=None,
+        bar: Optional[Progress] = None,
+        *,
+        references: Optional[dict] = None,
+    ) -> None:
+        """Which statistics to write: the method's, ``auto``'s best candidate, or the chip guard's.
+
+        ``references``: ``auto``'s clean outputs on the scored parts, kept across the chips
+        of a ``reuse_clean`` calibrator (filled on first use).
+        """
         job.chosen = job.method
         if job.strategy.chooses:
             assert job.holdout is not None, "plan_holdout() sets the hold-out for auto"
-            choose_by_score(job, data, self._reading(job), clean_session, bar)
+            choose_by_score(job, data, self._reading(job), clean_session, bar, references=references)
         elif self._chip_guard_applies(job):
             assert job.holdout is not None, "plan_holdout() sets the hold-out for the chip guard"
             guard_chip(job, data, self._reading(job))

@@ -64,6 +64,7 @@ def choose_by_score(
     bar: Optional[Progress] = None,
     *,
     labels: bool = True,
+    references: Optional[dict] = None,
 ) -> Decision:
     """``auto``: estimate every candidate on the fit samples, score it on the held-out ones, :func:`decide`.
 
@@ -79,6 +80,8 @@ def choose_by_score(
         bar: advanced once per scored batch.
         labels: read the calibration data's labels: on a classifier, top-1 per held-out
             sample may override the divergence (:func:`decide`).
+        references: the clean outputs on the scored parts, kept between calls on the same
+            clean model, data and hold-out (a sweep's chips); filled here on first use.
     """
     clean_run, noisy_run = job.clean_run, job.noisy_run
     assert clean_run is not None and noisy_run is not None and job.holdout is not None
@@ -101,7 +104,7 @@ def choose_by_score(
         candidates,
         data,
         reading,
-        OutputDivergenceScorer(clean_session, labels=labels),
+        OutputDivergenceScorer(clean_session, labels=labels, cache=references),
         select=None if in_sample else held_out(job.holdout),
         progress=bar,
     )

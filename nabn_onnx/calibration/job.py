@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 from onnx import ModelProto
 
 from ..runtime import DYNAMIC, BatchPlan
-from .batchnorms import BNValues
+from .batchnorms import BNValues, Stats
 from .measure import Measured
 from .methods import Method, get_method
 
@@ -39,6 +39,7 @@ class CalibrationJob:
         note: why the method runs as it does.
         plan: how sessions take batches.
         reference: each recalibrated BatchNorm's statistics before calibration.
+        measured: the clean statistics measured for the ``placeholders`` (written into both models).
         holdout: how ``auto`` (or the chip guard) holds samples out, None when nothing is scored.
         clean_run: the clean model's train-mode statistics (methods that ``need_clean``).
         noisy_run: the chip's train-mode statistics (Algorithm 1).
@@ -62,6 +63,7 @@ class CalibrationJob:
     plan: BatchPlan = DYNAMIC
     # added by the steps over the data
     reference: BNValues = field(default_factory=dict)
+    measured: Optional[Stats] = None
     holdout: Optional[str] = None
     clean_run: Optional[Measured] = None
     noisy_run: Optional[Measured] = None

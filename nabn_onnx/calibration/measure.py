@@ -213,6 +213,7 @@ def fill_inserted_stats(
     reading: Optional[Reading] = None,
     *,
     progress: Optional[Progress] = None,
+    known: Optional[Stats] = None,
 ) -> Stats:
     """Measure the clean statistics of inserted BatchNorms and write them into ``model``.
 
@@ -221,14 +222,19 @@ def fill_inserted_stats(
     on data with those statistics, in ``model`` (and in ``clean`` when it is another model).
     ``progress`` advances once per batch. (Formerly ``engine.measure_inserted``: renamed so that
     it no longer shares its name with the step ``Calibrator.measure_inserted`` that calls it.)
+    ``known``: statistics this function measured before on the same clean model and data
+    (a sweep's earlier chip): written without reading the data.
 
     Returns:
         The statistics measured, ``{bn name: (mean, var)}``.
     """
-    reading = reading if reading is not None else Reading()
-    if reading.plan is None:
-        reading = dataclasses.replace(reading, plan=plan_batch(clean, reading.providers))
-    stats, _, _ = collect_stats(clean, data, reading, tap=names, progress=progress)
+    if known is not None:
+        stats = {name: known[name] for name in names}
+    else:
+        reading = reading if reading is not None else Reading()
+        if reading.plan is None:
+            reading = dataclasses.replace(reading, plan=plan_batch(clean, reading.providers))
+        stats, _, _ = collect_stats(clean, data, reading, tap=names, progress=progress)
     eps_of = {n.name: bn_epsilon(n) for n in batchnorm_nodes(model)}
     values = identity_values(stats, eps_of)
     WriteBatchNormStatsPass(values)(model)

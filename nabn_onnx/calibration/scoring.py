@@ -26,6 +26,10 @@ guard (:mod:`.choice`) both use it:
 
 Which samples are scored is the caller's choice (``select``, :mod:`.holdout`). A score over
 no sample at all is refused (it would be 0 for every candidate and choose blindly).
+
+The module is above 450 lines because the scoring loop, the two scorers and the meters
+they feed are one contract (what ``expected`` gives is what ``update`` takes); split, each
+part would be read only beside the others.
 """
 
 from __future__ import annotations
@@ -286,12 +290,20 @@ class OutputDivergenceScorer(Scorer):
     otherwise.
     """
 
-    def __init__(self, clean_session, labels: bool = True):
-        """Args: clean_session: onnxruntime session of the clean model (reference outputs); labels: read them."""
+    def __init__(self, clean_session, labels: bool = True, cache: Optional[Dict[int, List[np.ndarray]]] = None):
+        """The scorer of one ``auto`` choice.
+
+        Args:
+            clean_session: onnxruntime session of the clean model (the reference outputs).
+            labels: read the data's labels.
+            cache: a dict that keeps the clean outputs beyond this scorer (another chip of the
+                same clean model, data and hold-out), filled here; left empty when they are too
+                large to keep.
+        """
         self.clean_session = clean_session
         self.labels = labels
-        self._cache: Optional[Dict[int, List[np.ndarray]]] = {}
-        self._cached_bytes = 0
+        self._cache: Optional[Dict[int, List[np.ndarray]]] = cache if cache is not None else {}
+        self._cached_bytes = sum(r.nbytes for outputs in self._cache.values() for r in outputs)
 
     def new_meter(self) -> ChoiceMeter:
         """A fresh :class:`ChoiceMeter`."""
@@ -305,8 +317,10 @@ class OutputDivergenceScorer(Scorer):
         reference = run_chunked(self.clean_session, None, part.feeds, chunk)
         if self._cache is not None:
             self._cached_bytes += sum(r.nbytes for r in reference)
-            self._cache = None if self._cached_bytes > _CACHE_LIMIT else self._cache
-            if self._cache is not None:
+            if self._cached_bytes > _CACHE_LIMIT:
+                self._cache.clear()  # a shared cache stays empty: every chip recomputes
+                self._cache = None
+            else:
                 self._cache[index] = reference
         return Reference(reference, labels)
 

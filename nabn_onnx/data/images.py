@@ -289,7 +289,9 @@ class ImageFolder:
         mean, std = self._normalizer(channels)
         paths, labels, classes = self.files()
         if not skip:
-            logger.info("%s: %d image(s) in %d class(es), %s crop %s", self.root, len(paths), len(classes), layout, crop)
+            logger.info(
+                "%s: %d image(s) in %d class(es), %s crop %s", self.root, len(paths), len(classes), layout, crop
+            )
         for start in range(skip * batch_size, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
             array = (np.stack(self._load_all(chunk, channels, crop)) - mean) / std
@@ -349,18 +351,18 @@ class DecodedFolder:
 
                 self._spool = owned_temp_folder("nabn-spool-")
             base = os.path.join(self._spool, f"{tag}.{index}")
-            for n, (name, array) in enumerate(batch.feeds.items()):
+            for n, array in enumerate(batch.feeds.values()):
                 np.save(f"{base}.{n}.npy", array)
             if batch.labels is not None:
                 np.save(f"{base}.labels.npy", batch.labels)
             with open(f"{base}.names", "w", encoding="utf-8") as fh:
                 fh.write("\n".join(batch.feeds))
-            return True
         except OSError as exc:  # a full or read-only disk: decode every pass instead
             logger.info("decoded images are not kept between passes (%s): they are decoded every pass", exc)
             self._broken = True
             self.close()
             return False
+        return True
 
     def _load(self, tag: str, index: int) -> Batch:
         base = os.path.join(self._spool or "", f"{tag}.{index}")
@@ -383,7 +385,7 @@ class DecodedFolder:
 
 
 def decoded_once(data: object) -> object:
-    """``data`` wrapped in a :class:`DecodedFolder` when it is an image folder (a path or an :class:`ImageFolder`), else as is."""
+    """``data`` in a :class:`DecodedFolder` if it is an image folder (a path or an :class:`ImageFolder`), else as is."""
     if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
         data = ImageFolder(data)
     return DecodedFolder(data) if isinstance(data, ImageFolder) else data

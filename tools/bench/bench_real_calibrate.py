@@ -297,7 +297,19 @@ def commands(model: Path, data: Path, work: Path, with_torch: bool) -> List[Tupl
         ),
         (
             "calibrate-images",
-            [*cli, "calibrate", str(model), "--data", str(work / "images"), *IMAGE_OPTIONS, *NOISE, *bs, "-q", "-o", str(out)],
+            [
+                *cli,
+                "calibrate",
+                str(model),
+                "--data",
+                str(work / "images"),
+                *IMAGE_OPTIONS,
+                *NOISE,
+                *bs,
+                "-q",
+                "-o",
+                str(out),
+            ],
         ),
         ("split-data", [*cli, "split", str(model), "--data", str(data), *bs, "-q", "-o", str(prepared)]),
         (
