@@ -282,6 +282,66 @@ def test_float16_models_split_exactly_and_calibrate(name: str):
     np.testing.assert_array_equal(run(without.model, feed)[0], run(model, feed)[0])
 
 
+def test_onnxruntimes_own_float16_converter_with_float32_io_is_taken(tmp_path: Path):
+    """convert_float_to_float16(keep_io_types=True) appends its input casts after their readers; it still loads."""
+    float16 = pytest.importorskip("onnxruntime.transformers.float16")
+    converted = float16.convert_float_to_float16(onnx.load(SAMPLES / "resnet_fused.onnx"), keep_io_types=True)
+    with pytest.raises(onnx.checker.ValidationError, match="topologically sorted"):
+        onnx.checker.check_model(converted)  # as the converter writes it
+    path = tmp_path / "fp16_io32.onnx"
+    onnx.save(converted, path)
+    x = np.load(CALIB)["input"][:64]
+    expected = run(converted, {"input": x})[0]  # onnxruntime sorts on load
+    model = load_model(path)
+    onnx.checker.check_model(model)
+    np.testing.assert_array_equal(run(model, {"input": x})[0], expected)
+    calibrated = calibrate(path, CALIB, noise=make_noise("mul", 0.3, seed=0))
+    assert _top1(calibrated.model) >= CLEAN_TOP1 - RECOVERED
+
+
+def test_sort_nodes_moves_only_what_must_move():
+    from nabn_onnx.model import sort_nodes
+
+    def graph(order, sub_reads=None):
+        nodes = {
+            "a": helper.make_node("Relu", ["x"], ["ya"], name="a"),
+            "b": helper.make_node("Neg", ["ya"], ["yb"], name="b"),
+            "c": helper.make_node("Abs", ["x"], ["yc"], name="c"),
+            "d": helper.make_node("Add", ["yb", "yc"], ["y"], name="d"),
+        }
+        if sub_reads:  # an If whose branches read an outer value produced by node 'c'
+            branch = helper.make_graph(
+                [helper.make_node("Identity", [sub_reads], ["out"])],
+                "branch",
+                [],
+                [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2])],
+            )
+            nodes["e"] = helper.make_node("If", ["cond"], ["ye"], then_branch=branch, else_branch=branch, name="e")
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])]
+        inputs += [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])] if sub_reads else []
+        outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]
+        outputs += [helper.make_tensor_value_info("ye", TensorProto.FLOAT, [2])] if sub_reads else []
+        return helper.make_model(helper.make_graph([nodes[n] for n in order], "g", inputs, outputs))
+
+    def names(model):
+        return [n.name for n in model.graph.node]
+
+    ordered = graph("abcd")
+    before = ordered.SerializeToString()
+    assert sort_nodes(ordered) == 0 and ordered.SerializeToString() == before
+    shuffled = graph("dbca")
+    assert sort_nodes(shuffled) == 4
+    assert names(shuffled) == ["c", "a", "b", "d"]
+    onnx.checker.check_model(shuffled)
+    reads_outer = graph("eabcd", sub_reads="yc")  # 'e' reads 'yc' only inside its branches
+    assert sort_nodes(reads_outer) > 0
+    assert names(reads_outer).index("c") < names(reads_outer).index("e")
+    onnx.checker.check_model(reads_outer)
+    cycle = graph("abcd")
+    cycle.graph.node[0].input[0] = "yb"  # a reads b's output, b reads a's
+    assert sort_nodes(cycle) == 0 and names(cycle) == ["a", "b", "c", "d"]
+
+
 # ------------------------------------------------------------------ initializers as inputs
 
 

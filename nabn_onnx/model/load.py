@@ -24,7 +24,7 @@ from ..errors import ModelError
 from .external import external_tensors, load_external_data
 from .gsgraph import GsGraph, is_gs_graph, restore_model_fields, to_model
 from .initializers import default_opset, weightless_copy
-from .normalize import bypass_initializer_identities, lift_constant_weights
+from .normalize import bypass_initializer_identities, lift_constant_weights, sort_nodes
 from .traversal import all_nodes
 
 __all__ = ["ModelLike", "MIN_OPSET", "MAX_TEXT_BYTES", "MAX_TOTAL_TEXT_BYTES", "load_model", "check_model"]
@@ -102,6 +102,7 @@ def load_model(model: ModelLike, *, check: bool = True) -> ModelProto:
             "(convert it with onnx.version_converter.convert_version)"
         )
     _refuse_training_mode(proto)
+    sort_nodes(proto)
     lift_constant_weights(proto)
     bypass_initializer_identities(proto)
     if check:

@@ -8,17 +8,85 @@ did not come through ``load_model`` (plain ``onnx.load``). They live here, not i
 
 from __future__ import annotations
 
+import heapq
 import logging
-from typing import Dict
+from typing import Dict, List, Set
 
 import onnx
 from onnx import ModelProto, TensorProto
 
 from .traversal import subgraphs
 
-__all__ = ["lift_constant_weights", "bypass_initializer_identities"]
+__all__ = ["sort_nodes", "lift_constant_weights", "bypass_initializer_identities"]
 
 logger = logging.getLogger(__name__)
+
+
+def sort_nodes(model: ModelProto) -> int:
+    """Put the main graph's nodes in an order where each comes after what it reads, in place.
+
+    ONNX asks for topologically sorted nodes and onnx's checker refuses a graph that is not;
+    onnxruntime sorts on load and runs it. onnxruntime's own float16 converter
+    (``onnxruntime.transformers.float16.convert_float_to_float16(..., keep_io_types=True)``)
+    appends the input casts at the end of the graph, so such a model ran everywhere but here.
+    The sort is stable (a node moves only to come after a producer it reads) and a graph
+    already in order is left untouched. A node's inputs include the outer names its
+    subgraphs read. A cycle is left for the checker to report.
+
+    Returns:
+        How many nodes changed place (0 when the graph was already in order).
+    """
+    graph = model.graph
+    nodes = list(graph.node)
+    producer: Dict[str, int] = {}
+    for index, node in enumerate(nodes):
+        for name in node.output:
+            if name:
+                producer.setdefault(name, index)
+    needs: List[Set[int]] = []
+    in_order = True
+    for index, node in enumerate(nodes):
+        names = set(node.input)
+        for sub in _bodies(node):
+            names.update(name for inner in sub.node for name in inner.input)
+        found = {producer[n] for n in names if n in producer and producer[n] != index}
+        in_order = in_order and all(other < index for other in found)
+        needs.append(found)
+    if in_order:
+        return 0
+    readers: List[List[int]] = [[] for _ in nodes]
+    waiting = [len(found) for found in needs]
+    for index, found in enumerate(needs):
+        for other in found:
+            readers[other].append(index)
+    ready = [index for index, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order: List[int] = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for reader in readers[index]:
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, reader)
+    if len(order) < len(nodes):  # a cycle: nothing to sort it into
+        return 0
+    moved = sum(1 for place, index in enumerate(order) if place != index)
+    del graph.node[:]
+    graph.node.extend(nodes[index] for index in order)
+    logger.debug("sorted the graph's nodes topologically (%d moved)", moved)
+    return moved
+
+
+def _bodies(node: onnx.NodeProto) -> List[onnx.GraphProto]:
+    """The graphs held by ``node``'s attributes and every graph nested in them."""
+    found: List[onnx.GraphProto] = []
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for graph in graphs:
+            found.append(graph)
+            found.extend(subgraphs(graph))
+    return found
 
 
 def lift_constant_weights(model: ModelProto) -> int:
