@@ -67,6 +67,10 @@ RUNS = {
         "--models resnet50 --width 0.1 --samples 8 --only plain,inject,calibrate-images --json {tmp}/bench.json",
         ["bench.json"],
     ),
+    "tools.bench.bench_chip_reuse": (
+        "{samples}/resnet_fused.onnx {calib} --chips 2 --batch-size 32 --max-batches 4",
+        [],
+    ),
     "tools.bench.bench_sweep": ("--chips 1 --scale-chips 1 --etas 0.1 --no-ray --calib {calib} --test {test}", []),
     "tools.checks.fuzz_loader": ("--cases 50", []),
     "tools.checks.gate_samples": ("--models resnet_fused --seeds 1 --etas 0.1", []),
