@@ -274,3 +274,31 @@ def test_calibrate_and_split_take_an_image_folder_with_its_options(tmp_path, cap
     capsys.readouterr()
     assert main(["calibrate", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "x.npz"), "--mean", "0.5"]) != 0
     assert "--mean apply to image folders only" in capsys.readouterr().err
+
+
+def test_a_failed_calibration_leaves_no_decoded_images(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    from nabn_onnx import calibrate
+    from nabn_onnx.calibration import Calibrator
+    from nabn_onnx.noise import MulNoise
+
+    def spools():
+        return sorted(p for p in Path(tempfile.gettempdir()).glob(f"nabn-spool-{os.getpid()}.*"))
+
+    before = spools()
+    folder = ImageFolder(_photo_folder(tmp_path / "imgs", count=16), resize=9, crop=8, mean=0.5, std=0.25)
+    seen = []
+    real = Calibrator.measure_noisy
+
+    def fails(self, job, data, bar=None):
+        seen.append(spools())
+        real(self, job, data, bar)
+        raise RuntimeError("a step failed")
+
+    monkeypatch.setattr(Calibrator, "measure_noisy", fails)
+    with pytest.raises(RuntimeError, match="a step failed"):
+        calibrate(small_cnn(seed=0, size=8), folder, noise=MulNoise(eta=0.1, seed=0), batch_size=4)
+    assert len(seen[0]) == len(before) + 1  # the decoded batches were there while the job ran
+    assert spools() == before

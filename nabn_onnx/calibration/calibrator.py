@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
@@ -203,11 +203,13 @@ class Calibrator:
         cached = self._clean.get(CleanRun.key(model, data)) if reuse else None
         if cached is not None and not cached.matches(model, data):
             cached = None
-        with once_per_job():
+        with once_per_job(), ExitStack() as cleanup:
             with step("prepare"):
                 job = self.prepare(model, reference)
                 # image folders are decoded on the first pass only (the job reads its data up to 7 times)
                 source, data = data, decoded_once(replayable(data))
+                if data is not source and hasattr(data, "close"):
+                    cleanup.callback(data.close)  # the decoded images' folder, also when a step fails
                 self.plan_holdout(job, data)
             if cached is not None and sorted(cached.measured or {}) != sorted(job.placeholders):
                 cached = None  # not the same split (it cannot differ for one model and config, but never guess)
@@ -217,7 +219,7 @@ class Calibrator:
                     self.measure_inserted(job, data, bar, known=cached.measured if cached is not None else None)
                 if cached is not None:
                     job.clean_run, clean_session = cached.run, cached.session
-                    bar.update(per_pass * (1 + bool(job.placeholders)))
+                    bar.update(per_pass * (bool(job.placeholders) + bool(job.strategy.needs_clean)))
                 else:
                     with step("measure_clean"):
                         self.measure_clean(job, data, bar)
@@ -233,8 +235,6 @@ class Calibrator:
                 with step("choose"):
                     self.choose(job, data, clean_session, bar, references=cached.references if cached else None)
                 del clean_session
-                if hasattr(data, "close"):
-                    data.close()  # the decoded images' folder (see decoded_once)
             with step("write_back"):
                 layers = self.write_back(job)
         report = self.report(job, layers, started)
