@@ -337,12 +337,12 @@ def test_reuse_clean_on_a_fused_model_measures_the_clean_side_once(monkeypatch):
     from nabn_onnx.calibration import scoring
 
     passes, runs = [], []
-    real_run = scoring.run_chunked
+    real_run = scoring.run_pieces
     # every pass over the data: the tap (through collect_stats) and the training-mode passes (the calibrator's)
     for module in ("nabn_onnx.calibration.measure", "nabn_onnx.calibration.calibrator"):
         real_measure = sys.modules[module].measure  # the package exports a function of that name: sys.modules
         monkeypatch.setattr(sys.modules[module], "measure", _counting(real_measure, passes))
-    monkeypatch.setattr(scoring, "run_chunked", _counting(real_run, runs))
+    monkeypatch.setattr(scoring, "run_pieces", _counting(real_run, runs))
     config = CalibrationConfig(data=DataSettings(64, 4))
     shared = Calibrator(config, reuse_clean=True)
     chips = [nb.make_noise("mul", 0.2, seed=s) for s in range(3)]
