@@ -75,7 +75,9 @@ def measure(
     estimate over all samples always comes from whole batches. ``reading`` holds the
     estimator, batching and providers (defaults if None). A model whose batch is fixed and
     cannot be freed (``reading.plan``, planned here when None) runs in chunks of its fixed
-    batch, each chunk one batch of Algorithm 1.
+    batch, each chunk one batch of Algorithm 1. A pass that only taps (no ``train``) runs each
+    batch in pieces of :data:`TAP_PIECE` samples and pools their statistics into the batch's
+    (eval mode: the same statistics up to float rounding, at a quarter of the memory).
     """
     reading = reading if reading is not None else Reading()
     estimator, batch_size, max_batches, providers = (
