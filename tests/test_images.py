@@ -12,7 +12,7 @@ from nabn_onnx import DataError, NabnError, evaluate
 from nabn_onnx.cli import main
 from nabn_onnx.data import ImageFolder, InputSpec, input_specs, iter_batches
 
-from builders import small_cnn
+from builders import images, small_cnn
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -302,3 +302,21 @@ def test_a_failed_calibration_leaves_no_decoded_images(tmp_path, monkeypatch):
         calibrate(small_cnn(seed=0, size=8), folder, noise=MulNoise(eta=0.1, seed=0), batch_size=4)
     assert len(seen[0]) == len(before) + 1  # the decoded batches were there while the job ran
     assert spools() == before
+
+
+def test_image_options_apply_to_whichever_path_is_a_folder(tmp_path, capsys):
+    """Calibration images in a folder and a labelled test .npz: the options read the folder, the .npz is as is."""
+    import onnx
+
+    model = small_cnn(seed=0, size=8)
+    onnx.save(model, tmp_path / "m.onnx")
+    _photo_folder(tmp_path / "imgs", count=16)
+    test = tmp_path / "test.npz"
+    np.savez(test, input=images(20, seed=4), labels=np.arange(20) % 10)
+    options = ["--resize", "9", "--crop", "8", "--mean", "0.5", "--std", "0.25", "--noise", "mul", "--eta", "0.1"]
+    argv = ["calibrate", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "imgs"), "--test", str(test)]
+    assert main([*argv, *options, "--batch-size", "4", "-o", str(tmp_path / "c.onnx")]) == 0
+    assert "top1 on test.npz: clean" in capsys.readouterr().out
+    both = ["calibrate", str(tmp_path / "m.onnx"), "--data", str(test), "--test", str(test), "--mean", "0.5"]
+    assert main(both) != 0
+    assert f"--mean apply to image folders only, and none of {test}, {test} is a folder" in capsys.readouterr().err

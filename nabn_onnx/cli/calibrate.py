@@ -86,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
         momentum=0.999 if args.momentum is None else args.momentum,
     )
     config = calibration_config(args, noise, estimator=estimator)
-    data = ImageFolderGroup.parse(args.data, args)
-    test = ImageFolderGroup.parse(args.test, args) if args.test else None
+    data, test = ImageFolderGroup.parse_each(args, args.data, args.test)
     result = calibrate(args.model, data, config, reference=args.reference)
     gain = None
     if test is not None:

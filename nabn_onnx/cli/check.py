@@ -90,10 +90,11 @@ def _run(args: argparse.Namespace) -> int:
     junit_path = report_suffix(args.junit, FILE_SUFFIXES["check --junit"])
     seeds = parse_seeds(args.seeds)
     kind, device, etas = ChipGridGroup.parse(args, parser)
+    calib_data, test_data = ImageFolderGroup.parse_each(args, args.data, args.test)
     report = check(
         args.model,
-        ImageFolderGroup.parse(args.data, args),
-        ImageFolderGroup.parse(args.test, args),
+        calib_data,
+        test_data,
         thresholds,
         calibrated=args.calibrated,
         noise=kind,

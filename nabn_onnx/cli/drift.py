@@ -65,10 +65,11 @@ def run(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     report_path = report_suffix(args.report, report_suffixes(DriftReport))
     plot_path = report_suffix(args.plot, FILE_SUFFIXES["plot"])
+    calib_data, test_data = ImageFolderGroup.parse_each(args, args.calib, args.test)
     report = drift_sweep(
         args.model,
-        ImageFolderGroup.parse(args.calib, args),
-        ImageFolderGroup.parse(args.test, args),
+        calib_data,
+        test_data,
         device=device,
         times=parse_times(args.times),
         seeds=seeds,

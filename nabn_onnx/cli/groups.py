@@ -420,7 +420,17 @@ class ImageFolderGroup:
     @staticmethod
     def parse(path: str, args: argparse.Namespace) -> Union[str, ImageFolder]:
         """``path`` as given, or an :class:`ImageFolder` with the image options when it is a folder."""
-        options = {"resize": args.resize, "layout": args.layout}
+        return ImageFolderGroup.parse_each(args, path)[0]
+
+    @staticmethod
+    def parse_each(args: argparse.Namespace, *paths: Optional[str]) -> Tuple[Any, ...]:
+        """Each of ``paths`` as given (None stays None), or an :class:`ImageFolder` where it is a folder.
+
+        The image options apply to every folder among them (calibration images in a folder
+        and a labelled test ``.npz`` is a usual pair); given with no folder at all, they are
+        refused in one line.
+        """
+        options: Dict[str, Any] = {"resize": args.resize, "layout": args.layout}
         if args.crop:
             height, _, width = args.crop.lower().partition("x")
             try:
@@ -432,14 +442,15 @@ class ImageFolderGroup:
         for name in ("mean", "std"):
             if getattr(args, name):
                 options[name] = tuple(parse_floats(getattr(args, name), name))
-        if not Path(path).is_dir():
-            given = [f"--{k}" for k, v in options.items() if v is not None]
-            if given:
-                raise NabnError(f"{', '.join(given)} apply to image folders only, and {path} is not a folder")
-            return path
+        given = [f"--{k}" for k, v in options.items() if v is not None]
+        present = [p for p in paths if p is not None]
+        if given and present and not any(Path(p).is_dir() for p in present):
+            where = f"{present[0]} is" if len(present) == 1 else f"none of {', '.join(present)} is"
+            raise NabnError(f"{', '.join(given)} apply to image folders only, and {where} a folder")
         from ..data import ImageFolder
 
-        return ImageFolder(path, **{k: v for k, v in options.items() if v is not None})
+        chosen = {k: v for k, v in options.items() if v is not None}
+        return tuple(ImageFolder(p, **chosen) if p is not None and Path(p).is_dir() else p for p in paths)
 
 
 class MetricGroup:

@@ -88,10 +88,11 @@ def run(args: argparse.Namespace) -> int:
         reuse_sessions=args.reuse_sessions,
         providers=tuple(providers) if providers else None,
     )
+    calib_data, test_data = ImageFolderGroup.parse_each(args, args.calib, args.test)
     report = run_sweep(
         args.model,
-        ImageFolderGroup.parse(args.calib, args),
-        ImageFolderGroup.parse(args.test, args),
+        calib_data,
+        test_data,
         plan,
         settings,
         executor=make_executor(args.jobs, args.ray),
