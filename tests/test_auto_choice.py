@@ -205,3 +205,19 @@ def test_auto_is_never_below_none_on_its_held_out_score():
         assert report.scores[report.chosen] <= report.scores["none"], (kind, eta, report.scores)
         chosen.add(report.chosen)
     assert len(chosen) > 1  # the cases reach different choices
+
+
+def test_scores_within_float_rounding_are_ties():
+    """Outputs that do not move with the statistics score every candidate within 1e-15 of 0, any sign."""
+    rng = np.random.default_rng(0)
+    per_sample = {
+        name: rng.normal(0.0, 1e-16, 32) + offset
+        for name, offset in (("delta", 2e-17), ("blend", 3e-16), ("paper", 7e-16), ("none", -1.1e-15))
+    }
+    scores = {name: float(v.mean()) for name, v in per_sample.items()}
+    assert min(scores, key=scores.__getitem__) == "none"
+    decision = decide(scores, per_sample)
+    assert decision.chosen == "delta" and decision.lowest == "delta" and not decision.reason
+    # a real difference is still one: none clearly below the others wins
+    per_sample["none"] = per_sample["none"] - 1e-3
+    assert decide({n: float(v.mean()) for n, v in per_sample.items()}, per_sample).chosen == "none"

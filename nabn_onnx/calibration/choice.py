@@ -42,7 +42,7 @@ from .scoring import (
     score_candidates,
 )
 
-__all__ = ["choose_by_score", "guard_chip", "decide", "Decision", "PREFERENCE", "WITHIN_NOISE"]
+__all__ = ["choose_by_score", "guard_chip", "decide", "Decision", "PREFERENCE", "WITHIN_NOISE", "RESOLUTION"]
 
 #: ``auto``'s candidates from the simplest to the least simple: where scores are within noise
 #: of each other the first is kept. ``delta`` leaves the statistics as trained and moves them
@@ -52,6 +52,11 @@ PREFERENCE = ("delta", "paper", "blend", "none")
 #: A candidate beats a simpler one only by more than this many standard errors of their
 #: per-sample score differences (a one-sided paired test at about 2%).
 WITHIN_NOISE = 2.0
+#: Scores closer than this are equal: float rounding. A network whose outputs do not move with
+#: the statistics (saturated, or random weights) scores every candidate within 1e-15 of 0, with
+#: signs the rounding picks (a KL divergence of -1.1e-15 for ``none`` on the ResNet-50-sized
+#: benchmark model, which made ``auto`` keep the statistics as they were).
+RESOLUTION = 1e-12
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +176,8 @@ def decide(
         within: standard errors a difference must exceed to count.
     """
     order = list(scores)
-    lowest = min(order, key=lambda name: (scores[name], order.index(name)))
+    best = min(scores.values())
+    lowest = next(name for name in order if scores[name] <= best + RESOLUTION)  # ties to the earlier
     if scores[lowest] > SEVERE or not per_sample or set(per_sample) != set(order):
         closest = pick_candidate(scores)
         decision = Decision(closest, closest, lowest)
@@ -184,7 +190,7 @@ def decide(
         return _with_task(decision, scores, task, within)
     preference = [n for n in PREFERENCE if n in scores] + [n for n in order if n not in PREFERENCE]
     ceiling = scores.get("none", np.inf)
-    eligible = [n for n in preference if scores[n] <= ceiling or n == lowest]
+    eligible = [n for n in preference if scores[n] <= ceiling + RESOLUTION or n == lowest]
     closest = next(n for n in eligible if not _beyond_noise(per_sample[n], per_sample[lowest], within))
     differences = {n: _paired(per_sample[n], per_sample[closest]) for n in order}
     decision = Decision(closest, closest, lowest, differences=differences)
@@ -240,7 +246,7 @@ def _beyond_noise(a: np.ndarray, b: np.ndarray, within: float) -> bool:
     if np.size(a) < 2:
         return False
     mean, error = _paired(a, b)
-    return mean > within * error and mean > 0
+    return mean > within * error and mean > RESOLUTION
 
 
 def guard_chip(job: CalibrationJob, data: DataLike, reading: Reading) -> None:
