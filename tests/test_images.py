@@ -223,7 +223,7 @@ def test_decoded_folder_falls_back_to_decoding_when_the_disk_refuses(tmp_path, m
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(np, "save", full_disk)
+    monkeypatch.setattr(np, "savez", full_disk)
     _same(_batches(decoded), direct)
     _same(_batches(decoded), direct)
     assert decoded._spool is None

@@ -8,7 +8,7 @@ dispatches to it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from onnx import ModelProto, helper
@@ -79,3 +79,22 @@ class Batch:
     def size(self) -> int:
         """Number of samples in the batch."""
         return int(next(iter(self.feeds.values())).shape[0])
+
+
+def save_batch(path: str, batch: Batch) -> Dict[str, Any]:
+    """Write ``batch`` to ``path`` as an ``.npz``, its labels under :data:`LABELS_KEY`; the arrays written.
+
+    The one file form of a batch that the spools (:mod:`nabn_onnx.data.spool`, the decoded
+    image folders of :mod:`nabn_onnx.data.images`) write and :func:`load_arrays` reads back.
+    """
+    arrays: Dict[str, Any] = dict(batch.feeds)  # Any: np.savez's stub checks **arrays against allow_pickle
+    if batch.labels is not None:
+        arrays[LABELS_KEY] = batch.labels
+    np.savez(path, **arrays)
+    return arrays
+
+
+def load_arrays(path: str) -> Dict[str, np.ndarray]:
+    """The arrays :func:`save_batch` wrote, in their order (the labels under :data:`LABELS_KEY`)."""
+    with np.load(path) as saved:
+        return {k: saved[k] for k in saved.files}

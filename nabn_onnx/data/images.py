@@ -45,7 +45,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import DataError, NabnError
-from .feeds import Batch, InputSpec
+from .feeds import LABELS_KEY, Batch, InputSpec, load_arrays, save_batch
 
 __all__ = [
     "ImageFolder",
@@ -310,11 +310,12 @@ class DecodedFolder:
     images costs more than the network's own pass over them (MobileNet-v2, 256 JPEGs of
     500x375, two cores: about 1.5 s a pass). The first pass of each batching (input specs,
     batch size) writes every batch it yields to a temporary folder (``nabn-spool-``, named
-    after this process: :mod:`nabn_onnx.tempfiles`) as ``.npy`` files; later passes load
-    them, and a pass that wants more batches than were written decodes the rest. Memory
-    stays at one batch; the disk holds the decoded data (4 bytes a value) until
-    :meth:`close`, the object's deletion or the process's end. When the folder cannot be
-    written (a full disk), the batches are decoded every pass, as without this wrapper.
+    after this process: :mod:`nabn_onnx.tempfiles`) in the spools' file form
+    (:func:`~nabn_onnx.data.feeds.save_batch`); later passes load them, and a pass that
+    wants more batches than were written decodes the rest. Memory stays at one batch; the
+    disk holds the decoded data (4 bytes a value) until :meth:`close`, the object's
+    deletion or the process's end. When the folder cannot be written (a full disk), the
+    batches are decoded every pass, as without this wrapper.
 
     Attributes:
         folder: the :class:`ImageFolder` read.
@@ -350,13 +351,7 @@ class DecodedFolder:
                 from ..tempfiles import owned_temp_folder
 
                 self._spool = owned_temp_folder("nabn-spool-")
-            base = os.path.join(self._spool, f"{tag}.{index}")
-            for n, array in enumerate(batch.feeds.values()):
-                np.save(f"{base}.{n}.npy", array)
-            if batch.labels is not None:
-                np.save(f"{base}.labels.npy", batch.labels)
-            with open(f"{base}.names", "w", encoding="utf-8") as fh:
-                fh.write("\n".join(batch.feeds))
+            save_batch(os.path.join(self._spool, f"{tag}.{index}.npz"), batch)
         except OSError as exc:  # a full or read-only disk: decode every pass instead
             logger.info("decoded images are not kept between passes (%s): they are decoded every pass", exc)
             self._broken = True
@@ -365,12 +360,9 @@ class DecodedFolder:
         return True
 
     def _load(self, tag: str, index: int) -> Batch:
-        base = os.path.join(self._spool or "", f"{tag}.{index}")
-        with open(f"{base}.names", encoding="utf-8") as fh:
-            names = fh.read().split("\n")
-        feeds = {name: np.load(f"{base}.{n}.npy") for n, name in enumerate(names)}
-        labels = np.load(f"{base}.labels.npy") if os.path.exists(f"{base}.labels.npy") else None
-        return Batch(feeds, labels)
+        arrays = load_arrays(os.path.join(self._spool or "", f"{tag}.{index}.npz"))
+        labels = arrays.pop(LABELS_KEY, None)
+        return Batch(arrays, labels)
 
     def close(self) -> None:
         """Remove the decoded batches (later passes decode again)."""

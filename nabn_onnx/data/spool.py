@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any, Dict, Iterable, Iterator, Mapping, Optional
+from typing import Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
 from ..errors import DataError
 from ..tempfiles import owned_temp_folder
-from .reading import LABELS_KEY, DataLike, reader_batches, split_labels
+from .feeds import load_arrays, save_batch
+from .reading import DataLike, reader_batches, split_labels
 
 __all__ = ["replayable"]
 
@@ -35,8 +36,7 @@ class _Spool:
             if folder is None:
                 raise DataError("a one-shot data source was read again after it was closed")
             for i in range(self._count):
-                with np.load(os.path.join(folder, f"{i}.npz")) as saved:
-                    yield {k: saved[k] for k in saved.files}
+                yield load_arrays(os.path.join(folder, f"{i}.npz"))
             if not self._exhausted:
                 raise DataError(
                     f"a one-shot data source was read only partly ({self._count} batch(es)) and a later pass "
@@ -53,10 +53,7 @@ class _Spool:
         )
         try:
             for batch in source:
-                feeds: Dict[str, Any] = dict(batch.feeds)  # Any: np.savez's stub checks **arrays against allow_pickle
-                if batch.labels is not None:
-                    feeds[LABELS_KEY] = batch.labels
-                np.savez(os.path.join(self._folder, f"{self._count}.npz"), **feeds)
+                feeds = save_batch(os.path.join(self._folder, f"{self._count}.npz"), batch)
                 self._count += 1
                 yield feeds
             self._exhausted = True
