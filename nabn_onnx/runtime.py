@@ -409,16 +409,16 @@ def plan_batch(model: ModelProto, providers: Optional[Sequence[str]] = None, see
     return BatchPlan(fixed, True, memory=memory)
 
 
-def chunks(feeds: Mapping[str, np.ndarray], size: int, pad: bool) -> Iterator[tuple]:
-    """``(chunk feeds, real samples)`` of exactly ``size`` samples.
+def chunks(feeds: Mapping[str, np.ndarray], size: int, pad: Optional[bool]) -> Iterator[tuple]:
+    """``(chunk feeds, real samples)`` of ``size`` samples.
 
-    The last is padded by repeating its last sample (``pad``) or dropped when short.
+    A short last chunk is padded by repeating its last sample (``pad=True``), dropped (``False``) or kept (``None``).
     """
     total = int(next(iter(feeds.values())).shape[0])
     for start in range(0, total, size):
         real = min(size, total - start)
         part = {k: v[start : start + size] for k, v in feeds.items()}
-        if real < size:
+        if real < size and pad is not None:
             if not pad:
                 return
             part = {k: np.concatenate([v, np.repeat(v[-1:], size - real, axis=0)]) for k, v in part.items()}

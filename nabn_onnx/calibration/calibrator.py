@@ -127,7 +127,7 @@ class CleanRun:
     run: Optional[Measured]
     session: object
     measured: Optional[Stats] = None
-    references: Optional[dict] = field(default_factory=dict)
+    references: Dict[int, List[np.ndarray]] = field(default_factory=dict)
 
     @staticmethod
     def key(model: object, data: object) -> Tuple[int, int]:
@@ -214,11 +214,11 @@ class Calibrator:
             if cached is not None and sorted(cached.measured or {}) != sorted(job.placeholders):
                 cached = None  # not the same split (it cannot differ for one model and config, but never guess)
             with self.progress(job, data) as bar:
-                per_pass = count_batches(data, self.config.data.batch_size, self.config.data.max_batches) or 0
                 with step("measure_inserted"):
                     self.measure_inserted(job, data, bar, known=cached.measured if cached is not None else None)
                 if cached is not None:
                     job.clean_run, clean_session = cached.run, cached.session
+                    per_pass = count_batches(data, self.config.data.batch_size, self.config.data.max_batches) or 0
                     bar.update(per_pass * (bool(job.placeholders) + bool(job.strategy.needs_clean)))
                 else:
                     with step("measure_clean"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from onnx import ModelProto
@@ -144,7 +144,7 @@ def measure(
             for feeds, size in runs:
                 # eval-mode taps only: the batch runs in pieces and their statistics are pooled back
                 # into the batch's own (the same numbers up to float rounding, a quarter of the memory)
-                pieces = [(feeds, size)] if train or size <= TAP_PIECE else list(_pieces(feeds, size))
+                pieces = [(feeds, size)] if train or size <= TAP_PIECE else list(chunks(feeds, TAP_PIECE, pad=None))
                 measured: Dict[str, List[Tuple[np.ndarray, np.ndarray, int]]] = {name: [] for name in outputs}
                 for piece, piece_size in pieces:
                     values = dict(zip(fetch, session.run(fetch, piece)))
@@ -191,12 +191,6 @@ def measure(
 #: (``python -m tools.bench.bench_stats_graph MODEL DATA --batch-size 16``). Training-mode passes
 #: run whole batches: Algorithm 1 normalizes each with its own statistics.
 TAP_PIECE = 16
-
-
-def _pieces(feeds: Dict[str, np.ndarray], size: int) -> Iterator[Tuple[Dict[str, np.ndarray], int]]:
-    for start in range(0, size, TAP_PIECE):
-        piece = {k: v[start : start + TAP_PIECE] for k, v in feeds.items()}
-        yield piece, min(TAP_PIECE, size - start)
 
 
 def _pooled(parts: List[Tuple[np.ndarray, np.ndarray, int]]) -> Tuple[np.ndarray, np.ndarray, int]:

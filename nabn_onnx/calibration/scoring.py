@@ -43,7 +43,7 @@ from onnx import ModelProto
 from ..data import Batch, DataLike, input_specs, iter_batches
 from ..passes.write_stats import WriteBatchNormStatsPass
 from ..progress import Progress
-from ..runtime import DYNAMIC, SERVE, make_session, run_chunked
+from ..runtime import DYNAMIC, SERVE, chunks, make_session, run_chunked
 from .batchnorms import BNValues
 from .config import Reading
 from .holdout import Selector
@@ -501,7 +501,7 @@ def run_pieces(
     size = int(next(iter(feeds.values())).shape[0])
     if piece is None or size <= piece:
         return session.run(fetch, feeds)
-    runs = [session.run(fetch, {k: v[lo : lo + piece] for k, v in feeds.items()}) for lo in range(0, size, piece)]
+    runs = [session.run(fetch, part) for part, _ in chunks(feeds, piece, pad=None)]
     return [np.concatenate(parts) for parts in zip(*runs)]
 
 
