@@ -320,3 +320,10 @@ def test_image_options_apply_to_whichever_path_is_a_folder(tmp_path, capsys):
     both = ["calibrate", str(tmp_path / "m.onnx"), "--data", str(test), "--test", str(test), "--mean", "0.5"]
     assert main(both) != 0
     assert f"--mean apply to image folders only, and none of {test}, {test} is a folder" in capsys.readouterr().err
+
+
+def test_image_options_without_any_data_are_refused(capsys):
+    model = str(Path(__file__).resolve().parent.parent / "sample_models" / "resnet_fused.onnx")
+    assert main(["split", model, "--mean", "0.5", "-o", "unused.onnx"]) != 0
+    assert "--mean apply to image folders only, and no data was given" in capsys.readouterr().err
+    assert not Path("unused.onnx").exists()

@@ -444,9 +444,14 @@ class ImageFolderGroup:
                 options[name] = tuple(parse_floats(getattr(args, name), name))
         given = [f"--{k}" for k, v in options.items() if v is not None]
         present = [p for p in paths if p is not None]
-        if given and present and not any(Path(p).is_dir() for p in present):
-            where = f"{present[0]} is" if len(present) == 1 else f"none of {', '.join(present)} is"
-            raise NabnError(f"{', '.join(given)} apply to image folders only, and {where} a folder")
+        if given and not any(Path(p).is_dir() for p in present):
+            if not present:
+                where = "no data was given"
+            elif len(present) == 1:
+                where = f"{present[0]} is not a folder"
+            else:
+                where = f"none of {', '.join(present)} is a folder"
+            raise NabnError(f"{', '.join(given)} apply to image folders only, and {where}")
         from ..data import ImageFolder
 
         chosen = {k: v for k, v in options.items() if v is not None}

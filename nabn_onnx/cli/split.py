@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     result = split(
         args.model,
-        data=ImageFolderGroup.parse(args.data, args) if args.data else None,
+        data=ImageFolderGroup.parse_each(args, args.data)[0],
         include=args.include,
         exclude=args.exclude,
         batch_size=args.batch_size,
