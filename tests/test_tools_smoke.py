@@ -75,6 +75,7 @@ RUNS = {
     "tools.checks.fuzz_loader": ("--cases 50", []),
     "tools.checks.gate_samples": ("--models resnet_fused --seeds 1 --etas 0.1", []),
     "tools.results.compare_estimators": ("--seeds 1 --models resnet_fused --settings mul:0.3", []),
+    "tools.results.per_sample_gain": ("--task resnet_fused --noise add --eta 0.01 --seed 1 --test-samples 64", []),
     "tools.results.compare_methods": (
         "--seeds 1 --models resnet_fused --grid mul:0.1 --max-batches= --calib {calib} --test {test} --out {tmp}/m.md",
         ["m.md"],
